@@ -1,0 +1,202 @@
+//! The error type of the core crate.
+
+use std::fmt;
+
+/// Boxed source error for variants that wrap several kinds of failures.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result alias used throughout tidemark.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of stored object an error is about; named in messages so the user
+/// knows which file to look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// `tidemark.json`, the store descriptor holding the key schema.
+    Descriptor,
+    /// A seal manifest (`sealed/{id}.json`).
+    Manifest,
+    /// A commit marker (`committed/{id}.json`).
+    CommitMarker,
+    /// A Parquet file of keys (staged or compacted).
+    KeyFile,
+    /// An in-flight write record.
+    InFlightRecord,
+    /// A writer's begin marker.
+    BeginMarker,
+    /// A generation of the compacted index.
+    Index,
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            ObjectKind::Descriptor => "store descriptor",
+            ObjectKind::Manifest => "seal manifest",
+            ObjectKind::CommitMarker => "commit marker",
+            ObjectKind::KeyFile => "key file",
+            ObjectKind::InFlightRecord => "in-flight write record",
+            ObjectKind::BeginMarker => "begin marker",
+            ObjectKind::Index => "index",
+        };
+        f.write_str(name)
+    }
+}
+
+/// Every failure tidemark reports. Each variant names what failed and where.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store URL or one of its options could not be understood.
+    #[error("invalid store location `{url}`: {reason}")]
+    InvalidLocation {
+        /// The URL as given.
+        url: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// An object store request failed (unreachable server, permissions, ...).
+    #[error("object store {operation} of `{path}` failed: {source}")]
+    Store {
+        /// The request that failed: `get`, `put`, `list`, ...
+        operation: &'static str,
+        /// The object or prefix it was about.
+        path: String,
+        /// The object store's error.
+        #[source]
+        source: object_store::Error,
+    },
+
+    /// The key schema given is not one tidemark can checkpoint.
+    #[error("invalid key schema: {0}")]
+    InvalidKeySchema(String),
+
+    /// Key columns handed to the store do not match the store's key schema.
+    #[error("key columns do not match the store's key schema: expected {expected}, got {found}")]
+    KeySchemaMismatch {
+        /// The store's key schema.
+        expected: String,
+        /// What was given.
+        found: String,
+    },
+
+    /// There is no checkpoint store at the location.
+    #[error("no tidemark checkpoint store at `{url}` (no tidemark.json)")]
+    NoStore {
+        /// The location.
+        url: String,
+    },
+
+    /// No checkpoint with this id exists in the store.
+    #[error("checkpoint {id} is unknown to this store")]
+    UnknownCheckpoint {
+        /// The id asked for.
+        id: String,
+    },
+
+    /// The checkpoint is sealed: nothing can be staged into it, and only its
+    /// own writer may seal it (again, idempotently).
+    #[error("checkpoint {id} is already sealed by writer {sealed_by}")]
+    AlreadySealed {
+        /// The checkpoint.
+        id: String,
+        /// The writer whose seal won.
+        sealed_by: String,
+    },
+
+    /// Only sealed checkpoints can be marked committed.
+    #[error("checkpoint {id} is not sealed, so it cannot be marked committed")]
+    NotSealed {
+        /// The checkpoint.
+        id: String,
+    },
+
+    /// A data file was staged without first being recorded as an in-flight write.
+    #[error("data file `{path}` was staged in checkpoint {id} without an in-flight record; call record_in_flight before writing it")]
+    NotInFlight {
+        /// The checkpoint.
+        id: String,
+        /// The data file.
+        path: String,
+    },
+
+    /// A stored object could not be decoded: truncated, corrupted or not ours.
+    #[error("corrupt {kind} at `{path}`: {source}")]
+    Corrupt {
+        /// What kind of object.
+        kind: ObjectKind,
+        /// Where it is.
+        path: String,
+        /// What was wrong with it.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A stored object was written by a newer tidemark than this one.
+    #[error("{kind} at `{path}` has format version {found}; this build reads versions {min} to {max}")]
+    UnsupportedFormatVersion {
+        /// What kind of object.
+        kind: ObjectKind,
+        /// Where it is.
+        path: String,
+        /// The version found.
+        found: u32,
+        /// Oldest version this build reads.
+        min: u32,
+        /// Newest version this build reads.
+        max: u32,
+    },
+
+    /// The store kept changing underneath a read (for example a compaction
+    /// removed objects between a listing and a read) more times than allowed.
+    #[error("the store changed during {operation} {attempts} times in a row; try again")]
+    ConcurrentChange {
+        /// The operation that gave up.
+        operation: &'static str,
+        /// How many attempts were made.
+        attempts: u32,
+    },
+
+    /// Encoding a record failed.
+    #[error("encoding {kind} for `{path}` failed: {source}")]
+    Encode {
+        /// What kind of object.
+        kind: ObjectKind,
+        /// Where it was to be written.
+        path: String,
+        /// The encoder's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// Encoding keys to Parquet failed.
+    #[error("encoding keys as Parquet for `{path}` failed: {source}")]
+    EncodeKeys {
+        /// The key file being written.
+        path: String,
+        /// The encoder's error.
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl Error {
+    /// Wraps an object store error with the request and path it came from.
+    pub(crate) fn store(operation: &'static str, path: impl fmt::Display, source: object_store::Error) -> Self {
+        Error::Store {
+            operation,
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    /// Wraps a decoding failure of a stored object.
+    pub(crate) fn corrupt(kind: ObjectKind, path: impl fmt::Display, source: impl Into<BoxError>) -> Self {
+        Error::Corrupt {
+            kind,
+            path: path.to_string(),
+            source: source.into(),
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Compaction: folds the keys of committed checkpoints into sorted runs of the
+//! index, so that loading the store costs a bounded number of requests however
+//! many runs came before.
+
+use std::collections::BTreeSet;
+
+use arrow_array::RecordBatch;
+use arrow_ord::sort::{lexsort_to_indices, SortColumn};
+use arrow_select::concat::concat_batches;
+use arrow_select::take::take_record_batch;
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+use uuid::Uuid;
+
+use super::layout::Layout;
+use super::records::{self, CheckpointId, IndexGeneration, KeyFileRef, KeyRun, FORMAT_VERSION};
+use super::{io, keys, CheckpointStore};
+use crate::error::{BoxError, Error, ObjectKind, Result};
+
+/// Parallel key file reads during compaction.
+const READ_CONCURRENCY: usize = 8;
+
+/// How compaction shapes the index.
+#[derive(Debug, Clone)]
+pub struct CompactionOptions {
+    /// Keys per index file (the last file of a run holds the rest).
+    pub max_keys_per_file: usize,
+    /// When a compaction would leave more runs than this, it merges every run into
+    /// one. Merging holds all indexed keys in memory once.
+    pub max_runs: usize,
+}
+
+impl Default for CompactionOptions {
+    fn default() -> Self {
+        CompactionOptions {
+            max_keys_per_file: 1_000_000,
+            max_runs: 8,
+        }
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// The index generation written, or `None` if there was nothing to do.
+    pub generation: Option<u64>,
+    /// Committed checkpoints folded in.
+    pub checkpoints_compacted: usize,
+    /// Keys those checkpoints held.
+    pub keys_compacted: u64,
+    /// Runs in the index afterwards.
+    pub runs: usize,
+    /// Index key files written.
+    pub key_files_written: usize,
+    /// Objects deleted: markers of the compacted checkpoints, staged objects of
+    /// those compacted by the previous generation, and superseded index files.
+    pub objects_deleted: usize,
+}
+
+impl CheckpointStore {
+    /// Folds every committed checkpoint into the index. Checkpoints that are only
+    /// sealed stay as they are: their files still wait for a commit. Never loses a
+    /// key: the new index is published (put-if-not-exists) before anything is
+    /// deleted, and a concurrent compaction that publishes first makes this one
+    /// fail with [`Error::ConcurrentChange`] after removing its own files.
+    pub async fn compact(&self, options: &CompactionOptions) -> Result<CompactionReport> {
+        let state = self.load().await?;
+        let targets: Vec<_> = state.checkpoints.iter().filter(|c| c.committed).map(|c| &c.manifest).collect();
+        let previous_runs = state.index.as_ref().map_or(0, |i| i.runs.len());
+        if targets.is_empty() && previous_runs <= options.max_runs {
+            return Ok(CompactionReport {
+                runs: previous_runs,
+                ..Default::default()
+            });
+        }
+        let generation = state.index.as_ref().map_or(1, |i| i.generation + 1);
+        let merge_all = previous_runs + 1 > options.max_runs;
+
+        let mut sources: Vec<KeyFileRef> = targets.iter().flat_map(|m| m.key_files.iter().cloned()).collect();
+        let mut runs: Vec<KeyRun> = Vec::new();
+        if let Some(index) = &state.index {
+            if merge_all {
+                sources.extend(index.key_files().cloned());
+            } else {
+                runs.extend(index.runs.iter().cloned());
+            }
+        }
+        let keys_compacted = targets.iter().map(|m| m.key_count()).sum();
+        let new_run = self.write_sorted_run(generation, &sources, options.max_keys_per_file).await?;
+        let key_files_written = new_run.key_files.len();
+        if !new_run.key_files.is_empty() {
+            runs.push(new_run.clone());
+        }
+
+        let newly_compacted: Vec<CheckpointId> = targets.iter().map(|m| m.checkpoint_id).collect();
+        let mut checkpoints: Vec<CheckpointId> = state.index.as_ref().map(|i| i.checkpoints.clone()).unwrap_or_default();
+        checkpoints.extend(newly_compacted.iter().copied());
+        let index = IndexGeneration {
+            format_version: FORMAT_VERSION,
+            generation,
+            created_at: Utc::now(),
+            checkpoints,
+            newly_compacted: newly_compacted.clone(),
+            runs,
+        };
+        let store = self.object_store();
+        let layout = self.layout();
+        let index_path = layout.index(generation);
+        let encoded = records::encode(ObjectKind::Index, index_path.as_ref(), &index)?;
+        if !io::put_if_absent(store, &index_path, encoded).await? {
+            for file in &new_run.key_files {
+                io::delete(store, &layout.absolute(&file.path)).await?;
+            }
+            return Err(Error::ConcurrentChange {
+                operation: "compaction (another compaction published this generation first)",
+                attempts: 1,
+            });
+        }
+
+        let objects_deleted = self.delete_superseded(&index, state.index.as_ref()).await?;
+        Ok(CompactionReport {
+            generation: Some(generation),
+            checkpoints_compacted: newly_compacted.len(),
+            keys_compacted,
+            runs: index.runs.len(),
+            key_files_written,
+            objects_deleted,
+        })
+    }
+
+    /// Reads `sources`, sorts all their keys and writes them as one run.
+    async fn write_sorted_run(&self, generation: u64, sources: &[KeyFileRef], max_keys_per_file: usize) -> Result<KeyRun> {
+        let batches: Vec<Vec<RecordBatch>> = futures::stream::iter(sources)
+            .map(|file| self.read_keys(file))
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let schema = self.key_schema().arrow_schema().clone();
+        let batches: Vec<RecordBatch> = batches.into_iter().flatten().collect();
+        let sort_error = |e: arrow_schema::ArrowError| Error::EncodeKeys {
+            path: format!("index generation {generation}"),
+            source: BoxError::from(e),
+        };
+        let all = concat_batches(&schema, &batches).map_err(sort_error)?;
+        let sort_columns: Vec<SortColumn> = all
+            .columns()
+            .iter()
+            .map(|values| SortColumn {
+                values: values.clone(),
+                options: None,
+            })
+            .collect();
+        let order = lexsort_to_indices(&sort_columns, None).map_err(sort_error)?;
+        let sorted = take_record_batch(&all, &order).map_err(sort_error)?;
+
+        let run_id = Uuid::now_v7();
+        let layout = self.layout();
+        let mut key_files = Vec::new();
+        let step = max_keys_per_file.max(1);
+        let mut offset = 0;
+        while offset < sorted.num_rows() {
+            let slice = sorted.slice(offset, step.min(sorted.num_rows() - offset));
+            let path = layout.index_key_file(generation, run_id, key_files.len());
+            let bytes = keys::encode_key_file(self.key_schema(), &[slice.clone()], path.as_ref())?;
+            let size_bytes = bytes.len() as u64;
+            io::put(self.object_store(), &path, bytes).await?;
+            key_files.push(KeyFileRef {
+                path: layout.relative(&path),
+                row_count: slice.num_rows() as u64,
+                size_bytes,
+            });
+            offset += slice.num_rows();
+        }
+        Ok(KeyRun { key_files })
+    }
+
+    /// After `current` is published: deletes the markers of the checkpoints it
+    /// newly folded in, the staged objects of those `previous` folded in, and index
+    /// files that neither generation refers to. Objects `previous` still needs
+    /// stay for one more compaction, so readers that loaded it can finish.
+    async fn delete_superseded(&self, current: &IndexGeneration, previous: Option<&IndexGeneration>) -> Result<usize> {
+        let store = self.object_store();
+        let layout = self.layout();
+        let mut doomed = Vec::new();
+        for &id in &current.newly_compacted {
+            doomed.push(layout.sealed(id));
+            doomed.push(layout.committed(id));
+        }
+        if let Some(previous) = previous {
+            for &id in &previous.newly_compacted {
+                doomed.extend(io::list(store, &layout.staging_of(id)).await?.into_iter().map(|m| m.location));
+            }
+        }
+        let keep_from = previous.map_or(current.generation, |p| p.generation);
+        for meta in io::list(store, &layout.index_dir()).await? {
+            if Layout::generation_of(&meta.location).is_some_and(|g| g < keep_from) {
+                doomed.push(meta.location);
+            }
+        }
+        let referenced: BTreeSet<String> = current
+            .key_files()
+            .chain(previous.into_iter().flat_map(|p| p.key_files()))
+            .map(|f| f.path.clone())
+            .collect();
+        for meta in io::list(store, &layout.index_keys_dir()).await? {
+            let relative = layout.relative(&meta.location);
+            let written_by_older = Layout::generation_of_index_key_file(&meta.location).is_some_and(|g| g < current.generation);
+            if written_by_older && !referenced.contains(&relative) {
+                doomed.push(meta.location);
+            }
+        }
+        for path in &doomed {
+            io::delete(store, path).await?;
+        }
+        Ok(doomed.len())
+    }
+}

@@ -1,0 +1,223 @@
+//! The key schema of a store, and how key columns are stored as Parquet.
+//!
+//! Keys keep their exact Arrow type from source to store and back: integers are
+//! never routed through floating point. **Null rule:** a null in a key column is
+//! a value like any other and equals only null, for every type and in every
+//! column of a composite key. A row whose key is `(1, null)` is processed once,
+//! and is then skipped like any other key.
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ObjectKind, Result};
+
+/// One column of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyColumn {
+    /// Column name, as in the source.
+    pub name: String,
+    /// Exact Arrow type.
+    pub data_type: DataType,
+}
+
+/// The columns that identify a source row, in order. Composite keys have several.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySchema {
+    columns: Vec<KeyColumn>,
+    arrow: SchemaRef,
+}
+
+impl KeySchema {
+    /// A key schema from columns. Fails on an empty list, duplicate names, or a
+    /// type that cannot serve as a key (floating point, nested types, ...).
+    pub fn new(columns: Vec<KeyColumn>) -> Result<Self> {
+        if columns.is_empty() {
+            return Err(Error::InvalidKeySchema("a key needs at least one column".into()));
+        }
+        for (i, column) in columns.iter().enumerate() {
+            if columns[..i].iter().any(|c| c.name == column.name) {
+                return Err(Error::InvalidKeySchema(format!("column `{}` appears twice", column.name)));
+            }
+            check_key_type(&column.name, &column.data_type)?;
+        }
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.data_type.clone(), true))
+            .collect();
+        Ok(KeySchema {
+            arrow: Arc::new(Schema::new(fields)),
+            columns,
+        })
+    }
+
+    /// A single-column key.
+    pub fn single(name: &str, data_type: DataType) -> Result<Self> {
+        Self::new(vec![KeyColumn {
+            name: name.to_string(),
+            data_type,
+        }])
+    }
+
+    /// The key columns `names` of a source schema, with the source's types.
+    pub fn from_source(schema: &Schema, names: &[&str]) -> Result<Self> {
+        let columns = names
+            .iter()
+            .map(|name| {
+                let field = schema.field_with_name(name).map_err(|_| {
+                    Error::InvalidKeySchema(format!(
+                        "key column `{name}` is not in the source schema (columns: {})",
+                        schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+                Ok(KeyColumn {
+                    name: name.to_string(),
+                    data_type: field.data_type().clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(columns)
+    }
+
+    /// The key columns in order.
+    pub fn columns(&self) -> &[KeyColumn] {
+        &self.columns
+    }
+
+    /// The Arrow schema of key files: the key columns, all nullable.
+    pub fn arrow_schema(&self) -> &SchemaRef {
+        &self.arrow
+    }
+
+    /// Checks that `arrays` are the key columns of this schema (same count, same
+    /// types, same length) and bundles them as a batch with the key schema.
+    pub fn batch(&self, arrays: &[ArrayRef]) -> Result<RecordBatch> {
+        let found_types: Vec<&DataType> = arrays.iter().map(|a| a.data_type()).collect();
+        let expected_types: Vec<&DataType> = self.columns.iter().map(|c| &c.data_type).collect();
+        if found_types != expected_types {
+            return Err(Error::KeySchemaMismatch {
+                expected: self.to_string(),
+                found: format!("{found_types:?}"),
+            });
+        }
+        RecordBatch::try_new(self.arrow.clone(), arrays.to_vec()).map_err(|e| Error::KeySchemaMismatch {
+            expected: self.to_string(),
+            found: e.to_string(),
+        })
+    }
+
+    /// Checks that `other` describes the same key: same names and exact types.
+    pub fn ensure_same(&self, other: &KeySchema) -> Result<()> {
+        if self.columns == other.columns {
+            Ok(())
+        } else {
+            Err(Error::KeySchemaMismatch {
+                expected: self.to_string(),
+                found: other.to_string(),
+            })
+        }
+    }
+}
+
+impl std::fmt::Display for KeySchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(")?;
+        for (i, c) in self.columns.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{}: {}", c.name, c.data_type)?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// Types that identify a row exactly and survive a Parquet round trip unchanged.
+fn check_key_type(name: &str, data_type: &DataType) -> Result<()> {
+    use DataType::*;
+    let supported = match data_type {
+        Boolean | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => true,
+        Utf8 | LargeUtf8 | Binary | LargeBinary | FixedSizeBinary(_) => true,
+        Date32 | Date64 | Timestamp(_, _) | Decimal128(_, _) | Decimal256(_, _) => true,
+        Time32(TimeUnit::Second | TimeUnit::Millisecond) | Time64(TimeUnit::Microsecond | TimeUnit::Nanosecond) => true,
+        _ => false,
+    };
+    if supported {
+        return Ok(());
+    }
+    let hint = match data_type {
+        Float16 | Float32 | Float64 => "floating-point values have no exact identity (NaN, -0.0, rounding); use an integer, decimal or string key",
+        Utf8View | BinaryView => "cast view types to Utf8/Binary before checkpointing",
+        Dictionary(_, _) => "cast dictionary-encoded columns to their value type",
+        _ => "supported: integers, booleans, strings, binary, dates, times, timestamps, decimals",
+    };
+    Err(Error::InvalidKeySchema(format!(
+        "key column `{name}` has type {data_type}, which cannot be a key: {hint}"
+    )))
+}
+
+/// Encodes a batch of keys as a Parquet file.
+pub(crate) fn encode_key_file(schema: &KeySchema, batches: &[RecordBatch], path: &str) -> Result<Bytes> {
+    let encode_err = |e: parquet::errors::ParquetError| Error::EncodeKeys {
+        path: path.to_string(),
+        source: Box::new(e),
+    };
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut buffer = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buffer, schema.arrow_schema().clone(), Some(props)).map_err(encode_err)?;
+    for batch in batches {
+        writer.write(batch).map_err(encode_err)?;
+    }
+    writer.close().map_err(encode_err)?;
+    Ok(Bytes::from(buffer))
+}
+
+/// Decodes a key file, checking its columns against the key schema and its row
+/// count against the one recorded when it was staged.
+pub(crate) fn decode_key_file(
+    schema: &KeySchema,
+    bytes: Bytes,
+    path: &str,
+    expected_rows: u64,
+) -> Result<Vec<RecordBatch>> {
+    let corrupt = |e: String| Error::corrupt(ObjectKind::KeyFile, path, e);
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let file_types: Vec<(&str, &DataType)> = builder
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| (f.name().as_str(), f.data_type()))
+        .collect();
+    let expected_types: Vec<(&str, &DataType)> = schema
+        .columns()
+        .iter()
+        .map(|c| (c.name.as_str(), &c.data_type))
+        .collect();
+    if file_types != expected_types {
+        return Err(corrupt(format!("columns {file_types:?} differ from the key schema {schema}")));
+    }
+    let reader = builder.build().map_err(|e| corrupt(e.to_string()))?;
+    let mut batches = Vec::new();
+    let mut rows = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| corrupt(e.to_string()))?;
+        rows += batch.num_rows() as u64;
+        // Normalise to the store's schema (nullable fields, no file metadata).
+        let batch = RecordBatch::try_new(schema.arrow_schema().clone(), batch.columns().to_vec())
+            .map_err(|e| corrupt(e.to_string()))?;
+        batches.push(batch);
+    }
+    if rows != expected_rows {
+        return Err(corrupt(format!("holds {rows} keys, but {expected_rows} were recorded")));
+    }
+    Ok(batches)
+}

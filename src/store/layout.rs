@@ -1,0 +1,116 @@
+//! Where each object of a checkpoint store lives, relative to the store's root.
+//!
+//! ```text
+//! tidemark.json                                   descriptor: format version, key schema
+//! staging/{checkpoint}/{writer}/begun.json        a writer began this checkpoint
+//! staging/{checkpoint}/{writer}/keys/{n}.parquet  staged keys (invisible until sealed)
+//! staging/{checkpoint}/{writer}/inflight/{n}.json data files about to be written
+//! sealed/{checkpoint}.json                        the seal: manifest of keys and files
+//! committed/{checkpoint}.json                     the files are in the table
+//! index/{generation}.json                         compacted index of committed checkpoints
+//! index-keys/{generation}-{run}/{n}.parquet       sorted key runs of the index
+//! ```
+
+use object_store::path::Path;
+use uuid::Uuid;
+
+use super::records::CheckpointId;
+
+/// Computes object paths below a store root.
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    root: Path,
+}
+
+impl Layout {
+    pub(crate) fn new(root: Path) -> Self {
+        Layout { root }
+    }
+
+    fn join(&self, parts: &[&str]) -> Path {
+        parts.iter().fold(self.root.clone(), |path, part| path.child(*part))
+    }
+
+    pub(crate) fn descriptor(&self) -> Path {
+        self.join(&["tidemark.json"])
+    }
+
+    pub(crate) fn staging_of(&self, id: CheckpointId) -> Path {
+        self.join(&["staging", &id.to_string()])
+    }
+
+    pub(crate) fn begin_marker(&self, id: CheckpointId, writer: Uuid) -> Path {
+        self.join(&["staging", &id.to_string(), &writer.to_string(), "begun.json"])
+    }
+
+    pub(crate) fn staged_key_file(&self, id: CheckpointId, writer: Uuid, n: usize) -> Path {
+        self.join(&["staging", &id.to_string(), &writer.to_string(), "keys", &format!("{n:08}.parquet")])
+    }
+
+    pub(crate) fn in_flight(&self, id: CheckpointId, writer: Uuid) -> Path {
+        self.join(&["staging", &id.to_string(), &writer.to_string(), "inflight", &format!("{}.json", Uuid::now_v7())])
+    }
+
+    pub(crate) fn sealed_dir(&self) -> Path {
+        self.join(&["sealed"])
+    }
+
+    pub(crate) fn sealed(&self, id: CheckpointId) -> Path {
+        self.join(&["sealed", &format!("{id}.json")])
+    }
+
+    pub(crate) fn committed_dir(&self) -> Path {
+        self.join(&["committed"])
+    }
+
+    pub(crate) fn committed(&self, id: CheckpointId) -> Path {
+        self.join(&["committed", &format!("{id}.json")])
+    }
+
+    pub(crate) fn index_dir(&self) -> Path {
+        self.join(&["index"])
+    }
+
+    pub(crate) fn index(&self, generation: u64) -> Path {
+        self.join(&["index", &format!("{generation:020}.json")])
+    }
+
+    pub(crate) fn index_key_file(&self, generation: u64, run: Uuid, n: usize) -> Path {
+        self.join(&["index-keys", &format!("{generation:020}-{run}"), &format!("{n:08}.parquet")])
+    }
+
+    pub(crate) fn index_keys_dir(&self) -> Path {
+        self.join(&["index-keys"])
+    }
+
+    /// The generation that wrote an `index-keys/{generation}-{run}/...` file.
+    pub(crate) fn generation_of_index_key_file(path: &Path) -> Option<u64> {
+        let parts: Vec<_> = path.parts().collect();
+        let dir = parts.get(parts.len().checked_sub(2)?)?;
+        dir.as_ref().split_once('-')?.0.parse().ok()
+    }
+
+    /// The path below the root, as stored in manifests.
+    pub(crate) fn relative(&self, path: &Path) -> String {
+        match path.prefix_match(&self.root) {
+            Some(parts) => parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"),
+            None => path.to_string(),
+        }
+    }
+
+    /// The full path of a path stored relative to the root.
+    pub(crate) fn absolute(&self, relative: &str) -> Path {
+        self.join(&relative.split('/').filter(|p| !p.is_empty()).collect::<Vec<_>>())
+    }
+
+    /// The checkpoint id of a `sealed/` or `committed/` entry, if it is one.
+    pub(crate) fn id_of_marker(path: &Path) -> Option<CheckpointId> {
+        let name = path.filename()?;
+        name.strip_suffix(".json")?.parse().ok()
+    }
+
+    /// The generation of an `index/` entry, if it is one.
+    pub(crate) fn generation_of(path: &Path) -> Option<u64> {
+        path.filename()?.strip_suffix(".json")?.parse().ok()
+    }
+}

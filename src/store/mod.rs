@@ -1,0 +1,220 @@
+//! The checkpoint store: what a pipeline has processed and written, on any object store.
+//!
+//! A checkpoint moves through `staged -> checkpointed -> committed`:
+//! - **staged**: a [`CheckpointWriter`] has stored keys and recorded in-flight data
+//!   files. Nothing of it is visible to readers; a crashed writer leaves only this.
+//! - **checkpointed**: the writer sealed it with one put-if-not-exists of its
+//!   manifest. Its keys are skipped by every later read; its files wait for a commit.
+//! - **committed**: the sink appended its files to the table and the store recorded
+//!   a commit marker. Its keys stay skipped; [`CheckpointStore::compact`] folds it
+//!   into the sorted key index so reads stay cheap as history grows.
+
+mod compaction;
+mod io;
+mod keys;
+mod layout;
+mod location;
+mod records;
+mod state;
+mod writer;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use chrono::Utc;
+
+pub use compaction::{CompactionOptions, CompactionReport};
+pub use keys::{KeyColumn, KeySchema};
+pub use location::{StoreLocation, OPTION_MAX_RETRIES, OPTION_RETRY_TIMEOUT_SECS};
+pub use records::{
+    BeginMarker, CheckpointId, CommitMarker, Descriptor, FileRecord, InFlightRecord, IndexGeneration, KeyFileRef,
+    KeyRun, Manifest, TableFileMetadata, FORMAT_VERSION, MIN_FORMAT_VERSION,
+};
+pub use state::{CheckpointState, CheckpointSummary, StoreState};
+pub use writer::CheckpointWriter;
+
+use crate::error::{Error, ObjectKind, Result};
+use layout::Layout;
+
+/// A checkpoint store rooted at one location. Cheap to clone; clones share the
+/// connection to the object store.
+#[derive(Debug, Clone)]
+pub struct CheckpointStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    location: StoreLocation,
+    layout: Layout,
+    key_schema: KeySchema,
+}
+
+impl CheckpointStore {
+    /// Opens the store at `url` for keys of `key_schema`, creating it if it is new.
+    /// See [`StoreLocation::from_url`] for URLs and options.
+    pub async fn open(url: &str, options: &HashMap<String, String>, key_schema: KeySchema) -> Result<Self> {
+        Self::open_at(StoreLocation::from_url(url, options)?, key_schema).await
+    }
+
+    /// Opens the store at `location` for keys of `key_schema`, creating it if it is
+    /// new. An existing store must have been created with the same key schema.
+    pub async fn open_at(location: StoreLocation, key_schema: KeySchema) -> Result<Self> {
+        let layout = Layout::new(location.prefix.clone());
+        let path = layout.descriptor();
+        let descriptor = Descriptor {
+            format_version: FORMAT_VERSION,
+            key_columns: key_schema.columns().to_vec(),
+            created_at: Utc::now(),
+        };
+        let store = location.object_store.as_ref();
+        let encoded = records::encode(ObjectKind::Descriptor, path.as_ref(), &descriptor)?;
+        if !io::put_if_absent(store, &path, encoded).await? {
+            let existing = read_descriptor(store, &path).await?;
+            KeySchema::new(existing.key_columns)?.ensure_same(&key_schema)?;
+        }
+        Ok(Self::from_parts(location, layout, key_schema))
+    }
+
+    /// Opens an existing store, taking the key schema from its descriptor.
+    pub async fn open_existing(location: StoreLocation) -> Result<Self> {
+        let layout = Layout::new(location.prefix.clone());
+        let path = layout.descriptor();
+        if !io::exists(location.object_store.as_ref(), &path).await? {
+            return Err(Error::NoStore { url: location.url.clone() });
+        }
+        let descriptor = read_descriptor(location.object_store.as_ref(), &path).await?;
+        let key_schema = KeySchema::new(descriptor.key_columns)?;
+        Ok(Self::from_parts(location, layout, key_schema))
+    }
+
+    fn from_parts(location: StoreLocation, layout: Layout, key_schema: KeySchema) -> Self {
+        CheckpointStore {
+            inner: Arc::new(Inner {
+                location,
+                layout,
+                key_schema,
+            }),
+        }
+    }
+
+    /// The columns that identify a row in this store.
+    pub fn key_schema(&self) -> &KeySchema {
+        &self.inner.key_schema
+    }
+
+    /// Where the store is.
+    pub fn location(&self) -> &StoreLocation {
+        &self.inner.location
+    }
+
+    /// Begins a new checkpoint with a fresh, time-ordered id.
+    pub async fn begin(&self) -> Result<CheckpointWriter> {
+        CheckpointWriter::begin(self.clone(), CheckpointId::new()).await
+    }
+
+    /// Begins writing the checkpoint `id` chosen by the caller, for example one id
+    /// per shard so that two attempts at the same shard race to seal it and
+    /// exactly one wins. Fails with [`Error::AlreadySealed`] if it is sealed.
+    pub async fn begin_with_id(&self, id: CheckpointId) -> Result<CheckpointWriter> {
+        CheckpointWriter::begin(self.clone(), id).await
+    }
+
+    /// The manifest of a sealed checkpoint that has not been compacted away.
+    pub async fn manifest(&self, id: CheckpointId) -> Result<Manifest> {
+        match self.read_manifest(id).await? {
+            Some(manifest) => Ok(manifest),
+            None => match self.checkpoint_state(id).await? {
+                CheckpointState::Staged => Err(Error::NotSealed { id: id.to_string() }),
+                _ => Err(Error::UnknownCheckpoint { id: id.to_string() }),
+            },
+        }
+    }
+
+    /// Where a checkpoint is in its lifecycle. Fails with
+    /// [`Error::UnknownCheckpoint`] if the store has never heard of it.
+    pub async fn checkpoint_state(&self, id: CheckpointId) -> Result<CheckpointState> {
+        let store = self.object_store();
+        let layout = &self.inner.layout;
+        if io::exists(store, &layout.sealed(id)).await? {
+            return Ok(if io::exists(store, &layout.committed(id)).await? {
+                CheckpointState::Committed
+            } else {
+                CheckpointState::Checkpointed
+            });
+        }
+        if let Some(index) = self.current_index().await? {
+            if index.checkpoints.contains(&id) {
+                return Ok(CheckpointState::Committed);
+            }
+        }
+        if !io::list(store, &layout.staging_of(id)).await?.is_empty() {
+            return Ok(CheckpointState::Staged);
+        }
+        Err(Error::UnknownCheckpoint { id: id.to_string() })
+    }
+
+    /// Records that the files of the sealed checkpoints `ids` are in the table.
+    /// `commit` is what the sink reports (table, sequence, snapshot). Idempotent:
+    /// marking an already committed checkpoint again changes nothing.
+    pub async fn mark_committed(&self, ids: &[CheckpointId], commit: &serde_json::Value) -> Result<()> {
+        let store = self.object_store();
+        for &id in ids {
+            let path = self.inner.layout.committed(id);
+            if !io::exists(store, &self.inner.layout.sealed(id)).await? {
+                // Not sealed, or sealed, committed and compacted already.
+                match self.checkpoint_state(id).await? {
+                    CheckpointState::Committed => continue,
+                    _ => return Err(Error::NotSealed { id: id.to_string() }),
+                }
+            }
+            let marker = CommitMarker {
+                format_version: FORMAT_VERSION,
+                checkpoint_id: id,
+                committed_at: Utc::now(),
+                commit: commit.clone(),
+            };
+            let encoded = records::encode(ObjectKind::CommitMarker, path.as_ref(), &marker)?;
+            io::put_if_absent(store, &path, encoded).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads one key file named by [`StoreState::key_files`], checked against the
+    /// key schema and the row count recorded for it.
+    pub async fn read_keys(&self, file: &KeyFileRef) -> Result<Vec<RecordBatch>> {
+        let path = self.inner.layout.absolute(&file.path);
+        let bytes = match io::get_optional(self.object_store(), &path).await? {
+            Some(bytes) => bytes,
+            None => {
+                return Err(Error::ConcurrentChange {
+                    operation: "reading keys (the key file was compacted away; load the state again)",
+                    attempts: 1,
+                })
+            }
+        };
+        keys::decode_key_file(&self.inner.key_schema, bytes, path.as_ref(), file.row_count)
+    }
+
+    fn object_store(&self) -> &dyn object_store::ObjectStore {
+        self.inner.location.object_store.as_ref()
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    async fn read_manifest(&self, id: CheckpointId) -> Result<Option<Manifest>> {
+        let path = self.inner.layout.sealed(id);
+        match io::get_optional(self.object_store(), &path).await? {
+            Some(bytes) => records::decode(ObjectKind::Manifest, path.as_ref(), &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+async fn read_descriptor(store: &dyn object_store::ObjectStore, path: &object_store::path::Path) -> Result<Descriptor> {
+    let bytes = io::get(store, path).await?;
+    records::decode(ObjectKind::Descriptor, path.as_ref(), &bytes)
+}

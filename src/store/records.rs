@@ -1,0 +1,254 @@
+//! The stored records of a checkpoint store and their versioned JSON encoding.
+//!
+//! Every JSON object carries `format_version`. A reader accepts every version from
+//! [`MIN_FORMAT_VERSION`] to [`FORMAT_VERSION`]; the fixtures under
+//! `tests/fixtures/store-v1/` pin version 1 so that a store written by an older
+//! build keeps being read.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::keys::KeyColumn;
+use crate::error::{Error, ObjectKind, Result};
+
+/// The format version this build writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// The oldest format version this build reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
+
+/// Identifies a checkpoint. Time-ordered (UUID v7) when tidemark makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CheckpointId(Uuid);
+
+impl CheckpointId {
+    /// A new time-ordered id.
+    pub fn new() -> Self {
+        CheckpointId(Uuid::now_v7())
+    }
+
+    /// The id as a UUID.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl Default for CheckpointId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<Uuid> for CheckpointId {
+    fn from(uuid: Uuid) -> Self {
+        CheckpointId(uuid)
+    }
+}
+
+impl fmt::Display for CheckpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for CheckpointId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Uuid::parse_str(s)
+            .map(CheckpointId)
+            .map_err(|_| Error::UnknownCheckpoint { id: s.to_string() })
+    }
+}
+
+/// Table-format metadata of a written data file, as the sink encodes it
+/// (an Iceberg `DataFile`, a Delta `Add` action). The core stores it verbatim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableFileMetadata {
+    /// Which encoding `body` uses, e.g. `iceberg.data-file` or `delta.add`.
+    pub format: String,
+    /// Version of that encoding, owned by the connector that wrote it.
+    pub version: u32,
+    /// The metadata itself.
+    pub body: serde_json::Value,
+}
+
+/// A data file written by a pipeline and waiting to be committed to a table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// Where the data file is, as the sink addresses it (usually a URL).
+    pub path: String,
+    /// Size of the file in bytes.
+    pub file_size_bytes: u64,
+    /// Number of rows in the file.
+    pub record_count: u64,
+    /// Table-format metadata needed to commit the file.
+    pub table_metadata: TableFileMetadata,
+}
+
+/// A Parquet file of keys, relative to the store's root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyFileRef {
+    /// Path below the store root.
+    pub path: String,
+    /// Number of keys in it.
+    pub row_count: u64,
+    /// Size in bytes.
+    pub size_bytes: u64,
+}
+
+/// The seal of a checkpoint: its presence makes the checkpoint's keys skipped and
+/// its files committable. Written once, with put-if-not-exists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Encoding version.
+    pub format_version: u32,
+    /// The checkpoint sealed.
+    pub checkpoint_id: CheckpointId,
+    /// The writer whose seal this is.
+    pub writer_id: Uuid,
+    /// When the writer began.
+    pub begun_at: DateTime<Utc>,
+    /// When it sealed.
+    pub sealed_at: DateTime<Utc>,
+    /// Keys processed under this checkpoint.
+    pub key_files: Vec<KeyFileRef>,
+    /// Data files to commit.
+    pub files: Vec<FileRecord>,
+    /// Data files recorded as in flight but never staged: nothing refers to them,
+    /// and a garbage collector may delete them.
+    pub abandoned_writes: Vec<String>,
+    /// Free-form properties the pipeline attached (source shard, run id, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Manifest {
+    /// Total number of keys in the checkpoint.
+    pub fn key_count(&self) -> u64 {
+        self.key_files.iter().map(|k| k.row_count).sum()
+    }
+}
+
+/// Marks a sealed checkpoint's files as committed to the table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitMarker {
+    /// Encoding version.
+    pub format_version: u32,
+    /// The checkpoint.
+    pub checkpoint_id: CheckpointId,
+    /// When it was marked.
+    pub committed_at: DateTime<Utc>,
+    /// What the sink reports about the commit (table, sequence, snapshot or version).
+    pub commit: serde_json::Value,
+}
+
+/// Written before a data file is written, so that a crash leaves no untracked file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InFlightRecord {
+    /// Encoding version.
+    pub format_version: u32,
+    /// The checkpoint the file belongs to.
+    pub checkpoint_id: CheckpointId,
+    /// The writer writing it.
+    pub writer_id: Uuid,
+    /// Where the data file will be.
+    pub path: String,
+    /// When it was recorded.
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Written when a writer begins a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BeginMarker {
+    /// Encoding version.
+    pub format_version: u32,
+    /// The checkpoint.
+    pub checkpoint_id: CheckpointId,
+    /// The writer.
+    pub writer_id: Uuid,
+    /// When it began.
+    pub begun_at: DateTime<Utc>,
+}
+
+/// `tidemark.json`: what every checkpoint of the store has in common.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Descriptor {
+    /// Encoding version.
+    pub format_version: u32,
+    /// The key columns.
+    pub key_columns: Vec<KeyColumn>,
+    /// When the store was created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One generation of the compacted index: the keys of committed checkpoints,
+/// folded into a few sorted files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IndexGeneration {
+    /// Encoding version.
+    pub format_version: u32,
+    /// Generation number; the highest one present is current.
+    pub generation: u64,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
+    /// Every checkpoint whose keys the index holds (all committed).
+    pub checkpoints: Vec<CheckpointId>,
+    /// Checkpoints first folded in by this generation; their staged objects are
+    /// deleted by the next compaction, so readers of this generation's
+    /// predecessor have one compaction interval to finish.
+    pub newly_compacted: Vec<CheckpointId>,
+    /// Sorted runs of keys. Within a run, files are in ascending key order and
+    /// do not overlap; runs may overlap each other.
+    pub runs: Vec<KeyRun>,
+}
+
+impl IndexGeneration {
+    /// Every key file of every run.
+    pub fn key_files(&self) -> impl Iterator<Item = &KeyFileRef> {
+        self.runs.iter().flat_map(|r| r.key_files.iter())
+    }
+}
+
+/// A sorted run of keys split over one or more files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRun {
+    /// The files, in ascending key order.
+    pub key_files: Vec<KeyFileRef>,
+}
+
+/// Encodes a record as JSON.
+pub(crate) fn encode<T: Serialize>(kind: ObjectKind, path: &str, record: &T) -> Result<Bytes> {
+    serde_json::to_vec_pretty(record)
+        .map(Bytes::from)
+        .map_err(|e| Error::Encode {
+            kind,
+            path: path.to_string(),
+            source: Box::new(e),
+        })
+}
+
+/// Decodes a record, checking its format version first so that a newer store is
+/// reported as such rather than as corrupt.
+pub(crate) fn decode<T: DeserializeOwned>(kind: ObjectKind, path: &str, bytes: &[u8]) -> Result<T> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(kind, path, e))?;
+    let version = value
+        .get("format_version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| Error::corrupt(kind, path, "no format_version field"))?;
+    if !(MIN_FORMAT_VERSION as u64..=FORMAT_VERSION as u64).contains(&version) {
+        return Err(Error::UnsupportedFormatVersion {
+            kind,
+            path: path.to_string(),
+            found: u32::try_from(version).unwrap_or(u32::MAX),
+            min: MIN_FORMAT_VERSION,
+            max: FORMAT_VERSION,
+        });
+    }
+    serde_json::from_value(value).map_err(|e| Error::corrupt(kind, path, e))
+}

@@ -1,0 +1,126 @@
+//! Loading what the store holds: the compacted index plus the sealed checkpoints
+//! not yet folded into it.
+//!
+//! Cost of a load: three LISTs (`sealed/`, `committed/`, `index/`), one GET of
+//! the current index, and one GET per sealed checkpoint that is not compacted yet.
+//! It does not grow with the number of compacted checkpoints.
+
+use std::collections::BTreeSet;
+
+use super::records::{self, CheckpointId, IndexGeneration, KeyFileRef, Manifest};
+use super::layout::Layout;
+use super::{io, CheckpointStore};
+use crate::error::{Error, ObjectKind, Result};
+
+/// How many times a load starts over when a compaction removes what it listed.
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Where a checkpoint is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointState {
+    /// Keys or in-flight files were staged; invisible to readers.
+    Staged,
+    /// Sealed: keys are skipped; files wait for a commit.
+    Checkpointed,
+    /// Files are in the table.
+    Committed,
+}
+
+/// A sealed checkpoint that is not yet in the compacted index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointSummary {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Whether its files are marked committed.
+    pub committed: bool,
+}
+
+/// Everything sealed in the store at the moment of a load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreState {
+    /// The current compacted index, if the store was ever compacted.
+    pub index: Option<IndexGeneration>,
+    /// Sealed checkpoints outside the index, in id order.
+    pub checkpoints: Vec<CheckpointSummary>,
+}
+
+impl StoreState {
+    /// Every key file whose keys are checkpointed: the index runs, then the key
+    /// files of sealed checkpoints outside the index. Staged keys are not included.
+    pub fn key_files(&self) -> Vec<KeyFileRef> {
+        let indexed = self.index.iter().flat_map(|i| i.key_files()).cloned();
+        let sealed = self.checkpoints.iter().flat_map(|c| c.manifest.key_files.iter().cloned());
+        indexed.chain(sealed).collect()
+    }
+
+    /// Number of checkpointed keys.
+    pub fn key_count(&self) -> u64 {
+        self.key_files().iter().map(|k| k.row_count).sum()
+    }
+
+    /// Sealed checkpoints whose files are not committed yet, in id order.
+    pub fn pending_commit(&self) -> Vec<&Manifest> {
+        self.checkpoints.iter().filter(|c| !c.committed).map(|c| &c.manifest).collect()
+    }
+
+    /// Number of checkpoints folded into the compacted index.
+    pub fn compacted_count(&self) -> usize {
+        self.index.as_ref().map_or(0, |i| i.checkpoints.len())
+    }
+}
+
+impl CheckpointStore {
+    /// Loads the sealed state of the store. Starts over (a bounded number of times)
+    /// if a concurrent compaction removes a manifest between listing and reading.
+    pub async fn load(&self) -> Result<StoreState> {
+        for _ in 0..LOAD_ATTEMPTS {
+            if let Some(state) = self.try_load().await? {
+                return Ok(state);
+            }
+        }
+        Err(Error::ConcurrentChange {
+            operation: "loading the store state",
+            attempts: LOAD_ATTEMPTS,
+        })
+    }
+
+    /// One attempt; `None` if a listed manifest vanished. The order matters: the
+    /// index is read after both listings, and a compaction publishes its index
+    /// before deleting markers, so every listed id that vanished is in the index.
+    async fn try_load(&self) -> Result<Option<StoreState>> {
+        let store = self.object_store();
+        let layout = self.layout();
+        let sealed = marker_ids(io::list(store, &layout.sealed_dir()).await?);
+        let committed = marker_ids(io::list(store, &layout.committed_dir()).await?);
+        let index = self.current_index().await?;
+        let compacted: BTreeSet<CheckpointId> = index.iter().flat_map(|i| i.checkpoints.iter().copied()).collect();
+        let mut checkpoints = Vec::new();
+        for id in sealed.into_iter().filter(|id| !compacted.contains(id)) {
+            let Some(manifest) = self.read_manifest(id).await? else {
+                return Ok(None);
+            };
+            checkpoints.push(CheckpointSummary {
+                committed: committed.contains(&id),
+                manifest,
+            });
+        }
+        Ok(Some(StoreState { index, checkpoints }))
+    }
+
+    /// The highest index generation, if any.
+    pub(super) async fn current_index(&self) -> Result<Option<IndexGeneration>> {
+        let store = self.object_store();
+        let listed = io::list(store, &self.layout().index_dir()).await?;
+        let Some(generation) = listed.iter().filter_map(|m| Layout::generation_of(&m.location)).max() else {
+            return Ok(None);
+        };
+        let path = self.layout().index(generation);
+        let bytes = io::get(store, &path).await?;
+        let index: IndexGeneration = records::decode(ObjectKind::Index, path.as_ref(), &bytes)?;
+        Ok(Some(index))
+    }
+}
+
+fn marker_ids(listed: Vec<object_store::ObjectMeta>) -> BTreeSet<CheckpointId> {
+    listed.iter().filter_map(|m| Layout::id_of_marker(&m.location)).collect()
+}

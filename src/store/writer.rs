@@ -1,0 +1,193 @@
+//! Writing one checkpoint: stage keys, record in-flight data files, stage their
+//! records, then seal everything with one conditional write.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow_array::ArrayRef;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::records::{self, BeginMarker, CheckpointId, FileRecord, InFlightRecord, KeyFileRef, Manifest, FORMAT_VERSION};
+use super::{io, keys, CheckpointStore};
+use crate::error::{Error, ObjectKind, Result};
+
+/// Writes one checkpoint. Staged work is invisible to readers until [`seal`](Self::seal).
+///
+/// One writer belongs to one task; several writers may target the same
+/// checkpoint id (retried shard attempts), and exactly one of their seals wins.
+#[derive(Debug)]
+pub struct CheckpointWriter {
+    store: CheckpointStore,
+    id: CheckpointId,
+    writer_id: Uuid,
+    begun_at: DateTime<Utc>,
+    key_files: Vec<KeyFileRef>,
+    in_flight: BTreeSet<String>,
+    files: Vec<FileRecord>,
+    properties: BTreeMap<String, String>,
+    sealed: Option<Manifest>,
+}
+
+impl CheckpointWriter {
+    pub(super) async fn begin(store: CheckpointStore, id: CheckpointId) -> Result<Self> {
+        let writer = CheckpointWriter {
+            store,
+            id,
+            writer_id: Uuid::now_v7(),
+            begun_at: Utc::now(),
+            key_files: Vec::new(),
+            in_flight: BTreeSet::new(),
+            files: Vec::new(),
+            properties: BTreeMap::new(),
+            sealed: None,
+        };
+        writer.ensure_unsealed().await?;
+        let path = writer.store.layout().begin_marker(id, writer.writer_id);
+        let marker = BeginMarker {
+            format_version: FORMAT_VERSION,
+            checkpoint_id: id,
+            writer_id: writer.writer_id,
+            begun_at: writer.begun_at,
+        };
+        let encoded = records::encode(ObjectKind::BeginMarker, path.as_ref(), &marker)?;
+        io::put(writer.store.object_store(), &path, encoded).await?;
+        Ok(writer)
+    }
+
+    /// The checkpoint being written.
+    pub fn id(&self) -> CheckpointId {
+        self.id
+    }
+
+    /// This writer's id, recorded in the seal.
+    pub fn writer_id(&self) -> Uuid {
+        self.writer_id
+    }
+
+    /// Number of keys staged so far.
+    pub fn staged_key_count(&self) -> u64 {
+        self.key_files.iter().map(|k| k.row_count).sum()
+    }
+
+    /// Attaches a property to the manifest (source shard, run id, ...).
+    pub fn set_property(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.properties.insert(key.into(), value.into());
+    }
+
+    /// Stages the keys of rows about to be processed: one array per key column, in
+    /// the store's key order and exact types. Writes one Parquet key file.
+    pub async fn stage_keys(&mut self, columns: &[ArrayRef]) -> Result<u64> {
+        let batch = self.store.key_schema().batch(columns)?;
+        self.ensure_unsealed().await?;
+        let rows = batch.num_rows() as u64;
+        if rows == 0 {
+            return Ok(0);
+        }
+        let layout = self.store.layout();
+        let path = layout.staged_key_file(self.id, self.writer_id, self.key_files.len());
+        let bytes = keys::encode_key_file(self.store.key_schema(), &[batch], path.as_ref())?;
+        let size_bytes = bytes.len() as u64;
+        io::put(self.store.object_store(), &path, bytes).await?;
+        self.key_files.push(KeyFileRef {
+            path: layout.relative(&path),
+            row_count: rows,
+            size_bytes,
+        });
+        Ok(rows)
+    }
+
+    /// Records that a data file is about to be written at `path`, before writing
+    /// it, so that a crash leaves no file the store does not know about.
+    pub async fn record_in_flight(&mut self, path: &str) -> Result<()> {
+        self.ensure_unsealed().await?;
+        let record_path = self.store.layout().in_flight(self.id, self.writer_id);
+        let record = InFlightRecord {
+            format_version: FORMAT_VERSION,
+            checkpoint_id: self.id,
+            writer_id: self.writer_id,
+            path: path.to_string(),
+            recorded_at: Utc::now(),
+        };
+        let encoded = records::encode(ObjectKind::InFlightRecord, record_path.as_ref(), &record)?;
+        io::put(self.store.object_store(), &record_path, encoded).await?;
+        self.in_flight.insert(path.to_string());
+        Ok(())
+    }
+
+    /// Stages the record of a data file that is now fully written. The file must
+    /// have been recorded with [`record_in_flight`](Self::record_in_flight).
+    pub async fn stage_file(&mut self, record: FileRecord) -> Result<()> {
+        if !self.in_flight.remove(&record.path) {
+            return Err(Error::NotInFlight {
+                id: self.id.to_string(),
+                path: record.path,
+            });
+        }
+        if let Err(e) = self.ensure_unsealed().await {
+            self.in_flight.insert(record.path);
+            return Err(e);
+        }
+        self.files.push(record);
+        Ok(())
+    }
+
+    /// Seals the checkpoint: one put-if-not-exists of its manifest. From then on
+    /// its keys are skipped and its files are committable.
+    ///
+    /// Idempotent for this writer: if a previous seal call reached the store but
+    /// its response was lost, calling again returns the stored manifest. If another
+    /// writer sealed the id first, fails with [`Error::AlreadySealed`].
+    pub async fn seal(&mut self) -> Result<Manifest> {
+        if let Some(manifest) = &self.sealed {
+            return Ok(manifest.clone());
+        }
+        let manifest = Manifest {
+            format_version: FORMAT_VERSION,
+            checkpoint_id: self.id,
+            writer_id: self.writer_id,
+            begun_at: self.begun_at,
+            sealed_at: Utc::now(),
+            key_files: self.key_files.clone(),
+            files: self.files.clone(),
+            abandoned_writes: self.in_flight.iter().cloned().collect(),
+            properties: self.properties.clone(),
+        };
+        let path = self.store.layout().sealed(self.id);
+        let encoded = records::encode(ObjectKind::Manifest, path.as_ref(), &manifest)?;
+        if io::put_if_absent(self.store.object_store(), &path, encoded).await? {
+            self.sealed = Some(manifest.clone());
+            return Ok(manifest);
+        }
+        let existing = self
+            .store
+            .read_manifest(self.id)
+            .await?
+            .ok_or_else(|| Error::corrupt(ObjectKind::Manifest, &path, "vanished right after a conflicting seal"))?;
+        if existing.writer_id == self.writer_id {
+            self.sealed = Some(existing.clone());
+            Ok(existing)
+        } else {
+            Err(Error::AlreadySealed {
+                id: self.id.to_string(),
+                sealed_by: existing.writer_id.to_string(),
+            })
+        }
+    }
+
+    /// Fails if this checkpoint is sealed, by this writer or another one.
+    async fn ensure_unsealed(&self) -> Result<()> {
+        if let Some(manifest) = &self.sealed {
+            return Err(Error::AlreadySealed {
+                id: self.id.to_string(),
+                sealed_by: manifest.writer_id.to_string(),
+            });
+        }
+        match self.store.read_manifest(self.id).await? {
+            Some(manifest) => Err(Error::AlreadySealed {
+                id: self.id.to_string(),
+                sealed_by: manifest.writer_id.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Shared test support: the three store backends and a fault-injecting object
+//! store wrapper.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
+    PutOptions, PutPayload, PutResult,
+};
+use tempfile::TempDir;
+use tidemark::store::StoreLocation;
+
+pub const S3_BUCKET: &str = "tidemark-test";
+
+/// A place to open stores on, and the way to open it again "from another process".
+pub struct Backend {
+    pub name: &'static str,
+    url: String,
+    options: HashMap<String, String>,
+    memory: Option<Arc<dyn ObjectStore>>,
+    _dir: Option<TempDir>,
+}
+
+impl Backend {
+    pub fn memory() -> Self {
+        Backend {
+            name: "memory",
+            url: "memory://".into(),
+            options: HashMap::new(),
+            memory: Some(Arc::new(InMemory::new())),
+            _dir: None,
+        }
+    }
+
+    pub fn local() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Backend {
+            name: "local",
+            url: format!("file://{}/store", dir.path().display()),
+            options: HashMap::new(),
+            memory: None,
+            _dir: Some(dir),
+        }
+    }
+
+    pub fn s3() -> Self {
+        let endpoint = s3_endpoint();
+        let prefix = uuid::Uuid::new_v4();
+        Backend {
+            name: "s3",
+            url: format!("s3://{S3_BUCKET}/{prefix}"),
+            options: s3_options(&endpoint),
+            memory: None,
+            _dir: None,
+        }
+    }
+
+    /// A fresh handle on the backend, as another process would open it.
+    pub fn location(&self) -> StoreLocation {
+        match &self.memory {
+            Some(store) => StoreLocation::from_object_store(store.clone(), Path::from("store")),
+            None => StoreLocation::from_url(&self.url, &self.options).expect("open location"),
+        }
+    }
+
+    /// The backend seen through a fault-injecting wrapper.
+    pub fn faulty(&self) -> (StoreLocation, Arc<FaultyStore>) {
+        let inner = self.location();
+        let faulty = Arc::new(FaultyStore::new(inner.object_store.clone()));
+        (StoreLocation::from_object_store(faulty.clone(), inner.prefix), faulty)
+    }
+}
+
+pub fn s3_options(endpoint: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("aws_endpoint".to_string(), endpoint.to_string()),
+        ("aws_allow_http".to_string(), "true".to_string()),
+        ("aws_region".to_string(), "us-east-1".to_string()),
+        ("aws_access_key_id".to_string(), "tidemark".to_string()),
+        ("aws_secret_access_key".to_string(), "tidemark".to_string()),
+    ])
+}
+
+struct S3Server {
+    endpoint: String,
+    _child: Option<Child>,
+    _stdin: Option<ChildStdin>,
+}
+
+/// The endpoint of the S3-compatible server: `TIDEMARK_TEST_S3_ENDPOINT` if set
+/// (its bucket `tidemark-test` must exist), else a moto server started once per
+/// test binary, which exits when this process does.
+pub fn s3_endpoint() -> String {
+    static SERVER: OnceLock<Mutex<S3Server>> = OnceLock::new();
+    let server = SERVER.get_or_init(|| Mutex::new(start_s3_server()));
+    server.lock().expect("s3 server lock").endpoint.clone()
+}
+
+fn start_s3_server() -> S3Server {
+    if let Ok(endpoint) = std::env::var("TIDEMARK_TEST_S3_ENDPOINT") {
+        return S3Server {
+            endpoint,
+            _child: None,
+            _stdin: None,
+        };
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/s3_server.py");
+    let mut child = Command::new("python3")
+        .args([script, &port.to_string(), S3_BUCKET])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the S3 test server: python3 with moto[server] must be installed (bash .ci/run installs it)");
+    let stdout = child.stdout.take().expect("server stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read server output");
+    assert_eq!(line.trim(), "READY", "the S3 test server did not start (is moto[server] installed?)");
+    S3Server {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        _stdin: child.stdin.take(),
+        _child: Some(child),
+    }
+}
+
+/// A fault to inject into one matching request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Fail before the request reaches the store.
+    FailBefore,
+    /// Apply the request, then report failure (a lost response).
+    LoseResponse,
+}
+
+struct Rule {
+    path_contains: String,
+    fault: Fault,
+    remaining: usize,
+}
+
+/// Wraps an object store, counts requests, and injects faults into puts whose
+/// path contains a given text.
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    rules: Mutex<Vec<Rule>>,
+    pub gets: AtomicUsize,
+    pub puts: AtomicUsize,
+    pub lists: AtomicUsize,
+    pub heads: AtomicUsize,
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        FaultyStore {
+            inner,
+            rules: Mutex::new(Vec::new()),
+            gets: AtomicUsize::new(0),
+            puts: AtomicUsize::new(0),
+            lists: AtomicUsize::new(0),
+            heads: AtomicUsize::new(0),
+        }
+    }
+
+    /// Injects `fault` into the next `times` puts whose path contains `path_contains`.
+    pub fn inject(&self, path_contains: &str, fault: Fault, times: usize) {
+        self.rules.lock().expect("rules").push(Rule {
+            path_contains: path_contains.to_string(),
+            fault,
+            remaining: times,
+        });
+    }
+
+    /// Requests made so far (get + head + put + list).
+    pub fn requests(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+            + self.puts.load(Ordering::SeqCst)
+            + self.lists.load(Ordering::SeqCst)
+            + self.heads.load(Ordering::SeqCst)
+    }
+
+    pub fn reset_counts(&self) {
+        for c in [&self.gets, &self.puts, &self.lists, &self.heads] {
+            c.store(0, Ordering::SeqCst);
+        }
+    }
+
+    fn take_fault(&self, path: &Path) -> Option<Fault> {
+        let mut rules = self.rules.lock().expect("rules");
+        let rule = rules
+            .iter_mut()
+            .find(|r| r.remaining > 0 && path.as_ref().contains(&r.path_contains))?;
+        rule.remaining -= 1;
+        Some(rule.fault)
+    }
+}
+
+fn injected(path: &Path) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "FaultyStore",
+        source: format!("injected fault on {path}").into(),
+    }
+}
+
+impl fmt::Debug for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+impl fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyStore({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        match self.take_fault(location) {
+            Some(Fault::FailBefore) => Err(injected(location)),
+            Some(Fault::LoseResponse) => {
+                self.inner.put_opts(location, payload, opts).await?;
+                Err(injected(location))
+            }
+            None => self.inner.put_opts(location, payload, opts).await,
+        }
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        if options.head {
+            self.heads.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
