@@ -167,7 +167,7 @@ async fn keys_keep_their_exact_types(backend: Backend) {
     for (n, array) in cases.into_iter().enumerate() {
         let keys = KeySchema::single("k", array.data_type().clone()).expect("supported type");
         let location = backend.location();
-        let location = StoreLocation::from_object_store(location.object_store, location.prefix.child(format!("t{n}")));
+        let location = StoreLocation::from_object_store(location.object_store, location.prefix.clone().join(format!("t{n}").as_str()));
         let store = CheckpointStore::open_at(location, keys).await.expect("open");
         let mut writer = store.begin().await.expect("begin");
         writer.stage_keys(&[array.clone()]).await.expect("stage");
@@ -190,7 +190,7 @@ async fn keys_keep_their_exact_types(backend: Backend) {
     ])
     .expect("composite");
     let location = backend.location();
-    let location = StoreLocation::from_object_store(location.object_store, location.prefix.child("composite"));
+    let location = StoreLocation::from_object_store(location.object_store, location.prefix.clone().join("composite"));
     let store = CheckpointStore::open_at(location, keys.clone()).await.expect("open");
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![Some("a"), Some("a"), None])),

@@ -28,7 +28,7 @@ impl Layout {
     }
 
     fn join(&self, parts: &[&str]) -> Path {
-        parts.iter().fold(self.root.clone(), |path, part| path.child(*part))
+        parts.iter().fold(self.root.clone(), |path, part| path.join(*part))
     }
 
     pub(crate) fn descriptor(&self) -> Path {

@@ -158,7 +158,7 @@ mod tests {
             .value_counts(HashMap::from([(1, 1_000)]))
             .null_value_counts(HashMap::from([(1, 0)]))
             .lower_bounds(HashMap::from([(1, Datum::long(i64::MIN + 1))]))
-            .upper_bounds(HashMap::from([(1, Datum::long((1 << 53) + 1))]))
+            .upper_bounds(HashMap::from([(1, Datum::long((1i64 << 53) + 1))]))
             .build()
             .unwrap();
 
