@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Int64Array};
 use arrow_schema::DataType;
-use tidemark::store::{CheckpointStore, CompactionOptions, FileRecord, KeySchema, TableFileMetadata};
+use tidemark::store::{
+    CheckpointStore, CompactionOptions, FileRecord, KeySchema, TableFileMetadata,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,14 +21,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     std::fs::create_dir_all(&dir)?;
     let url = format!("file://{}", std::fs::canonicalize(&dir)?.display());
-    let store = CheckpointStore::open(&url, &HashMap::new(), KeySchema::single("id", DataType::Int64)?).await?;
+    let store = CheckpointStore::open(
+        &url,
+        &HashMap::new(),
+        KeySchema::single("id", DataType::Int64)?,
+    )
+    .await?;
     println!("store at {url}");
 
     // A run that crashes after staging keys: nothing becomes visible.
     {
         let mut crashed = store.begin().await?;
         crashed.stage_keys(&[keys(0..500)]).await?;
-        crashed.record_in_flight("data/crashed-00000.parquet").await?;
+        crashed
+            .record_in_flight("data/crashed-00000.parquet")
+            .await?;
         println!("run 1 staged 500 keys, then crashed before sealing");
     }
     report(&store, "after the crash").await?;
@@ -35,7 +44,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut sealed = Vec::new();
     for shard in 0..4i64 {
         let mut writer = store.begin().await?;
-        writer.stage_keys(&[keys(shard * 250..shard * 250 + 250)]).await?;
+        writer
+            .stage_keys(&[keys(shard * 250..shard * 250 + 250)])
+            .await?;
         let path = format!("data/shard-{shard:05}.parquet");
         writer.record_in_flight(&path).await?;
         // ... the pipeline writes the data file here ...
@@ -56,7 +67,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     report(&store, "after run 2 sealed 4 shards").await?;
 
-    store.mark_committed(&sealed, &serde_json::json!({ "table_version": 1 })).await?;
+    store
+        .mark_committed(&sealed, &serde_json::json!({ "table_version": 1 }))
+        .await?;
     report(&store, "after the commit").await?;
 
     let compaction = store.compact(&CompactionOptions::default()).await?;

@@ -134,7 +134,9 @@ pub enum Error {
     },
 
     /// A stored object was written by a newer tidemark than this one.
-    #[error("{kind} at `{path}` has format version {found}; this build reads versions {min} to {max}")]
+    #[error(
+        "{kind} at `{path}` has format version {found}; this build reads versions {min} to {max}"
+    )]
     UnsupportedFormatVersion {
         /// What kind of object.
         kind: ObjectKind,
@@ -183,7 +185,11 @@ pub enum Error {
 
 impl Error {
     /// Wraps an object store error with the request and path it came from.
-    pub(crate) fn store(operation: &'static str, path: impl fmt::Display, source: object_store::Error) -> Self {
+    pub(crate) fn store(
+        operation: &'static str,
+        path: impl fmt::Display,
+        source: object_store::Error,
+    ) -> Self {
         Error::Store {
             operation,
             path: path.to_string(),
@@ -192,7 +198,11 @@ impl Error {
     }
 
     /// Wraps a decoding failure of a stored object.
-    pub(crate) fn corrupt(kind: ObjectKind, path: impl fmt::Display, source: impl Into<BoxError>) -> Self {
+    pub(crate) fn corrupt(
+        kind: ObjectKind,
+        path: impl fmt::Display,
+        source: impl Into<BoxError>,
+    ) -> Self {
         Error::Corrupt {
             kind,
             path: path.to_string(),

@@ -4,6 +4,7 @@
 //!
 //! To write it again (only when adding a new fixture version, never to make this
 //! test pass): `cargo test --test format_fixtures -- --ignored write_v1_fixture`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on failure by design
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,8 +12,8 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Int64Array, StringArray};
 use arrow::datatypes::DataType;
 use tidemark::store::{
-    CheckpointState, CheckpointStore, CompactionOptions, FileRecord, KeyColumn, KeySchema, StoreLocation,
-    TableFileMetadata,
+    CheckpointState, CheckpointStore, CompactionOptions, FileRecord, KeyColumn, KeySchema,
+    StoreLocation, TableFileMetadata,
 };
 
 fn fixture_dir() -> PathBuf {
@@ -21,8 +22,14 @@ fn fixture_dir() -> PathBuf {
 
 fn key_schema() -> KeySchema {
     KeySchema::new(vec![
-        KeyColumn { name: "tenant".into(), data_type: DataType::Utf8 },
-        KeyColumn { name: "id".into(), data_type: DataType::Int64 },
+        KeyColumn {
+            name: "tenant".into(),
+            data_type: DataType::Utf8,
+        },
+        KeyColumn {
+            name: "id".into(),
+            data_type: DataType::Int64,
+        },
     ])
     .expect("key schema")
 }
@@ -66,7 +73,9 @@ async fn reads_a_store_written_by_format_v1() {
     copy_dir(&fixture_dir(), dir.path());
     let url = format!("file://{}", dir.path().display());
     let location = StoreLocation::from_url(&url, &Default::default()).expect("location");
-    let store = CheckpointStore::open_existing(location).await.expect("open v1 store");
+    let store = CheckpointStore::open_existing(location)
+        .await
+        .expect("open v1 store");
     assert_eq!(store.key_schema(), &key_schema());
 
     let state = store.load().await.expect("load");
@@ -74,17 +83,33 @@ async fn reads_a_store_written_by_format_v1() {
     assert_eq!(state.checkpoints.len(), 2, "one committed, one pending");
     let pending = state.pending_commit();
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].files, vec![record("file:///warehouse/t/data/00000.parquet")]);
-    assert_eq!(pending[0].properties.get("shard").map(String::as_str), Some("part-2"));
+    assert_eq!(
+        pending[0].files,
+        vec![record("file:///warehouse/t/data/00000.parquet")]
+    );
+    assert_eq!(
+        pending[0].properties.get("shard").map(String::as_str),
+        Some("part-2")
+    );
     assert_eq!(state.key_count(), 5 + 4 + 3);
 
     let mut seen = Vec::new();
     for file in state.key_files() {
         for batch in store.read_keys(&file).await.expect("read keys") {
-            let tenants = batch.column(0).as_any().downcast_ref::<StringArray>().expect("utf8");
-            let ids = batch.column(1).as_any().downcast_ref::<Int64Array>().expect("int64");
+            let tenants = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("utf8");
+            let ids = batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int64");
             for row in 0..batch.num_rows() {
-                let tenant = tenants.is_valid(row).then(|| tenants.value(row).to_string());
+                let tenant = tenants
+                    .is_valid(row)
+                    .then(|| tenants.value(row).to_string());
                 let id = ids.is_valid(row).then(|| ids.value(row));
                 seen.push((tenant, id));
             }
@@ -109,10 +134,19 @@ async fn reads_a_store_written_by_format_v1() {
     assert_eq!(seen, expected);
 
     let staged = state.index.as_ref().expect("index").checkpoints[0];
-    assert_eq!(store.checkpoint_state(staged).await.expect("state"), CheckpointState::Committed);
+    assert_eq!(
+        store.checkpoint_state(staged).await.expect("state"),
+        CheckpointState::Committed
+    );
     // The current code keeps working on the old store.
-    store.mark_committed(&[pending[0].checkpoint_id], &serde_json::json!({})).await.expect("commit");
-    let report = store.compact(&CompactionOptions::default()).await.expect("compact");
+    store
+        .mark_committed(&[pending[0].checkpoint_id], &serde_json::json!({}))
+        .await
+        .expect("commit");
+    let report = store
+        .compact(&CompactionOptions::default())
+        .await
+        .expect("compact");
     assert_eq!(report.checkpoints_compacted, 2);
 }
 
@@ -123,26 +157,58 @@ async fn write_v1_fixture() {
     let _ = std::fs::remove_dir_all(&dir);
     let url = format!("file://{}", dir.display());
     let location = StoreLocation::from_url(&url, &Default::default()).expect("location");
-    let store = CheckpointStore::open_at(location, key_schema()).await.expect("open");
+    let store = CheckpointStore::open_at(location, key_schema())
+        .await
+        .expect("open");
 
     let mut compacted = store.begin().await.expect("begin");
-    compacted.stage_keys(&keys(Some("a"), &[Some(1), Some(2), Some(3), Some(4), Some(5)])).await.expect("stage");
+    compacted
+        .stage_keys(&keys(
+            Some("a"),
+            &[Some(1), Some(2), Some(3), Some(4), Some(5)],
+        ))
+        .await
+        .expect("stage");
     let id = compacted.seal().await.expect("seal").checkpoint_id;
-    store.mark_committed(&[id], &serde_json::json!({"sequence": 1})).await.expect("commit");
-    store.compact(&CompactionOptions::default()).await.expect("compact");
+    store
+        .mark_committed(&[id], &serde_json::json!({"sequence": 1}))
+        .await
+        .expect("commit");
+    store
+        .compact(&CompactionOptions::default())
+        .await
+        .expect("compact");
 
     let mut committed = store.begin().await.expect("begin");
-    committed.stage_keys(&keys(Some("a"), &[Some(6), Some(7), Some(8), None])).await.expect("stage");
+    committed
+        .stage_keys(&keys(Some("a"), &[Some(6), Some(7), Some(8), None]))
+        .await
+        .expect("stage");
     let id = committed.seal().await.expect("seal").checkpoint_id;
-    store.mark_committed(&[id], &serde_json::json!({"sequence": 2})).await.expect("commit");
+    store
+        .mark_committed(&[id], &serde_json::json!({"sequence": 2}))
+        .await
+        .expect("commit");
 
     let mut pending = store.begin().await.expect("begin");
-    pending.stage_keys(&keys(None, &[Some(1), Some(2), Some(3)])).await.expect("stage");
-    pending.record_in_flight("file:///warehouse/t/data/00000.parquet").await.expect("in flight");
-    pending.stage_file(record("file:///warehouse/t/data/00000.parquet")).await.expect("stage file");
+    pending
+        .stage_keys(&keys(None, &[Some(1), Some(2), Some(3)]))
+        .await
+        .expect("stage");
+    pending
+        .record_in_flight("file:///warehouse/t/data/00000.parquet")
+        .await
+        .expect("in flight");
+    pending
+        .stage_file(record("file:///warehouse/t/data/00000.parquet"))
+        .await
+        .expect("stage file");
     pending.set_property("shard", "part-2");
     pending.seal().await.expect("seal");
 
     let mut staged = store.begin().await.expect("begin");
-    staged.stage_keys(&keys(Some("z"), &[Some(99)])).await.expect("stage");
+    staged
+        .stage_keys(&keys(Some("z"), &[Some(99)]))
+        .await
+        .expect("stage");
 }

@@ -1,5 +1,6 @@
 //! The checkpoint store contract: one suite, run against the in-memory store, the
 //! local file system and a real S3-compatible server (moto) on localhost.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on failure by design
 
 mod support;
 
@@ -7,9 +8,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Date64Array, Decimal128Array, FixedSizeBinaryArray,
-    Int16Array, Int32Array, Int64Array, Int8Array, LargeBinaryArray, LargeStringArray, StringArray,
-    TimestampMicrosecondArray, TimestampNanosecondArray, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
+    Array, ArrayRef, BinaryArray, BooleanArray, Date32Array, Date64Array, Decimal128Array,
+    FixedSizeBinaryArray, Int16Array, Int32Array, Int64Array, Int8Array, LargeBinaryArray,
+    LargeStringArray, StringArray, TimestampMicrosecondArray, TimestampNanosecondArray,
+    UInt16Array, UInt32Array, UInt64Array, UInt8Array,
 };
 use arrow::datatypes::{DataType, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -18,8 +20,8 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use support::{Backend, Fault};
 use tidemark::store::{
-    CheckpointId, CheckpointState, CheckpointStore, CompactionOptions, FileRecord, KeyColumn, KeySchema,
-    StoreLocation, TableFileMetadata,
+    CheckpointId, CheckpointState, CheckpointStore, CompactionOptions, FileRecord, KeyColumn,
+    KeySchema, StoreLocation, TableFileMetadata,
 };
 use tidemark::Error;
 
@@ -32,7 +34,9 @@ fn ids(values: impl IntoIterator<Item = i64>) -> Vec<ArrayRef> {
 }
 
 async fn open(location: StoreLocation) -> CheckpointStore {
-    CheckpointStore::open_at(location, int_keys()).await.expect("open store")
+    CheckpointStore::open_at(location, int_keys())
+        .await
+        .expect("open store")
 }
 
 fn file_record(path: &str, rows: u64) -> FileRecord {
@@ -54,7 +58,11 @@ async fn checkpointed_ids(store: &CheckpointStore) -> Vec<i64> {
     let mut out = Vec::new();
     for file in state.key_files() {
         for batch in store.read_keys(&file).await.expect("read keys") {
-            let column = batch.column(0).as_any().downcast_ref::<Int64Array>().expect("int64 keys");
+            let column = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("int64 keys");
             out.extend(column.values().iter().copied());
         }
     }
@@ -67,18 +75,33 @@ async fn committed_checkpoint(store: &CheckpointStore, keys: std::ops::Range<i64
     let mut writer = store.begin().await.expect("begin");
     writer.stage_keys(&ids(keys)).await.expect("stage");
     let id = writer.seal().await.expect("seal").checkpoint_id;
-    store.mark_committed(&[id], &serde_json::json!({"sequence": 1})).await.expect("commit");
+    store
+        .mark_committed(&[id], &serde_json::json!({"sequence": 1}))
+        .await
+        .expect("commit");
     id
 }
 
 async fn put_raw(location: &StoreLocation, relative: &str, bytes: Vec<u8>) {
     let path = Path::from(format!("{}/{relative}", location.prefix).trim_start_matches('/'));
-    location.object_store.put(&path, PutPayload::from(bytes)).await.expect("raw put");
+    location
+        .object_store
+        .put(&path, PutPayload::from(bytes))
+        .await
+        .expect("raw put");
 }
 
 async fn get_raw(location: &StoreLocation, relative: &str) -> Vec<u8> {
     let path = Path::from(format!("{}/{relative}", location.prefix).trim_start_matches('/'));
-    location.object_store.get(&path).await.expect("raw get").bytes().await.expect("bytes").to_vec()
+    location
+        .object_store
+        .get(&path)
+        .await
+        .expect("raw get")
+        .bytes()
+        .await
+        .expect("bytes")
+        .to_vec()
 }
 
 // ---------------------------------------------------------------- the cases
@@ -88,9 +111,13 @@ async fn descriptor_pins_the_key_schema(backend: Backend) {
     // Opening again with the same schema works; another schema is refused.
     open(backend.location()).await;
     let other = KeySchema::single("id", DataType::Utf8).expect("schema");
-    let err = CheckpointStore::open_at(backend.location(), other).await.expect_err("other schema");
+    let err = CheckpointStore::open_at(backend.location(), other)
+        .await
+        .expect_err("other schema");
     assert!(matches!(err, Error::KeySchemaMismatch { .. }), "{err}");
-    let existing = CheckpointStore::open_existing(backend.location()).await.expect("open existing");
+    let existing = CheckpointStore::open_existing(backend.location())
+        .await
+        .expect("open existing");
     assert_eq!(existing.key_schema(), store.key_schema());
 }
 
@@ -100,21 +127,44 @@ async fn lifecycle_staged_checkpointed_committed(backend: Backend) {
     let id = writer.id();
     writer.stage_keys(&ids(0..100)).await.expect("stage");
     writer.stage_keys(&ids(100..150)).await.expect("stage");
-    writer.record_in_flight("s3://table/data/a.parquet").await.expect("in flight");
-    writer.stage_file(file_record("s3://table/data/a.parquet", 150)).await.expect("stage file");
+    writer
+        .record_in_flight("s3://table/data/a.parquet")
+        .await
+        .expect("in flight");
+    writer
+        .stage_file(file_record("s3://table/data/a.parquet", 150))
+        .await
+        .expect("stage file");
     writer.set_property("shard", "part-0001.parquet");
 
     // Staged work is invisible, from this handle and from another one.
-    assert_eq!(store.checkpoint_state(id).await.expect("state"), CheckpointState::Staged);
+    assert_eq!(
+        store.checkpoint_state(id).await.expect("state"),
+        CheckpointState::Staged
+    );
     let other = open(backend.location()).await;
     assert_eq!(other.load().await.expect("load").key_count(), 0);
-    assert!(other.load().await.expect("load").pending_commit().is_empty());
+    assert!(other
+        .load()
+        .await
+        .expect("load")
+        .pending_commit()
+        .is_empty());
 
     let manifest = writer.seal().await.expect("seal");
     assert_eq!(manifest.key_count(), 150);
-    assert_eq!(manifest.files, vec![file_record("s3://table/data/a.parquet", 150)]);
-    assert_eq!(manifest.properties.get("shard").map(String::as_str), Some("part-0001.parquet"));
-    assert_eq!(other.checkpoint_state(id).await.expect("state"), CheckpointState::Checkpointed);
+    assert_eq!(
+        manifest.files,
+        vec![file_record("s3://table/data/a.parquet", 150)]
+    );
+    assert_eq!(
+        manifest.properties.get("shard").map(String::as_str),
+        Some("part-0001.parquet")
+    );
+    assert_eq!(
+        other.checkpoint_state(id).await.expect("state"),
+        CheckpointState::Checkpointed
+    );
     let state = other.load().await.expect("load");
     assert_eq!(state.key_count(), 150);
     assert_eq!(state.pending_commit().len(), 1);
@@ -122,13 +172,22 @@ async fn lifecycle_staged_checkpointed_committed(backend: Backend) {
     assert_eq!(other.manifest(id).await.expect("manifest"), manifest);
     assert_eq!(checkpointed_ids(&other).await, (0..150).collect::<Vec<_>>());
 
-    other.mark_committed(&[id], &serde_json::json!({"snapshot": 7})).await.expect("commit");
-    assert_eq!(store.checkpoint_state(id).await.expect("state"), CheckpointState::Committed);
+    other
+        .mark_committed(&[id], &serde_json::json!({"snapshot": 7}))
+        .await
+        .expect("commit");
+    assert_eq!(
+        store.checkpoint_state(id).await.expect("state"),
+        CheckpointState::Committed
+    );
     let state = store.load().await.expect("load");
     assert!(state.pending_commit().is_empty());
     assert_eq!(state.key_count(), 150, "committed keys stay skipped");
     // Marking again is a no-op.
-    store.mark_committed(&[id], &serde_json::json!({"snapshot": 8})).await.expect("again");
+    store
+        .mark_committed(&[id], &serde_json::json!({"snapshot": 8}))
+        .await
+        .expect("again");
 }
 
 async fn keys_keep_their_exact_types(backend: Backend) {
@@ -137,15 +196,36 @@ async fn keys_keep_their_exact_types(backend: Backend) {
         Arc::new(Int8Array::from(vec![Some(i8::MIN), None, Some(i8::MAX)])),
         Arc::new(Int16Array::from(vec![Some(i16::MIN), None, Some(i16::MAX)])),
         Arc::new(Int32Array::from(vec![Some(i32::MIN), None, Some(i32::MAX)])),
-        Arc::new(Int64Array::from(vec![Some(two53 - 1), Some(two53), Some(two53 + 1), Some(i64::MIN), Some(i64::MAX), None])),
+        Arc::new(Int64Array::from(vec![
+            Some(two53 - 1),
+            Some(two53),
+            Some(two53 + 1),
+            Some(i64::MIN),
+            Some(i64::MAX),
+            None,
+        ])),
         Arc::new(UInt8Array::from(vec![Some(0), None, Some(u8::MAX)])),
         Arc::new(UInt16Array::from(vec![Some(0), None, Some(u16::MAX)])),
         Arc::new(UInt32Array::from(vec![Some(0), None, Some(u32::MAX)])),
-        Arc::new(UInt64Array::from(vec![Some(0), Some(u64::MAX), Some(u64::MAX - 1), None])),
+        Arc::new(UInt64Array::from(vec![
+            Some(0),
+            Some(u64::MAX),
+            Some(u64::MAX - 1),
+            None,
+        ])),
         Arc::new(BooleanArray::from(vec![Some(true), None, Some(false)])),
-        Arc::new(StringArray::from(vec![Some("a"), None, Some(""), Some("ünïcode")])),
+        Arc::new(StringArray::from(vec![
+            Some("a"),
+            None,
+            Some(""),
+            Some("ünïcode"),
+        ])),
         Arc::new(LargeStringArray::from(vec![Some("x"), None, Some("y")])),
-        Arc::new(BinaryArray::from(vec![Some(&b"\x00\xff"[..]), None, Some(&b""[..])])),
+        Arc::new(BinaryArray::from(vec![
+            Some(&b"\x00\xff"[..]),
+            None,
+            Some(&b""[..]),
+        ])),
         Arc::new(LargeBinaryArray::from(vec![Some(&b"\x01"[..]), None])),
         Arc::new(
             FixedSizeBinaryArray::try_from_sparse_iter_with_size(
@@ -155,9 +235,20 @@ async fn keys_keep_their_exact_types(backend: Backend) {
             .expect("fixed size binary"),
         ),
         Arc::new(Date32Array::from(vec![Some(-719162), None, Some(2932896)])),
-        Arc::new(Date64Array::from(vec![Some(-62135596800000), None, Some(1_700_000_000_000)])),
-        Arc::new(TimestampMicrosecondArray::from(vec![Some(i64::MIN + 1), None, Some(i64::MAX)]).with_timezone("UTC")),
-        Arc::new(TimestampNanosecondArray::from(vec![Some(1), None, Some(i64::MAX)])),
+        Arc::new(Date64Array::from(vec![
+            Some(-62135596800000),
+            None,
+            Some(1_700_000_000_000),
+        ])),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![Some(i64::MIN + 1), None, Some(i64::MAX)])
+                .with_timezone("UTC"),
+        ),
+        Arc::new(TimestampNanosecondArray::from(vec![
+            Some(1),
+            None,
+            Some(i64::MAX),
+        ])),
         Arc::new(
             Decimal128Array::from(vec![Some(i128::from(i64::MAX) * 1000 + 7), None, Some(-1)])
                 .with_precision_and_scale(38, 3)
@@ -167,35 +258,62 @@ async fn keys_keep_their_exact_types(backend: Backend) {
     for (n, array) in cases.into_iter().enumerate() {
         let keys = KeySchema::single("k", array.data_type().clone()).expect("supported type");
         let location = backend.location();
-        let location = StoreLocation::from_object_store(location.object_store, location.prefix.clone().join(format!("t{n}").as_str()));
-        let store = CheckpointStore::open_at(location, keys).await.expect("open");
+        let location = StoreLocation::from_object_store(
+            location.object_store,
+            location.prefix.clone().join(format!("t{n}").as_str()),
+        );
+        let store = CheckpointStore::open_at(location, keys)
+            .await
+            .expect("open");
         let mut writer = store.begin().await.expect("begin");
-        writer.stage_keys(&[array.clone()]).await.expect("stage");
+        writer
+            .stage_keys(std::slice::from_ref(&array))
+            .await
+            .expect("stage");
         writer.seal().await.expect("seal");
         let state = store.load().await.expect("load");
         let files = state.key_files();
         assert_eq!(files.len(), 1);
         let batches = store.read_keys(&files[0]).await.expect("read");
         let read: Vec<ArrayRef> = batches.iter().map(|b| b.column(0).clone()).collect();
-        let read = arrow::compute::concat(&read.iter().map(|a| a.as_ref()).collect::<Vec<_>>()).expect("concat");
+        let read = arrow::compute::concat(&read.iter().map(|a| a.as_ref()).collect::<Vec<_>>())
+            .expect("concat");
         assert_eq!(read.data_type(), array.data_type(), "type of case {n}");
         assert_eq!(&read, &array, "values of case {n} ({})", array.data_type());
     }
 
     // A composite key keeps every column, nulls included.
     let keys = KeySchema::new(vec![
-        KeyColumn { name: "tenant".into(), data_type: DataType::Utf8 },
-        KeyColumn { name: "seq".into(), data_type: DataType::UInt64 },
-        KeyColumn { name: "at".into(), data_type: DataType::Timestamp(TimeUnit::Millisecond, None) },
+        KeyColumn {
+            name: "tenant".into(),
+            data_type: DataType::Utf8,
+        },
+        KeyColumn {
+            name: "seq".into(),
+            data_type: DataType::UInt64,
+        },
+        KeyColumn {
+            name: "at".into(),
+            data_type: DataType::Timestamp(TimeUnit::Millisecond, None),
+        },
     ])
     .expect("composite");
     let location = backend.location();
-    let location = StoreLocation::from_object_store(location.object_store, location.prefix.clone().join("composite"));
-    let store = CheckpointStore::open_at(location, keys.clone()).await.expect("open");
+    let location = StoreLocation::from_object_store(
+        location.object_store,
+        location.prefix.clone().join("composite"),
+    );
+    let store = CheckpointStore::open_at(location, keys.clone())
+        .await
+        .expect("open");
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(vec![Some("a"), Some("a"), None])),
         Arc::new(UInt64Array::from(vec![Some(u64::MAX), None, Some(1)])),
-        Arc::new(arrow::array::TimestampMillisecondArray::from(vec![Some(1), Some(2), None])),
+        Arc::new(arrow::array::TimestampMillisecondArray::from(vec![
+            Some(1),
+            Some(2),
+            None,
+        ])),
     ];
     let mut writer = store.begin().await.expect("begin");
     writer.stage_keys(&columns).await.expect("stage");
@@ -210,7 +328,10 @@ async fn mismatched_key_columns_are_refused(backend: Backend) {
     let store = open(backend.location()).await;
     let mut writer = store.begin().await.expect("begin");
     let wrong_type: Vec<ArrayRef> = vec![Arc::new(Int32Array::from(vec![1, 2]))];
-    let err = writer.stage_keys(&wrong_type).await.expect_err("wrong type");
+    let err = writer
+        .stage_keys(&wrong_type)
+        .await
+        .expect_err("wrong type");
     assert!(matches!(err, Error::KeySchemaMismatch { .. }), "{err}");
     assert!(err.to_string().contains("Int32"), "{err}");
     let too_many = vec![ids(0..2)[0].clone(), ids(0..2)[0].clone()];
@@ -229,12 +350,25 @@ async fn sealed_checkpoints_take_nothing_more(backend: Backend) {
     let mut writer = store.begin().await.expect("begin");
     writer.stage_keys(&ids(0..10)).await.expect("stage");
     let manifest = writer.seal().await.expect("seal");
-    assert_eq!(writer.seal().await.expect("seal again"), manifest, "sealing again is idempotent");
-    let err = writer.stage_keys(&ids(10..20)).await.expect_err("stage after seal");
+    assert_eq!(
+        writer.seal().await.expect("seal again"),
+        manifest,
+        "sealing again is idempotent"
+    );
+    let err = writer
+        .stage_keys(&ids(10..20))
+        .await
+        .expect_err("stage after seal");
     assert!(matches!(err, Error::AlreadySealed { .. }), "{err}");
-    let err = writer.record_in_flight("x.parquet").await.expect_err("in flight after seal");
+    let err = writer
+        .record_in_flight("x.parquet")
+        .await
+        .expect_err("in flight after seal");
     assert!(matches!(err, Error::AlreadySealed { .. }), "{err}");
-    let err = store.begin_with_id(manifest.checkpoint_id).await.expect_err("begin sealed id");
+    let err = store
+        .begin_with_id(manifest.checkpoint_id)
+        .await
+        .expect_err("begin sealed id");
     assert!(matches!(err, Error::AlreadySealed { .. }), "{err}");
     assert_eq!(checkpointed_ids(&store).await, (0..10).collect::<Vec<_>>());
 }
@@ -243,16 +377,34 @@ async fn unknown_and_unsealed_checkpoints_are_errors(backend: Backend) {
     let store = open(backend.location()).await;
     let unknown = CheckpointId::new();
     let commit = serde_json::json!({});
-    assert!(matches!(store.checkpoint_state(unknown).await, Err(Error::UnknownCheckpoint { .. })));
-    assert!(matches!(store.manifest(unknown).await, Err(Error::UnknownCheckpoint { .. })));
-    assert!(matches!(store.mark_committed(&[unknown], &commit).await, Err(Error::UnknownCheckpoint { .. })));
+    assert!(matches!(
+        store.checkpoint_state(unknown).await,
+        Err(Error::UnknownCheckpoint { .. })
+    ));
+    assert!(matches!(
+        store.manifest(unknown).await,
+        Err(Error::UnknownCheckpoint { .. })
+    ));
+    assert!(matches!(
+        store.mark_committed(&[unknown], &commit).await,
+        Err(Error::UnknownCheckpoint { .. })
+    ));
 
     let mut writer = store.begin().await.expect("begin");
     writer.stage_keys(&ids(0..5)).await.expect("stage");
-    let err = store.mark_committed(&[writer.id()], &commit).await.expect_err("commit unsealed");
+    let err = store
+        .mark_committed(&[writer.id()], &commit)
+        .await
+        .expect_err("commit unsealed");
     assert!(matches!(err, Error::NotSealed { .. }), "{err}");
-    assert!(matches!(store.manifest(writer.id()).await, Err(Error::NotSealed { .. })));
-    let err = writer.stage_file(file_record("never-announced.parquet", 1)).await.expect_err("not in flight");
+    assert!(matches!(
+        store.manifest(writer.id()).await,
+        Err(Error::NotSealed { .. })
+    ));
+    let err = writer
+        .stage_file(file_record("never-announced.parquet", 1))
+        .await
+        .expect_err("not in flight");
     assert!(matches!(err, Error::NotInFlight { .. }), "{err}");
     // Nothing was lost: the writer still seals its keys.
     writer.seal().await.expect("seal");
@@ -262,12 +414,24 @@ async fn unknown_and_unsealed_checkpoints_are_errors(backend: Backend) {
 async fn abandoned_in_flight_writes_are_recorded(backend: Backend) {
     let store = open(backend.location()).await;
     let mut writer = store.begin().await.expect("begin");
-    writer.record_in_flight("data/kept.parquet").await.expect("in flight");
-    writer.record_in_flight("data/abandoned.parquet").await.expect("in flight");
-    writer.stage_file(file_record("data/kept.parquet", 3)).await.expect("stage");
+    writer
+        .record_in_flight("data/kept.parquet")
+        .await
+        .expect("in flight");
+    writer
+        .record_in_flight("data/abandoned.parquet")
+        .await
+        .expect("in flight");
+    writer
+        .stage_file(file_record("data/kept.parquet", 3))
+        .await
+        .expect("stage");
     let manifest = writer.seal().await.expect("seal");
     assert_eq!(manifest.files.len(), 1);
-    assert_eq!(manifest.abandoned_writes, vec!["data/abandoned.parquet".to_string()]);
+    assert_eq!(
+        manifest.abandoned_writes,
+        vec!["data/abandoned.parquet".to_string()]
+    );
 }
 
 async fn concurrent_sealers_exactly_one_wins(backend: Backend) {
@@ -278,7 +442,10 @@ async fn concurrent_sealers_exactly_one_wins(backend: Backend) {
         // Each racer opens its own handle, as separate processes would.
         let handle = open(backend.location()).await;
         let mut writer = handle.begin_with_id(id).await.expect("begin");
-        writer.stage_keys(&ids(n * 100..n * 100 + 10)).await.expect("stage");
+        writer
+            .stage_keys(&ids(n * 100..n * 100 + 10))
+            .await
+            .expect("stage");
         writers.push(writer);
     }
     let results = join_all(writers.iter_mut().map(|w| w.seal())).await;
@@ -288,13 +455,21 @@ async fn concurrent_sealers_exactly_one_wins(backend: Backend) {
     for result in &results {
         if let Err(err) = result {
             match err {
-                Error::AlreadySealed { sealed_by, .. } => assert_eq!(sealed_by, &winner.writer_id.to_string()),
+                Error::AlreadySealed { sealed_by, .. } => {
+                    assert_eq!(sealed_by, &winner.writer_id.to_string())
+                }
                 other => panic!("unexpected error {other}"),
             }
         }
     }
-    let n = writers.iter().position(|w| w.writer_id() == winner.writer_id).expect("winner") as i64;
-    assert_eq!(checkpointed_ids(&store).await, (n * 100..n * 100 + 10).collect::<Vec<_>>());
+    let n = writers
+        .iter()
+        .position(|w| w.writer_id() == winner.writer_id)
+        .expect("winner") as i64;
+    assert_eq!(
+        checkpointed_ids(&store).await,
+        (n * 100..n * 100 + 10).collect::<Vec<_>>()
+    );
     assert_eq!(store.manifest(id).await.expect("manifest"), winner);
 }
 
@@ -312,8 +487,13 @@ async fn lost_seal_response_is_recovered(backend: Backend) {
         let mut w = store.begin().await.expect("begin");
         w.stage_keys(&ids(10..12)).await.expect("stage");
         faulty.inject("sealed/", Fault::FailBefore, 1);
-        w.seal().await.expect_err("failed before reaching the store");
-        assert!(matches!(store.checkpoint_state(w.id()).await, Ok(CheckpointState::Staged)));
+        w.seal()
+            .await
+            .expect_err("failed before reaching the store");
+        assert!(matches!(
+            store.checkpoint_state(w.id()).await,
+            Ok(CheckpointState::Staged)
+        ));
         w.seal().await.expect("retry")
     };
     assert_eq!(failed_before.key_count(), 2);
@@ -331,23 +511,50 @@ async fn corrupt_objects_are_reported(backend: Backend) {
     let good_manifest = get_raw(&location, &manifest_path).await;
 
     // Truncated manifest.
-    put_raw(&location, &manifest_path, good_manifest[..good_manifest.len() / 2].to_vec()).await;
+    put_raw(
+        &location,
+        &manifest_path,
+        good_manifest[..good_manifest.len() / 2].to_vec(),
+    )
+    .await;
     let err = store.load().await.expect_err("truncated manifest");
-    assert!(matches!(err, Error::Corrupt { .. }) && err.to_string().contains("seal manifest"), "{err}");
+    assert!(
+        matches!(err, Error::Corrupt { .. }) && err.to_string().contains("seal manifest"),
+        "{err}"
+    );
     // A manifest from a newer tidemark.
     let mut newer: serde_json::Value = serde_json::from_slice(&good_manifest).expect("json");
     newer["format_version"] = serde_json::json!(99);
-    put_raw(&location, &manifest_path, serde_json::to_vec(&newer).expect("json")).await;
+    put_raw(
+        &location,
+        &manifest_path,
+        serde_json::to_vec(&newer).expect("json"),
+    )
+    .await;
     let err = store.load().await.expect_err("newer manifest");
-    assert!(matches!(err, Error::UnsupportedFormatVersion { found: 99, .. }), "{err}");
+    assert!(
+        matches!(err, Error::UnsupportedFormatVersion { found: 99, .. }),
+        "{err}"
+    );
     put_raw(&location, &manifest_path, good_manifest).await;
 
     // Truncated key file: reported, not read as fewer keys.
     let key_file = &manifest.key_files[0];
     let good_keys = get_raw(&location, &key_file.path).await;
-    put_raw(&location, &key_file.path, good_keys[..good_keys.len() - 10].to_vec()).await;
-    let err = store.read_keys(key_file).await.expect_err("truncated key file");
-    assert!(matches!(err, Error::Corrupt { .. }) && err.to_string().contains("key file"), "{err}");
+    put_raw(
+        &location,
+        &key_file.path,
+        good_keys[..good_keys.len() - 10].to_vec(),
+    )
+    .await;
+    let err = store
+        .read_keys(key_file)
+        .await
+        .expect_err("truncated key file");
+    assert!(
+        matches!(err, Error::Corrupt { .. }) && err.to_string().contains("key file"),
+        "{err}"
+    );
     // A valid Parquet file with fewer rows than recorded.
     let mut short = store.begin().await.expect("begin");
     short.stage_keys(&ids(0..10)).await.expect("stage");
@@ -357,11 +564,21 @@ async fn corrupt_objects_are_reported(backend: Backend) {
     let err = store.read_keys(key_file).await.expect_err("short key file");
     assert!(err.to_string().contains("1000 were recorded"), "{err}");
     put_raw(&location, &key_file.path, good_keys).await;
-    assert_eq!(store.read_keys(key_file).await.expect("restored")[0].num_rows(), 1000);
+    assert_eq!(
+        store.read_keys(key_file).await.expect("restored")[0].num_rows(),
+        1000
+    );
 
     // Corrupt descriptor.
-    put_raw(&location, "tidemark.json", b"{\"format_version\": 1".to_vec()).await;
-    let err = CheckpointStore::open_existing(backend.location()).await.expect_err("corrupt descriptor");
+    put_raw(
+        &location,
+        "tidemark.json",
+        b"{\"format_version\": 1".to_vec(),
+    )
+    .await;
+    let err = CheckpointStore::open_existing(backend.location())
+        .await
+        .expect_err("corrupt descriptor");
     assert!(err.to_string().contains("store descriptor"), "{err}");
 }
 
@@ -374,18 +591,33 @@ async fn compaction_bounds_the_cost_of_a_load(backend: Backend) {
     }
     // One sealed but uncommitted checkpoint must survive compaction untouched.
     let mut pending = store.begin().await.expect("begin");
-    pending.stage_keys(&ids(100_000..100_005)).await.expect("stage");
-    pending.record_in_flight("data/pending.parquet").await.expect("in flight");
-    pending.stage_file(file_record("data/pending.parquet", 5)).await.expect("stage");
+    pending
+        .stage_keys(&ids(100_000..100_005))
+        .await
+        .expect("stage");
+    pending
+        .record_in_flight("data/pending.parquet")
+        .await
+        .expect("in flight");
+    pending
+        .stage_file(file_record("data/pending.parquet", 5))
+        .await
+        .expect("stage");
     let pending_id = pending.seal().await.expect("seal").checkpoint_id;
     let before = checkpointed_ids(&store).await;
 
     faulty.reset_counts();
     store.load().await.expect("load");
     let uncompacted_requests = faulty.requests();
-    assert!(uncompacted_requests > checkpoints as usize, "{uncompacted_requests}");
+    assert!(
+        uncompacted_requests > checkpoints as usize,
+        "{uncompacted_requests}"
+    );
 
-    let options = CompactionOptions { max_keys_per_file: 500, max_runs: 2 };
+    let options = CompactionOptions {
+        max_keys_per_file: 500,
+        max_runs: 2,
+    };
     let report = store.compact(&options).await.expect("compact");
     assert_eq!(report.checkpoints_compacted, checkpoints as usize);
     assert_eq!(report.keys_compacted, (checkpoints * 50) as u64);
@@ -398,23 +630,43 @@ async fn compaction_bounds_the_cost_of_a_load(backend: Backend) {
     assert_eq!(state.compacted_count(), checkpoints as usize);
     assert_eq!(state.pending_commit().len(), 1);
     assert_eq!(state.pending_commit()[0].checkpoint_id, pending_id);
-    assert_eq!(checkpointed_ids(&store).await, before, "compaction keeps every key");
+    assert_eq!(
+        checkpointed_ids(&store).await,
+        before,
+        "compaction keeps every key"
+    );
 
     // Index files are sorted runs.
     let first = &state.index.as_ref().expect("index").runs[0].key_files;
     let first_batch = &store.read_keys(&first[0]).await.expect("read")[0];
-    let values = first_batch.column(0).as_any().downcast_ref::<Int64Array>().expect("int64");
-    assert!(values.values().windows(2).all(|w| w[0] <= w[1]), "run is sorted");
+    let values = first_batch
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("int64");
+    assert!(
+        values.values().windows(2).all(|w| w[0] <= w[1]),
+        "run is sorted"
+    );
 
     // Compacted checkpoints still answer as committed; marking again is a no-op.
     let old = state.index.as_ref().expect("index").checkpoints[0];
-    assert_eq!(store.checkpoint_state(old).await.expect("state"), CheckpointState::Committed);
-    store.mark_committed(&[old], &serde_json::json!({})).await.expect("idempotent");
+    assert_eq!(
+        store.checkpoint_state(old).await.expect("state"),
+        CheckpointState::Committed
+    );
+    store
+        .mark_committed(&[old], &serde_json::json!({}))
+        .await
+        .expect("idempotent");
 
     // More history: a second run, then a merge back to one run when over max_runs.
     committed_checkpoint(&store, 200_000..200_100).await;
     assert_eq!(store.compact(&options).await.expect("compact").runs, 2);
-    store.mark_committed(&[pending_id], &serde_json::json!({})).await.expect("commit pending");
+    store
+        .mark_committed(&[pending_id], &serde_json::json!({}))
+        .await
+        .expect("commit pending");
     let report = store.compact(&options).await.expect("compact");
     assert_eq!(report.runs, 1, "merged: {report:?}");
     let mut expected = before.clone();
@@ -423,7 +675,10 @@ async fn compaction_bounds_the_cost_of_a_load(backend: Backend) {
     assert_eq!(checkpointed_ids(&store).await, expected);
     assert!(store.load().await.expect("load").checkpoints.is_empty());
     // Nothing to do now.
-    assert_eq!(store.compact(&options).await.expect("compact").generation, None);
+    assert_eq!(
+        store.compact(&options).await.expect("compact").generation,
+        None
+    );
 }
 
 async fn keys_read_across_handles_and_reopen(backend: Backend) {
@@ -434,7 +689,10 @@ async fn keys_read_across_handles_and_reopen(backend: Backend) {
         committed_checkpoint(&handle, n * 10..n * 10 + 10).await;
         all.extend(n * 10..n * 10 + 10);
     }
-    assert_eq!(checkpointed_ids(&store).await, all.into_iter().collect::<Vec<_>>());
+    assert_eq!(
+        checkpointed_ids(&store).await,
+        all.into_iter().collect::<Vec<_>>()
+    );
 }
 
 // ------------------------------------------------------------ the backends

@@ -65,7 +65,12 @@ impl CheckpointStore {
     /// fail with [`Error::ConcurrentChange`] after removing its own files.
     pub async fn compact(&self, options: &CompactionOptions) -> Result<CompactionReport> {
         let state = self.load().await?;
-        let targets: Vec<_> = state.checkpoints.iter().filter(|c| c.committed).map(|c| &c.manifest).collect();
+        let targets: Vec<_> = state
+            .checkpoints
+            .iter()
+            .filter(|c| c.committed)
+            .map(|c| &c.manifest)
+            .collect();
         let previous_runs = state.index.as_ref().map_or(0, |i| i.runs.len());
         if targets.is_empty() && previous_runs <= options.max_runs {
             return Ok(CompactionReport {
@@ -76,7 +81,10 @@ impl CheckpointStore {
         let generation = state.index.as_ref().map_or(1, |i| i.generation + 1);
         let merge_all = previous_runs + 1 > options.max_runs;
 
-        let mut sources: Vec<KeyFileRef> = targets.iter().flat_map(|m| m.key_files.iter().cloned()).collect();
+        let mut sources: Vec<KeyFileRef> = targets
+            .iter()
+            .flat_map(|m| m.key_files.iter().cloned())
+            .collect();
         let mut runs: Vec<KeyRun> = Vec::new();
         if let Some(index) = &state.index {
             if merge_all {
@@ -86,14 +94,20 @@ impl CheckpointStore {
             }
         }
         let keys_compacted = targets.iter().map(|m| m.key_count()).sum();
-        let new_run = self.write_sorted_run(generation, &sources, options.max_keys_per_file).await?;
+        let new_run = self
+            .write_sorted_run(generation, &sources, options.max_keys_per_file)
+            .await?;
         let key_files_written = new_run.key_files.len();
         if !new_run.key_files.is_empty() {
             runs.push(new_run.clone());
         }
 
         let newly_compacted: Vec<CheckpointId> = targets.iter().map(|m| m.checkpoint_id).collect();
-        let mut checkpoints: Vec<CheckpointId> = state.index.as_ref().map(|i| i.checkpoints.clone()).unwrap_or_default();
+        let mut checkpoints: Vec<CheckpointId> = state
+            .index
+            .as_ref()
+            .map(|i| i.checkpoints.clone())
+            .unwrap_or_default();
         checkpoints.extend(newly_compacted.iter().copied());
         let index = IndexGeneration {
             format_version: FORMAT_VERSION,
@@ -129,7 +143,12 @@ impl CheckpointStore {
     }
 
     /// Reads `sources`, sorts all their keys and writes them as one run.
-    async fn write_sorted_run(&self, generation: u64, sources: &[KeyFileRef], max_keys_per_file: usize) -> Result<KeyRun> {
+    async fn write_sorted_run(
+        &self,
+        generation: u64,
+        sources: &[KeyFileRef],
+        max_keys_per_file: usize,
+    ) -> Result<KeyRun> {
         let batches: Vec<Vec<RecordBatch>> = futures::stream::iter(sources)
             .map(|file| self.read_keys(file))
             .buffered(READ_CONCURRENCY)
@@ -161,7 +180,7 @@ impl CheckpointStore {
         while offset < sorted.num_rows() {
             let slice = sorted.slice(offset, step.min(sorted.num_rows() - offset));
             let path = layout.index_key_file(generation, run_id, key_files.len());
-            let bytes = keys::encode_key_file(self.key_schema(), &[slice.clone()], path.as_ref())?;
+            let bytes = keys::encode_key_file(self.key_schema(), &slice, path.as_ref())?;
             let size_bytes = bytes.len() as u64;
             io::put(self.object_store(), &path, bytes).await?;
             key_files.push(KeyFileRef {
@@ -178,7 +197,11 @@ impl CheckpointStore {
     /// newly folded in, the staged objects of those `previous` folded in, and index
     /// files that neither generation refers to. Objects `previous` still needs
     /// stay for one more compaction, so readers that loaded it can finish.
-    async fn delete_superseded(&self, current: &IndexGeneration, previous: Option<&IndexGeneration>) -> Result<usize> {
+    async fn delete_superseded(
+        &self,
+        current: &IndexGeneration,
+        previous: Option<&IndexGeneration>,
+    ) -> Result<usize> {
         let store = self.object_store();
         let layout = self.layout();
         let mut doomed = Vec::new();
@@ -188,7 +211,12 @@ impl CheckpointStore {
         }
         if let Some(previous) = previous {
             for &id in &previous.newly_compacted {
-                doomed.extend(io::list(store, &layout.staging_of(id)).await?.into_iter().map(|m| m.location));
+                doomed.extend(
+                    io::list(store, &layout.staging_of(id))
+                        .await?
+                        .into_iter()
+                        .map(|m| m.location),
+                );
             }
         }
         let keep_from = previous.map_or(current.generation, |p| p.generation);
@@ -204,7 +232,8 @@ impl CheckpointStore {
             .collect();
         for meta in io::list(store, &layout.index_keys_dir()).await? {
             let relative = layout.relative(&meta.location);
-            let written_by_older = Layout::generation_of_index_key_file(&meta.location).is_some_and(|g| g < current.generation);
+            let written_by_older = Layout::generation_of_index_key_file(&meta.location)
+                .is_some_and(|g| g < current.generation);
             if written_by_older && !referenced.contains(&relative) {
                 doomed.push(meta.location);
             }

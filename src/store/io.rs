@@ -11,7 +11,11 @@ use crate::error::{Error, Result};
 /// Reads a whole object; `None` if it does not exist.
 pub(crate) async fn get_optional(store: &dyn ObjectStore, path: &Path) -> Result<Option<Bytes>> {
     match store.get(path).await {
-        Ok(result) => result.bytes().await.map(Some).map_err(|e| Error::store("get", path, e)),
+        Ok(result) => result
+            .bytes()
+            .await
+            .map(Some)
+            .map_err(|e| Error::store("get", path, e)),
         Err(object_store::Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(Error::store("get", path, e)),
     }
@@ -19,8 +23,14 @@ pub(crate) async fn get_optional(store: &dyn ObjectStore, path: &Path) -> Result
 
 /// Reads a whole object that must exist.
 pub(crate) async fn get(store: &dyn ObjectStore, path: &Path) -> Result<Bytes> {
-    let result = store.get(path).await.map_err(|e| Error::store("get", path, e))?;
-    result.bytes().await.map_err(|e| Error::store("get", path, e))
+    let result = store
+        .get(path)
+        .await
+        .map_err(|e| Error::store("get", path, e))?;
+    result
+        .bytes()
+        .await
+        .map_err(|e| Error::store("get", path, e))
 }
 
 /// Whether an object exists.
@@ -43,7 +53,11 @@ pub(crate) async fn put(store: &dyn ObjectStore, path: &Path, bytes: Bytes) -> R
 
 /// Writes an object only if none exists at `path` (one conditional request).
 /// Returns `false` if another writer got there first.
-pub(crate) async fn put_if_absent(store: &dyn ObjectStore, path: &Path, bytes: Bytes) -> Result<bool> {
+pub(crate) async fn put_if_absent(
+    store: &dyn ObjectStore,
+    path: &Path,
+    bytes: Bytes,
+) -> Result<bool> {
     let options = PutOptions {
         mode: PutMode::Create,
         ..Default::default()

@@ -40,11 +40,16 @@ impl KeySchema {
     /// type that cannot serve as a key (floating point, nested types, ...).
     pub fn new(columns: Vec<KeyColumn>) -> Result<Self> {
         if columns.is_empty() {
-            return Err(Error::InvalidKeySchema("a key needs at least one column".into()));
+            return Err(Error::InvalidKeySchema(
+                "a key needs at least one column".into(),
+            ));
         }
         for (i, column) in columns.iter().enumerate() {
             if columns[..i].iter().any(|c| c.name == column.name) {
-                return Err(Error::InvalidKeySchema(format!("column `{}` appears twice", column.name)));
+                return Err(Error::InvalidKeySchema(format!(
+                    "column `{}` appears twice",
+                    column.name
+                )));
             }
             check_key_type(&column.name, &column.data_type)?;
         }
@@ -74,7 +79,12 @@ impl KeySchema {
                 let field = schema.field_with_name(name).map_err(|_| {
                     Error::InvalidKeySchema(format!(
                         "key column `{name}` is not in the source schema (columns: {})",
-                        schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ))
                 })?;
                 Ok(KeyColumn {
@@ -107,9 +117,11 @@ impl KeySchema {
                 found: format!("{found_types:?}"),
             });
         }
-        RecordBatch::try_new(self.arrow.clone(), arrays.to_vec()).map_err(|e| Error::KeySchemaMismatch {
-            expected: self.to_string(),
-            found: e.to_string(),
+        RecordBatch::try_new(self.arrow.clone(), arrays.to_vec()).map_err(|e| {
+            Error::KeySchemaMismatch {
+                expected: self.to_string(),
+                found: e.to_string(),
+            }
         })
     }
 
@@ -142,13 +154,30 @@ impl std::fmt::Display for KeySchema {
 /// Types that identify a row exactly and survive a Parquet round trip unchanged.
 fn check_key_type(name: &str, data_type: &DataType) -> Result<()> {
     use DataType::*;
-    let supported = match data_type {
-        Boolean | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => true,
-        Utf8 | LargeUtf8 | Binary | LargeBinary | FixedSizeBinary(_) => true,
-        Date32 | Date64 | Timestamp(_, _) | Decimal128(_, _) | Decimal256(_, _) => true,
-        Time32(TimeUnit::Second | TimeUnit::Millisecond) | Time64(TimeUnit::Microsecond | TimeUnit::Nanosecond) => true,
-        _ => false,
-    };
+    let supported = matches!(
+        data_type,
+        Boolean
+            | Int8
+            | Int16
+            | Int32
+            | Int64
+            | UInt8
+            | UInt16
+            | UInt32
+            | UInt64
+            | Utf8
+            | LargeUtf8
+            | Binary
+            | LargeBinary
+            | FixedSizeBinary(_)
+            | Date32
+            | Date64
+            | Timestamp(_, _)
+            | Decimal128(_, _)
+            | Decimal256(_, _)
+            | Time32(TimeUnit::Second | TimeUnit::Millisecond)
+            | Time64(TimeUnit::Microsecond | TimeUnit::Nanosecond)
+    );
     if supported {
         return Ok(());
     }
@@ -163,8 +192,12 @@ fn check_key_type(name: &str, data_type: &DataType) -> Result<()> {
     )))
 }
 
-/// Encodes a batch of keys as a Parquet file.
-pub(crate) fn encode_key_file(schema: &KeySchema, batches: &[RecordBatch], path: &str) -> Result<Bytes> {
+/// Encodes a batch of keys as one Parquet file.
+pub(crate) fn encode_key_file(
+    schema: &KeySchema,
+    batch: &RecordBatch,
+    path: &str,
+) -> Result<Bytes> {
     let encode_err = |e: parquet::errors::ParquetError| Error::EncodeKeys {
         path: path.to_string(),
         source: Box::new(e),
@@ -173,10 +206,9 @@ pub(crate) fn encode_key_file(schema: &KeySchema, batches: &[RecordBatch], path:
         .set_compression(Compression::SNAPPY)
         .build();
     let mut buffer = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buffer, schema.arrow_schema().clone(), Some(props)).map_err(encode_err)?;
-    for batch in batches {
-        writer.write(batch).map_err(encode_err)?;
-    }
+    let mut writer = ArrowWriter::try_new(&mut buffer, schema.arrow_schema().clone(), Some(props))
+        .map_err(encode_err)?;
+    writer.write(batch).map_err(encode_err)?;
     writer.close().map_err(encode_err)?;
     Ok(Bytes::from(buffer))
 }
@@ -190,7 +222,8 @@ pub(crate) fn decode_key_file(
     expected_rows: u64,
 ) -> Result<Vec<RecordBatch>> {
     let corrupt = |e: String| Error::corrupt(ObjectKind::KeyFile, path, e);
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(e.to_string()))?;
     let file_types: Vec<(&str, &DataType)> = builder
         .schema()
         .fields()
@@ -203,7 +236,9 @@ pub(crate) fn decode_key_file(
         .map(|c| (c.name.as_str(), &c.data_type))
         .collect();
     if file_types != expected_types {
-        return Err(corrupt(format!("columns {file_types:?} differ from the key schema {schema}")));
+        return Err(corrupt(format!(
+            "columns {file_types:?} differ from the key schema {schema}"
+        )));
     }
     let reader = builder.build().map_err(|e| corrupt(e.to_string()))?;
     let mut batches = Vec::new();
@@ -217,7 +252,9 @@ pub(crate) fn decode_key_file(
         batches.push(batch);
     }
     if rows != expected_rows {
-        return Err(corrupt(format!("holds {rows} keys, but {expected_rows} were recorded")));
+        return Err(corrupt(format!(
+            "holds {rows} keys, but {expected_rows} were recorded"
+        )));
     }
     Ok(batches)
 }

@@ -28,7 +28,9 @@ impl Layout {
     }
 
     fn join(&self, parts: &[&str]) -> Path {
-        parts.iter().fold(self.root.clone(), |path, part| path.join(*part))
+        parts
+            .iter()
+            .fold(self.root.clone(), |path, part| path.join(*part))
     }
 
     pub(crate) fn descriptor(&self) -> Path {
@@ -40,15 +42,32 @@ impl Layout {
     }
 
     pub(crate) fn begin_marker(&self, id: CheckpointId, writer: Uuid) -> Path {
-        self.join(&["staging", &id.to_string(), &writer.to_string(), "begun.json"])
+        self.join(&[
+            "staging",
+            &id.to_string(),
+            &writer.to_string(),
+            "begun.json",
+        ])
     }
 
     pub(crate) fn staged_key_file(&self, id: CheckpointId, writer: Uuid, n: usize) -> Path {
-        self.join(&["staging", &id.to_string(), &writer.to_string(), "keys", &format!("{n:08}.parquet")])
+        self.join(&[
+            "staging",
+            &id.to_string(),
+            &writer.to_string(),
+            "keys",
+            &format!("{n:08}.parquet"),
+        ])
     }
 
     pub(crate) fn in_flight(&self, id: CheckpointId, writer: Uuid) -> Path {
-        self.join(&["staging", &id.to_string(), &writer.to_string(), "inflight", &format!("{}.json", Uuid::now_v7())])
+        self.join(&[
+            "staging",
+            &id.to_string(),
+            &writer.to_string(),
+            "inflight",
+            &format!("{}.json", Uuid::now_v7()),
+        ])
     }
 
     pub(crate) fn sealed_dir(&self) -> Path {
@@ -76,7 +95,11 @@ impl Layout {
     }
 
     pub(crate) fn index_key_file(&self, generation: u64, run: Uuid, n: usize) -> Path {
-        self.join(&["index-keys", &format!("{generation:020}-{run}"), &format!("{n:08}.parquet")])
+        self.join(&[
+            "index-keys",
+            &format!("{generation:020}-{run}"),
+            &format!("{n:08}.parquet"),
+        ])
     }
 
     pub(crate) fn index_keys_dir(&self) -> Path {
@@ -93,14 +116,22 @@ impl Layout {
     /// The path below the root, as stored in manifests.
     pub(crate) fn relative(&self, path: &Path) -> String {
         match path.prefix_match(&self.root) {
-            Some(parts) => parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>().join("/"),
+            Some(parts) => parts
+                .map(|p| p.as_ref().to_string())
+                .collect::<Vec<_>>()
+                .join("/"),
             None => path.to_string(),
         }
     }
 
     /// The full path of a path stored relative to the root.
     pub(crate) fn absolute(&self, relative: &str) -> Path {
-        self.join(&relative.split('/').filter(|p| !p.is_empty()).collect::<Vec<_>>())
+        self.join(
+            &relative
+                .split('/')
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// The checkpoint id of a `sealed/` or `committed/` entry, if it is one.

@@ -56,8 +56,8 @@ impl StoreLocation {
                     .map_err(|()| invalid("not an absolute local path".into()))?;
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| invalid(format!("cannot create directory: {e}")))?;
-                let fs = LocalFileSystem::new_with_prefix(&dir)
-                    .map_err(|e| invalid(e.to_string()))?;
+                let fs =
+                    LocalFileSystem::new_with_prefix(&dir).map_err(|e| invalid(e.to_string()))?;
                 (Arc::new(fs), Path::default())
             }
             "s3" | "s3a" => {
@@ -66,14 +66,14 @@ impl StoreLocation {
                 for (key, value) in options {
                     match key.as_str() {
                         OPTION_MAX_RETRIES => {
-                            retry.max_retries = value
-                                .parse()
-                                .map_err(|_| invalid(format!("{key} must be a whole number, got `{value}`")))?;
+                            retry.max_retries = value.parse().map_err(|_| {
+                                invalid(format!("{key} must be a whole number, got `{value}`"))
+                            })?;
                         }
                         OPTION_RETRY_TIMEOUT_SECS => {
-                            let secs: u64 = value
-                                .parse()
-                                .map_err(|_| invalid(format!("{key} must be a whole number, got `{value}`")))?;
+                            let secs: u64 = value.parse().map_err(|_| {
+                                invalid(format!("{key} must be a whole number, got `{value}`"))
+                            })?;
                             retry.retry_timeout = Duration::from_secs(secs);
                         }
                         _ => {
@@ -83,10 +83,17 @@ impl StoreLocation {
                         }
                     }
                 }
-                let s3 = builder.with_retry(retry).build().map_err(|e| invalid(e.to_string()))?;
+                let s3 = builder
+                    .with_retry(retry)
+                    .build()
+                    .map_err(|e| invalid(e.to_string()))?;
                 (Arc::new(s3), path_of(&parsed, url)?)
             }
-            other => return Err(invalid(format!("unsupported scheme `{other}`; use memory://, file:// or s3://"))),
+            other => {
+                return Err(invalid(format!(
+                    "unsupported scheme `{other}`; use memory://, file:// or s3://"
+                )))
+            }
         };
         Ok(StoreLocation {
             object_store,

@@ -28,8 +28,9 @@ pub use compaction::{CompactionOptions, CompactionReport};
 pub use keys::{KeyColumn, KeySchema};
 pub use location::{StoreLocation, OPTION_MAX_RETRIES, OPTION_RETRY_TIMEOUT_SECS};
 pub use records::{
-    BeginMarker, CheckpointId, CommitMarker, Descriptor, FileRecord, InFlightRecord, IndexGeneration, KeyFileRef,
-    KeyRun, Manifest, TableFileMetadata, FORMAT_VERSION, MIN_FORMAT_VERSION,
+    BeginMarker, CheckpointId, CommitMarker, Descriptor, FileRecord, InFlightRecord,
+    IndexGeneration, KeyFileRef, KeyRun, Manifest, TableFileMetadata, FORMAT_VERSION,
+    MIN_FORMAT_VERSION,
 };
 pub use state::{CheckpointState, CheckpointSummary, StoreState};
 pub use writer::CheckpointWriter;
@@ -54,7 +55,11 @@ struct Inner {
 impl CheckpointStore {
     /// Opens the store at `url` for keys of `key_schema`, creating it if it is new.
     /// See [`StoreLocation::from_url`] for URLs and options.
-    pub async fn open(url: &str, options: &HashMap<String, String>, key_schema: KeySchema) -> Result<Self> {
+    pub async fn open(
+        url: &str,
+        options: &HashMap<String, String>,
+        key_schema: KeySchema,
+    ) -> Result<Self> {
         Self::open_at(StoreLocation::from_url(url, options)?, key_schema).await
     }
 
@@ -82,7 +87,9 @@ impl CheckpointStore {
         let layout = Layout::new(location.prefix.clone());
         let path = layout.descriptor();
         if !io::exists(location.object_store.as_ref(), &path).await? {
-            return Err(Error::NoStore { url: location.url.clone() });
+            return Err(Error::NoStore {
+                url: location.url.clone(),
+            });
         }
         let descriptor = read_descriptor(location.object_store.as_ref(), &path).await?;
         let key_schema = KeySchema::new(descriptor.key_columns)?;
@@ -158,7 +165,11 @@ impl CheckpointStore {
     /// Records that the files of the sealed checkpoints `ids` are in the table.
     /// `commit` is what the sink reports (table, sequence, snapshot). Idempotent:
     /// marking an already committed checkpoint again changes nothing.
-    pub async fn mark_committed(&self, ids: &[CheckpointId], commit: &serde_json::Value) -> Result<()> {
+    pub async fn mark_committed(
+        &self,
+        ids: &[CheckpointId],
+        commit: &serde_json::Value,
+    ) -> Result<()> {
         let store = self.object_store();
         for &id in ids {
             let path = self.inner.layout.committed(id);
@@ -189,7 +200,8 @@ impl CheckpointStore {
             Some(bytes) => bytes,
             None => {
                 return Err(Error::ConcurrentChange {
-                    operation: "reading keys (the key file was compacted away; load the state again)",
+                    operation:
+                        "reading keys (the key file was compacted away; load the state again)",
                     attempts: 1,
                 })
             }
@@ -214,7 +226,10 @@ impl CheckpointStore {
     }
 }
 
-async fn read_descriptor(store: &dyn object_store::ObjectStore, path: &object_store::path::Path) -> Result<Descriptor> {
+async fn read_descriptor(
+    store: &dyn object_store::ObjectStore,
+    path: &object_store::path::Path,
+) -> Result<Descriptor> {
     let bytes = io::get(store, path).await?;
     records::decode(ObjectKind::Descriptor, path.as_ref(), &bytes)
 }

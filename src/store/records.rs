@@ -236,7 +236,8 @@ pub(crate) fn encode<T: Serialize>(kind: ObjectKind, path: &str, record: &T) -> 
 /// Decodes a record, checking its format version first so that a newer store is
 /// reported as such rather than as corrupt.
 pub(crate) fn decode<T: DeserializeOwned>(kind: ObjectKind, path: &str, bytes: &[u8]) -> Result<T> {
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(kind, path, e))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| Error::corrupt(kind, path, e))?;
     let version = value
         .get("format_version")
         .and_then(|v| v.as_u64())

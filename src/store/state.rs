@@ -7,8 +7,8 @@
 
 use std::collections::BTreeSet;
 
-use super::records::{self, CheckpointId, IndexGeneration, KeyFileRef, Manifest};
 use super::layout::Layout;
+use super::records::{self, CheckpointId, IndexGeneration, KeyFileRef, Manifest};
 use super::{io, CheckpointStore};
 use crate::error::{Error, ObjectKind, Result};
 
@@ -49,7 +49,10 @@ impl StoreState {
     /// files of sealed checkpoints outside the index. Staged keys are not included.
     pub fn key_files(&self) -> Vec<KeyFileRef> {
         let indexed = self.index.iter().flat_map(|i| i.key_files()).cloned();
-        let sealed = self.checkpoints.iter().flat_map(|c| c.manifest.key_files.iter().cloned());
+        let sealed = self
+            .checkpoints
+            .iter()
+            .flat_map(|c| c.manifest.key_files.iter().cloned());
         indexed.chain(sealed).collect()
     }
 
@@ -60,7 +63,11 @@ impl StoreState {
 
     /// Sealed checkpoints whose files are not committed yet, in id order.
     pub fn pending_commit(&self) -> Vec<&Manifest> {
-        self.checkpoints.iter().filter(|c| !c.committed).map(|c| &c.manifest).collect()
+        self.checkpoints
+            .iter()
+            .filter(|c| !c.committed)
+            .map(|c| &c.manifest)
+            .collect()
     }
 
     /// Number of checkpoints folded into the compacted index.
@@ -93,7 +100,10 @@ impl CheckpointStore {
         let sealed = marker_ids(io::list(store, &layout.sealed_dir()).await?);
         let committed = marker_ids(io::list(store, &layout.committed_dir()).await?);
         let index = self.current_index().await?;
-        let compacted: BTreeSet<CheckpointId> = index.iter().flat_map(|i| i.checkpoints.iter().copied()).collect();
+        let compacted: BTreeSet<CheckpointId> = index
+            .iter()
+            .flat_map(|i| i.checkpoints.iter().copied())
+            .collect();
         let mut checkpoints = Vec::new();
         for id in sealed.into_iter().filter(|id| !compacted.contains(id)) {
             let Some(manifest) = self.read_manifest(id).await? else {
@@ -111,7 +121,11 @@ impl CheckpointStore {
     pub(super) async fn current_index(&self) -> Result<Option<IndexGeneration>> {
         let store = self.object_store();
         let listed = io::list(store, &self.layout().index_dir()).await?;
-        let Some(generation) = listed.iter().filter_map(|m| Layout::generation_of(&m.location)).max() else {
+        let Some(generation) = listed
+            .iter()
+            .filter_map(|m| Layout::generation_of(&m.location))
+            .max()
+        else {
             return Ok(None);
         };
         let path = self.layout().index(generation);
@@ -122,5 +136,8 @@ impl CheckpointStore {
 }
 
 fn marker_ids(listed: Vec<object_store::ObjectMeta>) -> BTreeSet<CheckpointId> {
-    listed.iter().filter_map(|m| Layout::id_of_marker(&m.location)).collect()
+    listed
+        .iter()
+        .filter_map(|m| Layout::id_of_marker(&m.location))
+        .collect()
 }

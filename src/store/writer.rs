@@ -7,7 +7,10 @@ use arrow_array::ArrayRef;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::records::{self, BeginMarker, CheckpointId, FileRecord, InFlightRecord, KeyFileRef, Manifest, FORMAT_VERSION};
+use super::records::{
+    self, BeginMarker, CheckpointId, FileRecord, InFlightRecord, KeyFileRef, Manifest,
+    FORMAT_VERSION,
+};
 use super::{io, keys, CheckpointStore};
 use crate::error::{Error, ObjectKind, Result};
 
@@ -85,7 +88,7 @@ impl CheckpointWriter {
         }
         let layout = self.store.layout();
         let path = layout.staged_key_file(self.id, self.writer_id, self.key_files.len());
-        let bytes = keys::encode_key_file(self.store.key_schema(), &[batch], path.as_ref())?;
+        let bytes = keys::encode_key_file(self.store.key_schema(), &batch, path.as_ref())?;
         let size_bytes = bytes.len() as u64;
         io::put(self.store.object_store(), &path, bytes).await?;
         self.key_files.push(KeyFileRef {
@@ -158,11 +161,13 @@ impl CheckpointWriter {
             self.sealed = Some(manifest.clone());
             return Ok(manifest);
         }
-        let existing = self
-            .store
-            .read_manifest(self.id)
-            .await?
-            .ok_or_else(|| Error::corrupt(ObjectKind::Manifest, &path, "vanished right after a conflicting seal"))?;
+        let existing = self.store.read_manifest(self.id).await?.ok_or_else(|| {
+            Error::corrupt(
+                ObjectKind::Manifest,
+                &path,
+                "vanished right after a conflicting seal",
+            )
+        })?;
         if existing.writer_id == self.writer_id {
             self.sealed = Some(existing.clone());
             Ok(existing)
@@ -181,6 +186,15 @@ impl CheckpointWriter {
                 id: self.id.to_string(),
                 sealed_by: manifest.writer_id.to_string(),
             });
+        }
+        // A HEAD first: the common answer is "not sealed", and it is the cheapest.
+        if !io::exists(
+            self.store.object_store(),
+            &self.store.layout().sealed(self.id),
+        )
+        .await?
+        {
+            return Ok(());
         }
         match self.store.read_manifest(self.id).await? {
             Some(manifest) => Err(Error::AlreadySealed {

@@ -1,6 +1,12 @@
 //! Shared test support: the three store backends and a fault-injecting object
 //! store wrapper.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,8 +21,8 @@ use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use tempfile::TempDir;
 use tidemark::store::StoreLocation;
@@ -78,7 +84,10 @@ impl Backend {
     pub fn faulty(&self) -> (StoreLocation, Arc<FaultyStore>) {
         let inner = self.location();
         let faulty = Arc::new(FaultyStore::new(inner.object_store.clone()));
-        (StoreLocation::from_object_store(faulty.clone(), inner.prefix), faulty)
+        (
+            StoreLocation::from_object_store(faulty.clone(), inner.prefix),
+            faulty,
+        )
     }
 }
 
@@ -128,8 +137,14 @@ fn start_s3_server() -> S3Server {
         .expect("start the S3 test server: python3 with moto[server] must be installed (bash .ci/run installs it)");
     let stdout = child.stdout.take().expect("server stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read server output");
-    assert_eq!(line.trim(), "READY", "the S3 test server did not start (is moto[server] installed?)");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read server output");
+    assert_eq!(
+        line.trim(),
+        "READY",
+        "the S3 test server did not start (is moto[server] installed?)"
+    );
     S3Server {
         endpoint: format!("http://127.0.0.1:{port}"),
         _stdin: child.stdin.take(),
@@ -229,7 +244,12 @@ impl fmt::Display for FaultyStore {
 
 #[async_trait]
 impl ObjectStore for FaultyStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         self.puts.fetch_add(1, Ordering::SeqCst);
         match self.take_fault(location) {
             Some(Fault::FailBefore) => Err(injected(location)),
@@ -250,7 +270,11 @@ impl ObjectStore for FaultyStore {
         self.inner.put_multipart_opts(location, opts).await
     }
 
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
         if options.head {
             self.heads.fetch_add(1, Ordering::SeqCst);
         } else {
@@ -276,7 +300,12 @@ impl ObjectStore for FaultyStore {
         self.inner.list_with_delimiter(prefix).await
     }
 
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
     }
 }

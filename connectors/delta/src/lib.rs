@@ -48,7 +48,8 @@ pub fn add_to_record(add: &Add) -> Result<FileRecord> {
     let body = serde_json::to_value(add).map_err(|e| invalid(e.to_string()))?;
     Ok(FileRecord {
         path: add.path.clone(),
-        file_size_bytes: u64::try_from(add.size).map_err(|_| invalid(format!("negative size {}", add.size)))?,
+        file_size_bytes: u64::try_from(add.size)
+            .map_err(|_| invalid(format!("negative size {}", add.size)))?,
         record_count,
         table_metadata: TableFileMetadata {
             format: ADD_FORMAT.to_string(),
@@ -98,9 +99,13 @@ mod tests {
         let record = add_to_record(&add).unwrap();
         assert_eq!(record.record_count, 1000);
         assert_eq!(record.file_size_bytes, 65_536);
-        let stored: FileRecord = serde_json::from_slice(&serde_json::to_vec(&record).unwrap()).unwrap();
+        let stored: FileRecord =
+            serde_json::from_slice(&serde_json::to_vec(&record).unwrap()).unwrap();
         let decoded = record_to_add(&stored).unwrap();
-        assert_eq!(serde_json::to_value(&decoded).unwrap(), serde_json::to_value(&add).unwrap());
+        assert_eq!(
+            serde_json::to_value(&decoded).unwrap(),
+            serde_json::to_value(&add).unwrap()
+        );
         // Statistics are kept as written: no integer passes through a float.
         assert!(decoded.stats.unwrap().contains("9007199254740993"));
     }
@@ -112,10 +117,16 @@ mod tests {
             size: -1,
             ..Default::default()
         };
-        assert!(add_to_record(&add).unwrap_err().to_string().contains("negative size"));
+        assert!(add_to_record(&add)
+            .unwrap_err()
+            .to_string()
+            .contains("negative size"));
         add.size = 1;
         add.stats = Some("{not json".into());
-        assert!(add_to_record(&add).unwrap_err().to_string().contains("stats are not JSON"));
+        assert!(add_to_record(&add)
+            .unwrap_err()
+            .to_string()
+            .contains("stats are not JSON"));
         let mut record = FileRecord {
             path: "x.parquet".into(),
             file_size_bytes: 1,
@@ -126,7 +137,10 @@ mod tests {
                 body: serde_json::json!({}),
             },
         };
-        assert!(record_to_add(&record).unwrap_err().to_string().contains("iceberg.data-file"));
+        assert!(record_to_add(&record)
+            .unwrap_err()
+            .to_string()
+            .contains("iceberg.data-file"));
         record.table_metadata.format = ADD_FORMAT.into();
         assert!(record_to_add(&record).is_err());
     }

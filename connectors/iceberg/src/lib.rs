@@ -7,7 +7,8 @@
 //! needed to read it back.
 
 use iceberg::spec::{
-    deserialize_data_file_from_json, serialize_data_file_to_json, DataFile, FormatVersion, Schema, StructType,
+    deserialize_data_file_from_json, serialize_data_file_to_json, DataFile, FormatVersion, Schema,
+    StructType,
 };
 use serde_json::{json, Value};
 use tidemark::store::{FileRecord, TableFileMetadata};
@@ -28,7 +29,7 @@ pub enum Error {
         context: String,
         /// The iceberg error.
         #[source]
-        source: iceberg::Error,
+        source: Box<iceberg::Error>,
     },
     /// A file record is not one this connector can read.
     #[error("file record for `{path}` is not an Iceberg data file record: {reason}")]
@@ -54,16 +55,17 @@ pub fn data_file_to_record(
     let path = data_file.file_path().to_string();
     let file_size_bytes = data_file.file_size_in_bytes();
     let record_count = data_file.record_count();
-    let encoded = serialize_data_file_to_json(data_file, partition_type, format_version).map_err(|source| {
-        Error::Iceberg {
+    let encoded = serialize_data_file_to_json(data_file, partition_type, format_version).map_err(
+        |source| Error::Iceberg {
             context: format!("encoding data file `{path}`"),
-            source,
-        }
-    })?;
-    let data_file: Value = serde_json::from_str(&encoded).map_err(|e| Error::NotADataFileRecord {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
+            source: Box::new(source),
+        },
+    )?;
+    let data_file: Value =
+        serde_json::from_str(&encoded).map_err(|e| Error::NotADataFileRecord {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
     Ok(FileRecord {
         path,
         file_size_bytes,
@@ -82,7 +84,11 @@ pub fn data_file_to_record(
 
 /// Decodes a file record made by [`data_file_to_record`] for a table whose
 /// current schema is `schema` and whose partition spec has `partition_type`.
-pub fn record_to_data_file(record: &FileRecord, partition_type: &StructType, schema: &Schema) -> Result<DataFile> {
+pub fn record_to_data_file(
+    record: &FileRecord,
+    partition_type: &StructType,
+    schema: &Schema,
+) -> Result<DataFile> {
     let invalid = |reason: String| Error::NotADataFileRecord {
         path: record.path.clone(),
         reason,
@@ -105,9 +111,11 @@ pub fn record_to_data_file(record: &FileRecord, partition_type: &StructType, sch
         .get("data_file")
         .ok_or_else(|| invalid("no data_file".into()))?
         .to_string();
-    deserialize_data_file_from_json(&data_file, spec_id, partition_type, schema).map_err(|source| Error::Iceberg {
-        context: format!("decoding data file `{}`", record.path),
-        source,
+    deserialize_data_file_from_json(&data_file, spec_id, partition_type, schema).map_err(|source| {
+        Error::Iceberg {
+            context: format!("decoding data file `{}`", record.path),
+            source: Box::new(source),
+        }
     })
 }
 
@@ -127,8 +135,8 @@ mod tests {
     use std::sync::Arc;
 
     use iceberg::spec::{
-        DataContentType, DataFileBuilder, DataFileFormat, Datum, Literal, NestedField, PrimitiveType, Struct,
-        StructType, Type,
+        DataContentType, DataFileBuilder, DataFileFormat, Datum, Literal, NestedField,
+        PrimitiveType, Struct, StructType, Type,
     };
 
     use super::*;
@@ -137,8 +145,16 @@ mod tests {
     fn a_data_file_survives_the_record_round_trip() {
         let schema = Schema::builder()
             .with_fields(vec![
-                Arc::new(NestedField::required(1, "id", Type::Primitive(PrimitiveType::Long))),
-                Arc::new(NestedField::optional(2, "day", Type::Primitive(PrimitiveType::Date))),
+                Arc::new(NestedField::required(
+                    1,
+                    "id",
+                    Type::Primitive(PrimitiveType::Long),
+                )),
+                Arc::new(NestedField::optional(
+                    2,
+                    "day",
+                    Type::Primitive(PrimitiveType::Date),
+                )),
             ])
             .build()
             .unwrap();
@@ -162,12 +178,17 @@ mod tests {
             .build()
             .unwrap();
 
-        let record = data_file_to_record(data_file.clone(), 3, &partition_type, FormatVersion::V2).unwrap();
-        assert_eq!(record.path, "s3://bucket/table/data/day=2024-10-01/00000.parquet");
+        let record =
+            data_file_to_record(data_file.clone(), 3, &partition_type, FormatVersion::V2).unwrap();
+        assert_eq!(
+            record.path,
+            "s3://bucket/table/data/day=2024-10-01/00000.parquet"
+        );
         assert_eq!(record.record_count, 1_000);
         assert_eq!(record.file_size_bytes, 65_536);
         // Through JSON, as the store keeps it.
-        let stored: FileRecord = serde_json::from_slice(&serde_json::to_vec(&record).unwrap()).unwrap();
+        let stored: FileRecord =
+            serde_json::from_slice(&serde_json::to_vec(&record).unwrap()).unwrap();
         let decoded = record_to_data_file(&stored, &partition_type, &schema).unwrap();
         assert_eq!(decoded, data_file);
     }
