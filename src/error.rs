@@ -172,6 +172,16 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// An Arrow compute kernel failed.
+    #[error("{context}: {source}")]
+    Arrow {
+        /// What tidemark was doing.
+        context: &'static str,
+        /// The Arrow error.
+        #[source]
+        source: arrow_schema::ArrowError,
+    },
+
     /// Encoding keys to Parquet failed.
     #[error("encoding keys as Parquet for `{path}` failed: {source}")]
     EncodeKeys {

@@ -30,6 +30,7 @@
 //! ```
 
 pub mod error;
+pub mod filter;
 pub mod store;
 
 pub use error::{Error, Result};
