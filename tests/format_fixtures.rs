@@ -22,14 +22,8 @@ fn fixture_dir() -> PathBuf {
 
 fn key_schema() -> KeySchema {
     KeySchema::new(vec![
-        KeyColumn {
-            name: "tenant".into(),
-            data_type: DataType::Utf8,
-        },
-        KeyColumn {
-            name: "id".into(),
-            data_type: DataType::Int64,
-        },
+        KeyColumn::new("tenant", DataType::Utf8),
+        KeyColumn::new("id", DataType::Int64),
     ])
     .expect("key schema")
 }

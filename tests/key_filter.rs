@@ -68,14 +68,8 @@ fn int64_keys_are_exact_around_two_to_the_53() {
 #[test]
 fn composite_keys_with_nulls_follow_null_equals_null() {
     let schema = KeySchema::new(vec![
-        KeyColumn {
-            name: "tenant".into(),
-            data_type: DataType::Utf8,
-        },
-        KeyColumn {
-            name: "seq".into(),
-            data_type: DataType::UInt64,
-        },
+        KeyColumn::new("tenant", DataType::Utf8),
+        KeyColumn::new("seq", DataType::UInt64),
     ])
     .unwrap();
     let mut filter = KeyFilter::new(schema).unwrap();

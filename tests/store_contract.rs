@@ -284,18 +284,9 @@ async fn keys_keep_their_exact_types(backend: Backend) {
 
     // A composite key keeps every column, nulls included.
     let keys = KeySchema::new(vec![
-        KeyColumn {
-            name: "tenant".into(),
-            data_type: DataType::Utf8,
-        },
-        KeyColumn {
-            name: "seq".into(),
-            data_type: DataType::UInt64,
-        },
-        KeyColumn {
-            name: "at".into(),
-            data_type: DataType::Timestamp(TimeUnit::Millisecond, None),
-        },
+        KeyColumn::new("tenant", DataType::Utf8),
+        KeyColumn::new("seq", DataType::UInt64),
+        KeyColumn::new("at", DataType::Timestamp(TimeUnit::Millisecond, None)),
     ])
     .expect("composite");
     let location = backend.location();

@@ -28,6 +28,16 @@ pub struct KeyColumn {
     pub data_type: DataType,
 }
 
+impl KeyColumn {
+    /// A key column named `name` of type `data_type`.
+    pub fn new(name: impl Into<String>, data_type: DataType) -> Self {
+        KeyColumn {
+            name: name.into(),
+            data_type,
+        }
+    }
+}
+
 /// The columns that identify a source row, in order. Composite keys have several.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySchema {
@@ -65,10 +75,7 @@ impl KeySchema {
 
     /// A single-column key.
     pub fn single(name: &str, data_type: DataType) -> Result<Self> {
-        Self::new(vec![KeyColumn {
-            name: name.to_string(),
-            data_type,
-        }])
+        Self::new(vec![KeyColumn::new(name, data_type)])
     }
 
     /// The key columns `names` of a source schema, with the source's types.
