@@ -60,6 +60,7 @@ impl KeyFilter {
 
     /// Adds the keys of a batch of key columns (in the key schema's order).
     pub fn insert(&mut self, keys: &RecordBatch) -> Result<()> {
+        self.key_schema.batch(keys.columns())?;
         let rows = self.rows(keys.columns())?;
         for row in rows.iter() {
             if self.keys.insert(row.as_ref().into()) {
@@ -119,8 +120,8 @@ impl KeyFilter {
         })
     }
 
+    /// Encodes key columns already checked against the key schema.
     fn rows(&self, columns: &[arrow_array::ArrayRef]) -> Result<arrow_row::Rows> {
-        self.key_schema.batch(columns)?;
         self.converter
             .convert_columns(columns)
             .map_err(|e| Error::KeySchemaMismatch {
