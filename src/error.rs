@@ -191,6 +191,51 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+
+    /// A source could not be listed or read.
+    #[error("reading source `{location}` failed: {source}")]
+    Source {
+        /// The file, table or URL being read.
+        location: String,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A source is not usable as given (no files, schemas that differ, ...).
+    #[error("invalid source `{location}`: {reason}")]
+    InvalidSource {
+        /// The file, table or URL given.
+        location: String,
+        /// Why it cannot be read.
+        reason: String,
+    },
+
+    /// A key appeared twice in one run under [`DuplicatePolicy::Error`](crate::read::DuplicatePolicy::Error).
+    #[error("key {key} appears more than once in this run's source (duplicate policy: error); nothing of this run was checkpointed")]
+    DuplicateKey {
+        /// The key, as text.
+        key: String,
+    },
+
+    /// A transform between a checkpointed read and a sink is not row-wise.
+    #[error("`{operation}` cannot run between a checkpointed read and a sink: {why}")]
+    NotRowWise {
+        /// The operation refused.
+        operation: String,
+        /// Why it would break exactly-once.
+        why: String,
+    },
+
+    /// Local spill files of the partitioned key filter failed.
+    #[error("spilling keys to `{path}` failed: {source}")]
+    Spill {
+        /// The spill file or directory.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {

@@ -31,6 +31,8 @@
 
 pub mod error;
 pub mod filter;
+pub mod read;
+pub mod source;
 pub mod store;
 
 pub use error::{Error, Result};

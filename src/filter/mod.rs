@@ -1,71 +1,88 @@
 //! The key filter: the anti-join that drops rows whose key is already checkpointed.
 //!
-//! Keys are compared in Arrow's row format, which encodes every supported key
-//! type (and composite keys) into bytes that are equal exactly when the keys are
-//! equal. There is no hashing to floating point and no probabilistic structure:
-//! a row is dropped only if its exact key was checkpointed. Nulls follow the
-//! store's rule: null equals null.
+//! Keys are compared exactly, in one of the encodings of [`codec`]: raw bits for
+//! fixed-width keys, raw bytes for string and binary keys, Arrow's row format
+//! for composite keys. There is no floating point and no probabilistic
+//! structure: a row is dropped only if its exact key was checkpointed. Nulls
+//! follow the store's rule: null equals null.
 //!
-//! This first version holds the checkpointed keys in memory and reports how much
-//! it uses ([`KeyFilter::memory_bytes`]).
+//! [`KeyFilter`] holds all checkpointed keys in memory and reports how much it
+//! uses. When they do not fit in a memory budget, [`crate::read`] partitions them
+//! by hash into spill files and filters one partition at a time.
 
-use std::collections::HashSet;
+pub(crate) mod codec;
+pub(crate) mod key_set;
+pub(crate) mod spill;
 
-use arrow_array::{BooleanArray, RecordBatch};
-use arrow_row::{RowConverter, SortField};
+use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
 use arrow_schema::Schema;
 use arrow_select::filter::filter_record_batch;
 
 use crate::error::{Error, Result};
 use crate::store::{CheckpointStore, KeySchema, StoreState};
+use codec::{EncodedKeys, KeyCodec};
+use key_set::KeySet;
 
-/// The set of checkpointed keys, and the filter that drops rows holding them.
+/// The set of checkpointed keys, held in memory, and the filter that drops rows
+/// holding them.
 #[derive(Debug)]
 pub struct KeyFilter {
     key_schema: KeySchema,
-    converter: RowConverter,
-    keys: HashSet<Box<[u8]>>,
-    key_bytes: usize,
+    codec: KeyCodec,
+    keys: KeySet,
 }
 
 impl KeyFilter {
     /// An empty filter for keys of `key_schema`: it drops nothing.
     pub fn new(key_schema: KeySchema) -> Result<Self> {
-        let fields = key_schema
-            .columns()
-            .iter()
-            .map(|c| SortField::new(c.data_type.clone()))
-            .collect();
-        let converter =
-            RowConverter::new(fields).map_err(|e| Error::InvalidKeySchema(e.to_string()))?;
         Ok(KeyFilter {
+            codec: KeyCodec::new(&key_schema)?,
             key_schema,
-            converter,
-            keys: HashSet::new(),
-            key_bytes: 0,
+            keys: KeySet::new(),
         })
     }
 
     /// A filter holding every key checkpointed in `state` (staged keys of
     /// unsealed checkpoints do not count).
     pub async fn load(store: &CheckpointStore, state: &StoreState) -> Result<Self> {
+        match Self::load_within(store, state, usize::MAX).await? {
+            Some(filter) => Ok(filter),
+            None => Err(Error::InvalidKeySchema(
+                "the key filter outgrew the address space".into(),
+            )),
+        }
+    }
+
+    /// Like [`load`](Self::load), but gives up (returns `None`) as soon as the
+    /// filter holds more than `budget_bytes` of memory.
+    pub async fn load_within(
+        store: &CheckpointStore,
+        state: &StoreState,
+        budget_bytes: usize,
+    ) -> Result<Option<Self>> {
         let mut filter = Self::new(store.key_schema().clone())?;
         for file in state.key_files() {
             for batch in store.read_keys(&file).await? {
                 filter.insert(&batch)?;
+                if filter.memory_bytes() > budget_bytes {
+                    return Ok(None);
+                }
             }
         }
-        Ok(filter)
+        Ok(Some(filter))
+    }
+
+    /// The key schema this filter holds keys of.
+    pub fn key_schema(&self) -> &KeySchema {
+        &self.key_schema
     }
 
     /// Adds the keys of a batch of key columns (in the key schema's order).
     pub fn insert(&mut self, keys: &RecordBatch) -> Result<()> {
-        self.key_schema.batch(keys.columns())?;
-        let rows = self.rows(keys.columns())?;
-        for row in rows.iter() {
-            if self.keys.insert(row.as_ref().into()) {
-                self.key_bytes += row.as_ref().len();
-            }
+        let encoded = self.codec.encode(keys.columns())?;
+        for i in 0..encoded.len() {
+            let key = encoded.key(i);
+            self.keys.insert(key, key.table_hash())?;
         }
         Ok(())
     }
@@ -77,56 +94,72 @@ impl KeyFilter {
 
     /// Whether the filter holds no key.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.len() == 0
     }
 
-    /// Approximate heap memory held: the encoded keys plus the hash table.
+    /// Heap memory held by the keys and their hash table, in bytes.
     pub fn memory_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<Box<[u8]>>() + 1;
-        self.key_bytes + self.keys.capacity() * slot
+        self.keys.memory_bytes()
     }
 
     /// Checks that `schema` has the key columns with the checkpointed types,
     /// before any row is read.
     pub fn check_source(&self, schema: &Schema) -> Result<()> {
-        let names: Vec<&str> = self
-            .key_schema
-            .columns()
-            .iter()
-            .map(|c| c.name.as_str())
-            .collect();
-        KeySchema::from_source(schema, &names)?.ensure_same(&self.key_schema)
+        check_source(&self.key_schema, schema)
     }
 
     /// The rows of `batch` whose key is not checkpointed. `batch` must hold the
     /// key columns under their names, with the checkpointed types.
     pub fn retain_unprocessed(&self, batch: &RecordBatch) -> Result<RecordBatch> {
-        self.check_source(batch.schema_ref())?;
-        let columns = self
-            .key_schema
-            .columns()
-            .iter()
-            .map(|c| batch.column_by_name(&c.name).cloned())
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Error::InvalidKeySchema("key column missing from batch".into()))?;
-        let rows = self.rows(&columns)?;
-        let keep: BooleanArray = rows
-            .iter()
-            .map(|row| Some(!self.keys.contains(row.as_ref())))
+        let keys = self.encode_batch(batch)?;
+        let keep: BooleanArray = (0..keys.len())
+            .map(|i| {
+                let key = keys.key(i);
+                Some(!self.keys.contains(key, key.table_hash()))
+            })
             .collect();
-        filter_record_batch(batch, &keep).map_err(|source| Error::Arrow {
-            context: "dropping checkpointed rows",
-            source,
-        })
+        filter_rows(batch, &keep)
     }
 
-    /// Encodes key columns already checked against the key schema.
-    fn rows(&self, columns: &[arrow_array::ArrayRef]) -> Result<arrow_row::Rows> {
-        self.converter
-            .convert_columns(columns)
-            .map_err(|e| Error::KeySchemaMismatch {
-                expected: self.key_schema.to_string(),
-                found: e.to_string(),
-            })
+    /// Encodes the key columns of a source batch.
+    pub(crate) fn encode_batch(&self, batch: &RecordBatch) -> Result<EncodedKeys> {
+        self.codec.encode(&key_columns(&self.key_schema, batch)?)
     }
+
+    /// The codec and the set, for the checkpointed read.
+    pub(crate) fn parts(&self) -> (&KeyCodec, &KeySet) {
+        (&self.codec, &self.keys)
+    }
+}
+
+/// Checks that `schema` has the columns of `key_schema` with the same types.
+pub(crate) fn check_source(key_schema: &KeySchema, schema: &Schema) -> Result<()> {
+    let names: Vec<&str> = key_schema
+        .columns()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    KeySchema::from_source(schema, &names)?.ensure_same(key_schema)
+}
+
+/// The key columns of a source batch, in the key schema's order.
+pub(crate) fn key_columns(key_schema: &KeySchema, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+    check_source(key_schema, batch.schema_ref())?;
+    key_schema
+        .columns()
+        .iter()
+        .map(|c| {
+            batch.column_by_name(&c.name).cloned().ok_or_else(|| {
+                Error::InvalidKeySchema(format!("key column `{}` missing from batch", c.name))
+            })
+        })
+        .collect()
+}
+
+/// Keeps the rows of `batch` where `keep` is true.
+pub(crate) fn filter_rows(batch: &RecordBatch, keep: &BooleanArray) -> Result<RecordBatch> {
+    filter_record_batch(batch, keep).map_err(|source| Error::Arrow {
+        context: "dropping checkpointed rows",
+        source,
+    })
 }

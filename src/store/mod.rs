@@ -33,7 +33,7 @@ pub use records::{
     MIN_FORMAT_VERSION,
 };
 pub use state::{CheckpointState, CheckpointSummary, StoreState};
-pub use writer::CheckpointWriter;
+pub use writer::{CheckpointWriter, KEY_FILE_ROWS};
 
 use crate::error::{Error, ObjectKind, Result};
 use layout::Layout;

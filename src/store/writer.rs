@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use arrow_array::ArrayRef;
+use arrow_array::{ArrayRef, RecordBatch};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -13,6 +13,10 @@ use super::records::{
 };
 use super::{io, keys, CheckpointStore};
 use crate::error::{Error, ObjectKind, Result};
+
+/// Keys buffered by [`CheckpointWriter::buffer_keys`] are written as one key file
+/// once this many rows have gathered (and at the seal).
+pub const KEY_FILE_ROWS: usize = 1 << 20;
 
 /// Writes one checkpoint. Staged work is invisible to readers until [`seal`](Self::seal).
 ///
@@ -29,6 +33,8 @@ pub struct CheckpointWriter {
     files: Vec<FileRecord>,
     properties: BTreeMap<String, String>,
     sealed: Option<Manifest>,
+    buffered: Vec<RecordBatch>,
+    buffered_rows: usize,
 }
 
 impl CheckpointWriter {
@@ -43,6 +49,8 @@ impl CheckpointWriter {
             files: Vec::new(),
             properties: BTreeMap::new(),
             sealed: None,
+            buffered: Vec::new(),
+            buffered_rows: 0,
         };
         writer.ensure_unsealed().await?;
         let path = writer.store.layout().begin_marker(id, writer.writer_id);
@@ -69,7 +77,44 @@ impl CheckpointWriter {
 
     /// Number of keys staged so far.
     pub fn staged_key_count(&self) -> u64 {
-        self.key_files.iter().map(|k| k.row_count).sum()
+        self.key_files.iter().map(|k| k.row_count).sum::<u64>() + self.buffered_rows as u64
+    }
+
+    /// Stages keys like [`stage_keys`](Self::stage_keys), but gathers them in
+    /// memory and writes one key file per [`KEY_FILE_ROWS`] rows, so that many
+    /// small batches do not make many small files. [`seal`](Self::seal) writes
+    /// what is left; until then buffered keys are lost with the writer, which is
+    /// safe: unsealed keys never count as processed.
+    pub async fn buffer_keys(&mut self, columns: &[ArrayRef]) -> Result<()> {
+        let batch = self.store.key_schema().batch(columns)?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.buffered_rows += batch.num_rows();
+        self.buffered.push(batch);
+        if self.buffered_rows >= KEY_FILE_ROWS {
+            self.flush_keys().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the keys gathered by [`buffer_keys`](Self::buffer_keys) as one key file.
+    pub async fn flush_keys(&mut self) -> Result<()> {
+        if self.buffered.is_empty() {
+            return Ok(());
+        }
+        let schema = self.store.key_schema().arrow_schema().clone();
+        let batch =
+            arrow_select::concat::concat_batches(&schema, &self.buffered).map_err(|source| {
+                Error::Arrow {
+                    context: "gathering buffered keys",
+                    source,
+                }
+            })?;
+        self.stage_keys(batch.columns()).await?;
+        self.buffered.clear();
+        self.buffered_rows = 0;
+        Ok(())
     }
 
     /// Attaches a property to the manifest (source shard, run id, ...).
@@ -144,6 +189,7 @@ impl CheckpointWriter {
         if let Some(manifest) = &self.sealed {
             return Ok(manifest.clone());
         }
+        self.flush_keys().await?;
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             checkpoint_id: self.id,

@@ -80,6 +80,13 @@ impl Backend {
         }
     }
 
+    /// A URL beside the store's, for source or table data, and the options to
+    /// open it with. Not for the memory backend.
+    pub fn data_url(&self, name: &str) -> (String, HashMap<String, String>) {
+        assert!(self.memory.is_none(), "the memory backend has no URLs");
+        (format!("{}-{name}", self.url), self.options.clone())
+    }
+
     /// The backend seen through a fault-injecting wrapper.
     pub fn faulty(&self) -> (StoreLocation, Arc<FaultyStore>) {
         let inner = self.location();

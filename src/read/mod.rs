@@ -1,0 +1,393 @@
+//! Checkpointed reads: a source read through a checkpoint store, so that rows
+//! whose key is already checkpointed never reach the caller, and the keys of the
+//! rows that do reach it are staged in the run's checkpoint.
+//!
+//! The filter runs in one of two modes, chosen when the read opens:
+//! - **in memory**: the checkpointed keys fit in the memory budget, so they are
+//!   loaded into one hash set and the source streams through it once.
+//! - **partitioned**: they do not fit, so the checkpointed keys and the source's
+//!   keys are spilled to local files partitioned by hash, each partition is
+//!   joined on its own (its keys only need to fit), and the verdicts go to a
+//!   bitmap of one bit per source row. The source is then streamed once more and
+//!   the bitmap applied. Memory is one partition plus the bitmap.
+//!
+//! Both modes are exact, keep the source's row order, and apply the same
+//! [`DuplicatePolicy`] to keys that appear more than once in the source.
+
+mod partitioned;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow_cast::display::array_value_to_string;
+use futures::stream::{BoxStream, StreamExt};
+
+use crate::error::{Error, Result};
+use crate::filter::codec::KeyCodec;
+use crate::filter::key_set::KeySet;
+use crate::filter::{check_source, filter_rows, key_columns, KeyFilter};
+use crate::source::{read_units, Source};
+use crate::store::{CheckpointStore, CheckpointWriter, KeySchema, StoreState};
+use partitioned::Verdicts;
+
+/// What to do with a key that appears more than once in one run's source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DuplicatePolicy {
+    /// Keep the first row with the key (in source order), drop the others. Every
+    /// key is then processed once. The default.
+    #[default]
+    KeepFirst,
+    /// Pass every row; each key is still staged, so later runs skip all of them.
+    PassAll,
+    /// Fail the read, naming the key. In the partitioned mode the error comes
+    /// from [`CheckpointedRead::open`], before any row is returned.
+    Error,
+}
+
+/// How a checkpointed read runs.
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    /// Memory the key filter may use, in bytes. Above it, keys are partitioned
+    /// to local spill files. Default: 1 GiB.
+    pub memory_budget_bytes: usize,
+    /// Policy for keys repeated within the source.
+    pub duplicates: DuplicatePolicy,
+    /// Source units (files) decoded at once.
+    pub parallelism: usize,
+    /// Columns to return, in order (all when `None`). Key columns are read in
+    /// any case.
+    pub projection: Option<Vec<String>>,
+    /// Where spill files go (the system temporary directory when `None`).
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            memory_budget_bytes: 1 << 30,
+            duplicates: DuplicatePolicy::default(),
+            parallelism: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            projection: None,
+            spill_dir: None,
+        }
+    }
+}
+
+/// How the filter ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterMode {
+    /// One in-memory hash set.
+    InMemory,
+    /// Hash partitions spilled to local files, joined one at a time.
+    Partitioned {
+        /// Number of partitions.
+        partitions: usize,
+    },
+}
+
+/// What a checkpointed read did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadStats {
+    /// How the filter ran.
+    pub mode: FilterMode,
+    /// Keys checkpointed before this run.
+    pub checkpointed_keys: u64,
+    /// Source rows read.
+    pub rows_read: u64,
+    /// Rows dropped because their key was checkpointed.
+    pub rows_skipped: u64,
+    /// Rows dropped as repeats of a key earlier in this run.
+    pub duplicates_dropped: u64,
+    /// Rows returned (their keys are staged).
+    pub rows_passed: u64,
+    /// Most memory the filter held at once, in bytes.
+    pub peak_filter_bytes: usize,
+}
+
+/// The filter state of an open read.
+#[derive(Debug)]
+enum Plan {
+    InMemory {
+        filter: KeyFilter,
+        /// Keys passed in this run, when the duplicate policy needs them.
+        run_keys: Option<KeySet>,
+    },
+    Partitioned {
+        verdicts: Verdicts,
+        /// Unit and row position of the next batch.
+        cursor: Option<(usize, u64)>,
+    },
+}
+
+/// A source read through a checkpoint store. Call
+/// [`next_batch`](Self::next_batch) until it returns `None`, then seal the writer.
+pub struct CheckpointedRead {
+    key_schema: KeySchema,
+    codec: KeyCodec,
+    plan: Plan,
+    batches: BoxStream<'static, Result<(usize, RecordBatch)>>,
+    /// Indices of the returned columns in the read batches, when they differ.
+    output_columns: Option<Vec<usize>>,
+    duplicates: DuplicatePolicy,
+    unit_names: Vec<String>,
+    stats: ReadStats,
+}
+
+impl std::fmt::Debug for CheckpointedRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointedRead")
+            .field("key_schema", &self.key_schema)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckpointedRead {
+    /// Opens a read of every unit of `source` through `store`.
+    pub async fn open(
+        store: &CheckpointStore,
+        source: Arc<dyn Source>,
+        options: ReadOptions,
+    ) -> Result<Self> {
+        let units = (0..source.units().len()).collect();
+        Self::open_units(store, source, units, options).await
+    }
+
+    /// Opens a read of some units of `source` (a shard) through `store`. Fails
+    /// before reading any row if the source lacks a key column, a key column's
+    /// type differs from the store's, or a projected column does not exist.
+    pub async fn open_units(
+        store: &CheckpointStore,
+        source: Arc<dyn Source>,
+        units: Vec<usize>,
+        options: ReadOptions,
+    ) -> Result<Self> {
+        let key_schema = store.key_schema().clone();
+        let schema = source.schema();
+        check_source(&key_schema, &schema)?;
+        let (read_columns, output_columns) =
+            read_columns(&key_schema, &schema, options.projection.as_deref())?;
+        let state = store.load().await?;
+        let checkpointed_keys = state.key_count();
+        let unit_names = source.units().iter().map(|u| u.name.clone()).collect();
+        let codec = KeyCodec::new(&key_schema)?;
+
+        let mut stats = ReadStats {
+            mode: FilterMode::InMemory,
+            checkpointed_keys,
+            rows_read: 0,
+            rows_skipped: 0,
+            duplicates_dropped: 0,
+            rows_passed: 0,
+            peak_filter_bytes: 0,
+        };
+        let in_memory = if fits_in_memory(&codec, &state, source.as_ref(), &options) {
+            KeyFilter::load_within(store, &state, options.memory_budget_bytes).await?
+        } else {
+            None
+        };
+        let plan = match in_memory {
+            Some(filter) => {
+                stats.peak_filter_bytes = filter.memory_bytes();
+                let run_keys = (options.duplicates != DuplicatePolicy::PassAll).then(KeySet::new);
+                Plan::InMemory { filter, run_keys }
+            }
+            None => {
+                let verdicts =
+                    partitioned::judge(store, &state, &codec, source.clone(), &units, &options)
+                        .await?;
+                stats.mode = FilterMode::Partitioned {
+                    partitions: verdicts.partitions,
+                };
+                stats.peak_filter_bytes = verdicts.peak_bytes;
+                Plan::Partitioned {
+                    verdicts,
+                    cursor: None,
+                }
+            }
+        };
+        let batches = read_units(source, units, Some(read_columns), options.parallelism);
+        Ok(CheckpointedRead {
+            key_schema,
+            codec,
+            plan,
+            batches,
+            output_columns,
+            duplicates: options.duplicates,
+            unit_names,
+            stats,
+        })
+    }
+
+    /// What the read has done so far.
+    pub fn stats(&self) -> &ReadStats {
+        &self.stats
+    }
+
+    /// The next batch of rows whose key is not checkpointed, after staging their
+    /// keys into `writer` (so a row the caller later filters out still counts
+    /// as processed once the writer seals). `None` at the end of the source.
+    pub async fn next_batch(
+        &mut self,
+        writer: &mut CheckpointWriter,
+    ) -> Result<Option<RecordBatch>> {
+        while let Some(item) = self.batches.next().await {
+            let (unit, batch) = item?;
+            self.stats.rows_read += batch.num_rows() as u64;
+            let keys = key_columns(&self.key_schema, &batch)?;
+            let keep = self.keep(unit, &batch, &keys)?;
+            let passed = filter_rows(&batch, &keep)?;
+            if passed.num_rows() == 0 {
+                continue;
+            }
+            self.stats.rows_passed += passed.num_rows() as u64;
+            writer
+                .buffer_keys(&key_columns(&self.key_schema, &passed)?)
+                .await?;
+            return Ok(Some(match &self.output_columns {
+                Some(indices) => passed.project(indices).map_err(|source| Error::Arrow {
+                    context: "projecting returned columns",
+                    source,
+                })?,
+                None => passed,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Which rows of a batch from `unit` pass, counting what is dropped.
+    fn keep(
+        &mut self,
+        unit: usize,
+        batch: &RecordBatch,
+        keys: &[ArrayRef],
+    ) -> Result<BooleanArray> {
+        let n = batch.num_rows();
+        match &mut self.plan {
+            Plan::InMemory { filter, run_keys } => {
+                let encoded = self.codec.encode(keys)?;
+                let (_, checkpointed) = filter.parts();
+                let mut keep = Vec::with_capacity(n);
+                for i in 0..n {
+                    let key = encoded.key(i);
+                    let hash = key.table_hash();
+                    if checkpointed.contains(key, hash) {
+                        self.stats.rows_skipped += 1;
+                        keep.push(false);
+                        continue;
+                    }
+                    let first = match run_keys {
+                        Some(run_keys) => run_keys.insert(key, hash)?,
+                        None => true,
+                    };
+                    if !first {
+                        if self.duplicates == DuplicatePolicy::Error {
+                            return Err(Error::DuplicateKey {
+                                key: describe_key(keys, i),
+                            });
+                        }
+                        self.stats.duplicates_dropped += 1;
+                    }
+                    keep.push(first);
+                }
+                let run_bytes = run_keys.as_ref().map_or(0, KeySet::memory_bytes);
+                self.stats.peak_filter_bytes = self
+                    .stats
+                    .peak_filter_bytes
+                    .max(filter.memory_bytes() + run_bytes);
+                Ok(BooleanArray::from(keep))
+            }
+            Plan::Partitioned { verdicts, cursor } => {
+                let start = match cursor {
+                    Some((u, row)) if *u == unit => *row,
+                    _ => 0,
+                };
+                *cursor = Some((unit, start + n as u64));
+                let mut keep = Vec::with_capacity(n);
+                for row in start..start + n as u64 {
+                    match verdicts.verdict(unit, row) {
+                        partitioned::Verdict::Pass => keep.push(true),
+                        partitioned::Verdict::Checkpointed => {
+                            self.stats.rows_skipped += 1;
+                            keep.push(false);
+                        }
+                        partitioned::Verdict::Duplicate => {
+                            self.stats.duplicates_dropped += 1;
+                            keep.push(false);
+                        }
+                    }
+                }
+                if verdicts.rows_of(unit) < start + n as u64 {
+                    return Err(Error::InvalidSource {
+                        location: self.unit_names.get(unit).cloned().unwrap_or_default(),
+                        reason: "it returned more rows on the second read than on the first; \
+                                 a source must be a fixed snapshot"
+                            .into(),
+                    });
+                }
+                Ok(BooleanArray::from(keep))
+            }
+        }
+    }
+}
+
+/// Whether the checkpointed keys (and, for the duplicate policy, the source's)
+/// can fit in the budget, by a lower bound of their size. If the bound passes,
+/// the load still stops at the budget and the read falls back to partitions.
+fn fits_in_memory(
+    codec: &KeyCodec,
+    state: &StoreState,
+    source: &dyn Source,
+    options: &ReadOptions,
+) -> bool {
+    // A word key takes at least 8 bytes and a slot byte; a byte key at least its
+    // 8-byte slot, its control byte and one byte.
+    let per_key = if codec.is_words() { 9 } else { 10 };
+    let mut keys = state.key_count();
+    if options.duplicates != DuplicatePolicy::PassAll {
+        keys += source.row_count().unwrap_or(0);
+    }
+    keys.saturating_mul(per_key) <= options.memory_budget_bytes as u64
+}
+
+/// The columns to read (projection plus keys) and where the returned ones are.
+fn read_columns(
+    key_schema: &KeySchema,
+    schema: &arrow_schema::Schema,
+    projection: Option<&[String]>,
+) -> Result<(Vec<String>, Option<Vec<usize>>)> {
+    let Some(projection) = projection else {
+        let all = schema.fields().iter().map(|f| f.name().clone()).collect();
+        return Ok((all, None));
+    };
+    for column in projection {
+        if schema.field_with_name(column).is_err() {
+            return Err(Error::InvalidSource {
+                location: "projection".into(),
+                reason: format!("column `{column}` is not in the source"),
+            });
+        }
+    }
+    let mut read: Vec<String> = projection.to_vec();
+    for key in key_schema.columns() {
+        if !read.contains(&key.name) {
+            read.push(key.name.clone());
+        }
+    }
+    let output = (read.len() != projection.len()).then(|| (0..projection.len()).collect());
+    Ok((read, output))
+}
+
+/// A key of row `i` as text, for messages.
+fn describe_key(keys: &[ArrayRef], i: usize) -> String {
+    let parts: Vec<String> = keys
+        .iter()
+        .map(|k| array_value_to_string(k, i).unwrap_or_else(|_| "?".into()))
+        .collect();
+    if parts.len() == 1 {
+        parts.into_iter().next().unwrap_or_default()
+    } else {
+        format!("({})", parts.join(", "))
+    }
+}

@@ -1,0 +1,284 @@
+//! Parquet files on any object store: a directory, a glob or a list of URLs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_schema::{Schema, SchemaRef};
+use futures::future::BoxFuture;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+
+use super::glob;
+use super::{BatchStream, Source, SourceUnit};
+use crate::error::{BoxError, Error, Result};
+use crate::store::StoreLocation;
+
+/// How Parquet files are read.
+#[derive(Debug, Clone)]
+pub struct ParquetSourceOptions {
+    /// Options of the object store (see [`StoreLocation::from_url`]).
+    pub store_options: HashMap<String, String>,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// Footers read at once while opening.
+    pub open_parallelism: usize,
+}
+
+impl Default for ParquetSourceOptions {
+    fn default() -> Self {
+        ParquetSourceOptions {
+            store_options: HashMap::new(),
+            batch_size: 8192,
+            open_parallelism: 16,
+        }
+    }
+}
+
+/// A fixed set of Parquet files with one schema.
+#[derive(Debug, Clone)]
+pub struct ParquetSource {
+    files: Vec<ParquetFile>,
+    units: Vec<SourceUnit>,
+    schema: SchemaRef,
+    batch_size: usize,
+}
+
+#[derive(Debug, Clone)]
+struct ParquetFile {
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    reader_metadata: ArrowReaderMetadata,
+}
+
+impl ParquetSource {
+    /// Opens the Parquet files at `url`: a file, a directory (every `*.parquet`
+    /// below it, skipping names that start with `_` or `.`), or a glob in the
+    /// last segment (`s3://bucket/drop/2026-*.parquet`).
+    pub async fn open(url: &str, options: &ParquetSourceOptions) -> Result<Self> {
+        Self::open_many(&[url], options).await
+    }
+
+    /// Opens the files of several URLs (each as in [`open`](Self::open)) as one
+    /// source. Files are ordered by URL, then by path.
+    pub async fn open_many(urls: &[&str], options: &ParquetSourceOptions) -> Result<Self> {
+        let mut found: Vec<(Arc<dyn ObjectStore>, ObjectMeta, String)> = Vec::new();
+        for url in urls {
+            for (store, meta) in list_files(url, &options.store_options).await? {
+                found.push((store, meta, (*url).to_string()));
+            }
+        }
+        if found.is_empty() {
+            return Err(Error::InvalidSource {
+                location: urls.join(", "),
+                reason: "no Parquet files found".into(),
+            });
+        }
+        let files: Vec<ParquetFile> = stream::iter(found)
+            .map(|(store, meta, url)| async move {
+                let mut reader = ParquetObjectReader::new(store.clone(), meta.location.clone())
+                    .with_file_size(meta.size);
+                let reader_metadata =
+                    ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+                        .await
+                        .map_err(|e| source_error(&format!("{url} ({})", meta.location), e))?;
+                Ok::<_, Error>(ParquetFile {
+                    store,
+                    meta,
+                    reader_metadata,
+                })
+            })
+            .buffered(options.open_parallelism.max(1))
+            .try_collect()
+            .await?;
+        let schema = strip_metadata(files[0].reader_metadata.schema());
+        for file in &files[1..] {
+            let other = strip_metadata(file.reader_metadata.schema());
+            if !same_columns(&schema, &other) {
+                return Err(Error::InvalidSource {
+                    location: file.meta.location.to_string(),
+                    reason: format!(
+                        "its columns ({}) differ from those of `{}` ({})",
+                        describe(&other),
+                        files[0].meta.location,
+                        describe(&schema)
+                    ),
+                });
+            }
+        }
+        let units = files
+            .iter()
+            .map(|f| SourceUnit {
+                name: f.meta.location.to_string(),
+                row_count: u64::try_from(f.reader_metadata.metadata().file_metadata().num_rows())
+                    .ok(),
+            })
+            .collect();
+        Ok(ParquetSource {
+            files,
+            units,
+            schema,
+            batch_size: options.batch_size.max(1),
+        })
+    }
+}
+
+impl Source for ParquetSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn units(&self) -> &[SourceUnit] {
+        &self.units
+    }
+
+    fn read_unit(
+        &self,
+        unit: usize,
+        projection: Option<Vec<String>>,
+    ) -> BoxFuture<'static, Result<BatchStream>> {
+        let file = self.files.get(unit).cloned();
+        let schema = self.schema.clone();
+        let batch_size = self.batch_size;
+        Box::pin(async move {
+            let file = file.ok_or_else(|| Error::InvalidSource {
+                location: format!("unit {unit}"),
+                reason: "no such unit".into(),
+            })?;
+            let name = file.meta.location.to_string();
+            let reader = ParquetObjectReader::new(file.store.clone(), file.meta.location.clone())
+                .with_file_size(file.meta.size);
+            let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
+                reader,
+                file.reader_metadata.clone(),
+            )
+            .with_batch_size(batch_size);
+            let mut reorder = None;
+            if let Some(columns) = &projection {
+                let mut indices = Vec::with_capacity(columns.len());
+                for column in columns {
+                    indices.push(schema.index_of(column).map_err(|_| Error::InvalidSource {
+                        location: name.clone(),
+                        reason: format!("no column `{column}`"),
+                    })?);
+                }
+                let mut sorted = indices.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                // Parquet yields projected columns in file order; put them back
+                // in the order asked for.
+                let order: Vec<usize> = indices
+                    .iter()
+                    .filter_map(|i| sorted.binary_search(i).ok())
+                    .collect();
+                if order.iter().enumerate().any(|(at, &i)| at != i) || order.len() != sorted.len() {
+                    reorder = Some(order);
+                }
+                let mask = ProjectionMask::roots(builder.parquet_schema(), sorted);
+                builder = builder.with_projection(mask);
+            }
+            let stream = builder.build().map_err(|e| source_error(&name, e))?;
+            let batches = stream.map(move |batch| {
+                let batch = batch.map_err(|e| source_error(&name, e))?;
+                match &reorder {
+                    Some(order) => batch.project(order).map_err(|source| Error::Arrow {
+                        context: "ordering projected columns",
+                        source,
+                    }),
+                    None => Ok(batch),
+                }
+            });
+            Ok(batches.boxed())
+        })
+    }
+}
+
+/// The Parquet files named by one URL.
+async fn list_files(
+    url: &str,
+    options: &HashMap<String, String>,
+) -> Result<Vec<(Arc<dyn ObjectStore>, ObjectMeta)>> {
+    let (base, last) = match url.trim_end_matches('/').rsplit_once('/') {
+        Some((base, last)) if !base.ends_with(':') && !base.ends_with(":/") => (base, last),
+        _ => (url, ""),
+    };
+    let location = StoreLocation::from_url(base, options)?;
+    let store = location.object_store.clone();
+    let mut prefix = location.prefix.clone();
+    let mut pattern = None;
+    if glob::is_glob(last) {
+        pattern = Some(last);
+    } else if !last.is_empty() {
+        prefix = prefix.join(last);
+        // A single file?
+        if let Ok(meta) = store.head(&prefix).await {
+            return Ok(vec![(store, meta)]);
+        }
+    }
+    let listed: Vec<ObjectMeta> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| source_error(url, e))?;
+    let mut files: Vec<ObjectMeta> = listed
+        .into_iter()
+        .filter(|meta| {
+            let relative = relative_parts(&meta.location, &prefix);
+            let Some(name) = relative.last() else {
+                return false;
+            };
+            let hidden = relative
+                .iter()
+                .any(|p| p.starts_with('_') || p.starts_with('.'));
+            match pattern {
+                Some(pattern) => relative.len() == 1 && glob::matches(pattern, name.as_str()),
+                None => !hidden && name.ends_with(".parquet"),
+            }
+        })
+        .collect();
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(files.into_iter().map(|m| (store.clone(), m)).collect())
+}
+
+fn relative_parts(location: &Path, prefix: &Path) -> Vec<String> {
+    location
+        .prefix_match(prefix)
+        .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn strip_metadata(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_metadata(HashMap::new()))
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+fn same_columns(a: &Schema, b: &Schema) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields()
+            .iter()
+            .zip(b.fields())
+            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+}
+
+fn describe(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn source_error(location: &str, e: impl Into<BoxError>) -> Error {
+    Error::Source {
+        location: location.to_string(),
+        source: e.into(),
+    }
+}

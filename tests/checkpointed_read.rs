@@ -1,0 +1,530 @@
+//! Checkpointed reads of Parquet sources, on the local file system and on S3,
+//! with the filter in memory and partitioned to spill files: a rerun yields
+//! nothing, a grown source yields exactly its new keys, and the key edge cases,
+//! duplicate policies and bad sources behave as documented.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on failure by design
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, StringArray};
+use arrow::record_batch::RecordBatch;
+use arrow_schema::DataType;
+use object_store::path::Path;
+use object_store::ObjectStoreExt;
+use parquet::arrow::ArrowWriter;
+use support::Backend;
+use tidemark::read::{CheckpointedRead, DuplicatePolicy, FilterMode, ReadOptions, ReadStats};
+use tidemark::source::{ParquetSource, ParquetSourceOptions, Source};
+use tidemark::store::{CheckpointStore, KeyColumn, KeySchema, StoreLocation};
+use tidemark::Error;
+
+/// A budget that holds everything, and one so small that every read partitions.
+const IN_MEMORY: usize = 1 << 30;
+const PARTITIONED: usize = 1;
+
+struct Fixture {
+    backend: Backend,
+    budget: usize,
+    source_url: String,
+    options: HashMap<String, String>,
+}
+
+impl Fixture {
+    fn new(backend: Backend, budget: usize) -> Self {
+        let (source_url, options) = backend.data_url("source");
+        Fixture {
+            backend,
+            budget,
+            source_url,
+            options,
+        }
+    }
+
+    async fn store(&self, keys: KeySchema) -> CheckpointStore {
+        CheckpointStore::open_at(self.backend.location(), keys)
+            .await
+            .unwrap()
+    }
+
+    async fn write(&self, name: &str, batch: &RecordBatch) {
+        let location = StoreLocation::from_url(&self.source_url, &self.options).unwrap();
+        let mut bytes = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), None).unwrap();
+        writer.write(batch).unwrap();
+        writer.close().unwrap();
+        let path = Path::from(format!("{}/{name}", location.prefix));
+        location
+            .object_store
+            .put(&path, bytes.into())
+            .await
+            .unwrap();
+    }
+
+    async fn source(&self) -> Arc<dyn Source> {
+        self.source_at(&self.source_url).await
+    }
+
+    async fn source_at(&self, url: &str) -> Arc<dyn Source> {
+        let options = ParquetSourceOptions {
+            store_options: self.options.clone(),
+            batch_size: 100,
+            ..Default::default()
+        };
+        Arc::new(ParquetSource::open(url, &options).await.unwrap())
+    }
+
+    fn options(&self, duplicates: DuplicatePolicy) -> ReadOptions {
+        ReadOptions {
+            memory_budget_bytes: self.budget,
+            duplicates,
+            parallelism: 2,
+            ..Default::default()
+        }
+    }
+
+    fn expected_mode(&self, stats: &ReadStats) {
+        match (self.budget, stats.mode) {
+            (IN_MEMORY, FilterMode::InMemory) | (PARTITIONED, FilterMode::Partitioned { .. }) => {}
+            // With nothing checkpointed and no duplicates to track, nothing is held.
+            (PARTITIONED, FilterMode::InMemory)
+                if stats.checkpointed_keys == 0 && stats.peak_filter_bytes == 0 => {}
+            (budget, mode) => panic!("budget {budget} ran in mode {mode:?}"),
+        }
+    }
+
+    /// One run: reads everything through the store, stages, seals.
+    async fn run(&self, store: &CheckpointStore) -> (Vec<RecordBatch>, ReadStats) {
+        self.run_with(store, self.options(DuplicatePolicy::KeepFirst))
+            .await
+            .unwrap()
+    }
+
+    async fn run_with(
+        &self,
+        store: &CheckpointStore,
+        options: ReadOptions,
+    ) -> Result<(Vec<RecordBatch>, ReadStats), Error> {
+        let mut read = CheckpointedRead::open(store, self.source().await, options).await?;
+        let mut writer = store.begin().await?;
+        let mut batches = Vec::new();
+        while let Some(batch) = read.next_batch(&mut writer).await? {
+            batches.push(batch);
+        }
+        writer.seal().await?;
+        self.expected_mode(read.stats());
+        Ok((batches, read.stats().clone()))
+    }
+}
+
+fn int_batch(ids: &[Option<i64>]) -> RecordBatch {
+    let payload: Vec<String> = ids.iter().map(|id| format!("payload of {id:?}")).collect();
+    RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef),
+        ("payload", Arc::new(StringArray::from(payload)) as ArrayRef),
+    ])
+    .unwrap()
+}
+
+fn some(range: std::ops::Range<i64>) -> Vec<Option<i64>> {
+    range.map(Some).collect()
+}
+
+fn ids(batches: &[RecordBatch]) -> Vec<Option<i64>> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let column = batch.column_by_name("id").unwrap();
+        let ids = column.as_any().downcast_ref::<Int64Array>().unwrap();
+        out.extend((0..ids.len()).map(|i| ids.is_valid(i).then(|| ids.value(i))));
+    }
+    out
+}
+
+fn sorted(mut v: Vec<Option<i64>>) -> Vec<Option<i64>> {
+    v.sort();
+    v
+}
+
+fn int_keys() -> KeySchema {
+    KeySchema::single("id", DataType::Int64).unwrap()
+}
+
+async fn rerun_yields_nothing_and_growth_yields_new_keys(f: Fixture) {
+    let store = f.store(int_keys()).await;
+    f.write("a.parquet", &int_batch(&some(0..700))).await;
+    f.write("b.parquet", &int_batch(&some(700..1000))).await;
+
+    let (batches, stats) = f.run(&store).await;
+    assert_eq!(sorted(ids(&batches)), some(0..1000));
+    assert_eq!((stats.rows_read, stats.rows_passed), (1000, 1000));
+    // Source order is kept: file a, then file b, each in row order.
+    assert_eq!(ids(&batches), some(0..1000));
+
+    let (batches, stats) = f.run(&store).await;
+    assert!(ids(&batches).is_empty());
+    assert_eq!((stats.checkpointed_keys, stats.rows_skipped), (1000, 1000));
+
+    // The source grows with a file that overlaps the old keys.
+    f.write("c.parquet", &int_batch(&some(900..1500))).await;
+    let (batches, stats) = f.run(&store).await;
+    assert_eq!(ids(&batches), some(1000..1500));
+    assert_eq!((stats.rows_read, stats.rows_skipped), (1600, 1100));
+
+    let (batches, _) = f.run(&store).await;
+    assert!(ids(&batches).is_empty());
+}
+
+async fn edge_keys_are_exact(f: Fixture) {
+    let two53 = 1i64 << 53;
+    let store = f.store(int_keys()).await;
+    f.write(
+        "first.parquet",
+        &int_batch(&[Some(two53), Some(i64::MAX), Some(i64::MIN + 1), None]),
+    )
+    .await;
+    let (batches, _) = f.run(&store).await;
+    assert_eq!(ids(&batches).len(), 4);
+
+    let neighbours = [
+        Some(two53 - 1),
+        Some(two53),
+        Some(two53 + 1),
+        Some(i64::MAX - 1),
+        Some(i64::MAX),
+        Some(i64::MIN),
+        Some(i64::MIN + 1),
+        Some(-two53),
+        Some(0),
+        None,
+    ];
+    f.write("second.parquet", &int_batch(&neighbours)).await;
+    let (batches, _) = f.run(&store).await;
+    assert_eq!(
+        ids(&batches),
+        vec![
+            Some(two53 - 1),
+            Some(two53 + 1),
+            Some(i64::MAX - 1),
+            Some(i64::MIN),
+            Some(-two53),
+            Some(0),
+        ]
+    );
+}
+
+async fn composite_and_string_keys_are_exact(f: Fixture) {
+    let keys = KeySchema::new(vec![
+        KeyColumn::new("region", DataType::Utf8),
+        KeyColumn::new("n", DataType::Int32),
+    ])
+    .unwrap();
+    let store = f.store(keys).await;
+    let batch = |regions: Vec<Option<&str>>, ns: Vec<Option<i32>>| {
+        RecordBatch::try_from_iter([
+            ("region", Arc::new(StringArray::from(regions)) as ArrayRef),
+            ("n", Arc::new(Int32Array::from(ns)) as ArrayRef),
+        ])
+        .unwrap()
+    };
+    f.write(
+        "a.parquet",
+        &batch(
+            vec![Some("eu"), Some("eu"), None, Some("us"), None],
+            vec![Some(1), None, Some(1), Some(i32::MAX), None],
+        ),
+    )
+    .await;
+    let (batches, _) = f.run(&store).await;
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 5);
+    let (batches, _) = f.run(&store).await;
+    assert!(batches.is_empty());
+
+    f.write(
+        "b.parquet",
+        &batch(
+            vec![Some("eu"), Some("eu"), None, Some("us"), Some("")],
+            vec![Some(2), None, None, Some(i32::MIN), Some(1)],
+        ),
+    )
+    .await;
+    let (batches, _) = f.run(&store).await;
+    let passed: Vec<(Option<String>, Option<i32>)> = batches
+        .iter()
+        .flat_map(|b| {
+            let r = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            let n = b.column(1).as_any().downcast_ref::<Int32Array>().unwrap();
+            (0..b.num_rows())
+                .map(|i| {
+                    (
+                        r.is_valid(i).then(|| r.value(i).to_string()),
+                        n.is_valid(i).then(|| n.value(i)),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(
+        passed,
+        vec![
+            (Some("eu".into()), Some(2)),
+            (Some("us".into()), Some(i32::MIN)),
+            (Some("".into()), Some(1)),
+        ]
+    );
+}
+
+async fn uuid_string_keys(f: Fixture) {
+    let store = f
+        .store(KeySchema::single("id", DataType::Utf8).unwrap())
+        .await;
+    let uuid = |i: u128| uuid::Uuid::from_u128(i * 0x9e37_79b9_7f4a_7c15).to_string();
+    let batch = |range: std::ops::Range<u128>| {
+        let ids: Vec<String> = range.map(uuid).collect();
+        RecordBatch::try_from_iter([("id", Arc::new(StringArray::from(ids)) as ArrayRef)]).unwrap()
+    };
+    f.write("a.parquet", &batch(0..500)).await;
+    let (batches, _) = f.run(&store).await;
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 500);
+    f.write("b.parquet", &batch(400..800)).await;
+    let (batches, stats) = f.run(&store).await;
+    let passed: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            (0..a.len())
+                .map(|i| a.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(passed, (500..800).map(uuid).collect::<Vec<_>>());
+    assert_eq!(stats.rows_skipped, 600);
+}
+
+async fn duplicate_policies(f: Fixture) {
+    // Key 5 twice in one file and once more in another; key 7 twice.
+    f.write(
+        "a.parquet",
+        &int_batch(&[Some(5), Some(6), Some(5), Some(7)]),
+    )
+    .await;
+    f.write("b.parquet", &int_batch(&[Some(7), Some(5), Some(8)]))
+        .await;
+
+    let store = f.store(int_keys()).await;
+    let (batches, stats) = f
+        .run_with(&store, f.options(DuplicatePolicy::KeepFirst))
+        .await
+        .unwrap();
+    assert_eq!(ids(&batches), vec![Some(5), Some(6), Some(7), Some(8)]);
+    assert_eq!(stats.duplicates_dropped, 3);
+
+    let store = CheckpointStore::open_at(
+        StoreLocation::from_url(&f.backend.data_url("pass-all").0, &f.options).unwrap(),
+        int_keys(),
+    )
+    .await
+    .unwrap();
+    let (batches, stats) = f
+        .run_with(&store, f.options(DuplicatePolicy::PassAll))
+        .await
+        .unwrap();
+    assert_eq!(ids(&batches).len(), 7);
+    assert_eq!(stats.duplicates_dropped, 0);
+    let (batches, _) = f.run(&store).await;
+    assert!(batches.is_empty(), "every repeated key was staged");
+
+    let store = CheckpointStore::open_at(
+        StoreLocation::from_url(&f.backend.data_url("error").0, &f.options).unwrap(),
+        int_keys(),
+    )
+    .await
+    .unwrap();
+    let err = f
+        .run_with(&store, f.options(DuplicatePolicy::Error))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DuplicateKey { .. }), "{err}");
+    assert!(err.to_string().contains("more than once"), "{err}");
+    // Nothing was sealed: a later run sees every key as new.
+    assert_eq!(store.load().await.unwrap().key_count(), 0);
+}
+
+async fn bad_key_columns_fail_before_any_row(f: Fixture) {
+    let store = f.store(int_keys()).await;
+    let narrow =
+        RecordBatch::try_from_iter([("id", Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef)])
+            .unwrap();
+    f.write("a.parquet", &narrow).await;
+    let err = CheckpointedRead::open(
+        &store,
+        f.source().await,
+        f.options(DuplicatePolicy::KeepFirst),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::KeySchemaMismatch { .. }), "{err}");
+
+    let other = RecordBatch::try_from_iter([(
+        "user_id",
+        Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef,
+    )])
+    .unwrap();
+    let url = f.backend.data_url("other").0;
+    let location = StoreLocation::from_url(&url, &f.options).unwrap();
+    let mut bytes = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut bytes, other.schema(), None).unwrap();
+    w.write(&other).unwrap();
+    w.close().unwrap();
+    location
+        .object_store
+        .put(
+            &Path::from(format!("{}/x.parquet", location.prefix)),
+            bytes.into(),
+        )
+        .await
+        .unwrap();
+    let err = CheckpointedRead::open(
+        &store,
+        f.source_at(&url).await,
+        f.options(DuplicatePolicy::KeepFirst),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("key column `id` is not in the source"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("user_id"), "{err}");
+}
+
+async fn filtered_rows_count_as_processed_and_crashed_runs_do_not(f: Fixture) {
+    let store = f.store(int_keys()).await;
+    f.write("a.parquet", &int_batch(&some(0..300))).await;
+
+    // A run that crashes before sealing: its keys never count.
+    {
+        let mut read = CheckpointedRead::open(
+            &store,
+            f.source().await,
+            f.options(DuplicatePolicy::KeepFirst),
+        )
+        .await
+        .unwrap();
+        let mut writer = store.begin().await.unwrap();
+        while read.next_batch(&mut writer).await.unwrap().is_some() {}
+        writer.flush_keys().await.unwrap();
+        assert_eq!(writer.staged_key_count(), 300);
+    }
+    // A run whose user code keeps only even ids, with a projection that leaves
+    // the key out: every key read is still processed.
+    let mut options = f.options(DuplicatePolicy::KeepFirst);
+    options.projection = Some(vec!["payload".into()]);
+    let mut read = CheckpointedRead::open(&store, f.source().await, options)
+        .await
+        .unwrap();
+    let mut writer = store.begin().await.unwrap();
+    let mut kept = 0;
+    while let Some(batch) = read.next_batch(&mut writer).await.unwrap() {
+        assert_eq!(batch.num_columns(), 1);
+        assert_eq!(batch.schema().field(0).name(), "payload");
+        kept += batch.num_rows() / 2;
+    }
+    assert_eq!(read.stats().rows_passed, 300);
+    assert_eq!(kept, 150);
+    writer.seal().await.unwrap();
+
+    let (batches, _) = f.run(&store).await;
+    assert!(batches.is_empty());
+}
+
+async fn globs_and_lists_of_urls(f: Fixture) {
+    let store = f.store(int_keys()).await;
+    f.write("2026-11-01.parquet", &int_batch(&some(0..10)))
+        .await;
+    f.write("2026-11-02.parquet", &int_batch(&some(10..20)))
+        .await;
+    f.write("notes.txt.parquet.tmp", &int_batch(&some(20..30)))
+        .await;
+    f.write("_staging/x.parquet", &int_batch(&some(30..40)))
+        .await;
+
+    let source = f.source().await;
+    assert_eq!(
+        source.units().len(),
+        2,
+        "hidden and non-Parquet files are skipped"
+    );
+    let glob = f.source_at(&format!("{}/2026-11-02*", f.source_url)).await;
+    assert_eq!(glob.units().len(), 1);
+    let options = ParquetSourceOptions {
+        store_options: f.options.clone(),
+        ..Default::default()
+    };
+    let listed = ParquetSource::open_many(
+        &[
+            &format!("{}/2026-11-01.parquet", f.source_url),
+            &format!("{}/_staging/x.parquet", f.source_url),
+        ],
+        &options,
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed.row_count(), Some(20));
+
+    let mut read = CheckpointedRead::open(
+        &store,
+        Arc::new(listed),
+        f.options(DuplicatePolicy::KeepFirst),
+    )
+    .await
+    .unwrap();
+    let mut writer = store.begin().await.unwrap();
+    let mut batches = Vec::new();
+    while let Some(b) = read.next_batch(&mut writer).await.unwrap() {
+        batches.push(b);
+    }
+    writer.seal().await.unwrap();
+    assert_eq!(ids(&batches), [some(0..10), some(30..40)].concat());
+
+    let (batches, _) = f.run(&store).await;
+    assert_eq!(ids(&batches), some(10..20));
+
+    let err = ParquetSource::open(&format!("{}/nothing-*", f.source_url), &options)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no Parquet files"), "{err}");
+}
+
+macro_rules! read_suite {
+    ($name:ident, $backend:expr, $budget:expr) => {
+        mod $name {
+            use super::*;
+            read_suite!(@cases $backend, $budget;
+                rerun_yields_nothing_and_growth_yields_new_keys,
+                edge_keys_are_exact,
+                composite_and_string_keys_are_exact,
+                uuid_string_keys,
+                duplicate_policies,
+                bad_key_columns_fail_before_any_row,
+                filtered_rows_count_as_processed_and_crashed_runs_do_not,
+                globs_and_lists_of_urls,
+            );
+        }
+    };
+    (@cases $backend:expr, $budget:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                super::$case(Fixture::new($backend, $budget)).await
+            }
+        )*
+    };
+}
+
+read_suite!(local_in_memory, Backend::local(), IN_MEMORY);
+read_suite!(local_partitioned, Backend::local(), PARTITIONED);
+read_suite!(s3_in_memory, Backend::s3(), IN_MEMORY);
+read_suite!(s3_partitioned, Backend::s3(), PARTITIONED);
