@@ -5,6 +5,13 @@
 //! process can be committed by another: the record carries the data file in the
 //! Iceberg spec's JSON form, with the partition spec id and table format version
 //! needed to read it back.
+//!
+//! [`IcebergSource`] reads a table's current snapshot as a tidemark source, for
+//! checkpointed reads.
+
+pub mod source;
+
+pub use source::IcebergSource;
 
 use iceberg::spec::{
     deserialize_data_file_from_json, serialize_data_file_to_json, DataFile, FormatVersion, Schema,

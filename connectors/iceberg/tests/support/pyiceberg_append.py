@@ -1,0 +1,27 @@
+"""Appends rows to an Iceberg table with pyiceberg (a writer we did not write).
+
+usage: pyiceberg_append.py CATALOG_DB WAREHOUSE_DIR TABLE IDS_JSON
+Creates namespace and table (id long, payload string) when missing.
+"""
+import json
+import sys
+
+import pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+
+db, warehouse, table_name, ids_json = sys.argv[1:5]
+ids = json.loads(ids_json)
+catalog = SqlCatalog("tidemark", uri=f"sqlite:///{db}", warehouse=f"file://{warehouse}")
+namespace = table_name.split(".")[0]
+if namespace not in [n[0] for n in catalog.list_namespaces()]:
+    catalog.create_namespace(namespace)
+schema = pa.schema([pa.field("id", pa.int64()), pa.field("payload", pa.string())])
+if not catalog.table_exists(table_name):
+    catalog.create_table(table_name, schema=schema)
+table = catalog.load_table(table_name)
+data = pa.table(
+    {"id": pa.array(ids, pa.int64()), "payload": [f"payload of {i}" for i in ids]},
+    schema=schema,
+)
+table.append(data)
+print("appended", len(ids))
