@@ -77,6 +77,34 @@ impl ParquetSource {
                 reason: "no Parquet files found".into(),
             });
         }
+        Self::from_found(found, options).await
+    }
+
+    /// A source of the given objects of one store, in the order given (for
+    /// table formats that list their own files). Fails if `objects` is empty.
+    pub async fn from_objects(
+        store: Arc<dyn ObjectStore>,
+        objects: Vec<ObjectMeta>,
+        location: &str,
+        options: &ParquetSourceOptions,
+    ) -> Result<Self> {
+        if objects.is_empty() {
+            return Err(Error::InvalidSource {
+                location: location.to_string(),
+                reason: "no data files".into(),
+            });
+        }
+        let found = objects
+            .into_iter()
+            .map(|meta| (store.clone(), meta, location.to_string()))
+            .collect();
+        Self::from_found(found, options).await
+    }
+
+    async fn from_found(
+        found: Vec<(Arc<dyn ObjectStore>, ObjectMeta, String)>,
+        options: &ParquetSourceOptions,
+    ) -> Result<Self> {
         let files: Vec<ParquetFile> = stream::iter(found)
             .map(|(store, meta, url)| async move {
                 let mut reader = ParquetObjectReader::new(store.clone(), meta.location.clone())

@@ -5,6 +5,10 @@
 //! one process can be committed by another with its partition values and
 //! statistics intact.
 
+pub mod source;
+
+pub use source::DeltaSource;
+
 use deltalake::kernel::Add;
 use tidemark::store::{FileRecord, TableFileMetadata};
 
