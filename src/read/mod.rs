@@ -109,7 +109,7 @@ pub struct ReadStats {
 #[derive(Debug)]
 enum Plan {
     InMemory {
-        filter: KeyFilter,
+        filter: Box<KeyFilter>,
         /// Keys passed in this run, when the duplicate policy needs them.
         run_keys: Option<KeySet>,
     },
@@ -191,7 +191,10 @@ impl CheckpointedRead {
             Some(filter) => {
                 stats.peak_filter_bytes = filter.memory_bytes();
                 let run_keys = (options.duplicates != DuplicatePolicy::PassAll).then(KeySet::new);
-                Plan::InMemory { filter, run_keys }
+                Plan::InMemory {
+                    filter: Box::new(filter),
+                    run_keys,
+                }
             }
             None => {
                 let verdicts =
