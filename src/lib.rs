@@ -34,5 +34,6 @@ pub mod filter;
 pub mod read;
 pub mod source;
 pub mod store;
+pub mod transform;
 
 pub use error::{Error, Result};

@@ -1,0 +1,168 @@
+//! The map-only guard: what may run between a checkpointed read and a sink.
+//!
+//! A checkpointed read stages the key of every row it returns. The table must
+//! then receive, for each of those rows, exactly what a row-wise function of
+//! that row produces (or nothing, if the row is filtered out). Operations whose
+//! output for one row depends on other rows break this: `limit` and `sample`
+//! drop rows whose keys are already staged, so they are lost for good;
+//! aggregations, joins and sorts across batches mix rows of this run with rows
+//! of other runs; a repartition reorders rows across shards. A [`Transform`]
+//! therefore holds only row-wise steps, and checks at run time that a map keeps
+//! its row count.
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow_array::{BooleanArray, RecordBatch};
+
+use crate::error::{Error, Result};
+use crate::filter::filter_rows;
+
+type MapFn = dyn Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync;
+type FilterFn = dyn Fn(&RecordBatch) -> Result<BooleanArray> + Send + Sync;
+
+/// One row-wise step.
+#[derive(Clone)]
+enum Step {
+    Map(Arc<MapFn>),
+    Filter(Arc<FilterFn>),
+    Project(Vec<String>),
+}
+
+/// A chain of row-wise steps, applied batch by batch.
+#[derive(Clone, Default)]
+pub struct Transform {
+    steps: Vec<Step>,
+}
+
+impl fmt::Debug for Transform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Map(_) => "map",
+                Step::Filter(_) => "filter",
+                Step::Project(_) => "project",
+            })
+            .collect();
+        f.debug_struct("Transform").field("steps", &names).finish()
+    }
+}
+
+impl Transform {
+    /// The identity transform.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a per-row function, applied to a batch at a time. It must return one
+    /// output row per input row, in order; a different count fails the run with
+    /// [`Error::NotRowWise`].
+    pub fn map(
+        mut self,
+        f: impl Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
+    ) -> Self {
+        self.steps.push(Step::Map(Arc::new(f)));
+        self
+    }
+
+    /// Adds a filter: rows where the predicate is false or null are dropped.
+    /// Their keys still count as processed.
+    pub fn filter(
+        mut self,
+        predicate: impl Fn(&RecordBatch) -> Result<BooleanArray> + Send + Sync + 'static,
+    ) -> Self {
+        self.steps.push(Step::Filter(Arc::new(predicate)));
+        self
+    }
+
+    /// Adds a projection to the named columns, in order.
+    pub fn project(mut self, columns: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.steps
+            .push(Step::Project(columns.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// Refuses an operation that is not row-wise, explaining why it would break
+    /// exactly-once. For builders and plan validators that meet one by name.
+    pub fn refuse(operation: &str) -> Error {
+        let lowered = operation.to_ascii_lowercase();
+        let why = match lowered.as_str() {
+            "limit" | "head" | "take" | "sample" => {
+                "it drops rows whose keys the checkpointed read already staged, so they would never be written and never be read again"
+            }
+            "sort" | "order by" => {
+                "it orders rows across batches and shards, so a rerun cannot reproduce a partial result"
+            }
+            "aggregate" | "group by" | "distinct" | "window" => {
+                "its output for one row depends on other rows, including rows of earlier runs that this run skips"
+            }
+            "join" | "union" => {
+                "it brings in rows that were not read through the checkpoint, or pairs rows across runs"
+            }
+            "repartition" | "shuffle" => {
+                "it moves rows between shards after their keys were staged by another shard"
+            }
+            _ => "only row-wise steps (map, filter, project) may run between a checkpointed read and a sink",
+        };
+        Error::NotRowWise {
+            operation: operation.to_string(),
+            why: why.to_string(),
+        }
+    }
+
+    /// Applies the steps to one batch.
+    pub fn apply(&self, mut batch: RecordBatch) -> Result<RecordBatch> {
+        for step in &self.steps {
+            batch = match step {
+                Step::Map(f) => {
+                    let rows = batch.num_rows();
+                    let out = f(batch)?;
+                    if out.num_rows() != rows {
+                        return Err(Error::NotRowWise {
+                            operation: "map".into(),
+                            why: format!(
+                                "it returned {} rows for {rows} input rows; a map must return one row per row \
+                                 (use filter to drop rows; limits, aggregations and joins cannot run here)",
+                                out.num_rows()
+                            ),
+                        });
+                    }
+                    out
+                }
+                Step::Filter(predicate) => {
+                    let keep = predicate(&batch)?;
+                    if keep.len() != batch.num_rows() {
+                        return Err(Error::NotRowWise {
+                            operation: "filter".into(),
+                            why: format!(
+                                "its predicate has {} values for {} rows",
+                                keep.len(),
+                                batch.num_rows()
+                            ),
+                        });
+                    }
+                    filter_rows(&batch, &keep)?
+                }
+                Step::Project(columns) => {
+                    let schema = batch.schema();
+                    let indices = columns
+                        .iter()
+                        .map(|c| {
+                            schema.index_of(c).map_err(|source| Error::Arrow {
+                                context: "projecting a column that is not in the batch",
+                                source,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    batch.project(&indices).map_err(|source| Error::Arrow {
+                        context: "projecting columns",
+                        source,
+                    })?
+                }
+            };
+        }
+        Ok(batch)
+    }
+}
