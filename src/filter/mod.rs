@@ -126,9 +126,10 @@ impl KeyFilter {
         self.codec.encode(&key_columns(&self.key_schema, batch)?)
     }
 
-    /// The codec and the set, for the checkpointed read.
-    pub(crate) fn parts(&self) -> (&KeyCodec, &KeySet) {
-        (&self.codec, &self.keys)
+    /// The set of checkpointed keys, for the checkpointed read (which encodes
+    /// with its own codec of the same key schema).
+    pub(crate) fn key_set(&self) -> &KeySet {
+        &self.keys
     }
 }
 

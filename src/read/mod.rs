@@ -245,9 +245,17 @@ impl CheckpointedRead {
                 continue;
             }
             self.stats.rows_passed += passed.num_rows() as u64;
-            writer
-                .buffer_keys(&key_columns(&self.key_schema, &passed)?)
-                .await?;
+            // The key columns were checked above; filter them with the same mask
+            // instead of looking them up and checking them again.
+            let passed_keys = keys
+                .iter()
+                .map(|k| arrow_select::filter::filter(k, &keep))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|source| Error::Arrow {
+                    context: "selecting the keys of passed rows",
+                    source,
+                })?;
+            writer.buffer_keys(&passed_keys).await?;
             return Ok(Some(match &self.output_columns {
                 Some(indices) => passed.project(indices).map_err(|source| Error::Arrow {
                     context: "projecting returned columns",
@@ -270,7 +278,7 @@ impl CheckpointedRead {
         match &mut self.plan {
             Plan::InMemory { filter, run_keys } => {
                 let encoded = self.codec.encode(keys)?;
-                let (_, checkpointed) = filter.parts();
+                let checkpointed = filter.key_set();
                 let mut keep = Vec::with_capacity(n);
                 for i in 0..n {
                     let key = encoded.key(i);
