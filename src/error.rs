@@ -26,6 +26,8 @@ pub enum ObjectKind {
     BeginMarker,
     /// A generation of the compacted index.
     Index,
+    /// A commit intent (`commits/{sequence}.json`).
+    CommitIntent,
 }
 
 impl fmt::Display for ObjectKind {
@@ -38,6 +40,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::InFlightRecord => "in-flight write record",
             ObjectKind::BeginMarker => "begin marker",
             ObjectKind::Index => "index",
+            ObjectKind::CommitIntent => "commit intent",
         };
         f.write_str(name)
     }
@@ -235,6 +238,47 @@ pub enum Error {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+
+    /// A table sink failed to read its marker or to commit.
+    #[error("table `{table}`: {source}")]
+    Sink {
+        /// The table, as the sink names it.
+        table: String,
+        /// The sink's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A store's commit intents belong to another pipeline or table.
+    #[error("commit {sequence} in this store was made by pipeline `{found_pipeline}` for table `{found_table}`, not by pipeline `{pipeline}` for table `{table}`; a store serves one pipeline writing one table")]
+    CommitTargetMismatch {
+        /// The intent's sequence.
+        sequence: u64,
+        /// The pipeline committing now.
+        pipeline: String,
+        /// The table committed into now.
+        table: String,
+        /// The pipeline recorded in the intent.
+        found_pipeline: String,
+        /// The table recorded in the intent.
+        found_table: String,
+    },
+
+    /// The table's marker for the pipeline does not follow the store's commits,
+    /// so committing could lose or duplicate rows.
+    #[error("table `{table}` records commit {} for pipeline `{pipeline}`, but the store's commit in progress is {store_sequence}: {why}", table_sequence.map_or("none".to_string(), |s| s.to_string()))]
+    MarkerMismatch {
+        /// The table.
+        table: String,
+        /// The pipeline.
+        pipeline: String,
+        /// What the table's marker says, if it has one.
+        table_sequence: Option<u64>,
+        /// The sequence the store is about to commit or resume.
+        store_sequence: u64,
+        /// What it means and what to do.
+        why: String,
     },
 }
 

@@ -29,6 +29,7 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 
+pub mod commit;
 pub mod error;
 pub mod filter;
 pub mod read;

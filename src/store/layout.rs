@@ -9,6 +9,8 @@
 //! committed/{checkpoint}.json                     the files are in the table
 //! index/{generation}.json                         compacted index of committed checkpoints
 //! index-keys/{generation}-{run}/{n}.parquet       sorted key runs of the index
+//! commits/{sequence}.json                         commit intents: which checkpoints
+//!                                                 the table commit `sequence` carries
 //! ```
 
 use object_store::path::Path;
@@ -111,6 +113,19 @@ impl Layout {
         let parts: Vec<_> = path.parts().collect();
         let dir = parts.get(parts.len().checked_sub(2)?)?;
         dir.as_ref().split_once('-')?.0.parse().ok()
+    }
+
+    pub(crate) fn commit_intents_dir(&self) -> Path {
+        self.join(&["commits"])
+    }
+
+    pub(crate) fn commit_intent(&self, sequence: u64) -> Path {
+        self.join(&["commits", &format!("{sequence:020}.json")])
+    }
+
+    /// The sequence of a `commits/` entry, if it is one.
+    pub(crate) fn sequence_of(path: &Path) -> Option<u64> {
+        path.filename()?.strip_suffix(".json")?.parse().ok()
     }
 
     /// The path below the root, as stored in manifests.

@@ -10,6 +10,7 @@
 //!   into the sorted key index so reads stay cheap as history grows.
 
 mod compaction;
+mod intents;
 mod io;
 mod keys;
 mod layout;
@@ -28,7 +29,7 @@ pub use compaction::{CompactionOptions, CompactionReport};
 pub use keys::{KeyColumn, KeySchema};
 pub use location::{StoreLocation, OPTION_MAX_RETRIES, OPTION_RETRY_TIMEOUT_SECS};
 pub use records::{
-    BeginMarker, CheckpointId, CommitMarker, Descriptor, FileRecord, InFlightRecord,
+    BeginMarker, CheckpointId, CommitIntent, CommitMarker, Descriptor, FileRecord, InFlightRecord,
     IndexGeneration, KeyFileRef, KeyRun, Manifest, TableFileMetadata, FORMAT_VERSION,
     MIN_FORMAT_VERSION,
 };

@@ -148,6 +148,26 @@ pub struct CommitMarker {
     pub commit: serde_json::Value,
 }
 
+/// Fixes which checkpoints the table commit numbered `sequence` carries, before
+/// that commit is attempted. Written once, with put-if-not-exists, so that every
+/// retry of the commit (by this process or another) applies the same files under
+/// the same number, and the table's marker can tell whether it already landed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitIntent {
+    /// Encoding version.
+    pub format_version: u32,
+    /// The commit sequence: 1 for a pipeline's first table commit, then +1.
+    pub sequence: u64,
+    /// The pipeline whose marker the table commit carries.
+    pub pipeline_id: String,
+    /// The table committed into, as the sink names it.
+    pub table: String,
+    /// The sealed checkpoints whose files the commit appends, in id order.
+    pub checkpoints: Vec<CheckpointId>,
+    /// When the intent was written.
+    pub created_at: DateTime<Utc>,
+}
+
 /// Written before a data file is written, so that a crash leaves no untracked file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InFlightRecord {

@@ -1,13 +1,20 @@
 //! # tidemark-delta
 //!
-//! The Delta Lake side of tidemark. This first piece encodes a Delta [`Add`]
-//! action as a checkpoint store [`FileRecord`] and back, so a data file written by
-//! one process can be committed by another with its partition values and
-//! statistics intact.
+//! The Delta Lake side of tidemark:
+//! - [`DeltaSource`]: a table version's files as a checkpointed-read source;
+//! - [`DeltaWriter`]: Parquet data files written into a table's location, each
+//!   recorded in a checkpoint as an in-flight write and then as its Add action;
+//! - [`DeltaSink`]: idempotent appends of checkpointed files, one Delta version
+//!   per commit carrying a `txn` action (see [`tidemark::commit`]).
 
+pub mod sink;
 pub mod source;
+mod stats;
+pub mod writer;
 
+pub use sink::DeltaSink;
 pub use source::DeltaSource;
+pub use writer::{DeltaWriter, DeltaWriterOptions, WriteStats};
 
 use deltalake::kernel::Add;
 use tidemark::store::{FileRecord, TableFileMetadata};
@@ -21,6 +28,96 @@ pub const ADD_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// delta-rs failed.
+    #[error("Delta table `{table}`: {context} failed: {source}")]
+    Delta {
+        /// The table URL.
+        table: String,
+        /// What was being done.
+        context: &'static str,
+        /// The delta-rs error.
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
+
+    /// There is no Delta table at the URL.
+    #[error("no Delta table at `{table}` (no `_delta_log`); create it first or ask for creation")]
+    TableNotFound {
+        /// The table URL.
+        table: String,
+    },
+
+    /// The table cannot be written by this connector.
+    #[error("Delta table `{table}` cannot be written: {reason}")]
+    InvalidTable {
+        /// The table URL.
+        table: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A batch does not fit the table's schema. Nothing of it was written.
+    #[error("batch does not match Delta table `{table}`: {reason}")]
+    SchemaMismatch {
+        /// The table URL.
+        table: String,
+        /// What differs.
+        reason: String,
+    },
+
+    /// Encoding a Parquet data file failed.
+    #[error("writing data file `{path}` failed: {source}")]
+    Parquet {
+        /// The data file, relative to the table root.
+        path: String,
+        /// The Parquet error.
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+
+    /// An Arrow kernel failed.
+    #[error("Delta table `{table}`: {context} failed: {source}")]
+    Arrow {
+        /// The table URL.
+        table: String,
+        /// What was being done.
+        context: &'static str,
+        /// The Arrow error.
+        #[source]
+        source: arrow_schema::ArrowError,
+    },
+
+    /// An object store request on the table failed.
+    #[error("object store request on `{path}` failed: {source}")]
+    ObjectStore {
+        /// The object.
+        path: String,
+        /// The object store error.
+        #[source]
+        source: deltalake::ObjectStoreError,
+    },
+
+    /// Recording a data file in the checkpoint failed.
+    #[error("recording data file `{path}` in the checkpoint failed: {source}")]
+    Checkpoint {
+        /// The data file.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: Box<tidemark::Error>,
+    },
+
+    /// Every commit attempt failed with a retryable error.
+    #[error("committing to Delta table `{table}` failed {attempts} times; last error: {last}")]
+    CommitGaveUp {
+        /// The table URL.
+        table: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: String,
+    },
+
     /// A file record is not one this connector can read.
     #[error("file record for `{path}` is not a Delta add record: {reason}")]
     NotAnAddRecord {
@@ -33,6 +130,38 @@ pub enum Error {
 
 /// Result alias of the Delta connector.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    fn delta(table: &str, context: &'static str, source: deltalake::DeltaTableError) -> Self {
+        Error::Delta {
+            table: table.to_string(),
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    fn arrow(table: &str, context: &'static str, source: arrow_schema::ArrowError) -> Self {
+        Error::Arrow {
+            table: table.to_string(),
+            context,
+            source,
+        }
+    }
+
+    fn parquet(path: &str, source: parquet::errors::ParquetError) -> Self {
+        Error::Parquet {
+            path: path.to_string(),
+            source,
+        }
+    }
+
+    fn checkpoint(path: &str, source: tidemark::Error) -> Self {
+        Error::Checkpoint {
+            path: path.to_string(),
+            source: Box::new(source),
+        }
+    }
+}
 
 /// Encodes an add action as a checkpoint file record. The row count comes from
 /// the action's statistics (`numRecords`), 0 if it has none.

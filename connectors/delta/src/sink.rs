@@ -1,0 +1,298 @@
+//! The Delta table as a [`CommitSink`]: one Delta version per commit, carrying
+//! a `txn` action (appId = pipeline id, version = commit sequence).
+//!
+//! delta-rs replays an already-committed `(appId, version)` without complaint
+//! when it is committed again, so this sink reads the table's transaction
+//! version for the pipeline before every attempt, and commits with the
+//! library's own retries off: a conflict comes back here, the table is reloaded
+//! and the marker read again before the next attempt. A commit whose response
+//! was lost therefore shows up as "already applied", never as a second version.
+//!
+//! `delta.setTransactionRetentionDuration`: when set, Delta forgets `txn`
+//! entries older than the duration at checkpoint time. A pipeline's marker then
+//! disappears after that long without a commit. New commits are unaffected, but
+//! a commit left unfinished for longer than the duration can no longer be told
+//! apart from one that never landed; [`tidemark::commit::Committer`] then
+//! refuses to resume it (`MarkerMismatch`) rather than risk a duplicate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_schema::Schema;
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore};
+use futures::future::BoxFuture;
+use serde_json::json;
+use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink};
+use tidemark::error::BoxError;
+use tokio::sync::Mutex;
+use url::Url;
+
+use crate::writer::{DeltaWriter, DeltaWriterOptions};
+use crate::{record_to_add, Error, Result};
+
+/// How many times a commit is attempted before the last error is returned.
+const COMMIT_ATTEMPTS: u32 = 12;
+
+/// A Delta table that pipelines append to idempotently.
+pub struct DeltaSink {
+    url: Url,
+    table: Mutex<DeltaTable>,
+}
+
+impl std::fmt::Debug for DeltaSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaSink").field("url", &self.url.as_str()).finish()
+    }
+}
+
+impl DeltaSink {
+    /// Opens the table at `url` (`file://`, `s3://`, ...). `storage_options` are
+    /// the object store options of delta-rs (for S3: `AWS_ENDPOINT_URL`,
+    /// `AWS_REGION`, `AWS_ACCESS_KEY_ID`, ...). Fails with
+    /// [`Error::TableNotFound`] if there is no table there.
+    pub async fn open(url: Url, storage_options: HashMap<String, String>) -> Result<Self> {
+        register_handlers(&url);
+        let table = Self::builder(&url)?
+            .with_storage_options(storage_options)
+            .build()
+            .map_err(|e| Error::delta(url.as_str(), "opening the table", e))?;
+        Self::load(url, table).await
+    }
+
+    /// Opens the table at `url` through a caller-provided object store rooted at
+    /// the store's root (for example one that adds retries or metrics).
+    pub async fn open_with_store(url: Url, store: Arc<dyn ObjectStore>) -> Result<Self> {
+        register_handlers(&url);
+        let table = Self::builder(&url)?
+            .with_storage_backend(store, url.clone())
+            .build()
+            .map_err(|e| Error::delta(url.as_str(), "opening the table", e))?;
+        Self::load(url, table).await
+    }
+
+    /// Opens the table at `url`, creating it with `schema` and
+    /// `partition_columns` if there is none. An existing table is used as it is.
+    pub async fn create_if_missing(
+        url: Url,
+        storage_options: HashMap<String, String>,
+        schema: &Schema,
+        partition_columns: &[&str],
+    ) -> Result<Self> {
+        register_handlers(&url);
+        let name = url.to_string();
+        let delta_schema = StructType::try_from_arrow(schema).map_err(|e| Error::SchemaMismatch {
+            table: name.clone(),
+            reason: format!("the schema cannot be a Delta schema: {e}"),
+        })?;
+        let table = DeltaTable::try_from_url_with_storage_options(url.clone(), storage_options)
+            .await
+            .map_err(|e| Error::delta(&name, "opening the table location", e))?;
+        let table = if table.version().is_some() {
+            table
+        } else {
+            table
+                .create()
+                .with_columns(delta_schema.fields().cloned())
+                .with_partition_columns(partition_columns.iter().map(|c| c.to_string()))
+                .with_save_mode(SaveMode::Ignore)
+                .await
+                .map_err(|e| Error::delta(&name, "creating the table", e))?
+        };
+        Ok(DeltaSink {
+            url,
+            table: Mutex::new(table),
+        })
+    }
+
+    fn builder(url: &Url) -> Result<DeltaTableBuilder> {
+        DeltaTableBuilder::from_url(url.clone())
+            .map_err(|e| Error::delta(url.as_str(), "opening the table", e))
+    }
+
+    async fn load(url: Url, mut table: DeltaTable) -> Result<Self> {
+        match table.load().await {
+            Ok(()) => Ok(DeltaSink {
+                url,
+                table: Mutex::new(table),
+            }),
+            Err(DeltaTableError::NotATable(_)) => Err(Error::TableNotFound {
+                table: url.to_string(),
+            }),
+            Err(e) => Err(Error::delta(url.as_str(), "reading the table's log", e)),
+        }
+    }
+
+    /// The table URL.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The table as last loaded (a cheap handle; reload it for new versions).
+    pub async fn table(&self) -> DeltaTable {
+        self.table.lock().await.clone()
+    }
+
+    /// A writer of data files for the table's current version.
+    pub async fn writer(&self, options: DeltaWriterOptions) -> Result<DeltaWriter> {
+        let mut table = self.table.lock().await;
+        self.refresh(&mut table).await?;
+        DeltaWriter::new(&table, options)
+    }
+
+    /// The table's transaction version for `app_id`, read from the latest version.
+    pub async fn transaction_version(&self, app_id: &str) -> Result<Option<i64>> {
+        let mut table = self.table.lock().await;
+        self.refresh(&mut table).await?;
+        marker(&self.url, &table, app_id).await
+    }
+
+    async fn refresh(&self, table: &mut DeltaTable) -> Result<()> {
+        table
+            .update_state()
+            .await
+            .map_err(|e| Error::delta(self.url.as_str(), "reading the table's log", e))
+    }
+
+    async fn commit_request(&self, request: &CommitRequest) -> Result<CommitOutcome> {
+        let adds = request
+            .files
+            .iter()
+            .map(|f| record_to_add(f).map(Action::Add))
+            .collect::<Result<Vec<_>>>()?;
+        let sequence = i64::try_from(request.sequence).map_err(|_| Error::InvalidTable {
+            table: self.url.to_string(),
+            reason: format!("commit sequence {} does not fit a Delta txn", request.sequence),
+        })?;
+        let metadata = [
+            ("tidemark.pipeline".to_string(), json!(request.pipeline_id)),
+            ("tidemark.commit-sequence".to_string(), json!(request.sequence)),
+            (
+                "tidemark.checkpoints".to_string(),
+                json!(request
+                    .checkpoints
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()),
+            ),
+        ];
+        let mut table = self.table.lock().await;
+        let mut last_error = None;
+        for attempt in 0..COMMIT_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            // The marker is read again before every attempt: an earlier attempt
+            // may have landed although its response was lost.
+            self.refresh(&mut table).await?;
+            let applied = marker(&self.url, &table, &request.pipeline_id).await?;
+            if applied.is_some_and(|v| v >= sequence) {
+                return Ok(CommitOutcome {
+                    applied: false,
+                    table_version: json!({ "version": table.version() }),
+                });
+            }
+            let snapshot = table
+                .snapshot()
+                .map_err(|e| Error::delta(self.url.as_str(), "reading the table's state", e))?;
+            let properties = CommitProperties::default()
+                .with_application_transaction(Transaction::new(&request.pipeline_id, sequence))
+                .with_metadata(metadata.clone())
+                .with_max_retries(0);
+            let result = CommitBuilder::from(properties)
+                .with_actions(adds.clone())
+                .build(
+                    Some(snapshot),
+                    table.log_store(),
+                    DeltaOperation::Write {
+                        mode: SaveMode::Append,
+                        partition_by: None,
+                        predicate: None,
+                    },
+                )
+                .await;
+            match result {
+                Ok(commit) => {
+                    return Ok(CommitOutcome {
+                        applied: true,
+                        table_version: json!({ "version": commit.version() }),
+                    })
+                }
+                Err(e) if retryable(&e) => {
+                    tracing::warn!(table = %self.url, attempt, error = %e, "delta commit attempt failed; re-checking the marker");
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(Error::delta(self.url.as_str(), "committing", e)),
+            }
+        }
+        Err(Error::CommitGaveUp {
+            table: self.url.to_string(),
+            attempts: COMMIT_ATTEMPTS,
+            last: last_error.map_or_else(String::new, |e| e.to_string()),
+        })
+    }
+}
+
+impl CommitSink for DeltaSink {
+    fn table(&self) -> String {
+        self.url.to_string()
+    }
+
+    fn committed_sequence<'a>(
+        &'a self,
+        pipeline_id: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<Option<u64>, BoxError>> {
+        Box::pin(async move {
+            let version = self.transaction_version(pipeline_id).await?;
+            Ok(version.and_then(|v| u64::try_from(v).ok()))
+        })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        request: &'a CommitRequest,
+    ) -> BoxFuture<'a, std::result::Result<CommitOutcome, BoxError>> {
+        Box::pin(async move { Ok(self.commit_request(request).await?) })
+    }
+}
+
+async fn marker(url: &Url, table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
+    let snapshot = table
+        .snapshot()
+        .map_err(|e| Error::delta(url.as_str(), "reading the table's state", e))?;
+    snapshot
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(|e| Error::delta(url.as_str(), "reading the pipeline's transaction version", e))
+}
+
+/// Errors after which the commit may or may not have landed, or that another
+/// writer caused: worth a reload, a marker check and another attempt.
+fn retryable(error: &DeltaTableError) -> bool {
+    matches!(
+        error,
+        DeltaTableError::VersionAlreadyExists(_)
+            | DeltaTableError::ObjectStore { .. }
+            | DeltaTableError::Io { .. }
+            | DeltaTableError::Transaction {
+                source: TransactionError::MaxCommitAttempts(_)
+                    | TransactionError::CommitConflict(_)
+                    | TransactionError::ObjectStore { .. }
+                    | TransactionError::LogStoreError { .. }
+            }
+    )
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(20u64.saturating_mul(1 << attempt.min(8)))
+}
+
+fn register_handlers(url: &Url) {
+    if matches!(url.scheme(), "s3" | "s3a") {
+        deltalake::aws::register_handlers(None);
+    }
+}

@@ -1,0 +1,454 @@
+//! Writing Arrow batches as Parquet data files of a Delta table, each recorded
+//! in a checkpoint: first as an in-flight write, then as its Add action.
+//!
+//! Files are named `part-{uuid}.parquet` below hive-style directories of the
+//! partition values (`region=eu/`). The directory is a readable hint only:
+//! readers take partition values from the Add action, and characters outside
+//! `[A-Za-z0-9_.-]` are replaced by `_` in the directory name.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
+use arrow_cast::{can_cast_types, cast};
+use arrow_schema::{DataType, Schema, SchemaRef, TimeUnit};
+use chrono::Utc;
+use deltalake::kernel::Add;
+use deltalake::logstore::ObjectStoreRef;
+use deltalake::{DeltaTable, Path};
+use object_store::ObjectStoreExt as _;
+use parquet::arrow::async_writer::ParquetObjectWriter;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use tidemark::store::CheckpointWriter;
+use uuid::Uuid;
+
+use crate::stats::FileStats;
+use crate::{add_to_record, Error, Result};
+
+/// Default target size of a data file: 128 MiB.
+pub const DEFAULT_TARGET_FILE_SIZE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// How a [`DeltaWriter`] writes files.
+#[derive(Debug, Clone)]
+pub struct DeltaWriterOptions {
+    /// A file is closed once its encoded size reaches this many bytes; files
+    /// end a little above it, by at most one batch.
+    pub target_file_size_bytes: u64,
+    /// Parquet writer properties; `None` for Snappy-compressed defaults.
+    pub writer_properties: Option<WriterProperties>,
+}
+
+impl Default for DeltaWriterOptions {
+    fn default() -> Self {
+        DeltaWriterOptions {
+            target_file_size_bytes: DEFAULT_TARGET_FILE_SIZE_BYTES,
+            writer_properties: None,
+        }
+    }
+}
+
+/// Counts of what a [`DeltaWriter`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteStats {
+    /// Rows written.
+    pub rows: u64,
+    /// Data files closed and staged.
+    pub files: u64,
+    /// Bytes of those files.
+    pub bytes: u64,
+}
+
+struct OpenFile {
+    path: String,
+    partition_values: HashMap<String, Option<String>>,
+    writer: AsyncArrowWriter<ParquetObjectWriter>,
+    stats: FileStats,
+}
+
+/// Writes batches into one Delta table's location, one open file per
+/// partition, and stages every closed file in the caller's checkpoint.
+pub struct DeltaWriter {
+    table: String,
+    store: ObjectStoreRef,
+    table_schema: SchemaRef,
+    data_schema: SchemaRef,
+    partition_columns: Vec<String>,
+    properties: WriterProperties,
+    target_file_size_bytes: u64,
+    open: HashMap<Vec<Option<String>>, OpenFile>,
+    stats: WriteStats,
+}
+
+impl std::fmt::Debug for DeltaWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaWriter")
+            .field("table", &self.table)
+            .field("open_files", &self.open.len())
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl DeltaWriter {
+    /// A writer for the loaded version of `table`. Batches must have the
+    /// table's columns (see [`write`](Self::write)).
+    pub fn new(table: &DeltaTable, options: DeltaWriterOptions) -> Result<Self> {
+        let name = table.table_url().to_string();
+        let snapshot = table
+            .snapshot()
+            .map_err(|e| Error::delta(&name, "reading the table's metadata", e))?;
+        let table_schema = snapshot.snapshot().arrow_schema();
+        let partition_columns = snapshot.metadata().partition_columns().to_vec();
+        for column in &partition_columns {
+            let field = table_schema
+                .field_with_name(column)
+                .map_err(|_| Error::InvalidTable {
+                    table: name.clone(),
+                    reason: format!("partition column `{column}` is not in the schema"),
+                })?;
+            if !partition_type_supported(field.data_type()) {
+                return Err(Error::InvalidTable {
+                    table: name.clone(),
+                    reason: format!(
+                        "partition column `{column}` has type {}, which this writer cannot \
+                         partition by (supported: strings, integers, dates, booleans)",
+                        field.data_type()
+                    ),
+                });
+            }
+        }
+        let data_schema = Arc::new(Schema::new(
+            table_schema
+                .fields()
+                .iter()
+                .filter(|f| !partition_columns.contains(f.name()))
+                .cloned()
+                .collect::<Vec<_>>(),
+        ));
+        let properties = options.writer_properties.unwrap_or_else(|| {
+            WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .build()
+        });
+        Ok(DeltaWriter {
+            table: name,
+            store: table.object_store(),
+            table_schema,
+            data_schema,
+            partition_columns,
+            properties,
+            target_file_size_bytes: options.target_file_size_bytes.max(1),
+            open: HashMap::new(),
+            stats: WriteStats::default(),
+        })
+    }
+
+    /// Writes a batch. Its columns must match the table's by name; a column may
+    /// have a narrower type that widens exactly (`Int32` into `Int64`, string
+    /// views into strings). Anything else, or a null in a non-nullable column,
+    /// is refused before a byte is written.
+    pub async fn write(
+        &mut self,
+        batch: &RecordBatch,
+        checkpoint: &mut CheckpointWriter,
+    ) -> Result<()> {
+        let batch = conform(&self.table, &self.table_schema, batch)?;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        for (values, part) in self.split(&batch)? {
+            self.write_part(values, part, checkpoint).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes every open file and stages it in `checkpoint`. Call before
+    /// sealing; the writer can be used again afterwards.
+    pub async fn finish(&mut self, checkpoint: &mut CheckpointWriter) -> Result<WriteStats> {
+        let open: Vec<OpenFile> = self.open.drain().map(|(_, file)| file).collect();
+        for file in open {
+            self.close(file, checkpoint).await?;
+        }
+        Ok(self.stats)
+    }
+
+    /// What was written so far (closed files only for `files` and `bytes`).
+    pub fn stats(&self) -> WriteStats {
+        self.stats
+    }
+
+    async fn write_part(
+        &mut self,
+        values: Vec<Option<String>>,
+        part: RecordBatch,
+        checkpoint: &mut CheckpointWriter,
+    ) -> Result<()> {
+        let data = part
+            .project(&self.data_indices())
+            .map_err(|e| Error::arrow(&self.table, "projecting data columns", e))?;
+        if !self.open.contains_key(&values) {
+            let file = self.open_file(&values, checkpoint).await?;
+            self.open.insert(values.clone(), file);
+        }
+        let Some(file) = self.open.get_mut(&values) else {
+            return Ok(());
+        };
+        file.writer
+            .write(&data)
+            .await
+            .map_err(|e| Error::parquet(&file.path, e))?;
+        file.stats.add(&data);
+        self.stats.rows += data.num_rows() as u64;
+        let size = file.writer.bytes_written() + file.writer.in_progress_size();
+        if size as u64 >= self.target_file_size_bytes {
+            if let Some(file) = self.open.remove(&values) {
+                self.close(file, checkpoint).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn data_indices(&self) -> Vec<usize> {
+        self.table_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !self.partition_columns.contains(f.name()))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    async fn open_file(
+        &self,
+        values: &[Option<String>],
+        checkpoint: &mut CheckpointWriter,
+    ) -> Result<OpenFile> {
+        let mut path = String::new();
+        for (column, value) in self.partition_columns.iter().zip(values) {
+            path.push_str(&format!("{column}={}/", directory_name(value.as_deref())));
+        }
+        path.push_str(&format!("part-{}.parquet", Uuid::now_v7()));
+        // Recorded before the first byte, so a crash leaves no untracked file.
+        checkpoint
+            .record_in_flight(&path)
+            .await
+            .map_err(|e| Error::checkpoint(&path, e))?;
+        let object = ParquetObjectWriter::new(self.store.clone(), Path::from(path.as_str()));
+        let writer = AsyncArrowWriter::try_new(
+            object,
+            self.data_schema.clone(),
+            Some(self.properties.clone()),
+        )
+        .map_err(|e| Error::parquet(&path, e))?;
+        Ok(OpenFile {
+            partition_values: self
+                .partition_columns
+                .iter()
+                .cloned()
+                .zip(values.iter().cloned())
+                .collect(),
+            path,
+            writer,
+            stats: FileStats::default(),
+        })
+    }
+
+    async fn close(&mut self, file: OpenFile, checkpoint: &mut CheckpointWriter) -> Result<()> {
+        let OpenFile {
+            path,
+            partition_values,
+            writer,
+            stats,
+        } = file;
+        writer.close().await.map_err(|e| Error::parquet(&path, e))?;
+        let size = self
+            .store
+            .head(&Path::from(path.as_str()))
+            .await
+            .map_err(|e| Error::ObjectStore {
+                path: path.clone(),
+                source: e,
+            })?
+            .size;
+        let add = Add {
+            path: path.clone(),
+            partition_values,
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+            modification_time: Utc::now().timestamp_millis(),
+            data_change: true,
+            stats: Some(stats.to_json()),
+            ..Default::default()
+        };
+        checkpoint
+            .stage_file(add_to_record(&add)?)
+            .await
+            .map_err(|e| Error::checkpoint(&path, e))?;
+        self.stats.files += 1;
+        self.stats.bytes += size;
+        tracing::debug!(table = %self.table, %path, rows = stats.rows(), size, "data file staged");
+        Ok(())
+    }
+
+    /// Splits a batch by partition values, in order of first appearance.
+    fn split(&self, batch: &RecordBatch) -> Result<Vec<(Vec<Option<String>>, RecordBatch)>> {
+        if self.partition_columns.is_empty() {
+            return Ok(vec![(Vec::new(), batch.clone())]);
+        }
+        let columns: Vec<StringArray> = self
+            .partition_columns
+            .iter()
+            .map(|name| {
+                let array = batch
+                    .column_by_name(name)
+                    .ok_or_else(|| Error::SchemaMismatch {
+                        table: self.table.clone(),
+                        reason: format!("partition column `{name}` is missing"),
+                    })?;
+                partition_strings(array)
+                    .map_err(|e| Error::arrow(&self.table, "formatting partition values", e))
+            })
+            .collect::<Result<_>>()?;
+        let mut order: Vec<Vec<Option<String>>> = Vec::new();
+        let mut rows: HashMap<Vec<Option<String>>, Vec<u32>> = HashMap::new();
+        for row in 0..batch.num_rows() {
+            let key: Vec<Option<String>> = columns
+                .iter()
+                .map(|c| c.is_valid(row).then(|| c.value(row).to_string()))
+                .collect();
+            let entry = rows.entry(key.clone()).or_default();
+            if entry.is_empty() {
+                order.push(key);
+            }
+            entry.push(u32::try_from(row).unwrap_or(u32::MAX));
+        }
+        if order.len() == 1 {
+            return Ok(order.into_iter().map(|k| (k, batch.clone())).collect());
+        }
+        order
+            .into_iter()
+            .map(|key| {
+                let indices = UInt32Array::from(rows.remove(&key).unwrap_or_default());
+                let part = arrow_select::take::take_record_batch(batch, &indices)
+                    .map_err(|e| Error::arrow(&self.table, "splitting by partition", e))?;
+                Ok((key, part))
+            })
+            .collect()
+    }
+}
+
+fn partition_type_supported(data_type: &DataType) -> bool {
+    matches!(
+        data_type,
+        DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::Date32
+            | DataType::Boolean
+    )
+}
+
+/// Partition values as Delta serialises them: decimal integers, `YYYY-MM-DD`
+/// dates, `true`/`false`, strings as they are.
+fn partition_strings(array: &ArrayRef) -> std::result::Result<StringArray, arrow_schema::ArrowError> {
+    let strings = cast(array, &DataType::Utf8)?;
+    strings
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| arrow_schema::ArrowError::CastError("not a string array".into()))
+}
+
+fn directory_name(value: Option<&str>) -> String {
+    match value {
+        None => "__HIVE_DEFAULT_PARTITION__".to_string(),
+        Some(v) => v
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The batch with the table's schema: columns reordered by name and widened
+/// where that is exact. Refuses missing, extra or incompatible columns.
+pub(crate) fn conform(table: &str, schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
+    let mismatch = |reason: String| Error::SchemaMismatch {
+        table: table.to_string(),
+        reason,
+    };
+    let batch_schema = batch.schema();
+    let extra: Vec<&str> = batch_schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .filter(|name| schema.field_with_name(name).is_err())
+        .collect();
+    if !extra.is_empty() {
+        return Err(mismatch(format!(
+            "the batch has columns the table does not: {}",
+            extra.join(", ")
+        )));
+    }
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let Some(array) = batch.column_by_name(field.name()) else {
+            return Err(mismatch(format!(
+                "the batch has no column `{}` ({})",
+                field.name(),
+                field.data_type()
+            )));
+        };
+        let array = if array.data_type() == field.data_type() {
+            array.clone()
+        } else if widens_exactly(array.data_type(), field.data_type())
+            && can_cast_types(array.data_type(), field.data_type())
+        {
+            cast(array, field.data_type()).map_err(|e| {
+                mismatch(format!("column `{}` could not be widened: {e}", field.name()))
+            })?
+        } else {
+            return Err(mismatch(format!(
+                "column `{}` is {} in the batch but {} in the table",
+                field.name(),
+                array.data_type(),
+                field.data_type()
+            )));
+        };
+        if !field.is_nullable() && array.null_count() > 0 {
+            return Err(mismatch(format!(
+                "column `{}` is not nullable in the table but has {} null(s) in the batch",
+                field.name(),
+                array.null_count()
+            )));
+        }
+        columns.push(array);
+    }
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| mismatch(format!("the conformed batch is invalid: {e}")))
+}
+
+/// Whether a cast from `from` to `to` keeps every value exactly.
+fn widens_exactly(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    match (from, to) {
+        (Utf8View | LargeUtf8 | Utf8, Utf8 | LargeUtf8 | Utf8View) => true,
+        (BinaryView | LargeBinary | Binary, Binary | LargeBinary | BinaryView) => true,
+        (Int8, Int16 | Int32 | Int64) | (Int16, Int32 | Int64) | (Int32, Int64) => true,
+        (Float32, Float64) => true,
+        (Timestamp(from_unit, from_tz), Timestamp(TimeUnit::Microsecond, to_tz)) => {
+            from_tz == to_tz && matches!(from_unit, TimeUnit::Second | TimeUnit::Millisecond)
+        }
+        _ => false,
+    }
+}

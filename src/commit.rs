@@ -1,0 +1,358 @@
+//! Idempotent table commits that consume the sealed checkpoints of a store.
+//!
+//! One table commit goes through three steps, each repeatable:
+//! 1. **Intent.** `commits/{n}.json` fixes which sealed, uncommitted checkpoints
+//!    the pipeline's n-th table commit carries. It is written with
+//!    put-if-not-exists, so of two committers exactly one claims `n`.
+//! 2. **Table commit.** The [`CommitSink`] appends the files of those
+//!    checkpoints in one transaction that also sets the pipeline's marker in the
+//!    table to `n`. Before every attempt, conflict retries included, it reads the
+//!    marker and does nothing if it already reached `n`: a commit whose response
+//!    was lost is recognised, never applied twice.
+//! 3. **Mark committed.** Every checkpoint of the intent gets its commit marker.
+//!
+//! A crash between any two steps is repaired by the next
+//! [`Committer::commit_pending`]: an intent whose checkpoints are not all marked
+//! is resumed with the same files under the same number. A new intent is only
+//! written once the previous one is fully marked, so a checkpoint belongs to at
+//! most one table commit.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::Utc;
+use futures::future::BoxFuture;
+use serde_json::json;
+
+use crate::error::{BoxError, Error, Result};
+use crate::store::{CheckpointId, CheckpointStore, CommitIntent, FileRecord, Manifest};
+
+/// How many times in a row a committer may lose the race for an intent to
+/// another committer before it gives up.
+const MAX_LOST_RACES: u32 = 16;
+
+/// The default cap on checkpoints per table commit.
+pub const DEFAULT_MAX_CHECKPOINTS_PER_COMMIT: usize = 1_000;
+
+/// A table that can append checkpointed files idempotently.
+///
+/// Implementations keep, in the table itself, a marker per pipeline: the
+/// highest commit sequence applied. The marker must be written in the same
+/// transaction as the files and must be re-read before every attempt.
+pub trait CommitSink: Send + Sync {
+    /// Names the table (a URI or catalog identifier). Recorded in every commit
+    /// intent so that one store never feeds two tables.
+    fn table(&self) -> String;
+
+    /// The highest commit sequence of `pipeline_id` the table holds, if any.
+    fn committed_sequence<'a>(
+        &'a self,
+        pipeline_id: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<Option<u64>, BoxError>>;
+
+    /// Appends `request.files` in one transaction that sets the pipeline's
+    /// marker to `request.sequence`, unless the marker already reached it.
+    fn commit<'a>(
+        &'a self,
+        request: &'a CommitRequest,
+    ) -> BoxFuture<'a, std::result::Result<CommitOutcome, BoxError>>;
+}
+
+/// What one table commit carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitRequest {
+    /// The pipeline whose marker the commit sets.
+    pub pipeline_id: String,
+    /// The commit's sequence; the marker becomes this value.
+    pub sequence: u64,
+    /// The checkpoints whose files these are, in id order.
+    pub checkpoints: Vec<CheckpointId>,
+    /// The data files to append.
+    pub files: Vec<FileRecord>,
+}
+
+/// What a sink did with a [`CommitRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitOutcome {
+    /// `true` if this call appended the files; `false` if the table's marker
+    /// showed the sequence already applied (for example by an attempt whose
+    /// response was lost, or by another committer).
+    pub applied: bool,
+    /// What the sink reports about the table afterwards (version, snapshot id).
+    pub table_version: serde_json::Value,
+}
+
+/// One table commit made or finished by [`Committer::commit_pending`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommitSummary {
+    /// The commit sequence.
+    pub sequence: u64,
+    /// The checkpoints it carried.
+    pub checkpoints: Vec<CheckpointId>,
+    /// Number of data files.
+    pub files: usize,
+    /// Number of rows in those files.
+    pub rows: u64,
+    /// `false` if the table already held this commit and only the store's
+    /// commit markers were missing (a repair after a crash or a lost response).
+    pub applied_now: bool,
+    /// What the sink reported about the table.
+    pub table_version: serde_json::Value,
+}
+
+/// Everything one [`Committer::commit_pending`] call did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommitReport {
+    /// The commits, in sequence order.
+    pub commits: Vec<CommitSummary>,
+}
+
+impl CommitReport {
+    /// Rows appended to the table by this call.
+    pub fn rows_applied(&self) -> u64 {
+        self.commits
+            .iter()
+            .filter(|c| c.applied_now)
+            .map(|c| c.rows)
+            .sum()
+    }
+}
+
+/// Commits the sealed checkpoints of one store into one table for one pipeline.
+pub struct Committer<S> {
+    store: CheckpointStore,
+    sink: S,
+    pipeline_id: String,
+    max_checkpoints_per_commit: usize,
+}
+
+impl<S> fmt::Debug for Committer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Committer")
+            .field("store", &self.store.location().url)
+            .field("pipeline_id", &self.pipeline_id)
+            .finish()
+    }
+}
+
+impl<S: CommitSink> Committer<S> {
+    /// A committer of `store` into `sink` under `pipeline_id`, the name of the
+    /// pipeline's marker in the table. Keep the id stable across runs.
+    pub fn new(store: CheckpointStore, sink: S, pipeline_id: impl Into<String>) -> Self {
+        Committer {
+            store,
+            sink,
+            pipeline_id: pipeline_id.into(),
+            max_checkpoints_per_commit: DEFAULT_MAX_CHECKPOINTS_PER_COMMIT,
+        }
+    }
+
+    /// Caps how many checkpoints one table commit carries (at least 1).
+    pub fn with_max_checkpoints_per_commit(mut self, max: usize) -> Self {
+        self.max_checkpoints_per_commit = max.max(1);
+        self
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// Commits every sealed checkpoint not yet committed, finishing first any
+    /// commit an earlier run left half done. Safe to run from several processes
+    /// at once and to repeat after any failure.
+    pub async fn commit_pending(&self) -> Result<CommitReport> {
+        let mut report = CommitReport::default();
+        let mut lost_races = 0;
+        loop {
+            let state = self.store.load().await?;
+            let pending: BTreeMap<CheckpointId, &Manifest> = state
+                .pending_commit()
+                .into_iter()
+                .map(|m| (m.checkpoint_id, m))
+                .collect();
+            let latest = self.store.latest_commit_intent().await?;
+            if let Some(intent) = &latest {
+                self.ensure_ours(intent)?;
+                if intent.checkpoints.iter().any(|id| pending.contains_key(id)) {
+                    report.commits.push(self.finish(intent, &pending).await?);
+                    continue;
+                }
+            }
+            let fresh: Vec<CheckpointId> = pending
+                .keys()
+                .copied()
+                .take(self.max_checkpoints_per_commit)
+                .collect();
+            if fresh.is_empty() {
+                return Ok(report);
+            }
+            let sequence = latest.as_ref().map_or(1, |i| i.sequence + 1);
+            if !self.claim(sequence, fresh).await? {
+                lost_races += 1;
+                if lost_races > MAX_LOST_RACES {
+                    return Err(Error::ConcurrentChange {
+                        operation: "claiming the next commit sequence",
+                        attempts: lost_races,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Writes the intent for `sequence`. Returns `false` if another committer
+    /// claimed that sequence first (its intent is resumed by the next round).
+    async fn claim(&self, sequence: u64, checkpoints: Vec<CheckpointId>) -> Result<bool> {
+        let marker = self.marker().await?;
+        if marker.is_some_and(|m| m >= sequence) {
+            // Either another committer just claimed and applied `sequence`, or
+            // the table holds commits this store never made.
+            let latest = self.store.latest_commit_intent().await?;
+            if latest.is_some_and(|i| i.sequence >= sequence) {
+                return Ok(false);
+            }
+            return Err(self.mismatch(
+                marker,
+                sequence,
+                "the table holds commits of this pipeline that this store never made; \
+                 the store was replaced, or it belongs to another table. Use the store \
+                 that made those commits, or a new pipeline id",
+            ));
+        }
+        let intent = CommitIntent {
+            format_version: crate::store::FORMAT_VERSION,
+            sequence,
+            pipeline_id: self.pipeline_id.clone(),
+            table: self.sink.table(),
+            checkpoints,
+            created_at: Utc::now(),
+        };
+        self.store.put_commit_intent(&intent).await
+    }
+
+    /// Applies (or recognises as applied) the table commit of `intent`, then
+    /// marks its checkpoints committed.
+    async fn finish(
+        &self,
+        intent: &CommitIntent,
+        pending: &BTreeMap<CheckpointId, &Manifest>,
+    ) -> Result<CommitSummary> {
+        let manifests: Vec<&Manifest> = intent
+            .checkpoints
+            .iter()
+            .filter_map(|id| pending.get(id).copied())
+            .collect();
+        let files: Vec<FileRecord> = manifests.iter().flat_map(|m| m.files.clone()).collect();
+        let rows = files.iter().map(|f| f.record_count).sum();
+        let outcome = if manifests.len() < intent.checkpoints.len() {
+            // Some checkpoints are marked, and marks only follow the table
+            // commit: it landed; a crash interrupted the marking.
+            CommitOutcome {
+                applied: false,
+                table_version: json!(null),
+            }
+        } else {
+            self.apply(intent, files.clone()).await?
+        };
+        let commit = json!({
+            "pipeline_id": self.pipeline_id,
+            "table": intent.table,
+            "sequence": intent.sequence,
+            "table_version": outcome.table_version,
+        });
+        self.store.mark_committed(&intent.checkpoints, &commit).await?;
+        tracing::info!(
+            pipeline = %self.pipeline_id,
+            table = %intent.table,
+            sequence = intent.sequence,
+            checkpoints = intent.checkpoints.len(),
+            files = files.len(),
+            rows,
+            applied_now = outcome.applied,
+            "table commit finished"
+        );
+        Ok(CommitSummary {
+            sequence: intent.sequence,
+            checkpoints: intent.checkpoints.clone(),
+            files: files.len(),
+            rows,
+            applied_now: outcome.applied,
+            table_version: outcome.table_version,
+        })
+    }
+
+    /// Asks the sink to commit, after checking that the table's marker can
+    /// tell whether this sequence already landed.
+    async fn apply(&self, intent: &CommitIntent, files: Vec<FileRecord>) -> Result<CommitOutcome> {
+        let marker = self.marker().await?;
+        let sequence = intent.sequence;
+        if marker.is_some_and(|m| m >= sequence) {
+            return Ok(CommitOutcome {
+                applied: false,
+                table_version: json!(null),
+            });
+        }
+        let previous = sequence - 1;
+        if marker.unwrap_or(0) != previous {
+            return Err(self.mismatch(
+                marker,
+                sequence,
+                &format!(
+                    "the table should show commit {previous} of this pipeline; without it, \
+                     whether commit {sequence} landed cannot be told and committing again \
+                     could duplicate rows. A Delta table forgets transaction ids older than \
+                     `delta.setTransactionRetentionDuration`: finish pending commits well \
+                     within it. Inspect the table for the files of checkpoints {:?}",
+                    intent.checkpoints
+                ),
+            ));
+        }
+        let request = CommitRequest {
+            pipeline_id: self.pipeline_id.clone(),
+            sequence,
+            checkpoints: intent.checkpoints.clone(),
+            files,
+        };
+        self.sink
+            .commit(&request)
+            .await
+            .map_err(|source| Error::Sink {
+                table: self.sink.table(),
+                source,
+            })
+    }
+
+    async fn marker(&self) -> Result<Option<u64>> {
+        self.sink
+            .committed_sequence(&self.pipeline_id)
+            .await
+            .map_err(|source| Error::Sink {
+                table: self.sink.table(),
+                source,
+            })
+    }
+
+    fn ensure_ours(&self, intent: &CommitIntent) -> Result<()> {
+        let table = self.sink.table();
+        if intent.pipeline_id == self.pipeline_id && intent.table == table {
+            return Ok(());
+        }
+        Err(Error::CommitTargetMismatch {
+            sequence: intent.sequence,
+            pipeline: self.pipeline_id.clone(),
+            table,
+            found_pipeline: intent.pipeline_id.clone(),
+            found_table: intent.table.clone(),
+        })
+    }
+
+    fn mismatch(&self, table_sequence: Option<u64>, store_sequence: u64, why: &str) -> Error {
+        Error::MarkerMismatch {
+            table: self.sink.table(),
+            pipeline: self.pipeline_id.clone(),
+            table_sequence,
+            store_sequence,
+            why: why.to_string(),
+        }
+    }
+}

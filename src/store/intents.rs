@@ -1,0 +1,44 @@
+//! Commit intents: the numbered list of table commits a store has started.
+//!
+//! The committer writes `commits/{sequence}.json` before it asks the sink to
+//! commit, so every attempt at that commit carries the same checkpoints under the
+//! same number. Finding the latest intent is one LIST of `commits/` plus one GET.
+
+use super::layout::Layout;
+use super::records::{self, CommitIntent};
+use super::{io, CheckpointStore};
+use crate::error::{ObjectKind, Result};
+
+impl CheckpointStore {
+    /// The commit intent with the highest sequence, if any commit was ever started.
+    pub async fn latest_commit_intent(&self) -> Result<Option<CommitIntent>> {
+        let listed = io::list(self.object_store(), &self.layout().commit_intents_dir()).await?;
+        let latest = listed
+            .iter()
+            .filter_map(|meta| Layout::sequence_of(&meta.location))
+            .max();
+        match latest {
+            Some(sequence) => self.commit_intent(sequence).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The commit intent numbered `sequence`, if it exists.
+    pub async fn commit_intent(&self, sequence: u64) -> Result<Option<CommitIntent>> {
+        let path = self.layout().commit_intent(sequence);
+        match io::get_optional(self.object_store(), &path).await? {
+            Some(bytes) => {
+                records::decode(ObjectKind::CommitIntent, path.as_ref(), &bytes).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a commit intent unless one with the same sequence exists. Returns
+    /// `false` if another committer claimed the sequence first.
+    pub async fn put_commit_intent(&self, intent: &CommitIntent) -> Result<bool> {
+        let path = self.layout().commit_intent(intent.sequence);
+        let encoded = records::encode(ObjectKind::CommitIntent, path.as_ref(), intent)?;
+        io::put_if_absent(self.object_store(), &path, encoded).await
+    }
+}
