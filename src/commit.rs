@@ -260,7 +260,9 @@ impl<S: CommitSink> Committer<S> {
             "sequence": intent.sequence,
             "table_version": outcome.table_version,
         });
-        self.store.mark_committed(&intent.checkpoints, &commit).await?;
+        self.store
+            .mark_committed(&intent.checkpoints, &commit)
+            .await?;
         tracing::info!(
             pipeline = %self.pipeline_id,
             table = %intent.table,

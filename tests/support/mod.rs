@@ -135,9 +135,17 @@ fn start_s3_server() -> S3Server {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/s3_server.py");
+    // The support module is shared by the workspace's crates; find the script
+    // from the crate being tested.
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = [manifest.to_path_buf(), manifest.join("../..")]
+        .iter()
+        .map(|root| root.join("tests/support/s3_server.py"))
+        .find(|p| p.exists())
+        .expect("tests/support/s3_server.py");
     let mut child = Command::new("python3")
-        .args([script, &port.to_string(), S3_BUCKET])
+        .arg(&script)
+        .args([&port.to_string(), S3_BUCKET])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -166,6 +174,12 @@ pub enum Fault {
     FailBefore,
     /// Apply the request, then report failure (a lost response).
     LoseResponse,
+    /// The process dies just before the request: it fails, and so does every
+    /// later request through this wrapper.
+    CrashBefore,
+    /// The process dies right after the request reached the store: it is
+    /// applied, it fails, and so does every later request through this wrapper.
+    CrashAfter,
 }
 
 struct Rule {
@@ -183,6 +197,7 @@ pub struct FaultyStore {
     pub puts: AtomicUsize,
     pub lists: AtomicUsize,
     pub heads: AtomicUsize,
+    dead: std::sync::atomic::AtomicBool,
 }
 
 impl FaultyStore {
@@ -194,6 +209,7 @@ impl FaultyStore {
             puts: AtomicUsize::new(0),
             lists: AtomicUsize::new(0),
             heads: AtomicUsize::new(0),
+            dead: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -218,6 +234,14 @@ impl FaultyStore {
         for c in [&self.gets, &self.puts, &self.lists, &self.heads] {
             c.store(0, Ordering::SeqCst);
         }
+    }
+
+    /// Fails every request once a crash fault has fired.
+    fn check_alive(&self, path: &Path) -> object_store::Result<()> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(injected(path));
+        }
+        Ok(())
     }
 
     fn take_fault(&self, path: &Path) -> Option<Fault> {
@@ -258,10 +282,21 @@ impl ObjectStore for FaultyStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.puts.fetch_add(1, Ordering::SeqCst);
+        self.check_alive(location)?;
         match self.take_fault(location) {
             Some(Fault::FailBefore) => Err(injected(location)),
             Some(Fault::LoseResponse) => {
                 self.inner.put_opts(location, payload, opts).await?;
+                Err(injected(location))
+            }
+            Some(Fault::CrashBefore) => {
+                self.dead.store(true, Ordering::SeqCst);
+                Err(injected(location))
+            }
+            Some(Fault::CrashAfter) => {
+                let result = self.inner.put_opts(location, payload, opts).await;
+                self.dead.store(true, Ordering::SeqCst);
+                result?;
                 Err(injected(location))
             }
             None => self.inner.put_opts(location, payload, opts).await,
@@ -274,6 +309,7 @@ impl ObjectStore for FaultyStore {
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.puts.fetch_add(1, Ordering::SeqCst);
+        self.check_alive(location)?;
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -287,6 +323,7 @@ impl ObjectStore for FaultyStore {
         } else {
             self.gets.fetch_add(1, Ordering::SeqCst);
         }
+        self.check_alive(location)?;
         self.inner.get_opts(location, options).await
     }
 
@@ -299,11 +336,16 @@ impl ObjectStore for FaultyStore {
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         self.lists.fetch_add(1, Ordering::SeqCst);
+        if self.dead.load(Ordering::SeqCst) {
+            let error = injected(prefix.unwrap_or(&Path::default()));
+            return Box::pin(futures::stream::once(async move { Err(error) }));
+        }
         self.inner.list(prefix)
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.lists.fetch_add(1, Ordering::SeqCst);
+        self.check_alive(prefix.unwrap_or(&Path::default()))?;
         self.inner.list_with_delimiter(prefix).await
     }
 
@@ -313,6 +355,7 @@ impl ObjectStore for FaultyStore {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
+        self.check_alive(from)?;
         self.inner.copy_opts(from, to, options).await
     }
 }

@@ -46,7 +46,9 @@ pub struct DeltaSink {
 
 impl std::fmt::Debug for DeltaSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeltaSink").field("url", &self.url.as_str()).finish()
+        f.debug_struct("DeltaSink")
+            .field("url", &self.url.as_str())
+            .finish()
     }
 }
 
@@ -85,10 +87,20 @@ impl DeltaSink {
     ) -> Result<Self> {
         register_handlers(&url);
         let name = url.to_string();
-        let delta_schema = StructType::try_from_arrow(schema).map_err(|e| Error::SchemaMismatch {
-            table: name.clone(),
-            reason: format!("the schema cannot be a Delta schema: {e}"),
-        })?;
+        let delta_schema =
+            StructType::try_from_arrow(schema).map_err(|e| Error::SchemaMismatch {
+                table: name.clone(),
+                reason: format!("the schema cannot be a Delta schema: {e}"),
+            })?;
+        if url.scheme() == "file" {
+            // delta-rs wants an existing directory on the local file system.
+            if let Ok(dir) = url.to_file_path() {
+                std::fs::create_dir_all(&dir).map_err(|e| Error::InvalidTable {
+                    table: name.clone(),
+                    reason: format!("cannot create directory `{}`: {e}", dir.display()),
+                })?;
+            }
+        }
         let table = DeltaTable::try_from_url_with_storage_options(url.clone(), storage_options)
             .await
             .map_err(|e| Error::delta(&name, "opening the table location", e))?;
@@ -115,6 +127,12 @@ impl DeltaSink {
     }
 
     async fn load(url: Url, mut table: DeltaTable) -> Result<Self> {
+        let missing_dir = url.scheme() == "file" && url.to_file_path().is_ok_and(|p| !p.exists());
+        if missing_dir {
+            return Err(Error::TableNotFound {
+                table: url.to_string(),
+            });
+        }
         match table.load().await {
             Ok(()) => Ok(DeltaSink {
                 url,
@@ -166,11 +184,17 @@ impl DeltaSink {
             .collect::<Result<Vec<_>>>()?;
         let sequence = i64::try_from(request.sequence).map_err(|_| Error::InvalidTable {
             table: self.url.to_string(),
-            reason: format!("commit sequence {} does not fit a Delta txn", request.sequence),
+            reason: format!(
+                "commit sequence {} does not fit a Delta txn",
+                request.sequence
+            ),
         })?;
         let metadata = [
             ("tidemark.pipeline".to_string(), json!(request.pipeline_id)),
-            ("tidemark.commit-sequence".to_string(), json!(request.sequence)),
+            (
+                "tidemark.commit-sequence".to_string(),
+                json!(request.sequence),
+            ),
             (
                 "tidemark.checkpoints".to_string(),
                 json!(request
@@ -267,7 +291,13 @@ async fn marker(url: &Url, table: &DeltaTable, app_id: &str) -> Result<Option<i6
     snapshot
         .transaction_version(table.log_store().as_ref(), app_id)
         .await
-        .map_err(|e| Error::delta(url.as_str(), "reading the pipeline's transaction version", e))
+        .map_err(|e| {
+            Error::delta(
+                url.as_str(),
+                "reading the pipeline's transaction version",
+                e,
+            )
+        })
 }
 
 /// Errors after which the commit may or may not have landed, or that another

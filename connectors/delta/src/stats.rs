@@ -30,7 +30,10 @@ enum Bound {
     Float(f64),
     Date(i32),
     /// Microseconds since the epoch; `utc` for timestamps with a time zone.
-    Micros { value: i64, utc: bool },
+    Micros {
+        value: i64,
+        utc: bool,
+    },
     Text(String),
 }
 
@@ -57,7 +60,10 @@ impl FileStats {
         for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
             if matches!(
                 field.data_type(),
-                DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_) | DataType::Map(..)
+                DataType::Struct(_)
+                    | DataType::List(_)
+                    | DataType::LargeList(_)
+                    | DataType::Map(..)
             ) {
                 continue;
             }
@@ -124,15 +130,21 @@ fn bounds(array: &dyn Array) -> Result<Option<(Bound, Bound)>, Unsafe> {
     Ok(match array.data_type() {
         DataType::Int8 => {
             let a = array.as_primitive::<Int8Type>();
-            pair(aggregate::min(a), aggregate::max(a), |v| Bound::Int(v.into()))
+            pair(aggregate::min(a), aggregate::max(a), |v| {
+                Bound::Int(v.into())
+            })
         }
         DataType::Int16 => {
             let a = array.as_primitive::<Int16Type>();
-            pair(aggregate::min(a), aggregate::max(a), |v| Bound::Int(v.into()))
+            pair(aggregate::min(a), aggregate::max(a), |v| {
+                Bound::Int(v.into())
+            })
         }
         DataType::Int32 => {
             let a = array.as_primitive::<Int32Type>();
-            pair(aggregate::min(a), aggregate::max(a), |v| Bound::Int(v.into()))
+            pair(aggregate::min(a), aggregate::max(a), |v| {
+                Bound::Int(v.into())
+            })
         }
         DataType::Int64 => {
             let a = array.as_primitive::<Int64Type>();
@@ -161,9 +173,8 @@ fn bounds(array: &dyn Array) -> Result<Option<(Bound, Bound)>, Unsafe> {
         DataType::Timestamp(TimeUnit::Microsecond, tz) => {
             let a = array.as_primitive::<TimestampMicrosecondType>();
             let utc = tz.is_some();
-            pair(aggregate::min(a), aggregate::max(a), |value| Bound::Micros {
-                value,
-                utc,
+            pair(aggregate::min(a), aggregate::max(a), |value| {
+                Bound::Micros { value, utc }
             })
         }
         DataType::Utf8 => text(aggregate::min_string(array.as_string::<i32>()), || {
@@ -186,8 +197,7 @@ fn text<'a>(
     let (Some(min), Some(max)) = (min, max()) else {
         return Ok(None);
     };
-    if min.chars().count() > MAX_STRING_STAT_CHARS || max.chars().count() > MAX_STRING_STAT_CHARS
-    {
+    if min.chars().count() > MAX_STRING_STAT_CHARS || max.chars().count() > MAX_STRING_STAT_CHARS {
         return Err(Unsafe);
     }
     Ok(Some((Bound::Text(min.into()), Bound::Text(max.into()))))

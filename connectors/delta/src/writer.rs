@@ -355,7 +355,9 @@ fn partition_type_supported(data_type: &DataType) -> bool {
 
 /// Partition values as Delta serialises them: decimal integers, `YYYY-MM-DD`
 /// dates, `true`/`false`, strings as they are.
-fn partition_strings(array: &ArrayRef) -> std::result::Result<StringArray, arrow_schema::ArrowError> {
+fn partition_strings(
+    array: &ArrayRef,
+) -> std::result::Result<StringArray, arrow_schema::ArrowError> {
     let strings = cast(array, &DataType::Utf8)?;
     strings
         .as_any()
@@ -415,7 +417,10 @@ pub(crate) fn conform(table: &str, schema: &SchemaRef, batch: &RecordBatch) -> R
             && can_cast_types(array.data_type(), field.data_type())
         {
             cast(array, field.data_type()).map_err(|e| {
-                mismatch(format!("column `{}` could not be widened: {e}", field.name()))
+                mismatch(format!(
+                    "column `{}` could not be widened: {e}",
+                    field.name()
+                ))
             })?
         } else {
             return Err(mismatch(format!(

@@ -1,0 +1,517 @@
+//! The Delta sink against real tables on the local file system and on a local
+//! S3-compatible server: appends land once, and lost responses, crashes between
+//! the protocol's steps and concurrent committers still leave every key exactly
+//! once, as the deltalake Python package and DuckDB's delta extension read it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on failure by design
+
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use object_store::ObjectStore;
+use support::{Backend, Fault, FaultyStore};
+use tidemark::commit::Committer;
+use tidemark::store::{CheckpointId, CheckpointStore, KeySchema};
+use tidemark_delta::{DeltaSink, DeltaWriterOptions};
+use url::Url;
+
+const PIPELINE: &str = "daily-embeddings";
+
+fn schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("region", DataType::Utf8, true),
+        Field::new("payload", DataType::Utf8, true),
+    ]))
+}
+
+fn batch(ids: &[i64]) -> RecordBatch {
+    let regions: Vec<Option<&str>> = ids
+        .iter()
+        .map(|i| match i % 3 {
+            0 => Some("eu"),
+            1 => Some("us/east"),
+            _ => None,
+        })
+        .collect();
+    RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(ids.to_vec())),
+            Arc::new(StringArray::from(regions)),
+            Arc::new(StringArray::from(
+                ids.iter()
+                    .map(|i| format!("payload of {i}"))
+                    .collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// A store and a table URL on one backend.
+struct Fixture {
+    backend: Backend,
+    url: Url,
+    storage: HashMap<String, String>,
+}
+
+impl Fixture {
+    async fn new(backend: Backend) -> Self {
+        let (url, storage) = backend.data_url(&format!("table-{}", uuid::Uuid::new_v4()));
+        let fixture = Fixture {
+            backend,
+            url: Url::parse(&url).unwrap(),
+            storage,
+        };
+        DeltaSink::create_if_missing(
+            fixture.url.clone(),
+            fixture.storage.clone(),
+            &schema(),
+            &["region"],
+        )
+        .await
+        .unwrap();
+        fixture
+    }
+
+    async fn store(&self) -> CheckpointStore {
+        CheckpointStore::open_at(
+            self.backend.location(),
+            KeySchema::single("id", DataType::Int64).unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn sink(&self) -> DeltaSink {
+        DeltaSink::open(self.url.clone(), self.storage.clone())
+            .await
+            .unwrap()
+    }
+
+    /// The table seen through a fault-injecting object store.
+    async fn faulty_sink(&self) -> (DeltaSink, Arc<FaultyStore>) {
+        let (root, _) = object_store::parse_url_opts(&self.url, &self.storage).unwrap();
+        let faulty = Arc::new(FaultyStore::new(Arc::from(root)));
+        let sink =
+            DeltaSink::open_with_store(self.url.clone(), faulty.clone() as Arc<dyn ObjectStore>)
+                .await
+                .unwrap();
+        (sink, faulty)
+    }
+
+    /// What the independent readers see.
+    fn read(&self) -> Readout {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/delta_read.py");
+        let storage: HashMap<String, String> = self
+            .storage
+            .iter()
+            .map(|(k, v)| (python_option(k), v.clone()))
+            .collect();
+        let output = Command::new("python3")
+            .arg(script)
+            .arg(self.url.as_str())
+            .arg(serde_json::to_string(&storage).unwrap())
+            .arg(PIPELINE)
+            .output()
+            .expect("run python3 (bash .ci/run installs deltalake and duckdb)");
+        assert!(
+            output.status.success(),
+            "reading the table failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let ids = |key: &str| {
+            value.get(key).map(|v| {
+                let mut ids: Vec<i64> = serde_json::from_value(v.clone()).unwrap();
+                ids.sort_unstable();
+                ids
+            })
+        };
+        Readout {
+            version: value["version"].as_i64().unwrap(),
+            txn: value["txn"].as_i64(),
+            deltalake_ids: ids("deltalake_ids").unwrap(),
+            duckdb_ids: ids("duckdb_ids"),
+        }
+    }
+}
+
+/// The deltalake package's names of the S3 options used here.
+fn python_option(key: &str) -> String {
+    match key {
+        "aws_endpoint" => "AWS_ENDPOINT_URL".into(),
+        "aws_allow_http" => "AWS_ALLOW_HTTP".into(),
+        other => other.to_uppercase(),
+    }
+}
+
+struct Readout {
+    version: i64,
+    txn: Option<i64>,
+    deltalake_ids: Vec<i64>,
+    duckdb_ids: Option<Vec<i64>>,
+}
+
+impl Readout {
+    /// Both readers see exactly `expected`, each key once.
+    fn assert_each_once(&self, expected: impl IntoIterator<Item = i64>) {
+        let expected: Vec<i64> = expected.into_iter().collect();
+        assert_eq!(self.deltalake_ids, expected, "deltalake reader");
+        if let Some(duckdb) = &self.duckdb_ids {
+            assert_eq!(duckdb, &expected, "duckdb reader");
+        }
+    }
+}
+
+/// One shard of work: stage the keys, write the rows, seal.
+async fn process(store: &CheckpointStore, sink: &DeltaSink, ids: &[i64]) -> CheckpointId {
+    let mut checkpoint = store.begin().await.unwrap();
+    checkpoint
+        .stage_keys(&[Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef])
+        .await
+        .unwrap();
+    let options = DeltaWriterOptions {
+        target_file_size_bytes: 2_048,
+        ..Default::default()
+    };
+    let mut writer = sink.writer(options).await.unwrap();
+    for chunk in ids.chunks(100) {
+        writer.write(&batch(chunk), &mut checkpoint).await.unwrap();
+    }
+    writer.finish(&mut checkpoint).await.unwrap();
+    checkpoint.seal().await.unwrap().checkpoint_id
+}
+
+fn range(from: i64, to: i64) -> Vec<i64> {
+    (from..to).collect()
+}
+
+fn backends() -> [Backend; 2] {
+    [Backend::local(), Backend::s3()]
+}
+
+#[tokio::test]
+async fn appends_land_once_and_repeated_commits_change_nothing() {
+    for backend in backends() {
+        let name = backend.name;
+        let fixture = Fixture::new(backend).await;
+        let store = fixture.store().await;
+        let sink = fixture.sink().await;
+        process(&store, &sink, &range(0, 500)).await;
+        process(&store, &sink, &range(500, 1_000)).await;
+        let committer = Committer::new(store.clone(), sink, PIPELINE);
+
+        let report = committer.commit_pending().await.unwrap();
+        assert_eq!(report.commits.len(), 1, "{name}: one table commit");
+        assert_eq!(report.commits[0].checkpoints.len(), 2);
+        assert!(
+            report.commits[0].files > 2,
+            "{name}: files roll at the target size"
+        );
+        assert_eq!(report.rows_applied(), 1_000);
+        assert!(committer.commit_pending().await.unwrap().commits.is_empty());
+        assert!(store.load().await.unwrap().pending_commit().is_empty());
+        let seen = fixture.read();
+        assert_eq!((seen.version, seen.txn), (1, Some(1)), "{name}");
+        seen.assert_each_once(range(0, 1_000));
+
+        process(&store, &sink_of(&fixture).await, &range(1_000, 1_200)).await;
+        let report = committer.commit_pending().await.unwrap();
+        assert_eq!(report.commits[0].sequence, 2);
+        let seen = fixture.read();
+        assert_eq!((seen.version, seen.txn), (2, Some(2)), "{name}");
+        seen.assert_each_once(range(0, 1_200));
+    }
+}
+
+async fn sink_of(fixture: &Fixture) -> DeltaSink {
+    fixture.sink().await
+}
+
+#[tokio::test]
+async fn a_lost_commit_response_is_recognised_not_applied_again() {
+    for backend in backends() {
+        let name = backend.name;
+        let fixture = Fixture::new(backend).await;
+        let store = fixture.store().await;
+        process(&store, &fixture.sink().await, &range(0, 300)).await;
+        let (sink, faulty) = fixture.faulty_sink().await;
+        // The log entry of version 1 is written, but the committer hears an error.
+        faulty.inject(
+            "_delta_log/00000000000000000001.json",
+            Fault::LoseResponse,
+            1,
+        );
+
+        let report = Committer::new(store.clone(), sink, PIPELINE)
+            .commit_pending()
+            .await
+            .unwrap();
+        assert!(
+            !report.commits[0].applied_now,
+            "{name}: recognised by the marker"
+        );
+        let seen = fixture.read();
+        assert_eq!(
+            seen.version, 1,
+            "{name}: no second version with the same files"
+        );
+        seen.assert_each_once(range(0, 300));
+    }
+}
+
+#[tokio::test]
+async fn a_crash_at_each_commit_step_is_repaired_by_the_next_run() {
+    // (step, which side dies, at which put, how, commits the repair makes,
+    // whether the repair appends the files itself).
+    let steps = [
+        (
+            "before the commit intent",
+            "store",
+            "commits/",
+            Fault::CrashBefore,
+            1,
+            true,
+        ),
+        (
+            "after the commit intent",
+            "store",
+            "commits/",
+            Fault::CrashAfter,
+            1,
+            true,
+        ),
+        (
+            "before the table commit",
+            "table",
+            "_delta_log/0",
+            Fault::CrashBefore,
+            1,
+            true,
+        ),
+        (
+            "after the table commit",
+            "table",
+            "_delta_log/0",
+            Fault::CrashAfter,
+            1,
+            false,
+        ),
+        (
+            "before mark-committed",
+            "store",
+            "committed/",
+            Fault::CrashBefore,
+            1,
+            false,
+        ),
+        (
+            "after mark-committed",
+            "store",
+            "committed/",
+            Fault::CrashAfter,
+            0,
+            false,
+        ),
+    ];
+    for backend in backends() {
+        let name = backend.name;
+        let fixture = Fixture::new(backend).await;
+        let mut expected = Vec::new();
+        for (n, (step, side, path, fault, commits, applied)) in steps.iter().enumerate() {
+            let ids = range(n as i64 * 100, n as i64 * 100 + 100);
+            expected.extend(&ids);
+            let store = fixture.store().await;
+            process(&store, &fixture.sink().await, &ids).await;
+
+            let (location, faulty_store) = fixture.backend.faulty();
+            let crashed_store = CheckpointStore::open_existing(location).await.unwrap();
+            let (crashed_sink, faulty_table) = fixture.faulty_sink().await;
+            let faulty = if *side == "table" {
+                faulty_table
+            } else {
+                faulty_store
+            };
+            faulty.inject(path, *fault, 1);
+            let crashed = Committer::new(crashed_store, crashed_sink, PIPELINE)
+                .commit_pending()
+                .await;
+            assert!(crashed.is_err(), "{name}, {step}: the run must fail");
+
+            let report = Committer::new(store.clone(), fixture.sink().await, PIPELINE)
+                .commit_pending()
+                .await
+                .unwrap_or_else(|e| panic!("{name}, {step}: repair failed: {e}"));
+            assert_eq!(report.commits.len(), *commits, "{name}, {step}");
+            if let Some(commit) = report.commits.first() {
+                assert_eq!(commit.applied_now, *applied, "{name}, {step}");
+            }
+            assert!(store.load().await.unwrap().pending_commit().is_empty());
+            let seen = fixture.read();
+            assert_eq!(seen.txn, Some(n as i64 + 1), "{name}, {step}");
+            expected.sort_unstable();
+            seen.assert_each_once(expected.clone());
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_and_committers_land_every_key_once() {
+    for backend in backends() {
+        let name = backend.name;
+        let fixture = Arc::new(Fixture::new(backend).await);
+        // Two pipelines append to the same table, each with two committers racing.
+        let mut tasks = Vec::new();
+        for pipeline in 0..2i64 {
+            let (url, options) = fixture.backend.data_url(&format!("store-{pipeline}"));
+            let store = CheckpointStore::open(
+                &url,
+                &options,
+                KeySchema::single("id", DataType::Int64).unwrap(),
+            )
+            .await
+            .unwrap();
+            for shard in 0..2 {
+                let start = pipeline * 1_000 + shard * 200;
+                process(&store, &fixture.sink().await, &range(start, start + 200)).await;
+            }
+            for _ in 0..2 {
+                let store = store.clone();
+                let fixture = fixture.clone();
+                tasks.push(tokio::spawn(async move {
+                    let id = format!("{PIPELINE}-{pipeline}");
+                    Committer::new(store, fixture.sink().await, id)
+                        .commit_pending()
+                        .await
+                }));
+            }
+        }
+        let mut applied = 0;
+        for task in tasks {
+            let report = task
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            applied += report.rows_applied();
+        }
+        assert_eq!(
+            applied, 800,
+            "{name}: each row applied by exactly one committer"
+        );
+        let mut expected = range(0, 400);
+        expected.extend(range(1_000, 1_400));
+        fixture.read().assert_each_once(expected);
+    }
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_nothing_is_half_committed() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    let sink = fixture.sink().await;
+    let mut checkpoint = store.begin().await.unwrap();
+    let mut writer = sink.writer(DeltaWriterOptions::default()).await.unwrap();
+
+    let wrong_type = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Utf8, false),
+            Field::new("region", DataType::Utf8, true),
+            Field::new("payload", DataType::Utf8, true),
+        ])),
+        vec![
+            Arc::new(StringArray::from(vec!["1"])),
+            Arc::new(StringArray::from(vec!["eu"])),
+            Arc::new(StringArray::from(vec!["x"])),
+        ],
+    )
+    .unwrap();
+    let error = writer
+        .write(&wrong_type, &mut checkpoint)
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("column `id` is Utf8 in the batch but Int64 in the table"),
+        "{error}"
+    );
+    let extra = batch(&[1]).project(&[0, 1]).unwrap();
+    let error = writer.write(&extra, &mut checkpoint).await.unwrap_err();
+    assert!(error.to_string().contains("no column `payload`"), "{error}");
+    let nulls = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int32, true),
+            Field::new("region", DataType::Utf8, true),
+            Field::new("payload", DataType::Utf8, true),
+        ])),
+        vec![
+            Arc::new(arrow::array::Int32Array::from(vec![Some(1), None])),
+            Arc::new(StringArray::from(vec!["eu", "eu"])),
+            Arc::new(StringArray::from(vec!["x", "y"])),
+        ],
+    )
+    .unwrap();
+    let error = writer.write(&nulls, &mut checkpoint).await.unwrap_err();
+    assert!(error.to_string().contains("not nullable"), "{error}");
+    assert_eq!(writer.finish(&mut checkpoint).await.unwrap().files, 0);
+    assert!(
+        checkpoint.seal().await.unwrap().files.is_empty(),
+        "nothing was written"
+    );
+
+    let empty = tempfile::tempdir().unwrap();
+    for missing in [empty.path().to_path_buf(), empty.path().join("absent")] {
+        let url = Url::from_directory_path(missing).unwrap();
+        let error = DeltaSink::open(url, HashMap::new()).await.unwrap_err();
+        assert!(error.to_string().contains("no Delta table"), "{error}");
+    }
+
+    // A log entry that is not JSON: the commit fails with the table named, and
+    // the checkpoint stays pending for the next run.
+    process(&store, &sink, &range(0, 10)).await;
+    let log = fixture.url.to_file_path().unwrap().join("_delta_log");
+    std::fs::write(log.join("00000000000000000001.json"), b"{not json").unwrap();
+    let error = Committer::new(store.clone(), sink, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains(fixture.url.as_str()), "{error}");
+    // Both checkpoints (the empty one sealed above and this one) still wait.
+    assert_eq!(store.load().await.unwrap().pending_commit().len(), 2);
+}
+
+#[tokio::test]
+async fn a_store_that_did_not_make_the_tables_commits_is_refused() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    process(&store, &fixture.sink().await, &range(0, 10)).await;
+    Committer::new(store, fixture.sink().await, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap();
+
+    // A second, fresh store under the same pipeline id: its commit 1 would be
+    // mistaken for the table's commit 1 and its rows dropped.
+    let other = Backend::local();
+    let store = CheckpointStore::open_at(
+        other.location(),
+        KeySchema::single("id", DataType::Int64).unwrap(),
+    )
+    .await
+    .unwrap();
+    process(&store, &fixture.sink().await, &range(10, 20)).await;
+    let error = Committer::new(store.clone(), fixture.sink().await, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("never made"), "{error}");
+    assert_eq!(store.load().await.unwrap().pending_commit().len(), 1);
+    fixture.read().assert_each_once(range(0, 10));
+}
