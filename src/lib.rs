@@ -30,6 +30,7 @@
 //! ```
 
 pub mod commit;
+pub mod conform;
 pub mod error;
 pub mod filter;
 pub mod read;

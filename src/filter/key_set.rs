@@ -4,6 +4,7 @@
 //! appended to one arena and the table holds their offset and length, so a key
 //! costs its bytes plus one slot, with no allocation per key.
 
+use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 
 use super::codec::Key;
@@ -27,6 +28,18 @@ impl KeySet {
     /// An empty set.
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty set with room for `keys` keys without growing: word keys if
+    /// `words`, byte keys otherwise.
+    pub(crate) fn with_capacity(keys: usize, words: bool) -> Self {
+        let mut set = Self::new();
+        if words {
+            set.words = HashTable::with_capacity(keys);
+        } else {
+            set.slots = HashTable::with_capacity(keys);
+        }
+        set
     }
 
     /// Number of keys held.
@@ -56,13 +69,17 @@ impl KeySet {
     pub(crate) fn insert(&mut self, key: Key<'_>, hash: u64) -> Result<bool> {
         let new = match key {
             Key::Null => !std::mem::replace(&mut self.has_null, true),
+            // One probe: find the key or the slot to put it in.
             Key::Word(w) => {
-                if self.words.find(hash, |&v| v == w).is_some() {
-                    false
-                } else {
-                    self.words
-                        .insert_unique(hash, w, |&v| Key::Word(v).table_hash());
-                    true
+                match self
+                    .words
+                    .entry(hash, |&v| v == w, |&v| Key::Word(v).table_hash())
+                {
+                    Entry::Occupied(_) => false,
+                    Entry::Vacant(slot) => {
+                        slot.insert(w);
+                        true
+                    }
                 }
             }
             Key::Bytes(b) => {

@@ -190,7 +190,15 @@ impl CheckpointedRead {
         let plan = match in_memory {
             Some(filter) => {
                 stats.peak_filter_bytes = filter.memory_bytes();
-                let run_keys = (options.duplicates != DuplicatePolicy::PassAll).then(KeySet::new);
+                // Sized for every source row up front (within the budget):
+                // growing a table of millions of keys rehashes it several times.
+                let rows = source
+                    .row_count()
+                    .and_then(|r| usize::try_from(r).ok())
+                    .unwrap_or(0)
+                    .min(options.memory_budget_bytes / 16);
+                let run_keys = (options.duplicates != DuplicatePolicy::PassAll)
+                    .then(|| KeySet::with_capacity(rows, codec.is_words()));
                 Plan::InMemory {
                     filter: Box::new(filter),
                     run_keys,

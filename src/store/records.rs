@@ -181,6 +181,10 @@ pub struct InFlightRecord {
     pub path: String,
     /// When it was recorded.
     pub recorded_at: DateTime<Utc>,
+    /// `true` if `path` is a prefix (a directory ending in `/`) under which the
+    /// writer puts files whose names a table library chooses as it writes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefix: bool,
 }
 
 /// Written when a writer begins a checkpoint.

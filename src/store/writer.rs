@@ -30,6 +30,8 @@ pub struct CheckpointWriter {
     begun_at: DateTime<Utc>,
     key_files: Vec<KeyFileRef>,
     in_flight: BTreeSet<String>,
+    /// Recorded prefixes, and whether a file under each was staged.
+    in_flight_prefixes: BTreeMap<String, bool>,
     files: Vec<FileRecord>,
     properties: BTreeMap<String, String>,
     sealed: Option<Manifest>,
@@ -46,6 +48,7 @@ impl CheckpointWriter {
             begun_at: Utc::now(),
             key_files: Vec::new(),
             in_flight: BTreeSet::new(),
+            in_flight_prefixes: BTreeMap::new(),
             files: Vec::new(),
             properties: BTreeMap::new(),
             sealed: None,
@@ -147,6 +150,28 @@ impl CheckpointWriter {
     /// Records that a data file is about to be written at `path`, before writing
     /// it, so that a crash leaves no file the store does not know about.
     pub async fn record_in_flight(&mut self, path: &str) -> Result<()> {
+        self.put_in_flight(path, false).await?;
+        self.in_flight.insert(path.to_string());
+        Ok(())
+    }
+
+    /// Records that data files are about to be written below `prefix` (a
+    /// directory, ending in `/`), for writers whose file names are chosen by a
+    /// table library as it writes. Every file staged from then on may be
+    /// anywhere below the prefix; a crash leaves files only there.
+    pub async fn record_in_flight_prefix(&mut self, prefix: &str) -> Result<()> {
+        if !prefix.ends_with('/') {
+            return Err(Error::InvalidLocation {
+                url: prefix.to_string(),
+                reason: "an in-flight prefix must be a directory ending in `/`".to_string(),
+            });
+        }
+        self.put_in_flight(prefix, true).await?;
+        self.in_flight_prefixes.insert(prefix.to_string(), false);
+        Ok(())
+    }
+
+    async fn put_in_flight(&mut self, path: &str, prefix: bool) -> Result<()> {
         self.ensure_unsealed().await?;
         let record_path = self.store.layout().in_flight(self.id, self.writer_id);
         let record = InFlightRecord {
@@ -155,25 +180,34 @@ impl CheckpointWriter {
             writer_id: self.writer_id,
             path: path.to_string(),
             recorded_at: Utc::now(),
+            prefix,
         };
         let encoded = records::encode(ObjectKind::InFlightRecord, record_path.as_ref(), &record)?;
-        io::put(self.store.object_store(), &record_path, encoded).await?;
-        self.in_flight.insert(path.to_string());
-        Ok(())
+        io::put(self.store.object_store(), &record_path, encoded).await
     }
 
     /// Stages the record of a data file that is now fully written. The file must
-    /// have been recorded with [`record_in_flight`](Self::record_in_flight).
+    /// have been recorded with [`record_in_flight`](Self::record_in_flight), or
+    /// lie below a prefix recorded with
+    /// [`record_in_flight_prefix`](Self::record_in_flight_prefix).
     pub async fn stage_file(&mut self, record: FileRecord) -> Result<()> {
-        if !self.in_flight.remove(&record.path) {
+        let exact = self.in_flight.contains(&record.path);
+        let prefix = self
+            .in_flight_prefixes
+            .keys()
+            .find(|p| record.path.starts_with(p.as_str()))
+            .cloned();
+        if !exact && prefix.is_none() {
             return Err(Error::NotInFlight {
                 id: self.id.to_string(),
                 path: record.path,
             });
         }
-        if let Err(e) = self.ensure_unsealed().await {
-            self.in_flight.insert(record.path);
-            return Err(e);
+        self.ensure_unsealed().await?;
+        if exact {
+            self.in_flight.remove(&record.path);
+        } else if let Some(staged) = prefix.and_then(|p| self.in_flight_prefixes.get_mut(&p)) {
+            *staged = true;
         }
         self.files.push(record);
         Ok(())
@@ -198,7 +232,18 @@ impl CheckpointWriter {
             sealed_at: Utc::now(),
             key_files: self.key_files.clone(),
             files: self.files.clone(),
-            abandoned_writes: self.in_flight.iter().cloned().collect(),
+            // Exact paths never staged, and prefixes nothing was staged under.
+            abandoned_writes: self
+                .in_flight
+                .iter()
+                .chain(
+                    self.in_flight_prefixes
+                        .iter()
+                        .filter(|(_, staged)| !**staged)
+                        .map(|(p, _)| p),
+                )
+                .cloned()
+                .collect(),
             properties: self.properties.clone(),
         };
         let path = self.store.layout().sealed(self.id);

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array};
-use arrow_cast::{can_cast_types, cast};
-use arrow_schema::{DataType, Schema, SchemaRef, TimeUnit};
+use arrow_cast::cast;
+use arrow_schema::{DataType, Schema, SchemaRef};
 use chrono::Utc;
 use deltalake::kernel::Add;
 use deltalake::logstore::ObjectStoreRef;
@@ -21,6 +21,7 @@ use parquet::arrow::async_writer::ParquetObjectWriter;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use tidemark::conform::conform_batch;
 use tidemark::store::CheckpointWriter;
 use uuid::Uuid;
 
@@ -154,7 +155,11 @@ impl DeltaWriter {
         batch: &RecordBatch,
         checkpoint: &mut CheckpointWriter,
     ) -> Result<()> {
-        let batch = conform(&self.table, &self.table_schema, batch)?;
+        let batch =
+            conform_batch(&self.table_schema, batch).map_err(|reason| Error::SchemaMismatch {
+                table: self.table.clone(),
+                reason,
+            })?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -379,81 +384,5 @@ fn directory_name(value: Option<&str>) -> String {
                 }
             })
             .collect(),
-    }
-}
-
-/// The batch with the table's schema: columns reordered by name and widened
-/// where that is exact. Refuses missing, extra or incompatible columns.
-pub(crate) fn conform(table: &str, schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch> {
-    let mismatch = |reason: String| Error::SchemaMismatch {
-        table: table.to_string(),
-        reason,
-    };
-    let batch_schema = batch.schema();
-    let extra: Vec<&str> = batch_schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .filter(|name| schema.field_with_name(name).is_err())
-        .collect();
-    if !extra.is_empty() {
-        return Err(mismatch(format!(
-            "the batch has columns the table does not: {}",
-            extra.join(", ")
-        )));
-    }
-    let mut columns = Vec::with_capacity(schema.fields().len());
-    for field in schema.fields() {
-        let Some(array) = batch.column_by_name(field.name()) else {
-            return Err(mismatch(format!(
-                "the batch has no column `{}` ({})",
-                field.name(),
-                field.data_type()
-            )));
-        };
-        let array = if array.data_type() == field.data_type() {
-            array.clone()
-        } else if widens_exactly(array.data_type(), field.data_type())
-            && can_cast_types(array.data_type(), field.data_type())
-        {
-            cast(array, field.data_type()).map_err(|e| {
-                mismatch(format!(
-                    "column `{}` could not be widened: {e}",
-                    field.name()
-                ))
-            })?
-        } else {
-            return Err(mismatch(format!(
-                "column `{}` is {} in the batch but {} in the table",
-                field.name(),
-                array.data_type(),
-                field.data_type()
-            )));
-        };
-        if !field.is_nullable() && array.null_count() > 0 {
-            return Err(mismatch(format!(
-                "column `{}` is not nullable in the table but has {} null(s) in the batch",
-                field.name(),
-                array.null_count()
-            )));
-        }
-        columns.push(array);
-    }
-    RecordBatch::try_new(schema.clone(), columns)
-        .map_err(|e| mismatch(format!("the conformed batch is invalid: {e}")))
-}
-
-/// Whether a cast from `from` to `to` keeps every value exactly.
-fn widens_exactly(from: &DataType, to: &DataType) -> bool {
-    use DataType::*;
-    match (from, to) {
-        (Utf8View | LargeUtf8 | Utf8, Utf8 | LargeUtf8 | Utf8View) => true,
-        (BinaryView | LargeBinary | Binary, Binary | LargeBinary | BinaryView) => true,
-        (Int8, Int16 | Int32 | Int64) | (Int16, Int32 | Int64) | (Int32, Int64) => true,
-        (Float32, Float64) => true,
-        (Timestamp(from_unit, from_tz), Timestamp(TimeUnit::Microsecond, to_tz)) => {
-            from_tz == to_tz && matches!(from_unit, TimeUnit::Second | TimeUnit::Millisecond)
-        }
-        _ => false,
     }
 }
