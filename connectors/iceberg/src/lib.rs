@@ -6,12 +6,20 @@
 //! Iceberg spec's JSON form, with the partition spec id and table format version
 //! needed to read it back.
 //!
-//! [`IcebergSource`] reads a table's current snapshot as a tidemark source, for
-//! checkpointed reads.
+//! - [`IcebergSource`]: a table's current snapshot as a checkpointed-read source;
+//! - [`IcebergWriter`]: data files written with iceberg's writers (field ids,
+//!   statistics, partition transforms), each recorded in a checkpoint;
+//! - [`IcebergSink`]: idempotent appends of checkpointed files, one snapshot per
+//!   commit, with the pipeline's marker in a table property (see
+//!   [`tidemark::commit`]).
 
+pub mod sink;
 pub mod source;
+pub mod writer;
 
+pub use sink::IcebergSink;
 pub use source::IcebergSource;
+pub use writer::{IcebergWriter, IcebergWriterOptions};
 
 use iceberg::spec::{
     deserialize_data_file_from_json, serialize_data_file_to_json, DataFile, FormatVersion, Schema,
@@ -38,6 +46,52 @@ pub enum Error {
         #[source]
         source: Box<iceberg::Error>,
     },
+    /// The catalog has no such table.
+    #[error("no Iceberg table `{table}` in the catalog")]
+    TableNotFound {
+        /// The table identifier.
+        table: String,
+    },
+
+    /// The table cannot be committed to as it is.
+    #[error("Iceberg table `{table}`: {reason}")]
+    InvalidTable {
+        /// The table identifier.
+        table: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// A batch does not fit the table's schema. Nothing of it was written.
+    #[error("batch does not match Iceberg table `{table}`: {reason}")]
+    SchemaMismatch {
+        /// The table identifier.
+        table: String,
+        /// What differs.
+        reason: String,
+    },
+
+    /// Recording a data file in the checkpoint failed.
+    #[error("recording data file `{path}` in the checkpoint failed: {source}")]
+    Checkpoint {
+        /// The data file or prefix.
+        path: String,
+        /// The store's error.
+        #[source]
+        source: Box<tidemark::Error>,
+    },
+
+    /// Every commit attempt failed with a retryable error.
+    #[error("committing to Iceberg table `{table}` failed {attempts} times; last error: {last}")]
+    CommitGaveUp {
+        /// The table identifier.
+        table: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: String,
+    },
+
     /// A file record is not one this connector can read.
     #[error("file record for `{path}` is not an Iceberg data file record: {reason}")]
     NotADataFileRecord {
@@ -50,6 +104,15 @@ pub enum Error {
 
 /// Result alias of the Iceberg connector.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    fn iceberg(context: String, source: iceberg::Error) -> Self {
+        Error::Iceberg {
+            context,
+            source: Box::new(source),
+        }
+    }
+}
 
 /// Encodes a data file written for a table with `partition_type` (the partition
 /// spec's struct type) and `format_version` as a checkpoint file record.

@@ -1,0 +1,253 @@
+//! The Iceberg table as a [`CommitSink`]: one snapshot per commit, appending
+//! the checkpointed data files, with the pipeline's marker kept where snapshot
+//! expiry cannot remove it.
+//!
+//! The marker is the table property `tidemark.pipeline.{id}.commit-sequence`,
+//! set in the same transaction as the append (an Iceberg commit applies all of
+//! its updates or none). The snapshot summary also names the pipeline, the
+//! sequence and the checkpoints, for people reading the history; recovery
+//! never walks that history.
+//!
+//! iceberg's `Transaction::commit` retries a conflict by re-applying the
+//! append to the refreshed table without knowing about the marker, so a commit
+//! whose response was lost could land twice. This sink commits with those
+//! retries off (on an in-memory copy of the table's metadata; the table's own
+//! properties are not changed) and runs its own loop, which reloads the table
+//! and reads the marker before every attempt. The append also keeps iceberg's
+//! duplicate-file check, a second guard against adding a file twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use iceberg::spec::TableProperties;
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{Catalog, ErrorKind, Runtime, TableIdent};
+use serde_json::json;
+use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink};
+use tidemark::error::BoxError;
+
+use crate::writer::{IcebergWriter, IcebergWriterOptions};
+use crate::{record_to_data_file, Error, Result};
+
+/// How many times a commit is attempted before the last error is returned.
+const COMMIT_ATTEMPTS: u32 = 12;
+
+/// The table property holding a pipeline's last committed sequence.
+pub fn marker_property(pipeline_id: &str) -> String {
+    format!("tidemark.pipeline.{pipeline_id}.commit-sequence")
+}
+
+/// An Iceberg table, through its catalog, that pipelines append to idempotently.
+pub struct IcebergSink {
+    catalog: Arc<dyn Catalog>,
+    ident: TableIdent,
+}
+
+impl std::fmt::Debug for IcebergSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IcebergSink")
+            .field("table", &self.ident.to_string())
+            .finish()
+    }
+}
+
+impl IcebergSink {
+    /// The table `ident` of `catalog`. Fails with [`Error::TableNotFound`] if
+    /// the catalog has no such table, or with the catalog's error if it cannot
+    /// be reached.
+    pub async fn open(catalog: Arc<dyn Catalog>, ident: TableIdent) -> Result<Self> {
+        let sink = IcebergSink { catalog, ident };
+        sink.load().await?;
+        Ok(sink)
+    }
+
+    /// The table's current state, loaded from the catalog.
+    pub async fn load(&self) -> Result<Table> {
+        match self.catalog.load_table(&self.ident).await {
+            Ok(table) => Ok(table),
+            Err(e) if e.kind() == ErrorKind::TableNotFound => Err(Error::TableNotFound {
+                table: self.ident.to_string(),
+            }),
+            Err(e) => Err(Error::iceberg(
+                format!("loading table `{}` from the catalog", self.ident),
+                e,
+            )),
+        }
+    }
+
+    /// A writer of data files for the table's current schema and spec.
+    pub async fn writer(&self, options: IcebergWriterOptions) -> Result<IcebergWriter> {
+        IcebergWriter::new(&self.load().await?, options)
+    }
+
+    /// The pipeline's last committed sequence, from the table's properties.
+    pub async fn committed(&self, pipeline_id: &str) -> Result<Option<u64>> {
+        marker(&self.load().await?, pipeline_id)
+    }
+
+    async fn commit_request(&self, request: &CommitRequest) -> Result<CommitOutcome> {
+        let key = marker_property(&request.pipeline_id);
+        let summary = HashMap::from([
+            ("tidemark.pipeline".to_string(), request.pipeline_id.clone()),
+            (
+                "tidemark.commit-sequence".to_string(),
+                request.sequence.to_string(),
+            ),
+            (
+                "tidemark.checkpoints".to_string(),
+                request
+                    .checkpoints
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ]);
+        let mut last_error = String::new();
+        for attempt in 0..COMMIT_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            // The marker is read again before every attempt: an earlier attempt
+            // may have landed although its response was lost.
+            let table = self.load().await?;
+            if marker(&table, &request.pipeline_id)?.is_some_and(|m| m >= request.sequence) {
+                return Ok(CommitOutcome {
+                    applied: false,
+                    table_version: snapshot_of(&table),
+                });
+            }
+            let metadata = table.metadata();
+            let schema = metadata.current_schema();
+            let files = request
+                .files
+                .iter()
+                .map(|f| record_to_data_file(f, metadata.default_partition_type(), schema))
+                .collect::<Result<Vec<_>>>()?;
+            let base = without_commit_retries(&table)?;
+            let tx = Transaction::new(&base);
+            let tx = tx
+                .fast_append()
+                .add_data_files(files)
+                .set_snapshot_properties(summary.clone())
+                .apply(tx)
+                .map_err(|e| self.error("preparing the append", e))?;
+            let tx = tx
+                .update_table_properties()
+                .set(key.clone(), request.sequence.to_string())
+                .apply(tx)
+                .map_err(|e| self.error("preparing the marker", e))?;
+            match tx.commit(self.catalog.as_ref()).await {
+                Ok(table) => {
+                    return Ok(CommitOutcome {
+                        applied: true,
+                        table_version: snapshot_of(&table),
+                    })
+                }
+                Err(e) if retryable(&e) => {
+                    tracing::warn!(table = %self.ident, attempt, error = %e, "iceberg commit attempt failed; re-checking the marker");
+                    last_error = e.to_string();
+                }
+                Err(e) => return Err(self.error("committing", e)),
+            }
+        }
+        Err(Error::CommitGaveUp {
+            table: self.ident.to_string(),
+            attempts: COMMIT_ATTEMPTS,
+            last: last_error,
+        })
+    }
+
+    fn error(&self, context: &str, source: iceberg::Error) -> Error {
+        Error::iceberg(format!("table `{}`: {context}", self.ident), source)
+    }
+}
+
+impl CommitSink for IcebergSink {
+    fn table(&self) -> String {
+        format!("iceberg:{}", self.ident)
+    }
+
+    fn committed_sequence<'a>(
+        &'a self,
+        pipeline_id: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<Option<u64>, BoxError>> {
+        Box::pin(async move { Ok(self.committed(pipeline_id).await?) })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        request: &'a CommitRequest,
+    ) -> BoxFuture<'a, std::result::Result<CommitOutcome, BoxError>> {
+        Box::pin(async move { Ok(self.commit_request(request).await?) })
+    }
+}
+
+fn marker(table: &Table, pipeline_id: &str) -> Result<Option<u64>> {
+    let key = marker_property(pipeline_id);
+    match table.metadata().properties().get(&key) {
+        None => Ok(None),
+        Some(value) => value.parse().map(Some).map_err(|_| Error::InvalidTable {
+            table: table.identifier().to_string(),
+            reason: format!("table property `{key}` is `{value}`, not a commit sequence"),
+        }),
+    }
+}
+
+fn snapshot_of(table: &Table) -> serde_json::Value {
+    json!({ "snapshot_id": table.metadata().current_snapshot_id() })
+}
+
+/// A copy of `table` whose metadata, in memory only, turns off
+/// `Transaction::commit`'s own retries. The transaction bases its commit on the
+/// table freshly loaded from the catalog, so nothing of this copy is written.
+fn without_commit_retries(table: &Table) -> Result<Table> {
+    let name = table.identifier().to_string();
+    let mut properties = table.metadata().properties().clone();
+    properties.insert(
+        TableProperties::PROPERTY_COMMIT_NUM_RETRIES.to_string(),
+        "0".to_string(),
+    );
+    let metadata = table
+        .metadata()
+        .clone()
+        .into_builder(None)
+        .set_properties(properties)
+        .and_then(|b| b.build())
+        .map_err(|e| Error::iceberg(format!("table `{name}`: copying metadata"), e))?
+        .metadata;
+    let runtime = Runtime::try_current()
+        .map_err(|e| Error::iceberg(format!("table `{name}`: the runtime"), e))?;
+    let mut builder = Table::builder()
+        .file_io(table.file_io().clone())
+        .metadata(metadata)
+        .identifier(table.identifier().clone())
+        .runtime(runtime);
+    if let Some(location) = table.metadata_location() {
+        builder = builder.metadata_location(location);
+    }
+    builder
+        .build()
+        .map_err(|e| Error::iceberg(format!("table `{name}`: copying metadata"), e))
+}
+
+/// Errors after which the commit may or may not have landed, or that another
+/// writer caused: worth a reload, a marker check and another attempt. Errors
+/// that say the request itself is wrong are not.
+fn retryable(error: &iceberg::Error) -> bool {
+    !matches!(
+        error.kind(),
+        ErrorKind::DataInvalid
+            | ErrorKind::FeatureUnsupported
+            | ErrorKind::TableNotFound
+            | ErrorKind::NamespaceNotFound
+            | ErrorKind::PreconditionFailed
+    )
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(20u64.saturating_mul(1 << attempt.min(8)))
+}
