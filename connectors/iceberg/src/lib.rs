@@ -179,14 +179,49 @@ pub fn record_to_data_file(
     let data_file = metadata
         .body
         .get("data_file")
-        .ok_or_else(|| invalid("no data_file".into()))?
-        .to_string();
+        .ok_or_else(|| invalid("no data_file".into()))?;
+    let data_file = with_ordered_partition(data_file, partition_type).map_err(invalid)?;
     deserialize_data_file_from_json(&data_file, spec_id, partition_type, schema).map_err(|source| {
         Error::Iceberg {
             context: format!("decoding data file `{}`", record.path),
             source: Box::new(source),
         }
     })
+}
+
+/// The data file's JSON text with its `partition` object's keys in the order of
+/// the partition type. iceberg decodes that object by position, while a JSON
+/// object read back into a `serde_json::Value` has its keys sorted by name; for
+/// a spec like `(region, id_bucket)` the values would come back swapped.
+fn with_ordered_partition(
+    data_file: &Value,
+    partition_type: &StructType,
+) -> std::result::Result<String, String> {
+    let Value::Object(fields) = data_file else {
+        return Err("data_file is not a JSON object".into());
+    };
+    let partition = match fields.get("partition") {
+        Some(Value::Object(partition)) => partition,
+        Some(_) => return Err("partition is not a JSON object".into()),
+        None => return Err("no partition".into()),
+    };
+    let mut ordered = Vec::with_capacity(partition_type.fields().len());
+    for field in partition_type.fields() {
+        let value = partition.get(&field.name).unwrap_or(&Value::Null);
+        ordered.push(format!("{}:{value}", Value::from(field.name.as_str())));
+    }
+    let mut rest = fields.clone();
+    rest.remove("partition");
+    let rest = Value::Object(rest).to_string();
+    let rest = rest
+        .strip_prefix('{')
+        .and_then(|r| r.strip_suffix('}'))
+        .unwrap_or_default();
+    let separator = if rest.is_empty() { "" } else { "," };
+    Ok(format!(
+        "{{\"partition\":{{{}}}{separator}{rest}}}",
+        ordered.join(",")
+    ))
 }
 
 fn format_version_number(version: FormatVersion) -> u8 {

@@ -1,7 +1,8 @@
 """Appends rows to an Iceberg table with pyiceberg (a writer we did not write).
 
 usage: pyiceberg_append.py CATALOG_DB WAREHOUSE_DIR TABLE IDS_JSON
-Creates namespace and table (id long, payload string) when missing.
+Creates namespace and table (id long, payload string) when missing; an
+existing table gets `id` and `payload` filled and its other columns null.
 """
 import json
 import sys
@@ -19,8 +20,15 @@ schema = pa.schema([pa.field("id", pa.int64()), pa.field("payload", pa.string())
 if not catalog.table_exists(table_name):
     catalog.create_table(table_name, schema=schema)
 table = catalog.load_table(table_name)
+# Fit the table's own schema (it may have been created elsewhere with more
+# columns, or with `id` required); other columns are left null.
+schema = table.schema().as_arrow()
+columns = {
+    "id": pa.array(ids, pa.int64()),
+    "payload": pa.array([f"payload of {i}" for i in ids], pa.string()),
+}
 data = pa.table(
-    {"id": pa.array(ids, pa.int64()), "payload": [f"payload of {i}" for i in ids]},
+    [columns.get(f.name, pa.nulls(len(ids), f.type)).cast(f.type) for f in schema],
     schema=schema,
 )
 table.append(data)

@@ -1,0 +1,648 @@
+//! The Iceberg sink against real tables in a SQL catalog on SQLite (table
+//! files on the local file system; checkpoint stores on the local file system
+//! and on a local S3-compatible server): appends land once, and lost catalog
+//! responses, crashes between the protocol's steps, concurrent committers and
+//! snapshot expiry still leave every key exactly once, as pyiceberg and
+//! DuckDB's iceberg extension read it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on failure by design
+
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use async_trait::async_trait;
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::spec::{NestedField, PrimitiveType, Transform, Type, UnboundPartitionSpec};
+use iceberg::table::Table;
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::{
+    Catalog, CatalogBuilder, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent,
+};
+use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
+use support::{Backend, Fault};
+use tidemark::commit::Committer;
+use tidemark::store::{CheckpointId, CheckpointStore, KeySchema};
+use tidemark_iceberg::sink::marker_property;
+use tidemark_iceberg::{IcebergSink, IcebergWriterOptions};
+
+const PIPELINE: &str = "daily-embeddings";
+
+/// A SQLite SQL catalog with one partitioned table, and a checkpoint store.
+struct Fixture {
+    dir: tempfile::TempDir,
+    backend: Backend,
+}
+
+impl Fixture {
+    async fn new(backend: Backend) -> Self {
+        let fixture = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            backend,
+        };
+        let catalog = fixture.catalog().await;
+        let namespace = NamespaceIdent::new("pipeline".into());
+        catalog
+            .create_namespace(&namespace, HashMap::new())
+            .await
+            .unwrap();
+        let schema = iceberg::spec::Schema::builder()
+            .with_fields(vec![
+                NestedField::required(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
+                NestedField::optional(2, "region", Type::Primitive(PrimitiveType::String)).into(),
+                NestedField::optional(3, "payload", Type::Primitive(PrimitiveType::String)).into(),
+            ])
+            .build()
+            .unwrap();
+        let spec = UnboundPartitionSpec::builder()
+            .add_partition_field(2, "region", Transform::Identity)
+            .unwrap()
+            .add_partition_field(1, "id_bucket", Transform::Bucket(4))
+            .unwrap()
+            .build();
+        catalog
+            .create_table(
+                &namespace,
+                TableCreation::builder()
+                    .name("events".into())
+                    .schema(schema)
+                    .partition_spec(spec)
+                    .build(),
+            )
+            .await
+            .unwrap();
+        fixture
+    }
+
+    fn uri(&self) -> String {
+        format!("sqlite://{}/catalog.db?mode=rwc", self.dir.path().display())
+    }
+
+    fn warehouse(&self) -> String {
+        format!("file://{}/warehouse", self.dir.path().display())
+    }
+
+    async fn catalog(&self) -> Arc<dyn Catalog> {
+        let catalog = SqlCatalogBuilder::default()
+            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .load(
+                "tidemark",
+                HashMap::from([
+                    (SQL_CATALOG_PROP_URI.to_string(), self.uri()),
+                    (SQL_CATALOG_PROP_WAREHOUSE.to_string(), self.warehouse()),
+                ]),
+            )
+            .await
+            .unwrap();
+        Arc::new(catalog)
+    }
+
+    fn ident() -> TableIdent {
+        TableIdent::from_strs(["pipeline", "events"]).unwrap()
+    }
+
+    async fn sink(&self) -> IcebergSink {
+        IcebergSink::open(self.catalog().await, Self::ident())
+            .await
+            .unwrap()
+    }
+
+    async fn faulty_sink(&self, fault: Fault) -> IcebergSink {
+        let catalog = Arc::new(FaultyCatalog {
+            inner: self.catalog().await,
+            fault: Mutex::new(Some(fault)),
+            dead: AtomicBool::new(false),
+        });
+        IcebergSink::open(catalog, Self::ident()).await.unwrap()
+    }
+
+    async fn store(&self) -> CheckpointStore {
+        CheckpointStore::open_at(
+            self.backend.location(),
+            KeySchema::single("id", DataType::Int64).unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// What pyiceberg and DuckDB see.
+    fn read(&self) -> Readout {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/iceberg_read.py");
+        let uri = format!("sqlite:///{}/catalog.db", self.dir.path().display());
+        let output = Command::new("python3")
+            .args([script, &uri, &self.warehouse(), "pipeline.events"])
+            .output()
+            .expect("run python3 (bash .ci/run installs pyiceberg and duckdb)");
+        assert!(
+            output.status.success(),
+            "reading the table failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let ids = |key: &str| {
+            let mut ids: Vec<i64> = serde_json::from_value(value[key].clone()).unwrap();
+            ids.sort_unstable();
+            ids
+        };
+        Readout {
+            pyiceberg_ids: ids("pyiceberg_ids"),
+            duckdb_ids: ids("duckdb_ids"),
+            marker: value["properties"][marker_property(PIPELINE)]
+                .as_str()
+                .map(|s| s.parse().unwrap()),
+            summary: value["summary"].clone(),
+        }
+    }
+
+    fn foreign_append(&self, ids: &[i64]) {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/pyiceberg_append.py"
+        );
+        let db = format!("{}/catalog.db", self.dir.path().display());
+        let warehouse = format!("{}/warehouse", self.dir.path().display());
+        let output = Command::new("python3")
+            .args([script, &db, &warehouse, "pipeline.events"])
+            .arg(serde_json::to_string(ids).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "pyiceberg append failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+struct Readout {
+    pyiceberg_ids: Vec<i64>,
+    duckdb_ids: Vec<i64>,
+    marker: Option<u64>,
+    summary: serde_json::Value,
+}
+
+impl Readout {
+    fn assert_each_once(&self, expected: impl IntoIterator<Item = i64>) {
+        let mut expected: Vec<i64> = expected.into_iter().collect();
+        expected.sort_unstable();
+        assert_eq!(self.pyiceberg_ids, expected, "pyiceberg reader");
+        assert_eq!(self.duckdb_ids, expected, "duckdb reader");
+    }
+}
+
+fn batch(ids: &[i64]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("region", DataType::Utf8, true),
+        Field::new("payload", DataType::Utf8, true),
+    ]));
+    let regions: Vec<Option<&str>> = ids
+        .iter()
+        .map(|i| match i % 3 {
+            0 => Some("eu"),
+            1 => Some("us/east"),
+            _ => None,
+        })
+        .collect();
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(Int64Array::from(ids.to_vec())),
+            Arc::new(StringArray::from(regions)),
+            Arc::new(StringArray::from(
+                ids.iter()
+                    .map(|i| format!("payload of {i}"))
+                    .collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// One shard of work: stage the keys, write the rows, seal.
+async fn process(store: &CheckpointStore, sink: &IcebergSink, ids: &[i64]) -> CheckpointId {
+    let mut checkpoint = store.begin().await.unwrap();
+    checkpoint
+        .stage_keys(&[Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef])
+        .await
+        .unwrap();
+    let mut writer = sink.writer(IcebergWriterOptions::default()).await.unwrap();
+    for chunk in ids.chunks(100) {
+        writer.write(&batch(chunk), &mut checkpoint).await.unwrap();
+    }
+    writer.finish(&mut checkpoint).await.unwrap();
+    checkpoint.seal().await.unwrap().checkpoint_id
+}
+
+fn range(from: i64, to: i64) -> Vec<i64> {
+    (from..to).collect()
+}
+
+#[tokio::test]
+async fn appends_land_once_and_repeated_commits_change_nothing() {
+    for backend in [Backend::local(), Backend::s3()] {
+        let name = backend.name;
+        let fixture = Fixture::new(backend).await;
+        let store = fixture.store().await;
+        let sink = fixture.sink().await;
+        process(&store, &sink, &range(0, 500)).await;
+        process(&store, &sink, &range(500, 1_000)).await;
+        let committer = Committer::new(store.clone(), sink, PIPELINE);
+
+        let report = committer.commit_pending().await.unwrap();
+        assert_eq!(report.commits.len(), 1, "{name}");
+        assert!(
+            report.commits[0].files >= 6,
+            "{name}: one file per partition"
+        );
+        assert_eq!(report.rows_applied(), 1_000);
+        assert!(committer.commit_pending().await.unwrap().commits.is_empty());
+        let seen = fixture.read();
+        assert_eq!(seen.marker, Some(1), "{name}");
+        assert_eq!(seen.summary["tidemark.pipeline"], PIPELINE);
+        assert_eq!(seen.summary["tidemark.commit-sequence"], "1");
+        seen.assert_each_once(range(0, 1_000));
+
+        process(&store, committer.sink(), &range(1_000, 1_100)).await;
+        assert_eq!(
+            committer.commit_pending().await.unwrap().commits[0].sequence,
+            2
+        );
+        let seen = fixture.read();
+        assert_eq!(seen.marker, Some(2), "{name}");
+        seen.assert_each_once(range(0, 1_100));
+    }
+}
+
+#[tokio::test]
+async fn a_lost_commit_response_is_recognised_not_applied_again() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    process(&store, &fixture.sink().await, &range(0, 300)).await;
+    // The catalog applies the commit; the committer hears an error.
+    let sink = fixture.faulty_sink(Fault::LoseResponse).await;
+    let report = Committer::new(store, sink, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap();
+    assert!(!report.commits[0].applied_now, "recognised by the marker");
+    let seen = fixture.read();
+    assert_eq!(seen.marker, Some(1));
+    seen.assert_each_once(range(0, 300));
+}
+
+#[tokio::test]
+async fn a_crash_at_each_commit_step_is_repaired_by_the_next_run() {
+    // (step, which side dies, at which put, how, commits the repair makes,
+    // whether the repair appends the files itself).
+    let steps = [
+        (
+            "before the commit intent",
+            "store",
+            "commits/",
+            Fault::CrashBefore,
+            1,
+            true,
+        ),
+        (
+            "after the commit intent",
+            "store",
+            "commits/",
+            Fault::CrashAfter,
+            1,
+            true,
+        ),
+        (
+            "before the catalog commit",
+            "table",
+            "",
+            Fault::CrashBefore,
+            1,
+            true,
+        ),
+        (
+            "after the catalog commit",
+            "table",
+            "",
+            Fault::CrashAfter,
+            1,
+            false,
+        ),
+        (
+            "before mark-committed",
+            "store",
+            "committed/",
+            Fault::CrashBefore,
+            1,
+            false,
+        ),
+        (
+            "after mark-committed",
+            "store",
+            "committed/",
+            Fault::CrashAfter,
+            0,
+            false,
+        ),
+    ];
+    for backend in [Backend::local(), Backend::s3()] {
+        let name = backend.name;
+        let fixture = Fixture::new(backend).await;
+        let mut expected = Vec::new();
+        for (n, (step, side, path, fault, commits, applied)) in steps.iter().enumerate() {
+            let ids = range(n as i64 * 100, n as i64 * 100 + 100);
+            expected.extend(&ids);
+            let store = fixture.store().await;
+            process(&store, &fixture.sink().await, &ids).await;
+
+            let (location, faulty_store) = fixture.backend.faulty();
+            let crashed_store = CheckpointStore::open_existing(location).await.unwrap();
+            let crashed_sink = if *side == "table" {
+                fixture.faulty_sink(*fault).await
+            } else {
+                faulty_store.inject(path, *fault, 1);
+                fixture.sink().await
+            };
+            let crashed = Committer::new(crashed_store, crashed_sink, PIPELINE)
+                .commit_pending()
+                .await;
+            assert!(crashed.is_err(), "{name}, {step}: the run must fail");
+
+            let report = Committer::new(store.clone(), fixture.sink().await, PIPELINE)
+                .commit_pending()
+                .await
+                .unwrap_or_else(|e| panic!("{name}, {step}: repair failed: {e}"));
+            assert_eq!(report.commits.len(), *commits, "{name}, {step}");
+            if let Some(commit) = report.commits.first() {
+                assert_eq!(commit.applied_now, *applied, "{name}, {step}");
+            }
+            assert!(store.load().await.unwrap().pending_commit().is_empty());
+            let seen = fixture.read();
+            assert_eq!(seen.marker, Some(n as u64 + 1), "{name}, {step}");
+            seen.assert_each_once(expected.clone());
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_committers_land_every_key_once() {
+    let fixture = Arc::new(Fixture::new(Backend::local()).await);
+    let mut tasks = Vec::new();
+    for pipeline in 0..2i64 {
+        let backend = Backend::local();
+        let store = CheckpointStore::open_at(
+            backend.location(),
+            KeySchema::single("id", DataType::Int64).unwrap(),
+        )
+        .await
+        .unwrap();
+        for shard in 0..2 {
+            let start = pipeline * 1_000 + shard * 200;
+            process(&store, &fixture.sink().await, &range(start, start + 200)).await;
+        }
+        for _ in 0..2 {
+            let store = store.clone();
+            let fixture = fixture.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("{PIPELINE}-{pipeline}");
+                Committer::new(store, fixture.sink().await, id)
+                    .commit_pending()
+                    .await
+            }));
+        }
+        // The store's directory must outlive the committers.
+        std::mem::forget(backend);
+    }
+    let mut applied = 0;
+    for task in tasks {
+        applied += task.await.unwrap().unwrap().rows_applied();
+    }
+    assert_eq!(applied, 800, "each row applied by exactly one committer");
+    let mut expected = range(0, 400);
+    expected.extend(range(1_000, 1_400));
+    fixture.read().assert_each_once(expected);
+}
+
+#[tokio::test]
+async fn the_marker_survives_snapshot_expiry() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    process(&store, &fixture.sink().await, &range(0, 100)).await;
+    Committer::new(store.clone(), fixture.sink().await, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap();
+    // Commit 2 lands, then the committer dies before marking it.
+    process(&store, &fixture.sink().await, &range(100, 200)).await;
+    let crashed = Committer::new(
+        store.clone(),
+        fixture.faulty_sink(Fault::CrashAfter).await,
+        PIPELINE,
+    )
+    .commit_pending()
+    .await;
+    assert!(crashed.is_err());
+    // Another writer appends, and every older snapshot (with the summaries
+    // naming commits 1 and 2) is expired.
+    fixture.foreign_append(&[5_000, 5_001]);
+    let catalog = fixture.catalog().await;
+    let table = catalog.load_table(&Fixture::ident()).await.unwrap();
+    expire_all_but_current(&table, catalog.as_ref()).await;
+    assert!(fixture.read().summary.get("tidemark.pipeline").is_none());
+
+    let report = Committer::new(store.clone(), fixture.sink().await, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap();
+    assert!(
+        !report.commits[0].applied_now,
+        "found by the table property"
+    );
+    let mut expected = range(0, 200);
+    expected.extend([5_000, 5_001]);
+    fixture.read().assert_each_once(expected);
+}
+
+async fn expire_all_but_current(table: &Table, catalog: &dyn Catalog) {
+    let now = chrono::Utc::now().timestamp_millis() + 1;
+    let tx = Transaction::new(table);
+    let tx = tx
+        .expire_snapshots()
+        .expire_older_than_ms(now)
+        .retain_last(1)
+        .apply(tx)
+        .unwrap();
+    let table = tx.commit(catalog).await.unwrap();
+    assert_eq!(table.metadata().snapshots().count(), 1);
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_nothing_is_half_committed() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    let sink = fixture.sink().await;
+    let mut checkpoint = store.begin().await.unwrap();
+    let mut writer = sink.writer(IcebergWriterOptions::default()).await.unwrap();
+    let wrong = batch(&[1]).project(&[0, 1]).unwrap();
+    let error = writer.write(&wrong, &mut checkpoint).await.unwrap_err();
+    assert!(error.to_string().contains("no column `payload`"), "{error}");
+    assert!(writer.finish(&mut checkpoint).await.unwrap().is_empty());
+
+    let error = IcebergSink::open(
+        fixture.catalog().await,
+        TableIdent::from_strs(["pipeline", "absent"]).unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("no Iceberg table `pipeline.absent`"),
+        "{error}"
+    );
+
+    // A catalog that is down: the commit fails with the table named, and the
+    // checkpoint stays pending for the next run.
+    process(&store, &sink, &range(0, 10)).await;
+    let down = fixture.faulty_sink(Fault::CrashBefore).await;
+    let error = Committer::new(store.clone(), down, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("pipeline.events"), "{error}");
+    assert!(!store.load().await.unwrap().pending_commit().is_empty());
+    assert_eq!(fixture.read().marker, None);
+}
+
+/// A real catalog whose commits can fail as a network or a crash would make
+/// them fail: before reaching the catalog, or after it applied the commit.
+struct FaultyCatalog {
+    inner: Arc<dyn Catalog>,
+    fault: Mutex<Option<Fault>>,
+    dead: AtomicBool,
+}
+
+impl std::fmt::Debug for FaultyCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultyCatalog")
+    }
+}
+
+fn injected() -> iceberg::Error {
+    iceberg::Error::new(iceberg::ErrorKind::Unexpected, "injected fault")
+}
+
+impl FaultyCatalog {
+    fn alive(&self) -> iceberg::Result<()> {
+        if self.dead.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Catalog for FaultyCatalog {
+    async fn list_namespaces(
+        &self,
+        parent: Option<&NamespaceIdent>,
+    ) -> iceberg::Result<Vec<NamespaceIdent>> {
+        self.alive()?;
+        self.inner.list_namespaces(parent).await
+    }
+    async fn create_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<Namespace> {
+        self.alive()?;
+        self.inner.create_namespace(namespace, properties).await
+    }
+    async fn get_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<Namespace> {
+        self.alive()?;
+        self.inner.get_namespace(namespace).await
+    }
+    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> iceberg::Result<bool> {
+        self.alive()?;
+        self.inner.namespace_exists(namespace).await
+    }
+    async fn update_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<()> {
+        self.alive()?;
+        self.inner.update_namespace(namespace, properties).await
+    }
+    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<()> {
+        self.alive()?;
+        self.inner.drop_namespace(namespace).await
+    }
+    async fn list_tables(&self, namespace: &NamespaceIdent) -> iceberg::Result<Vec<TableIdent>> {
+        self.alive()?;
+        self.inner.list_tables(namespace).await
+    }
+    async fn create_table(
+        &self,
+        namespace: &NamespaceIdent,
+        creation: TableCreation,
+    ) -> iceberg::Result<Table> {
+        self.alive()?;
+        self.inner.create_table(namespace, creation).await
+    }
+    async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
+        self.alive()?;
+        self.inner.load_table(table).await
+    }
+    async fn drop_table(&self, table: &TableIdent) -> iceberg::Result<()> {
+        self.alive()?;
+        self.inner.drop_table(table).await
+    }
+    async fn purge_table(&self, table: &TableIdent) -> iceberg::Result<()> {
+        self.alive()?;
+        self.inner.purge_table(table).await
+    }
+    async fn table_exists(&self, table: &TableIdent) -> iceberg::Result<bool> {
+        self.alive()?;
+        self.inner.table_exists(table).await
+    }
+    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> iceberg::Result<()> {
+        self.alive()?;
+        self.inner.rename_table(src, dest).await
+    }
+    async fn register_table(
+        &self,
+        table: &TableIdent,
+        metadata_location: String,
+    ) -> iceberg::Result<Table> {
+        self.alive()?;
+        self.inner.register_table(table, metadata_location).await
+    }
+    async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
+        self.alive()?;
+        let fault = self.fault.lock().unwrap().take();
+        match fault {
+            None => self.inner.update_table(commit).await,
+            Some(Fault::FailBefore) => Err(injected()),
+            Some(Fault::CrashBefore) => {
+                self.dead.store(true, Ordering::SeqCst);
+                Err(injected())
+            }
+            Some(Fault::LoseResponse) => {
+                self.inner.update_table(commit).await?;
+                Err(injected())
+            }
+            Some(Fault::CrashAfter) => {
+                let result = self.inner.update_table(commit).await;
+                self.dead.store(true, Ordering::SeqCst);
+                result?;
+                Err(injected())
+            }
+        }
+    }
+}
