@@ -13,8 +13,14 @@
 //! whose response was lost could land twice. This sink commits with those
 //! retries off (on an in-memory copy of the table's metadata; the table's own
 //! properties are not changed) and runs its own loop, which reloads the table
-//! and reads the marker before every attempt. The append also keeps iceberg's
-//! duplicate-file check, a second guard against adding a file twice.
+//! and reads the marker before every attempt.
+//!
+//! Even a single attempt rebases: the transaction reloads the table when it
+//! commits and applies the append to whatever it finds. Another committer of
+//! the same pipeline landing the same files between our marker check and that
+//! reload is caught by iceberg's duplicate-file check, which this sink keeps on
+//! (it reads the current snapshot's manifests, a cost that grows with the
+//! table); the refusal is then recognised by reading the marker again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -151,7 +157,21 @@ impl IcebergSink {
                     tracing::warn!(table = %self.ident, attempt, error = %e, "iceberg commit attempt failed; re-checking the marker");
                     last_error = e.to_string();
                 }
-                Err(e) => return Err(self.error("committing", e)),
+                Err(e) => {
+                    // The transaction rebases onto the table it reloads at
+                    // commit time; if another committer of this pipeline landed
+                    // the same files in between, the duplicate-file check
+                    // refuses them. Tell that apart from a real error.
+                    let table = self.load().await?;
+                    if marker(&table, &request.pipeline_id)?.is_some_and(|m| m >= request.sequence)
+                    {
+                        return Ok(CommitOutcome {
+                            applied: false,
+                            table_version: snapshot_of(&table),
+                        });
+                    }
+                    return Err(self.error("committing", e));
+                }
             }
         }
         Err(Error::CommitGaveUp {
