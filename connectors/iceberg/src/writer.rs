@@ -84,9 +84,9 @@ type FileWriterBuilder =
 
 enum Open {
     Unpartitioned(
-        DataFileWriter<ParquetWriterBuilder, PrefixedLocations, DefaultFileNameGenerator>,
+        Box<DataFileWriter<ParquetWriterBuilder, PrefixedLocations, DefaultFileNameGenerator>>,
     ),
-    Partitioned(FanoutWriter<FileWriterBuilder>),
+    Partitioned(Box<FanoutWriter<FileWriterBuilder>>),
 }
 
 /// Writes batches into one Iceberg table and stages every closed file in the
@@ -244,14 +244,14 @@ impl IcebergWriter {
         );
         let builder = DataFileWriterBuilder::new(rolling);
         Ok(if self.splitter.is_some() {
-            Open::Partitioned(FanoutWriter::new(builder))
+            Open::Partitioned(Box::new(FanoutWriter::new(builder)))
         } else {
-            Open::Unpartitioned(
+            Open::Unpartitioned(Box::new(
                 builder
                     .build(None)
                     .await
                     .map_err(|e| self.error("opening a data file writer", e))?,
-            )
+            ))
         })
     }
 
