@@ -11,6 +11,9 @@
 //!    was lost is recognised, never applied twice.
 //! 3. **Mark committed.** Every checkpoint of the intent gets its commit marker.
 //!
+//! Sealed checkpoints without data files are marked committed directly: no
+//! table commit, no empty snapshot or version.
+//!
 //! A crash between any two steps is repaired by the next
 //! [`Committer::commit_pending`]: an intent whose checkpoints are not all marked
 //! is resumed with the same files under the same number. A new intent is only
@@ -179,9 +182,23 @@ impl<S: CommitSink> Committer<S> {
                     continue;
                 }
             }
+            // Checkpoints without files (a run that read nothing new, or whose
+            // rows were all filtered out) need no table commit: their keys
+            // count as processed from the seal on, and marking them keeps the
+            // table free of empty snapshots.
+            let empty: Vec<CheckpointId> = pending
+                .values()
+                .filter(|m| m.files.is_empty())
+                .map(|m| m.checkpoint_id)
+                .collect();
+            if !empty.is_empty() {
+                let commit = json!({ "pipeline_id": self.pipeline_id, "files": 0 });
+                self.store.mark_committed(&empty, &commit).await?;
+            }
             let fresh: Vec<CheckpointId> = pending
-                .keys()
-                .copied()
+                .values()
+                .filter(|m| !m.files.is_empty())
+                .map(|m| m.checkpoint_id)
                 .take(self.max_checkpoints_per_commit)
                 .collect();
             if fresh.is_empty() {

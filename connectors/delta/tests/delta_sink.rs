@@ -483,8 +483,8 @@ async fn bad_input_is_refused_and_nothing_is_half_committed() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains(fixture.url.as_str()), "{error}");
-    // Both checkpoints (the empty one sealed above and this one) still wait.
-    assert_eq!(store.load().await.unwrap().pending_commit().len(), 2);
+    // The empty checkpoint sealed above needed no table commit; this one waits.
+    assert_eq!(store.load().await.unwrap().pending_commit().len(), 1);
 }
 
 #[tokio::test]
@@ -514,4 +514,29 @@ async fn a_store_that_did_not_make_the_tables_commits_is_refused() {
     assert!(error.to_string().contains("never made"), "{error}");
     assert_eq!(store.load().await.unwrap().pending_commit().len(), 1);
     fixture.read().assert_each_once(range(0, 10));
+}
+
+#[tokio::test]
+async fn a_run_that_wrote_nothing_commits_nothing() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    // Keys were processed (and all filtered out by the user's map): no files.
+    let mut checkpoint = store.begin().await.unwrap();
+    checkpoint
+        .stage_keys(&[Arc::new(Int64Array::from(vec![1, 2, 3])) as ArrayRef])
+        .await
+        .unwrap();
+    checkpoint.seal().await.unwrap();
+
+    let report = Committer::new(store.clone(), fixture.sink().await, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap();
+    assert!(report.commits.is_empty(), "no table commit");
+    let state = store.load().await.unwrap();
+    assert!(state.pending_commit().is_empty(), "nothing left pending");
+    assert_eq!(state.key_count(), 3, "the keys stay processed");
+    let seen = fixture.read();
+    assert_eq!((seen.version, seen.txn), (0, None), "no new version");
+    seen.assert_each_once([]);
 }

@@ -6,6 +6,7 @@ the table version and the transaction version of an app id.
 usage: delta_read.py TABLE_URI STORAGE_OPTIONS_JSON APP_ID
 """
 import json
+import os
 import pathlib
 import sys
 
@@ -30,4 +31,8 @@ if uri.startswith("file://"):
     con.execute(f"LOAD '{extension}'")
     rows = con.execute("SELECT id FROM delta_scan(?)", [uri.removeprefix("file://")]).fetchall()
     result["duckdb_ids"] = [r[0] for r in rows]
-print(json.dumps(result))
+print(json.dumps(result), flush=True)
+# Skip interpreter teardown: pyarrow's S3 client can abort the process while it
+# is finalised ("terminate called without an active exception") after the
+# result is already out.
+os._exit(0)
