@@ -359,3 +359,137 @@ impl ObjectStore for FaultyStore {
         self.inner.copy_opts(from, to, options).await
     }
 }
+
+struct Postgres {
+    url: String,
+    _dir: Option<TempDir>,
+    _child: Option<Child>,
+    _stdin: Option<ChildStdin>,
+}
+
+/// A PostgreSQL server for catalog tests: `postgres://user@host:port` without a
+/// database. `TIDEMARK_TEST_POSTGRES_URL` if set; else a server from the
+/// machine's PostgreSQL binaries (`initdb`, `postgres` on `PATH` or under
+/// `/usr/lib/postgresql/*/bin`), started once per test binary in a temporary
+/// directory, run as the `postgres` user when the tests run as root, and
+/// stopped when this process exits.
+pub fn postgres_server() -> String {
+    static SERVER: OnceLock<Mutex<Postgres>> = OnceLock::new();
+    let server = SERVER.get_or_init(|| Mutex::new(start_postgres()));
+    server.lock().expect("postgres lock").url.clone()
+}
+
+/// A new, empty database on the test server; returns its URL.
+pub fn postgres_database() -> String {
+    let server = postgres_server();
+    let name = format!("t{}", uuid::Uuid::new_v4().simple());
+    let status = Command::new("psql")
+        .arg(format!("{server}/postgres"))
+        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
+        .status()
+        .expect("run psql (Debian's postgresql-client)");
+    assert!(status.success(), "creating database {name} failed");
+    format!("{server}/{name}")
+}
+
+fn postgres_binary(name: &str) -> String {
+    let on_path = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    on_path
+        .or_else(|| {
+            let mut found: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+                .ok()?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin").join(name))
+                .filter(|p| p.exists())
+                .collect();
+            found.sort();
+            found.pop().map(|p| p.display().to_string())
+        })
+        .unwrap_or_else(|| panic!("PostgreSQL's `{name}` is not installed"))
+}
+
+fn start_postgres() -> Postgres {
+    if let Ok(url) = std::env::var("TIDEMARK_TEST_POSTGRES_URL") {
+        return Postgres {
+            url,
+            _dir: None,
+            _child: None,
+            _stdin: None,
+        };
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    // PostgreSQL refuses to run as root.
+    let as_user = |program: &str| -> Command {
+        if root {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--", program]);
+            command
+        } else {
+            Command::new(program)
+        }
+    };
+    if root {
+        let status = Command::new("chown")
+            .arg("postgres")
+            .arg(dir.path())
+            .status()
+            .expect("chown");
+        assert!(status.success(), "chown of the postgres directory failed");
+    }
+    let status = as_user(&postgres_binary("initdb"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-A", "trust", "-U", "postgres"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run initdb");
+    assert!(status.success(), "initdb failed");
+    // The server lives as long as this process holds the shell's stdin open;
+    // then the shell stops it and removes its files.
+    let script = format!(
+        "{} -D '{}' -p {port} -k '{dir}' -c listen_addresses=127.0.0.1 & pid=$!; \
+         read _; kill $pid; wait $pid; rm -rf '{dir}'",
+        postgres_binary("postgres"),
+        data.display(),
+        dir = dir.path().display()
+    );
+    let mut child = as_user("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start postgres");
+    let url = format!("postgres://postgres@127.0.0.1:{port}");
+    let ready = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        Command::new("psql")
+            .arg(format!("{url}/postgres"))
+            .args(["-q", "-c", "SELECT 1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(ready, "the PostgreSQL test server did not start");
+    Postgres {
+        url,
+        _dir: Some(dir),
+        _stdin: child.stdin.take(),
+        _child: Some(child),
+    }
+}

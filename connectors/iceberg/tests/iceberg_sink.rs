@@ -33,17 +33,48 @@ use tidemark_iceberg::{IcebergSink, IcebergWriterOptions};
 
 const PIPELINE: &str = "daily-embeddings";
 
-/// A SQLite SQL catalog with one partitioned table, and a checkpoint store.
+/// Where the SQL catalog keeps its tables.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A SQL catalog with one partitioned table, and a checkpoint store.
 struct Fixture {
     dir: tempfile::TempDir,
     backend: Backend,
+    /// The catalog's database, as sqlx (Rust) and SQLAlchemy (pyiceberg) name it.
+    rust_uri: String,
+    python_uri: String,
 }
 
 impl Fixture {
     async fn new(backend: Backend) -> Self {
+        Self::on(Db::Sqlite, backend).await
+    }
+
+    async fn on(db: Db, backend: Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (rust_uri, python_uri) = match db {
+            Db::Sqlite => {
+                let path = format!("{}/catalog.db", dir.path().display());
+                (
+                    format!("sqlite://{path}?mode=rwc"),
+                    format!("sqlite:///{path}"),
+                )
+            }
+            Db::Postgres => {
+                let url = support::postgres_database();
+                let python = url.replacen("postgres://", "postgresql+psycopg://", 1);
+                (url, python)
+            }
+        };
         let fixture = Fixture {
-            dir: tempfile::tempdir().unwrap(),
+            dir,
             backend,
+            rust_uri,
+            python_uri,
         };
         let catalog = fixture.catalog().await;
         let namespace = NamespaceIdent::new("pipeline".into());
@@ -79,10 +110,6 @@ impl Fixture {
         fixture
     }
 
-    fn uri(&self) -> String {
-        format!("sqlite://{}/catalog.db?mode=rwc", self.dir.path().display())
-    }
-
     fn warehouse(&self) -> String {
         format!("file://{}/warehouse", self.dir.path().display())
     }
@@ -93,7 +120,7 @@ impl Fixture {
             .load(
                 "tidemark",
                 HashMap::from([
-                    (SQL_CATALOG_PROP_URI.to_string(), self.uri()),
+                    (SQL_CATALOG_PROP_URI.to_string(), self.rust_uri.clone()),
                     (SQL_CATALOG_PROP_WAREHOUSE.to_string(), self.warehouse()),
                 ]),
             )
@@ -133,9 +160,13 @@ impl Fixture {
     /// What pyiceberg and DuckDB see.
     fn read(&self) -> Readout {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/iceberg_read.py");
-        let uri = format!("sqlite:///{}/catalog.db", self.dir.path().display());
         let output = Command::new("python3")
-            .args([script, &uri, &self.warehouse(), "pipeline.events"])
+            .args([
+                script,
+                &self.python_uri,
+                &self.warehouse(),
+                "pipeline.events",
+            ])
             .output()
             .expect("run python3 (bash .ci/run installs pyiceberg and duckdb)");
         assert!(
@@ -164,10 +195,9 @@ impl Fixture {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/support/pyiceberg_append.py"
         );
-        let db = format!("{}/catalog.db", self.dir.path().display());
         let warehouse = format!("{}/warehouse", self.dir.path().display());
         let output = Command::new("python3")
-            .args([script, &db, &warehouse, "pipeline.events"])
+            .args([script, &self.python_uri, &warehouse, "pipeline.events"])
             .arg(serde_json::to_string(ids).unwrap())
             .output()
             .unwrap();
@@ -245,9 +275,14 @@ fn range(from: i64, to: i64) -> Vec<i64> {
 
 #[tokio::test]
 async fn appends_land_once_and_repeated_commits_change_nothing() {
-    for backend in [Backend::local(), Backend::s3()] {
-        let name = backend.name;
-        let fixture = Fixture::new(backend).await;
+    let cases = [
+        (Db::Sqlite, Backend::local()),
+        (Db::Sqlite, Backend::s3()),
+        (Db::Postgres, Backend::s3()),
+    ];
+    for (db, backend) in cases {
+        let name = format!("{db:?} catalog, {} store", backend.name);
+        let fixture = Fixture::on(db, backend).await;
         let store = fixture.store().await;
         let sink = fixture.sink().await;
         process(&store, &sink, &range(0, 500)).await;
@@ -281,19 +316,24 @@ async fn appends_land_once_and_repeated_commits_change_nothing() {
 
 #[tokio::test]
 async fn a_lost_commit_response_is_recognised_not_applied_again() {
-    let fixture = Fixture::new(Backend::local()).await;
-    let store = fixture.store().await;
-    process(&store, &fixture.sink().await, &range(0, 300)).await;
-    // The catalog applies the commit; the committer hears an error.
-    let sink = fixture.faulty_sink(Fault::LoseResponse).await;
-    let report = Committer::new(store, sink, PIPELINE)
-        .commit_pending()
-        .await
-        .unwrap();
-    assert!(!report.commits[0].applied_now, "recognised by the marker");
-    let seen = fixture.read();
-    assert_eq!(seen.marker, Some(1));
-    seen.assert_each_once(range(0, 300));
+    for db in [Db::Sqlite, Db::Postgres] {
+        let fixture = Fixture::on(db, Backend::local()).await;
+        let store = fixture.store().await;
+        process(&store, &fixture.sink().await, &range(0, 300)).await;
+        // The catalog applies the commit; the committer hears an error.
+        let sink = fixture.faulty_sink(Fault::LoseResponse).await;
+        let report = Committer::new(store, sink, PIPELINE)
+            .commit_pending()
+            .await
+            .unwrap();
+        assert!(
+            !report.commits[0].applied_now,
+            "{db:?}: recognised by the marker"
+        );
+        let seen = fixture.read();
+        assert_eq!(seen.marker, Some(1), "{db:?}");
+        seen.assert_each_once(range(0, 300));
+    }
 }
 
 #[tokio::test]
@@ -350,9 +390,14 @@ async fn a_crash_at_each_commit_step_is_repaired_by_the_next_run() {
             false,
         ),
     ];
-    for backend in [Backend::local(), Backend::s3()] {
-        let name = backend.name;
-        let fixture = Fixture::new(backend).await;
+    let cases = [
+        (Db::Sqlite, Backend::local()),
+        (Db::Sqlite, Backend::s3()),
+        (Db::Postgres, Backend::local()),
+    ];
+    for (db, backend) in cases {
+        let name = format!("{db:?} catalog, {} store", backend.name);
+        let fixture = Fixture::on(db, backend).await;
         let mut expected = Vec::new();
         for (n, (step, side, path, fault, commits, applied)) in steps.iter().enumerate() {
             let ids = range(n as i64 * 100, n as i64 * 100 + 100);
@@ -391,7 +436,13 @@ async fn a_crash_at_each_commit_step_is_repaired_by_the_next_run() {
 
 #[tokio::test]
 async fn concurrent_committers_land_every_key_once() {
-    let fixture = Arc::new(Fixture::new(Backend::local()).await);
+    for db in [Db::Sqlite, Db::Postgres] {
+        concurrent_committers_on(db).await;
+    }
+}
+
+async fn concurrent_committers_on(db: Db) {
+    let fixture = Arc::new(Fixture::on(db, Backend::local()).await);
     let mut tasks = Vec::new();
     for pipeline in 0..2i64 {
         let backend = Backend::local();
@@ -422,7 +473,10 @@ async fn concurrent_committers_land_every_key_once() {
     for task in tasks {
         applied += task.await.unwrap().unwrap().rows_applied();
     }
-    assert_eq!(applied, 800, "each row applied by exactly one committer");
+    assert_eq!(
+        applied, 800,
+        "{db:?}: each row applied by exactly one committer"
+    );
     let mut expected = range(0, 400);
     expected.extend(range(1_000, 1_400));
     fixture.read().assert_each_once(expected);
@@ -430,7 +484,13 @@ async fn concurrent_committers_land_every_key_once() {
 
 #[tokio::test]
 async fn the_marker_survives_snapshot_expiry() {
-    let fixture = Fixture::new(Backend::local()).await;
+    for db in [Db::Sqlite, Db::Postgres] {
+        marker_survives_expiry_on(db).await;
+    }
+}
+
+async fn marker_survives_expiry_on(db: Db) {
+    let fixture = Fixture::on(db, Backend::local()).await;
     let store = fixture.store().await;
     process(&store, &fixture.sink().await, &range(0, 100)).await;
     Committer::new(store.clone(), fixture.sink().await, PIPELINE)
