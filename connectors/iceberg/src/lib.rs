@@ -15,10 +15,12 @@
 
 pub mod sink;
 pub mod source;
+pub mod storage;
 pub mod writer;
 
 pub use sink::IcebergSink;
 pub use source::IcebergSource;
+pub use storage::{ObjectStorage, ObjectStorageFactory};
 pub use writer::{IcebergWriter, IcebergWriterOptions};
 
 use iceberg::spec::{

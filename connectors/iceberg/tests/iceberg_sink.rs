@@ -29,7 +29,7 @@ use support::{Backend, Fault};
 use tidemark::commit::Committer;
 use tidemark::store::{CheckpointId, CheckpointStore, KeySchema};
 use tidemark_iceberg::sink::marker_property;
-use tidemark_iceberg::{IcebergSink, IcebergWriterOptions};
+use tidemark_iceberg::{IcebergSink, IcebergWriterOptions, ObjectStorageFactory};
 
 const PIPELINE: &str = "daily-embeddings";
 
@@ -47,6 +47,9 @@ struct Fixture {
     /// The catalog's database, as sqlx (Rust) and SQLAlchemy (pyiceberg) name it.
     rust_uri: String,
     python_uri: String,
+    /// The S3 server's endpoint when the table's files live there.
+    s3_endpoint: Option<String>,
+    warehouse: String,
 }
 
 impl Fixture {
@@ -55,7 +58,23 @@ impl Fixture {
     }
 
     async fn on(db: Db, backend: Backend) -> Self {
+        Self::with(db, backend, false).await
+    }
+
+    /// With `s3_tables`, the warehouse (metadata and data files) is on the S3
+    /// server, written through tidemark's object_store-backed Iceberg storage.
+    async fn with(db: Db, backend: Backend, s3_tables: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let (s3_endpoint, warehouse) = if s3_tables {
+            let warehouse = format!(
+                "s3://{}/{}/warehouse",
+                support::S3_BUCKET,
+                uuid::Uuid::new_v4()
+            );
+            (Some(support::s3_endpoint()), warehouse)
+        } else {
+            (None, format!("file://{}/warehouse", dir.path().display()))
+        };
         let (rust_uri, python_uri) = match db {
             Db::Sqlite => {
                 let path = format!("{}/catalog.db", dir.path().display());
@@ -75,6 +94,8 @@ impl Fixture {
             backend,
             rust_uri,
             python_uri,
+            s3_endpoint,
+            warehouse,
         };
         let catalog = fixture.catalog().await;
         let namespace = NamespaceIdent::new("pipeline".into());
@@ -110,23 +131,23 @@ impl Fixture {
         fixture
     }
 
-    fn warehouse(&self) -> String {
-        format!("file://{}/warehouse", self.dir.path().display())
-    }
-
     async fn catalog(&self) -> Arc<dyn Catalog> {
-        let catalog = SqlCatalogBuilder::default()
-            .with_storage_factory(Arc::new(LocalFsStorageFactory))
-            .load(
-                "tidemark",
-                HashMap::from([
-                    (SQL_CATALOG_PROP_URI.to_string(), self.rust_uri.clone()),
-                    (SQL_CATALOG_PROP_WAREHOUSE.to_string(), self.warehouse()),
-                ]),
-            )
-            .await
-            .unwrap();
-        Arc::new(catalog)
+        let properties = HashMap::from([
+            (SQL_CATALOG_PROP_URI.to_string(), self.rust_uri.clone()),
+            (
+                SQL_CATALOG_PROP_WAREHOUSE.to_string(),
+                self.warehouse.clone(),
+            ),
+        ]);
+        let builder = match &self.s3_endpoint {
+            Some(endpoint) => SqlCatalogBuilder::default().with_storage_factory(Arc::new(
+                ObjectStorageFactory::new(support::s3_options(endpoint)),
+            )),
+            None => {
+                SqlCatalogBuilder::default().with_storage_factory(Arc::new(LocalFsStorageFactory))
+            }
+        };
+        Arc::new(builder.load("tidemark", properties).await.unwrap())
     }
 
     fn ident() -> TableIdent {
@@ -161,12 +182,8 @@ impl Fixture {
     fn read(&self) -> Readout {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/iceberg_read.py");
         let output = Command::new("python3")
-            .args([
-                script,
-                &self.python_uri,
-                &self.warehouse(),
-                "pipeline.events",
-            ])
+            .args([script, &self.python_uri, &self.warehouse, "pipeline.events"])
+            .args(self.s3_endpoint.iter())
             .output()
             .expect("run python3 (bash .ci/run installs pyiceberg and duckdb)");
         assert!(
@@ -195,9 +212,9 @@ impl Fixture {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/support/pyiceberg_append.py"
         );
-        let warehouse = format!("{}/warehouse", self.dir.path().display());
+        let warehouse = self.warehouse.trim_start_matches("file://");
         let output = Command::new("python3")
-            .args([script, &self.python_uri, &warehouse, "pipeline.events"])
+            .args([script, &self.python_uri, warehouse, "pipeline.events"])
             .arg(serde_json::to_string(ids).unwrap())
             .output()
             .unwrap();
@@ -276,13 +293,17 @@ fn range(from: i64, to: i64) -> Vec<i64> {
 #[tokio::test]
 async fn appends_land_once_and_repeated_commits_change_nothing() {
     let cases = [
-        (Db::Sqlite, Backend::local()),
-        (Db::Sqlite, Backend::s3()),
-        (Db::Postgres, Backend::s3()),
+        (Db::Sqlite, Backend::local(), false),
+        (Db::Sqlite, Backend::s3(), true),
+        (Db::Postgres, Backend::s3(), true),
     ];
-    for (db, backend) in cases {
-        let name = format!("{db:?} catalog, {} store", backend.name);
-        let fixture = Fixture::on(db, backend).await;
+    for (db, backend, s3_tables) in cases {
+        let name = format!(
+            "{db:?} catalog, {} store, tables on {}",
+            backend.name,
+            if s3_tables { "S3" } else { "local disk" }
+        );
+        let fixture = Fixture::with(db, backend, s3_tables).await;
         let store = fixture.store().await;
         let sink = fixture.sink().await;
         process(&store, &sink, &range(0, 500)).await;
@@ -391,13 +412,16 @@ async fn a_crash_at_each_commit_step_is_repaired_by_the_next_run() {
         ),
     ];
     let cases = [
-        (Db::Sqlite, Backend::local()),
-        (Db::Sqlite, Backend::s3()),
-        (Db::Postgres, Backend::local()),
+        (Db::Sqlite, Backend::local(), false),
+        (Db::Sqlite, Backend::s3(), true),
+        (Db::Postgres, Backend::local(), false),
     ];
-    for (db, backend) in cases {
-        let name = format!("{db:?} catalog, {} store", backend.name);
-        let fixture = Fixture::on(db, backend).await;
+    for (db, backend, s3_tables) in cases {
+        let name = format!(
+            "{db:?} catalog, {} store, S3 tables: {s3_tables}",
+            backend.name
+        );
+        let fixture = Fixture::with(db, backend, s3_tables).await;
         let mut expected = Vec::new();
         for (n, (step, side, path, fault, commits, applied)) in steps.iter().enumerate() {
             let ids = range(n as i64 * 100, n as i64 * 100 + 100);

@@ -4,7 +4,9 @@ by DuckDB's iceberg extension (loaded with avro from the duckdb-extension-*
 packages, reading the table's current metadata file), the table properties and
 the summary of the current snapshot.
 
-usage: iceberg_read.py CATALOG_URI WAREHOUSE TABLE
+usage: iceberg_read.py CATALOG_URI WAREHOUSE TABLE [S3_ENDPOINT]
+With S3_ENDPOINT, the table's files are on that S3-compatible server (key and
+secret `tidemark`, region us-east-1, path-style URLs).
 """
 import json
 import os
@@ -17,7 +19,16 @@ import duckdb_extension_iceberg
 from pyiceberg.catalog.sql import SqlCatalog
 
 uri, warehouse, table_name = sys.argv[1:4]
-catalog = SqlCatalog("tidemark", uri=uri, warehouse=warehouse)
+endpoint = sys.argv[4] if len(sys.argv) > 4 else None
+s3 = {}
+if endpoint:
+    s3 = {
+        "s3.endpoint": endpoint,
+        "s3.access-key-id": "tidemark",
+        "s3.secret-access-key": "tidemark",
+        "s3.region": "us-east-1",
+    }
+catalog = SqlCatalog("tidemark", uri=uri, warehouse=warehouse, **s3)
 table = catalog.load_table(table_name)
 snapshot = table.current_snapshot()
 result = {
@@ -27,11 +38,23 @@ result = {
     "snapshots": len(table.snapshots()),
 }
 con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
-# Offline: the iceberg extension needs avro, and both load by file path.
-for module, name in [(duckdb_extension_avro, "avro"), (duckdb_extension_iceberg, "iceberg")]:
+# Offline: the iceberg extension needs avro (and httpfs for S3); all load by
+# file path.
+modules = [(duckdb_extension_avro, "avro"), (duckdb_extension_iceberg, "iceberg")]
+if endpoint:
+    import duckdb_extension_httpfs
+
+    modules.insert(0, (duckdb_extension_httpfs, "httpfs"))
+for module, name in modules:
     package = pathlib.Path(module.__file__).parent
     extension = next(package.rglob(f"{name}.duckdb_extension"))
     con.execute(f"LOAD '{extension}'")
+if endpoint:
+    host = endpoint.removeprefix("http://")
+    con.execute(
+        "CREATE SECRET (TYPE S3, KEY_ID 'tidemark', SECRET 'tidemark', REGION 'us-east-1', "
+        f"ENDPOINT '{host}', URL_STYLE 'path', USE_SSL false)"
+    )
 metadata = table.metadata_location.removeprefix("file://")
 rows = con.execute("SELECT id FROM iceberg_scan(?)", [metadata]).fetchall()
 result["duckdb_ids"] = [r[0] for r in rows]
