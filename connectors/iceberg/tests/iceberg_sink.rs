@@ -42,7 +42,8 @@ enum Db {
 
 /// A SQL catalog with one partitioned table, and a checkpoint store.
 struct Fixture {
-    dir: tempfile::TempDir,
+    /// Holds the SQLite database and local warehouse; removed on drop.
+    _dir: tempfile::TempDir,
     backend: Backend,
     /// The catalog's database, as sqlx (Rust) and SQLAlchemy (pyiceberg) name it.
     rust_uri: String,
@@ -90,7 +91,7 @@ impl Fixture {
             }
         };
         let fixture = Fixture {
-            dir,
+            _dir: dir,
             backend,
             rust_uri,
             python_uri,
