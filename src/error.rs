@@ -240,6 +240,13 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An in-flight prefix is not a directory.
+    #[error("in-flight prefix `{prefix}` must be a directory ending in `/`")]
+    InvalidInFlightPrefix {
+        /// The prefix given.
+        prefix: String,
+    },
+
     /// A table sink failed to read its marker or to commit.
     #[error("table `{table}`: {source}")]
     Sink {

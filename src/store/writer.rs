@@ -161,9 +161,8 @@ impl CheckpointWriter {
     /// anywhere below the prefix; a crash leaves files only there.
     pub async fn record_in_flight_prefix(&mut self, prefix: &str) -> Result<()> {
         if !prefix.ends_with('/') {
-            return Err(Error::InvalidLocation {
-                url: prefix.to_string(),
-                reason: "an in-flight prefix must be a directory ending in `/`".to_string(),
+            return Err(Error::InvalidInFlightPrefix {
+                prefix: prefix.to_string(),
             });
         }
         self.put_in_flight(prefix, true).await?;
@@ -294,5 +293,66 @@ impl CheckpointWriter {
             }),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::HashMap;
+
+    use arrow_schema::DataType;
+
+    use crate::store::{CheckpointStore, FileRecord, KeySchema, TableFileMetadata};
+    use crate::Error;
+
+    fn record(path: &str) -> FileRecord {
+        FileRecord {
+            path: path.to_string(),
+            file_size_bytes: 1,
+            record_count: 1,
+            table_metadata: TableFileMetadata {
+                format: "test".into(),
+                version: 1,
+                body: serde_json::json!({}),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn files_below_a_recorded_prefix_can_be_staged() {
+        let keys = KeySchema::single("id", DataType::Int64).unwrap();
+        let store = CheckpointStore::open("memory://", &HashMap::new(), keys)
+            .await
+            .unwrap();
+        let mut writer = store.begin().await.unwrap();
+        assert!(matches!(
+            writer.record_in_flight_prefix("s3://b/t/data/tm-1").await,
+            Err(Error::InvalidInFlightPrefix { .. })
+        ));
+        writer
+            .record_in_flight_prefix("s3://b/t/data/tm-1/")
+            .await
+            .unwrap();
+        writer
+            .record_in_flight_prefix("s3://b/t/data/tm-2/")
+            .await
+            .unwrap();
+        writer
+            .stage_file(record("s3://b/t/data/tm-1/region=eu/part-0.parquet"))
+            .await
+            .unwrap();
+        let outside = writer
+            .stage_file(record("s3://b/t/data/tm-10/part-0.parquet"))
+            .await;
+        assert!(matches!(outside, Err(Error::NotInFlight { .. })));
+        let manifest = writer.seal().await.unwrap();
+        assert_eq!(manifest.files.len(), 1);
+        // The prefix nothing was staged under is left for garbage collection.
+        assert_eq!(
+            manifest.abandoned_writes,
+            vec!["s3://b/t/data/tm-2/".to_string()]
+        );
     }
 }
