@@ -24,6 +24,7 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{
     Catalog, CatalogBuilder, Namespace, NamespaceIdent, TableCommit, TableCreation, TableIdent,
 };
+use iceberg_catalog_rest::{RestCatalogBuilder, REST_CATALOG_PROP_URI};
 use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
 use support::{Backend, Fault};
 use tidemark::commit::Committer;
@@ -33,11 +34,12 @@ use tidemark_iceberg::{IcebergSink, IcebergWriterOptions, ObjectStorageFactory};
 
 const PIPELINE: &str = "daily-embeddings";
 
-/// Where the SQL catalog keeps its tables.
+/// The catalog: the SQL catalog on SQLite or PostgreSQL, or a REST catalog.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Db {
     Sqlite,
     Postgres,
+    Rest,
 }
 
 /// A SQL catalog with one partitioned table, and a checkpoint store.
@@ -51,6 +53,8 @@ struct Fixture {
     /// The S3 server's endpoint when the table's files live there.
     s3_endpoint: Option<String>,
     warehouse: String,
+    /// `pipeline`, or a fresh name on the REST server that several tests share.
+    namespace: String,
 }
 
 impl Fixture {
@@ -89,6 +93,10 @@ impl Fixture {
                 let python = url.replacen("postgres://", "postgresql+psycopg://", 1);
                 (url, python)
             }
+            Db::Rest => {
+                let url = rest_catalog_server();
+                (url.clone(), url)
+            }
         };
         let fixture = Fixture {
             _dir: dir,
@@ -97,9 +105,14 @@ impl Fixture {
             python_uri,
             s3_endpoint,
             warehouse,
+            namespace: if db == Db::Rest {
+                format!("pipeline_{}", uuid::Uuid::new_v4().simple())
+            } else {
+                "pipeline".to_string()
+            },
         };
         let catalog = fixture.catalog().await;
-        let namespace = NamespaceIdent::new("pipeline".into());
+        let namespace = NamespaceIdent::new(fixture.namespace.clone());
         catalog
             .create_namespace(&namespace, HashMap::new())
             .await
@@ -133,6 +146,18 @@ impl Fixture {
     }
 
     async fn catalog(&self) -> Arc<dyn Catalog> {
+        if self.rust_uri.starts_with("http") {
+            let catalog = RestCatalogBuilder::default()
+                .with_storage_factory(Arc::new(LocalFsStorageFactory))
+                // The server places tables in its own warehouse.
+                .load(
+                    "tidemark",
+                    HashMap::from([(REST_CATALOG_PROP_URI.to_string(), self.rust_uri.clone())]),
+                )
+                .await
+                .unwrap();
+            return Arc::new(catalog);
+        }
         let properties = HashMap::from([
             (SQL_CATALOG_PROP_URI.to_string(), self.rust_uri.clone()),
             (
@@ -151,12 +176,16 @@ impl Fixture {
         Arc::new(builder.load("tidemark", properties).await.unwrap())
     }
 
-    fn ident() -> TableIdent {
-        TableIdent::from_strs(["pipeline", "events"]).unwrap()
+    fn ident(&self) -> TableIdent {
+        TableIdent::from_strs([self.namespace.as_str(), "events"]).unwrap()
+    }
+
+    fn table_name(&self) -> String {
+        format!("{}.events", self.namespace)
     }
 
     async fn sink(&self) -> IcebergSink {
-        IcebergSink::open(self.catalog().await, Self::ident())
+        IcebergSink::open(self.catalog().await, self.ident())
             .await
             .unwrap()
     }
@@ -167,7 +196,7 @@ impl Fixture {
             fault: Mutex::new(Some(fault)),
             dead: AtomicBool::new(false),
         });
-        IcebergSink::open(catalog, Self::ident()).await.unwrap()
+        IcebergSink::open(catalog, self.ident()).await.unwrap()
     }
 
     async fn store(&self) -> CheckpointStore {
@@ -183,7 +212,12 @@ impl Fixture {
     fn read(&self) -> Readout {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/iceberg_read.py");
         let output = Command::new("python3")
-            .args([script, &self.python_uri, &self.warehouse, "pipeline.events"])
+            .args([
+                script,
+                &self.python_uri,
+                &self.warehouse,
+                &self.table_name(),
+            ])
             .args(self.s3_endpoint.iter())
             .output()
             .expect("run python3 (bash .ci/run installs pyiceberg and duckdb)");
@@ -215,7 +249,7 @@ impl Fixture {
         );
         let warehouse = self.warehouse.trim_start_matches("file://");
         let output = Command::new("python3")
-            .args([script, &self.python_uri, warehouse, "pipeline.events"])
+            .args([script, &self.python_uri, warehouse, &self.table_name()])
             .arg(serde_json::to_string(ids).unwrap())
             .output()
             .unwrap();
@@ -225,6 +259,54 @@ impl Fixture {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+/// A REST catalog server (rustberg, an independent implementation) for this
+/// test binary: `TIDEMARK_TEST_REST_CATALOG` if set; else the `rustberg`
+/// binary that `.ci/run` installs under `$HOME/.cache/tidemark/rustberg`
+/// (or one on `PATH`), started without authentication on a free port with a
+/// local warehouse, and stopped when this process exits.
+fn rest_catalog_server() -> String {
+    static SERVER: std::sync::OnceLock<(String, Option<std::process::ChildStdin>)> =
+        std::sync::OnceLock::new();
+    SERVER
+        .get_or_init(|| {
+            if let Ok(url) = std::env::var("TIDEMARK_TEST_REST_CATALOG") {
+                return (url, None);
+            }
+            let home = std::env::var("HOME").unwrap_or_default();
+            let installed = format!("{home}/.cache/tidemark/rustberg/bin/rustberg");
+            let binary = if std::path::Path::new(&installed).exists() {
+                installed
+            } else {
+                "rustberg".to_string()
+            };
+            let dir = tempfile::tempdir().unwrap().keep();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .unwrap()
+                .port();
+            let script = format!(
+                "'{binary}' --no-auth --dev --insecure-http --host 127.0.0.1 --port {port} \
+                 --warehouse 'file://{dir}/warehouse' --catalog-url 'file://{dir}/catalog' \
+                 --log-level warn & pid=$!; read _; kill $pid; wait $pid; rm -rf '{dir}'",
+                dir = dir.display()
+            );
+            let mut child = Command::new("sh")
+                .args(["-c", &script])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .expect("start rustberg (bash .ci/run installs it)");
+            let url = format!("http://127.0.0.1:{port}");
+            let ready = (0..300).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            });
+            assert!(ready, "the REST catalog server did not start");
+            (url, child.stdin.take())
+        })
+        .0
+        .clone()
 }
 
 struct Readout {
@@ -297,6 +379,7 @@ async fn appends_land_once_and_repeated_commits_change_nothing() {
         (Db::Sqlite, Backend::local(), false),
         (Db::Sqlite, Backend::s3(), true),
         (Db::Postgres, Backend::s3(), true),
+        (Db::Rest, Backend::local(), false),
     ];
     for (db, backend, s3_tables) in cases {
         let name = format!(
@@ -338,7 +421,7 @@ async fn appends_land_once_and_repeated_commits_change_nothing() {
 
 #[tokio::test]
 async fn a_lost_commit_response_is_recognised_not_applied_again() {
-    for db in [Db::Sqlite, Db::Postgres] {
+    for db in [Db::Sqlite, Db::Postgres, Db::Rest] {
         let fixture = Fixture::on(db, Backend::local()).await;
         let store = fixture.store().await;
         process(&store, &fixture.sink().await, &range(0, 300)).await;
@@ -416,6 +499,7 @@ async fn a_crash_at_each_commit_step_is_repaired_by_the_next_run() {
         (Db::Sqlite, Backend::local(), false),
         (Db::Sqlite, Backend::s3(), true),
         (Db::Postgres, Backend::local(), false),
+        (Db::Rest, Backend::local(), false),
     ];
     for (db, backend, s3_tables) in cases {
         let name = format!(
@@ -461,7 +545,7 @@ async fn a_crash_at_each_commit_step_is_repaired_by_the_next_run() {
 
 #[tokio::test]
 async fn concurrent_committers_land_every_key_once() {
-    for db in [Db::Sqlite, Db::Postgres] {
+    for db in [Db::Sqlite, Db::Postgres, Db::Rest] {
         concurrent_committers_on(db).await;
     }
 }
@@ -509,7 +593,7 @@ async fn concurrent_committers_on(db: Db) {
 
 #[tokio::test]
 async fn the_marker_survives_snapshot_expiry() {
-    for db in [Db::Sqlite, Db::Postgres] {
+    for db in [Db::Sqlite, Db::Postgres, Db::Rest] {
         marker_survives_expiry_on(db).await;
     }
 }
@@ -536,7 +620,7 @@ async fn marker_survives_expiry_on(db: Db) {
     // naming commits 1 and 2) is expired.
     fixture.foreign_append(&[5_000, 5_001]);
     let catalog = fixture.catalog().await;
-    let table = catalog.load_table(&Fixture::ident()).await.unwrap();
+    let table = catalog.load_table(&fixture.ident()).await.unwrap();
     expire_all_but_current(&table, catalog.as_ref()).await;
     assert!(fixture.read().summary.get("tidemark.pipeline").is_none());
 

@@ -5,6 +5,7 @@ packages, reading the table's current metadata file), the table properties and
 the summary of the current snapshot.
 
 usage: iceberg_read.py CATALOG_URI WAREHOUSE TABLE [S3_ENDPOINT]
+CATALOG_URI is an SQLAlchemy URI (SQL catalog) or an http URL (REST catalog).
 With S3_ENDPOINT, the table's files are on that S3-compatible server (key and
 secret `tidemark`, region us-east-1, path-style URLs).
 """
@@ -28,7 +29,12 @@ if endpoint:
         "s3.secret-access-key": "tidemark",
         "s3.region": "us-east-1",
     }
-catalog = SqlCatalog("tidemark", uri=uri, warehouse=warehouse, **s3)
+if uri.startswith("http"):
+    from pyiceberg.catalog.rest import RestCatalog
+
+    catalog = RestCatalog("tidemark", uri=uri, **s3)
+else:
+    catalog = SqlCatalog("tidemark", uri=uri, warehouse=warehouse, **s3)
 table = catalog.load_table(table_name)
 snapshot = table.current_snapshot()
 result = {

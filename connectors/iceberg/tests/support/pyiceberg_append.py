@@ -1,7 +1,7 @@
 """Appends rows to an Iceberg table with pyiceberg (a writer we did not write).
 
 usage: pyiceberg_append.py CATALOG WAREHOUSE_DIR TABLE IDS_JSON
-CATALOG is a SQLite file path or an SQLAlchemy URI.
+CATALOG is a SQLite file path, an SQLAlchemy URI or a REST catalog's http URL.
 Creates namespace and table (id long, payload string) when missing; an
 existing table gets `id` and `payload` filled and its other columns null.
 """
@@ -14,7 +14,12 @@ from pyiceberg.catalog.sql import SqlCatalog
 db, warehouse, table_name, ids_json = sys.argv[1:5]
 ids = json.loads(ids_json)
 uri = db if "://" in db else f"sqlite:///{db}"
-catalog = SqlCatalog("tidemark", uri=uri, warehouse=f"file://{warehouse}")
+if uri.startswith("http"):
+    from pyiceberg.catalog.rest import RestCatalog
+
+    catalog = RestCatalog("tidemark", uri=uri)
+else:
+    catalog = SqlCatalog("tidemark", uri=uri, warehouse=f"file://{warehouse}")
 namespace = table_name.split(".")[0]
 if namespace not in [n[0] for n in catalog.list_namespaces()]:
     catalog.create_namespace(namespace)
