@@ -267,12 +267,22 @@ impl Fixture {
 /// (or one on `PATH`), started without authentication on a free port with a
 /// local warehouse, and stopped when this process exits.
 fn rest_catalog_server() -> String {
-    static SERVER: std::sync::OnceLock<(String, Option<std::process::ChildStdin>)> =
-        std::sync::OnceLock::new();
+    /// The URL, and the shell that runs the server for as long as its stdin
+    /// stays open (until this process exits).
+    struct Server {
+        url: String,
+        _stdin: Option<std::process::ChildStdin>,
+        _shell: Option<std::process::Child>,
+    }
+    static SERVER: std::sync::OnceLock<Server> = std::sync::OnceLock::new();
     SERVER
         .get_or_init(|| {
             if let Ok(url) = std::env::var("TIDEMARK_TEST_REST_CATALOG") {
-                return (url, None);
+                return Server {
+                    url,
+                    _stdin: None,
+                    _shell: None,
+                };
             }
             let home = std::env::var("HOME").unwrap_or_default();
             let installed = format!("{home}/.cache/tidemark/rustberg/bin/rustberg");
@@ -303,9 +313,13 @@ fn rest_catalog_server() -> String {
                 std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
             });
             assert!(ready, "the REST catalog server did not start");
-            (url, child.stdin.take())
+            Server {
+                url,
+                _stdin: child.stdin.take(),
+                _shell: Some(child),
+            }
         })
-        .0
+        .url
         .clone()
 }
 
