@@ -240,6 +240,15 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The pipeline's map (the user's per-row work) failed. Nothing of the
+    /// run is sealed; the next run processes its rows again.
+    #[error("the pipeline's map failed: {source}")]
+    Map {
+        /// The map's error.
+        #[source]
+        source: BoxError,
+    },
+
     /// An in-flight prefix is not a directory.
     #[error("in-flight prefix `{prefix}` must be a directory ending in `/`")]
     InvalidInFlightPrefix {

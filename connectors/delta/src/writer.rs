@@ -194,7 +194,13 @@ impl DeltaWriter {
             .project(&self.data_indices())
             .map_err(|e| Error::arrow(&self.table, "projecting data columns", e))?;
         if !self.open.contains_key(&values) {
-            let file = self.open_file(&values, checkpoint).await?;
+            let path = self.new_file_path(&values);
+            // Recorded before the first byte, so a crash leaves no untracked file.
+            checkpoint
+                .record_in_flight(&path)
+                .await
+                .map_err(|e| Error::checkpoint(&path, e))?;
+            let file = self.create_file(path, &values)?;
             self.open.insert(values.clone(), file);
         }
         let Some(file) = self.open.get_mut(&values) else {
@@ -225,21 +231,18 @@ impl DeltaWriter {
             .collect()
     }
 
-    async fn open_file(
-        &self,
-        values: &[Option<String>],
-        checkpoint: &mut CheckpointWriter,
-    ) -> Result<OpenFile> {
+    /// A new file's path below the table root, in its partition's directory.
+    fn new_file_path(&self, values: &[Option<String>]) -> String {
         let mut path = String::new();
         for (column, value) in self.partition_columns.iter().zip(values) {
             path.push_str(&format!("{column}={}/", directory_name(value.as_deref())));
         }
         path.push_str(&format!("part-{}.parquet", Uuid::now_v7()));
-        // Recorded before the first byte, so a crash leaves no untracked file.
-        checkpoint
-            .record_in_flight(&path)
-            .await
-            .map_err(|e| Error::checkpoint(&path, e))?;
+        path
+    }
+
+    /// Opens the Parquet writer of a file already recorded as in flight.
+    fn create_file(&self, path: String, values: &[Option<String>]) -> Result<OpenFile> {
         let object = ParquetObjectWriter::new(self.store.clone(), Path::from(path.as_str()));
         let writer = AsyncArrowWriter::try_new(
             object,
@@ -384,5 +387,39 @@ fn directory_name(value: Option<&str>) -> String {
                 }
             })
             .collect(),
+    }
+}
+
+impl tidemark::pipeline::DataWriter for DeltaWriter {
+    fn write<'a>(
+        &'a mut self,
+        batch: &'a RecordBatch,
+        checkpoint: &'a mut CheckpointWriter,
+    ) -> futures::future::BoxFuture<'a, tidemark::Result<()>> {
+        let table = self.table.clone();
+        Box::pin(async move {
+            DeltaWriter::write(self, batch, checkpoint)
+                .await
+                .map_err(|e| tidemark::Error::Sink {
+                    table,
+                    source: Box::new(e),
+                })
+        })
+    }
+
+    fn finish<'a>(
+        &'a mut self,
+        checkpoint: &'a mut CheckpointWriter,
+    ) -> futures::future::BoxFuture<'a, tidemark::Result<()>> {
+        let table = self.table.clone();
+        Box::pin(async move {
+            DeltaWriter::finish(self, checkpoint)
+                .await
+                .map(|_| ())
+                .map_err(|e| tidemark::Error::Sink {
+                    table,
+                    source: Box::new(e),
+                })
+        })
     }
 }

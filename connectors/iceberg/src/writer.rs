@@ -163,7 +163,10 @@ impl IcebergWriter {
             None => vec![(None, batch)],
         };
         if self.open.is_none() {
-            self.open = Some(self.open_writer(checkpoint).await?);
+            let partitioned = self.splitter.is_some();
+            let open =
+                Self::open_writer(&self.table, &self.options, partitioned, checkpoint).await?;
+            self.open = Some(open);
         }
         let Some(open) = self.open.as_mut() else {
             return Ok(());
@@ -217,10 +220,18 @@ impl IcebergWriter {
         self.rows
     }
 
-    async fn open_writer(&self, checkpoint: &mut CheckpointWriter) -> Result<Open> {
-        let metadata = self.table.metadata();
-        let locations =
-            PrefixedLocations::new(metadata).map_err(|e| self.error("the data location", e))?;
+    /// Opens the file writers. An associated function, not a method: the
+    /// future must not hold a shared borrow of the writer, whose open files
+    /// are not `Sync`.
+    async fn open_writer(
+        table: &Table,
+        options: &IcebergWriterOptions,
+        partitioned: bool,
+        checkpoint: &mut CheckpointWriter,
+    ) -> Result<Open> {
+        let metadata = table.metadata();
+        let locations = PrefixedLocations::new(metadata)
+            .map_err(|e| table_error(table, "the data location", e))?;
         // Recorded before the first byte, so a crash leaves no untracked file.
         checkpoint
             .record_in_flight_prefix(&locations.prefix)
@@ -230,35 +241,77 @@ impl IcebergWriter {
                 source: Box::new(e),
             })?;
         let parquet = ParquetWriterBuilder::new(
-            self.options.writer_properties.clone().unwrap_or_default(),
+            options.writer_properties.clone().unwrap_or_default(),
             metadata.current_schema().clone(),
         );
         let names =
             DefaultFileNameGenerator::new("part".to_string(), None, DataFileFormat::Parquet);
         let rolling = RollingFileWriterBuilder::new(
             parquet,
-            self.options.target_file_size_bytes.max(1),
-            self.table.file_io().clone(),
+            options.target_file_size_bytes.max(1),
+            table.file_io().clone(),
             locations,
             names,
         );
         let builder = DataFileWriterBuilder::new(rolling);
-        Ok(if self.splitter.is_some() {
+        Ok(if partitioned {
             Open::Partitioned(Box::new(FanoutWriter::new(builder)))
         } else {
             Open::Unpartitioned(Box::new(
                 builder
                     .build(None)
                     .await
-                    .map_err(|e| self.error("opening a data file writer", e))?,
+                    .map_err(|e| table_error(table, "opening a data file writer", e))?,
             ))
         })
     }
 
     fn error(&self, context: &str, source: iceberg::Error) -> Error {
-        Error::iceberg(
-            format!("table `{}`: {context}", self.table.identifier()),
-            source,
-        )
+        table_error(&self.table, context, source)
+    }
+}
+
+impl tidemark::pipeline::DataWriter for IcebergWriter {
+    fn write<'a>(
+        &'a mut self,
+        batch: &'a RecordBatch,
+        checkpoint: &'a mut CheckpointWriter,
+    ) -> futures::future::BoxFuture<'a, tidemark::Result<()>> {
+        let table = self.sink_name();
+        Box::pin(async move {
+            IcebergWriter::write(self, batch, checkpoint)
+                .await
+                .map_err(|e| sink_error(table, e))
+        })
+    }
+
+    fn finish<'a>(
+        &'a mut self,
+        checkpoint: &'a mut CheckpointWriter,
+    ) -> futures::future::BoxFuture<'a, tidemark::Result<()>> {
+        let table = self.sink_name();
+        Box::pin(async move {
+            IcebergWriter::finish(self, checkpoint)
+                .await
+                .map(|_| ())
+                .map_err(|e| sink_error(table, e))
+        })
+    }
+}
+
+impl IcebergWriter {
+    fn sink_name(&self) -> String {
+        format!("iceberg:{}", self.table.identifier())
+    }
+}
+
+fn table_error(table: &Table, context: &str, source: iceberg::Error) -> Error {
+    Error::iceberg(format!("table `{}`: {context}", table.identifier()), source)
+}
+
+fn sink_error(table: String, error: Error) -> tidemark::Error {
+    tidemark::Error::Sink {
+        table,
+        source: Box::new(error),
     }
 }
