@@ -302,9 +302,13 @@ fn rest_catalog_server() -> String {
                  --log-level warn & pid=$!; read _; kill $pid; wait $pid; rm -rf '{dir}'",
                 dir = dir.display()
             );
+            // The server writes an audit record per request; keep it out of
+            // the test output.
             let mut child = Command::new("sh")
                 .args(["-c", &script])
                 .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
                 .spawn()
                 .expect("start rustberg (bash .ci/run installs it)");
             let url = format!("http://127.0.0.1:{port}");
