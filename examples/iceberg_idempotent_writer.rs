@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow_array::{Int64Array, RecordBatch, StringArray};
+use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use futures::TryStreamExt;
 use iceberg::io::LocalFsStorageFactory;
@@ -147,8 +147,8 @@ async fn write_shard(
     ]));
     let ids: Vec<i64> = (shard * ROWS_PER_SHARD..(shard + 1) * ROWS_PER_SHARD).collect();
     for chunk in ids.chunks(4_096) {
-        let ids = Arc::new(Int64Array::from(chunk.to_vec()));
-        checkpoint.stage_keys(&[ids.clone()]).await?;
+        let ids: ArrayRef = Arc::new(Int64Array::from(chunk.to_vec()));
+        checkpoint.stage_keys(std::slice::from_ref(&ids)).await?;
         let shards: StringArray = chunk
             .iter()
             .map(|_| Some(format!("shard-{shard}")))
