@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::BoxFuture;
@@ -33,6 +34,16 @@ use crate::store::{CheckpointId, CheckpointStore, CommitIntent, FileRecord, Mani
 /// How many times in a row a committer may lose the race for an intent to
 /// another committer before it gives up.
 const MAX_LOST_RACES: u32 = 16;
+
+/// How many times a sink attempts one table commit (re-reading its marker
+/// before each attempt) before it gives up.
+pub const SINK_COMMIT_ATTEMPTS: u32 = 12;
+
+/// The pause before attempt `attempt` (counted from 0) of a sink's commit
+/// loop: 20 ms, doubling, at most about 5 s.
+pub fn retry_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(20u64.saturating_mul(1 << attempt.min(8)))
+}
 
 /// The default cap on checkpoints per table commit.
 pub const DEFAULT_MAX_CHECKPOINTS_PER_COMMIT: usize = 1_000;
@@ -260,6 +271,7 @@ impl<S: CommitSink> Committer<S> {
             .filter_map(|id| pending.get(id).copied())
             .collect();
         let files: Vec<FileRecord> = manifests.iter().flat_map(|m| m.files.clone()).collect();
+        let file_count = files.len();
         let rows = files.iter().map(|f| f.record_count).sum();
         let outcome = if manifests.len() < intent.checkpoints.len() {
             // Some checkpoints are marked, and marks only follow the table
@@ -269,7 +281,7 @@ impl<S: CommitSink> Committer<S> {
                 table_version: json!(null),
             }
         } else {
-            self.apply(intent, files.clone()).await?
+            self.apply(intent, files).await?
         };
         let commit = json!({
             "pipeline_id": self.pipeline_id,
@@ -285,7 +297,7 @@ impl<S: CommitSink> Committer<S> {
             table = %intent.table,
             sequence = intent.sequence,
             checkpoints = intent.checkpoints.len(),
-            files = files.len(),
+            files = file_count,
             rows,
             applied_now = outcome.applied,
             "table commit finished"
@@ -293,7 +305,7 @@ impl<S: CommitSink> Committer<S> {
         Ok(CommitSummary {
             sequence: intent.sequence,
             checkpoints: intent.checkpoints.clone(),
-            files: files.len(),
+            files: file_count,
             rows,
             applied_now: outcome.applied,
             table_version: outcome.table_version,

@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow_schema::Schema;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
@@ -27,16 +26,15 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore};
 use futures::future::BoxFuture;
 use serde_json::json;
-use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink};
+use tidemark::commit::{
+    retry_backoff, CommitOutcome, CommitRequest, CommitSink, SINK_COMMIT_ATTEMPTS,
+};
 use tidemark::error::BoxError;
 use tokio::sync::Mutex;
 use url::Url;
 
 use crate::writer::{DeltaWriter, DeltaWriterOptions};
 use crate::{record_to_add, Error, Result};
-
-/// How many times a commit is attempted before the last error is returned.
-const COMMIT_ATTEMPTS: u32 = 12;
 
 /// A Delta table that pipelines append to idempotently.
 pub struct DeltaSink {
@@ -206,9 +204,9 @@ impl DeltaSink {
         ];
         let mut table = self.table.lock().await;
         let mut last_error = None;
-        for attempt in 0..COMMIT_ATTEMPTS {
+        for attempt in 0..SINK_COMMIT_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::time::sleep(retry_backoff(attempt)).await;
             }
             // The marker is read again before every attempt: an earlier attempt
             // may have landed although its response was lost.
@@ -255,7 +253,7 @@ impl DeltaSink {
         }
         Err(Error::CommitGaveUp {
             table: self.url.to_string(),
-            attempts: COMMIT_ATTEMPTS,
+            attempts: SINK_COMMIT_ATTEMPTS,
             last: last_error.map_or_else(String::new, |e| e.to_string()),
         })
     }
@@ -315,10 +313,6 @@ fn retryable(error: &DeltaTableError) -> bool {
                     | TransactionError::LogStoreError { .. }
             }
     )
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(20u64.saturating_mul(1 << attempt.min(8)))
 }
 
 fn register_handlers(url: &Url) {

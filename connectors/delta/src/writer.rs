@@ -75,6 +75,8 @@ pub struct DeltaWriter {
     store: ObjectStoreRef,
     table_schema: SchemaRef,
     data_schema: SchemaRef,
+    /// Positions of `data_schema`'s columns in `table_schema`.
+    data_indices: Vec<usize>,
     partition_columns: Vec<String>,
     properties: WriterProperties,
     target_file_size_bytes: u64,
@@ -120,12 +122,17 @@ impl DeltaWriter {
                 });
             }
         }
+        let data_indices: Vec<usize> = table_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| !partition_columns.contains(f.name()))
+            .map(|(i, _)| i)
+            .collect();
         let data_schema = Arc::new(Schema::new(
-            table_schema
-                .fields()
+            data_indices
                 .iter()
-                .filter(|f| !partition_columns.contains(f.name()))
-                .cloned()
+                .map(|&i| table_schema.field(i).clone())
                 .collect::<Vec<_>>(),
         ));
         let properties = options.writer_properties.unwrap_or_else(|| {
@@ -138,6 +145,7 @@ impl DeltaWriter {
             store: table.object_store(),
             table_schema,
             data_schema,
+            data_indices,
             partition_columns,
             properties,
             target_file_size_bytes: options.target_file_size_bytes.max(1),
@@ -191,7 +199,7 @@ impl DeltaWriter {
         checkpoint: &mut CheckpointWriter,
     ) -> Result<()> {
         let data = part
-            .project(&self.data_indices())
+            .project(&self.data_indices)
             .map_err(|e| Error::arrow(&self.table, "projecting data columns", e))?;
         if !self.open.contains_key(&values) {
             let path = self.new_file_path(&values);
@@ -219,16 +227,6 @@ impl DeltaWriter {
             }
         }
         Ok(())
-    }
-
-    fn data_indices(&self) -> Vec<usize> {
-        self.table_schema
-            .fields()
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| !self.partition_columns.contains(f.name()))
-            .map(|(i, _)| i)
-            .collect()
     }
 
     /// A new file's path below the table root, in its partition's directory.

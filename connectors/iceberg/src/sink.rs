@@ -24,7 +24,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use iceberg::spec::TableProperties;
@@ -32,14 +31,13 @@ use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, ErrorKind, Runtime, TableIdent};
 use serde_json::json;
-use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink};
+use tidemark::commit::{
+    retry_backoff, CommitOutcome, CommitRequest, CommitSink, SINK_COMMIT_ATTEMPTS,
+};
 use tidemark::error::BoxError;
 
 use crate::writer::{IcebergWriter, IcebergWriterOptions};
 use crate::{record_to_data_file, Error, Result};
-
-/// How many times a commit is attempted before the last error is returned.
-const COMMIT_ATTEMPTS: u32 = 12;
 
 /// The table property holding a pipeline's last committed sequence.
 pub fn marker_property(pipeline_id: &str) -> String {
@@ -113,9 +111,9 @@ impl IcebergSink {
             ),
         ]);
         let mut last_error = String::new();
-        for attempt in 0..COMMIT_ATTEMPTS {
+        for attempt in 0..SINK_COMMIT_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(backoff(attempt)).await;
+                tokio::time::sleep(retry_backoff(attempt)).await;
             }
             // The marker is read again before every attempt: an earlier attempt
             // may have landed although its response was lost.
@@ -176,7 +174,7 @@ impl IcebergSink {
         }
         Err(Error::CommitGaveUp {
             table: self.ident.to_string(),
-            attempts: COMMIT_ATTEMPTS,
+            attempts: SINK_COMMIT_ATTEMPTS,
             last: last_error,
         })
     }
@@ -266,8 +264,4 @@ fn retryable(error: &iceberg::Error) -> bool {
             | ErrorKind::NamespaceNotFound
             | ErrorKind::PreconditionFailed
     )
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(20u64.saturating_mul(1 << attempt.min(8)))
 }

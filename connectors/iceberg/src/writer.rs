@@ -176,7 +176,11 @@ impl IcebergWriter {
             let written = match (open as &mut Open, key) {
                 (Open::Partitioned(writer), Some(key)) => writer.write(key, part).await,
                 (Open::Unpartitioned(writer), _) => writer.write(part).await,
-                (Open::Partitioned(_), None) => Ok(()),
+                // The splitter gives every part a key; never drop rows silently.
+                (Open::Partitioned(_), None) => Err(iceberg::Error::new(
+                    iceberg::ErrorKind::Unexpected,
+                    "a partitioned table got rows without a partition key",
+                )),
             };
             written.map_err(|e| Error::iceberg("writing a data file".to_string(), e))?;
             self.rows += rows;
