@@ -28,6 +28,12 @@ pub enum ObjectKind {
     Index,
     /// A commit intent (`commits/{sequence}.json`).
     CommitIntent,
+    /// A lease epoch (`lease/{scope}/epochs/{epoch}.json`).
+    Lease,
+    /// A lease heartbeat (`lease/{scope}/heartbeats/{epoch}.json`).
+    LeaseHeartbeat,
+    /// A garbage collection record (`collected/{id}.json`).
+    Collected,
 }
 
 impl fmt::Display for ObjectKind {
@@ -41,6 +47,9 @@ impl fmt::Display for ObjectKind {
             ObjectKind::BeginMarker => "begin marker",
             ObjectKind::Index => "index",
             ObjectKind::CommitIntent => "commit intent",
+            ObjectKind::Lease => "lease record",
+            ObjectKind::LeaseHeartbeat => "lease heartbeat",
+            ObjectKind::Collected => "garbage collection record",
         };
         f.write_str(name)
     }
@@ -295,6 +304,41 @@ pub enum Error {
         store_sequence: u64,
         /// What it means and what to do.
         why: String,
+    },
+
+    /// Another run holds the lease: two runs of one pipeline (or shard) must
+    /// not process the same keys at once.
+    #[error("lease `{scope}` is held by {holder} (epoch {epoch}) until {expires_at}; another run of this pipeline is active. Wait for it, or for the lease to expire if it died")]
+    LeaseHeld {
+        /// The lease scope.
+        scope: String,
+        /// The holder's epoch.
+        epoch: u64,
+        /// The holder (host and process).
+        holder: String,
+        /// When the lease expires unless renewed.
+        expires_at: String,
+    },
+
+    /// This writer's lease was taken over by a newer run: it must stop without
+    /// sealing or committing anything.
+    #[error("fenced: lease `{scope}` epoch {epoch} was taken over by epoch {newer_epoch}; this run stopped before {operation} and sealed nothing")]
+    Fenced {
+        /// The lease scope.
+        scope: String,
+        /// This run's epoch.
+        epoch: u64,
+        /// The epoch that took over.
+        newer_epoch: u64,
+        /// What this run was about to do.
+        operation: &'static str,
+    },
+
+    /// A lease scope is not a plain name.
+    #[error("invalid lease scope `{scope}`: use letters, digits, `.`, `_` and `-`")]
+    InvalidLeaseScope {
+        /// The scope given.
+        scope: String,
     },
 }
 

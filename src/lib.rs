@@ -33,6 +33,7 @@ pub mod commit;
 pub mod conform;
 pub mod error;
 pub mod filter;
+pub mod gc;
 pub mod pipeline;
 pub mod read;
 pub mod source;

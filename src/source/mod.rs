@@ -4,6 +4,8 @@
 
 mod glob;
 mod parquet;
+mod shard;
+mod union;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use tokio::sync::mpsc;
 use crate::error::Result;
 
 pub use self::parquet::{ParquetSource, ParquetSourceOptions};
+pub use self::shard::Shard;
+pub use self::union::UnionSource;
 
 /// A stream of record batches.
 pub type BatchStream = BoxStream<'static, Result<RecordBatch>>;

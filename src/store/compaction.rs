@@ -55,6 +55,12 @@ pub struct CompactionReport {
     /// Objects deleted: markers of the compacted checkpoints, staged objects of
     /// those compacted by the previous generation, and superseded index files.
     pub objects_deleted: usize,
+    /// Commit intents deleted: all but the latest, once every checkpoint they
+    /// carry is compacted.
+    pub intents_pruned: usize,
+    /// Committed checkpoints left out because their orphan data files wait
+    /// for garbage collection ([`crate::gc::collect_garbage`]).
+    pub waiting_for_gc: usize,
 }
 
 impl CheckpointStore {
@@ -65,16 +71,22 @@ impl CheckpointStore {
     /// fail with [`Error::ConcurrentChange`] after removing its own files.
     pub async fn compact(&self, options: &CompactionOptions) -> Result<CompactionReport> {
         let state = self.load().await?;
-        let targets: Vec<_> = state
-            .checkpoints
-            .iter()
-            .filter(|c| c.committed)
-            .map(|c| &c.manifest)
-            .collect();
+        // A checkpoint with orphans waits for garbage collection: its in-flight
+        // records are the only trace of those files, and they go with it.
+        let mut targets = Vec::new();
+        let mut waiting_for_gc = 0;
+        for summary in state.checkpoints.iter().filter(|c| c.committed) {
+            if self.orphans_of(&summary.manifest).await?.is_empty() {
+                targets.push(&summary.manifest);
+            } else {
+                waiting_for_gc += 1;
+            }
+        }
         let previous_runs = state.index.as_ref().map_or(0, |i| i.runs.len());
         if targets.is_empty() && previous_runs <= options.max_runs {
             return Ok(CompactionReport {
                 runs: previous_runs,
+                waiting_for_gc,
                 ..Default::default()
             });
         }
@@ -132,6 +144,7 @@ impl CheckpointStore {
         }
 
         let objects_deleted = self.delete_superseded(&index, state.index.as_ref()).await?;
+        let intents_pruned = self.prune_commit_intents(&index).await?;
         Ok(CompactionReport {
             generation: Some(generation),
             checkpoints_compacted: newly_compacted.len(),
@@ -139,7 +152,35 @@ impl CheckpointStore {
             runs: index.runs.len(),
             key_files_written,
             objects_deleted,
+            intents_pruned,
+            waiting_for_gc,
         })
+    }
+
+    /// Deletes the commit intents below the latest whose checkpoints are all in
+    /// `index`. The latest stays: the committer numbers the next commit from
+    /// it, and resumes it if it is unfinished.
+    async fn prune_commit_intents(&self, index: &IndexGeneration) -> Result<usize> {
+        let store = self.object_store();
+        let mut sequences: Vec<u64> = io::list(store, &self.layout().commit_intents_dir())
+            .await?
+            .iter()
+            .filter_map(|m| Layout::sequence_of(&m.location))
+            .collect();
+        sequences.sort_unstable();
+        sequences.pop();
+        let compacted: BTreeSet<CheckpointId> = index.checkpoints.iter().copied().collect();
+        let mut pruned = 0;
+        for sequence in sequences {
+            let Some(intent) = self.commit_intent(sequence).await? else {
+                continue;
+            };
+            if intent.checkpoints.iter().all(|id| compacted.contains(id)) {
+                io::delete(store, &self.layout().commit_intent(sequence)).await?;
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
     }
 
     /// Reads `sources`, sorts all their keys and writes them as one run.
@@ -208,6 +249,7 @@ impl CheckpointStore {
         for &id in &current.newly_compacted {
             doomed.push(layout.sealed(id));
             doomed.push(layout.committed(id));
+            doomed.push(layout.collected(id));
         }
         if let Some(previous) = previous {
             for &id in &previous.newly_compacted {

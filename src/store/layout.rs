@@ -11,6 +11,9 @@
 //! index-keys/{generation}-{run}/{n}.parquet       sorted key runs of the index
 //! commits/{sequence}.json                         commit intents: which checkpoints
 //!                                                 the table commit `sequence` carries
+//! lease/{scope}/epochs/{epoch}.json               who took the lease at each epoch
+//! lease/{scope}/heartbeats/{epoch}.json           the holder's latest renewal
+//! collected/{checkpoint}.json                     orphan data files deleted by gc
 //! ```
 
 use object_store::path::Path;
@@ -126,6 +129,37 @@ impl Layout {
     /// The sequence of a `commits/` entry, if it is one.
     pub(crate) fn sequence_of(path: &Path) -> Option<u64> {
         path.filename()?.strip_suffix(".json")?.parse().ok()
+    }
+
+    pub(crate) fn staging_dir(&self) -> Path {
+        self.join(&["staging"])
+    }
+
+    pub(crate) fn lease_epochs_dir(&self, scope: &str) -> Path {
+        self.join(&["lease", scope, "epochs"])
+    }
+
+    pub(crate) fn lease_epoch(&self, scope: &str, epoch: u64) -> Path {
+        self.join(&["lease", scope, "epochs", &format!("{epoch:020}.json")])
+    }
+
+    pub(crate) fn lease_heartbeat(&self, scope: &str, epoch: u64) -> Path {
+        self.join(&["lease", scope, "heartbeats", &format!("{epoch:020}.json")])
+    }
+
+    pub(crate) fn collected(&self, id: CheckpointId) -> Path {
+        self.join(&["collected", &format!("{id}.json")])
+    }
+
+    /// The checkpoint and writer of a `staging/{checkpoint}/{writer}/...` object.
+    pub(crate) fn staged_owner(&self, path: &Path) -> Option<(CheckpointId, Uuid)> {
+        let mut parts = path.prefix_match(&self.root)?;
+        if parts.next()?.as_ref() != "staging" {
+            return None;
+        }
+        let id = parts.next()?.as_ref().parse::<Uuid>().ok()?;
+        let writer = parts.next()?.as_ref().parse::<Uuid>().ok()?;
+        Some((CheckpointId::from(id), writer))
     }
 
     /// The path below the root, as stored in manifests.

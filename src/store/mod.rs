@@ -14,7 +14,9 @@ mod intents;
 mod io;
 mod keys;
 mod layout;
+mod lease;
 mod location;
+mod orphans;
 mod records;
 mod state;
 mod writer;
@@ -27,11 +29,13 @@ use chrono::Utc;
 
 pub use compaction::{CompactionOptions, CompactionReport};
 pub use keys::{KeyColumn, KeySchema};
+pub use lease::{Fence, Lease, LeaseOptions, LeaseStatus, PIPELINE_SCOPE};
+pub use orphans::Orphans;
 pub use location::{StoreLocation, OPTION_MAX_RETRIES, OPTION_RETRY_TIMEOUT_SECS};
 pub use records::{
-    BeginMarker, CheckpointId, CommitIntent, CommitMarker, Descriptor, FileRecord, InFlightRecord,
-    IndexGeneration, KeyFileRef, KeyRun, Manifest, TableFileMetadata, FORMAT_VERSION,
-    MIN_FORMAT_VERSION,
+    BeginMarker, CheckpointId, CollectedRecord, CommitIntent, CommitMarker, Descriptor, FileRecord,
+    InFlightRecord, IndexGeneration, KeyFileRef, KeyRun, LeaseClaim, LeaseHeartbeat, LeaseRecord,
+    Manifest, TableFileMetadata, FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
 pub use state::{CheckpointState, CheckpointSummary, StoreState};
 pub use writer::{CheckpointWriter, KEY_FILE_ROWS};
@@ -119,14 +123,21 @@ impl CheckpointStore {
 
     /// Begins a new checkpoint with a fresh, time-ordered id.
     pub async fn begin(&self) -> Result<CheckpointWriter> {
-        CheckpointWriter::begin(self.clone(), CheckpointId::new()).await
+        CheckpointWriter::begin(self.clone(), CheckpointId::new(), None).await
+    }
+
+    /// Begins a new checkpoint whose writer is fenced by a [`Lease`]: it fails
+    /// with [`Error::Fenced`] instead of writing or sealing once a newer run
+    /// took the lease over.
+    pub async fn begin_fenced(&self, fence: Fence) -> Result<CheckpointWriter> {
+        CheckpointWriter::begin(self.clone(), CheckpointId::new(), Some(fence)).await
     }
 
     /// Begins writing the checkpoint `id` chosen by the caller, for example one id
     /// per shard so that two attempts at the same shard race to seal it and
     /// exactly one wins. Fails with [`Error::AlreadySealed`] if it is sealed.
     pub async fn begin_with_id(&self, id: CheckpointId) -> Result<CheckpointWriter> {
-        CheckpointWriter::begin(self.clone(), id).await
+        CheckpointWriter::begin(self.clone(), id, None).await
     }
 
     /// The manifest of a sealed checkpoint that has not been compacted away.

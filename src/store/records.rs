@@ -126,6 +126,11 @@ pub struct Manifest {
     pub abandoned_writes: Vec<String>,
     /// Free-form properties the pipeline attached (source shard, run id, ...).
     pub properties: BTreeMap<String, String>,
+    /// Set when this is not a writer's seal but a tombstone: the holder of a
+    /// newer lease sealed the checkpoint of a fenced writer empty, so that the
+    /// fenced writer's own seal fails. A tombstone has no keys and no files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_by: Option<LeaseClaim>,
 }
 
 impl Manifest {
@@ -198,6 +203,67 @@ pub struct BeginMarker {
     pub writer_id: Uuid,
     /// When it began.
     pub begun_at: DateTime<Utc>,
+    /// The lease the writer held, if it was fenced by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseClaim>,
+}
+
+/// A lease scope and epoch: who was allowed to write.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseClaim {
+    /// The lease's scope: `pipeline` for a whole pipeline, or a shard's name.
+    pub scope: String,
+    /// The epoch: 1 for the first holder, then +1 for every takeover.
+    pub epoch: u64,
+}
+
+/// `lease/{scope}/epochs/{epoch}.json`: who took the lease at this epoch.
+/// Written once, with put-if-not-exists; the highest epoch is the holder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    /// Encoding version.
+    pub format_version: u32,
+    /// Scope and epoch.
+    pub claim: LeaseClaim,
+    /// Identifies the holder process (one id per acquisition).
+    pub owner: Uuid,
+    /// Human-readable holder: host and process id.
+    pub holder: String,
+    /// When it was taken.
+    pub acquired_at: DateTime<Utc>,
+    /// Until when it is held unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `lease/{scope}/heartbeats/{epoch}.json`: the holder's latest renewal or release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseHeartbeat {
+    /// Encoding version.
+    pub format_version: u32,
+    /// Scope and epoch.
+    pub claim: LeaseClaim,
+    /// The holder.
+    pub owner: Uuid,
+    /// When it was renewed.
+    pub renewed_at: DateTime<Utc>,
+    /// Until when it is held unless renewed again.
+    pub expires_at: DateTime<Utc>,
+    /// The holder let go: the next run may take over at once.
+    pub released: bool,
+}
+
+/// `collected/{checkpoint}.json`: data files of a sealed checkpoint's in-flight
+/// writes that never made it into its manifest and have been deleted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectedRecord {
+    /// Encoding version.
+    pub format_version: u32,
+    /// The checkpoint.
+    pub checkpoint_id: CheckpointId,
+    /// Paths and prefixes deleted, over every collection so far.
+    pub deleted: Vec<String>,
+    /// When the last collection ran.
+    pub collected_at: DateTime<Utc>,
 }
 
 /// `tidemark.json`: what every checkpoint of the store has in common.

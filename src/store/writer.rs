@@ -11,6 +11,7 @@ use super::records::{
     self, BeginMarker, CheckpointId, FileRecord, InFlightRecord, KeyFileRef, Manifest,
     FORMAT_VERSION,
 };
+use super::lease::Fence;
 use super::{io, keys, CheckpointStore};
 use crate::error::{Error, ObjectKind, Result};
 
@@ -37,10 +38,15 @@ pub struct CheckpointWriter {
     sealed: Option<Manifest>,
     buffered: Vec<RecordBatch>,
     buffered_rows: usize,
+    fence: Option<Fence>,
 }
 
 impl CheckpointWriter {
-    pub(super) async fn begin(store: CheckpointStore, id: CheckpointId) -> Result<Self> {
+    pub(super) async fn begin(
+        store: CheckpointStore,
+        id: CheckpointId,
+        fence: Option<Fence>,
+    ) -> Result<Self> {
         let writer = CheckpointWriter {
             store,
             id,
@@ -54,6 +60,7 @@ impl CheckpointWriter {
             sealed: None,
             buffered: Vec::new(),
             buffered_rows: 0,
+            fence,
         };
         writer.ensure_unsealed().await?;
         let path = writer.store.layout().begin_marker(id, writer.writer_id);
@@ -62,9 +69,13 @@ impl CheckpointWriter {
             checkpoint_id: id,
             writer_id: writer.writer_id,
             begun_at: writer.begun_at,
+            lease: writer.fence.as_ref().map(|f| f.claim().clone()),
         };
         let encoded = records::encode(ObjectKind::BeginMarker, path.as_ref(), &marker)?;
         io::put(writer.store.object_store(), &path, encoded).await?;
+        // After the marker: a takeover that did not see the marker has already
+        // written its epoch, so this check sees it.
+        writer.ensure_not_fenced("beginning a checkpoint").await?;
         Ok(writer)
     }
 
@@ -76,6 +87,11 @@ impl CheckpointWriter {
     /// This writer's id, recorded in the seal.
     pub fn writer_id(&self) -> Uuid {
         self.writer_id
+    }
+
+    /// The data files staged so far.
+    pub fn staged_files(&self) -> &[FileRecord] {
+        &self.files
     }
 
     /// Number of keys staged so far.
@@ -172,6 +188,7 @@ impl CheckpointWriter {
 
     async fn put_in_flight(&mut self, path: &str, prefix: bool) -> Result<()> {
         self.ensure_unsealed().await?;
+        self.ensure_not_fenced("writing a data file").await?;
         let record_path = self.store.layout().in_flight(self.id, self.writer_id);
         let record = InFlightRecord {
             format_version: FORMAT_VERSION,
@@ -223,6 +240,7 @@ impl CheckpointWriter {
             return Ok(manifest.clone());
         }
         self.flush_keys().await?;
+        self.ensure_not_fenced("sealing").await?;
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             checkpoint_id: self.id,
@@ -244,6 +262,7 @@ impl CheckpointWriter {
                 .cloned()
                 .collect(),
             properties: self.properties.clone(),
+            fenced_by: None,
         };
         let path = self.store.layout().sealed(self.id);
         let encoded = records::encode(ObjectKind::Manifest, path.as_ref(), &manifest)?;
@@ -261,11 +280,26 @@ impl CheckpointWriter {
         if existing.writer_id == self.writer_id {
             self.sealed = Some(existing.clone());
             Ok(existing)
+        } else if let Some(newer) = &existing.fenced_by {
+            Err(Error::Fenced {
+                scope: newer.scope.clone(),
+                epoch: self.fence.as_ref().map_or(0, |f| f.claim().epoch),
+                newer_epoch: newer.epoch,
+                operation: "sealing",
+            })
         } else {
             Err(Error::AlreadySealed {
                 id: self.id.to_string(),
                 sealed_by: existing.writer_id.to_string(),
             })
+        }
+    }
+
+    /// Fails with [`Error::Fenced`] if this writer's lease was taken over.
+    async fn ensure_not_fenced(&self, operation: &'static str) -> Result<()> {
+        match &self.fence {
+            Some(fence) => fence.ensure_current(operation).await,
+            None => Ok(()),
         }
     }
 

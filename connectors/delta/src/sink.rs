@@ -30,6 +30,7 @@ use tidemark::commit::{
     retry_backoff, CommitOutcome, CommitRequest, CommitSink, SINK_COMMIT_ATTEMPTS,
 };
 use tidemark::error::BoxError;
+use tidemark::gc::TableFiles;
 use tokio::sync::Mutex;
 use url::Url;
 
@@ -318,5 +319,48 @@ fn retryable(error: &DeltaTableError) -> bool {
 fn register_handlers(url: &Url) {
     if matches!(url.scheme(), "s3" | "s3a") {
         deltalake::aws::register_handlers(None);
+    }
+}
+
+impl TableFiles for DeltaSink {
+    fn delete_file<'a>(&'a self, path: &'a str) -> BoxFuture<'a, tidemark::Result<()>> {
+        Box::pin(async move {
+            use object_store::ObjectStoreExt as _;
+            let store = self.table.lock().await.object_store();
+            match store.delete(&object_store::path::Path::from(path)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(self.files_error(path, e)),
+            }
+        })
+    }
+
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, tidemark::Result<()>> {
+        Box::pin(async move {
+            use futures::TryStreamExt as _;
+            use object_store::ObjectStoreExt as _;
+            let store = self.table.lock().await.object_store();
+            let root = object_store::path::Path::from(prefix);
+            let listed: Vec<object_store::ObjectMeta> = store
+                .list(Some(&root))
+                .try_collect()
+                .await
+                .map_err(|e| self.files_error(prefix, e))?;
+            for meta in listed {
+                match store.delete(&meta.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(self.files_error(meta.location.as_ref(), e)),
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl DeltaSink {
+    fn files_error(&self, path: &str, error: object_store::Error) -> tidemark::Error {
+        tidemark::Error::Sink {
+            table: self.url.to_string(),
+            source: format!("deleting orphan data file `{path}`: {error}").into(),
+        }
     }
 }

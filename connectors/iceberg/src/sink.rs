@@ -35,6 +35,7 @@ use tidemark::commit::{
     retry_backoff, CommitOutcome, CommitRequest, CommitSink, SINK_COMMIT_ATTEMPTS,
 };
 use tidemark::error::BoxError;
+use tidemark::gc::TableFiles;
 
 use crate::writer::{IcebergWriter, IcebergWriterOptions};
 use crate::{record_to_data_file, Error, Result};
@@ -264,4 +265,37 @@ fn retryable(error: &iceberg::Error) -> bool {
             | ErrorKind::NamespaceNotFound
             | ErrorKind::PreconditionFailed
     )
+}
+
+impl TableFiles for IcebergSink {
+    fn delete_file<'a>(&'a self, path: &'a str) -> BoxFuture<'a, tidemark::Result<()>> {
+        Box::pin(async move {
+            let table = self.load().await.map_err(|e| self.files_error(e))?;
+            table
+                .file_io()
+                .delete(path)
+                .await
+                .map_err(|e| self.files_error(Error::iceberg(format!("deleting `{path}`"), e)))
+        })
+    }
+
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, tidemark::Result<()>> {
+        Box::pin(async move {
+            let table = self.load().await.map_err(|e| self.files_error(e))?;
+            table
+                .file_io()
+                .delete_prefix(prefix)
+                .await
+                .map_err(|e| self.files_error(Error::iceberg(format!("deleting `{prefix}`"), e)))
+        })
+    }
+}
+
+impl IcebergSink {
+    fn files_error(&self, error: Error) -> tidemark::Error {
+        tidemark::Error::Sink {
+            table: CommitSink::table(self),
+            source: Box::new(error),
+        }
+    }
 }

@@ -1,0 +1,482 @@
+//! Leases: at most one live run per pipeline (or per shard), and fencing of a
+//! run whose lease was taken over.
+//!
+//! A lease is a numbered series of epochs in `lease/{scope}/epochs/`, each
+//! written once with put-if-not-exists, so two contenders for the same epoch
+//! cannot both win. The highest epoch is the holder; it renews a heartbeat
+//! while it runs and marks it released when it stops. A contender takes the
+//! next epoch only when the holder released the lease or let it expire.
+//!
+//! Expiry depends on clocks, so it only decides *when* a takeover may happen.
+//! Safety does not: on taking epoch `e`, the new holder seals every unsealed
+//! checkpoint begun under an older epoch of its scope with an empty tombstone
+//! (put-if-not-exists on the same `sealed/{id}.json` the old writer would use).
+//! Exactly one of the two seals exists: if the old writer's landed first, the
+//! new holder sees its keys when it loads the store (after the fencing); if
+//! the tombstone landed first, the old writer's seal fails with
+//! [`Error::Fenced`](crate::Error::Fenced) and its keys never count. A writer
+//! also checks for a newer epoch right after recording its begin marker, so a
+//! checkpoint begun after the takeover's listing is refused before it writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::layout::Layout;
+use super::records::{
+    self, BeginMarker, CheckpointId, InFlightRecord, LeaseClaim, LeaseHeartbeat, LeaseRecord,
+    Manifest, FORMAT_VERSION,
+};
+use super::{io, CheckpointStore};
+use crate::error::{Error, ObjectKind, Result};
+
+/// Attempts at taking an epoch when other contenders keep winning it.
+const ACQUIRE_ATTEMPTS: u32 = 5;
+
+/// The lease scope of a pipeline that is not sharded.
+pub const PIPELINE_SCOPE: &str = "pipeline";
+
+/// How a lease is held.
+#[derive(Debug, Clone)]
+pub struct LeaseOptions {
+    /// How long the lease stays held without a renewal. The holder renews it
+    /// every third of this. A run that dies is taken over after at most this.
+    pub ttl: Duration,
+    /// Who holds it, for messages: host and process id by default.
+    pub holder: String,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "unknown-host".to_string());
+        LeaseOptions {
+            ttl: Duration::from_secs(30),
+            holder: format!("{host}:{}", std::process::id()),
+        }
+    }
+}
+
+/// What the store says about a lease scope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseStatus {
+    /// The highest epoch taken.
+    pub record: LeaseRecord,
+    /// Its latest heartbeat, if the holder wrote one.
+    pub heartbeat: Option<LeaseHeartbeat>,
+}
+
+impl LeaseStatus {
+    /// When the lease expires unless renewed.
+    pub fn expires_at(&self) -> DateTime<Utc> {
+        self.heartbeat
+            .as_ref()
+            .map_or(self.record.expires_at, |h| h.expires_at)
+    }
+
+    /// Whether the holder let go.
+    pub fn released(&self) -> bool {
+        self.heartbeat.as_ref().is_some_and(|h| h.released)
+    }
+
+    /// Whether a run holds the lease at `now`.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        !self.released() && self.expires_at() > now
+    }
+}
+
+/// A check that a lease epoch is still the newest. Writers carry one and
+/// consult it before they begin, write a data file or seal.
+#[derive(Clone)]
+pub struct Fence {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Fence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fence")
+            .field("claim", &self.shared.claim)
+            .finish()
+    }
+}
+
+struct Shared {
+    store: CheckpointStore,
+    claim: LeaseClaim,
+    owner: Uuid,
+    ttl: Duration,
+    lost: AtomicBool,
+}
+
+impl Fence {
+    /// The scope and epoch this fence protects.
+    pub fn claim(&self) -> &LeaseClaim {
+        &self.shared.claim
+    }
+
+    /// Fails with [`Error::Fenced`] if a newer epoch of the scope exists.
+    /// One HEAD request.
+    pub async fn ensure_current(&self, operation: &'static str) -> Result<()> {
+        let shared = &self.shared;
+        let claim = &shared.claim;
+        let layout = shared.store.layout();
+        let next = layout.lease_epoch(&claim.scope, claim.epoch + 1);
+        if shared.lost.load(Ordering::Relaxed)
+            || io::exists(shared.store.object_store(), &next).await?
+        {
+            shared.lost.store(true, Ordering::Relaxed);
+            let newer_epoch = latest_epoch(&shared.store, &claim.scope)
+                .await?
+                .unwrap_or(claim.epoch + 1);
+            return Err(Error::Fenced {
+                scope: claim.scope.clone(),
+                epoch: claim.epoch,
+                newer_epoch,
+                operation,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A held lease. Renewed in the background until [`release`](Self::release)
+/// or drop; dropping without releasing leaves it to expire.
+pub struct Lease {
+    fence: Fence,
+    holder: String,
+    fenced_checkpoints: usize,
+    renewer: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("claim", self.fence.claim())
+            .field("holder", &self.holder)
+            .finish()
+    }
+}
+
+impl Lease {
+    /// Takes the lease `scope` of `store`, fails with [`Error::LeaseHeld`] if a
+    /// live run holds it, and fences every unsealed checkpoint begun under an
+    /// older epoch of the scope (see the module documentation).
+    pub async fn acquire(store: &CheckpointStore, scope: &str, options: LeaseOptions) -> Result<Self> {
+        validate_scope(scope)?;
+        let owner = Uuid::now_v7();
+        let claim = take_epoch(store, scope, owner, &options).await?;
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            claim,
+            owner,
+            ttl: options.ttl,
+            lost: AtomicBool::new(false),
+        });
+        write_heartbeat(&shared, false).await?;
+        let fenced_checkpoints = fence_older_writers(store, &shared.claim, owner).await?;
+        if fenced_checkpoints > 0 {
+            tracing::warn!(
+                scope,
+                epoch = shared.claim.epoch,
+                fenced_checkpoints,
+                "sealed the unfinished checkpoints of earlier runs empty"
+            );
+        }
+        let renewer = tokio::spawn(renew(shared.clone()));
+        Ok(Lease {
+            fence: Fence { shared },
+            holder: options.holder,
+            fenced_checkpoints,
+            renewer: Some(renewer),
+        })
+    }
+
+    /// The fence writers of this run carry.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
+    }
+
+    /// Scope and epoch.
+    pub fn claim(&self) -> &LeaseClaim {
+        self.fence.claim()
+    }
+
+    /// Unfinished checkpoints of older epochs that taking the lease sealed empty.
+    pub fn fenced_checkpoints(&self) -> usize {
+        self.fenced_checkpoints
+    }
+
+    /// Stops renewing and lets the next run take over at once. Writes nothing
+    /// if the lease was already taken over.
+    pub async fn release(mut self) -> Result<()> {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+        if self.fence.ensure_current("releasing the lease").await.is_ok() {
+            write_heartbeat(&self.fence.shared, true).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+    }
+}
+
+impl CheckpointStore {
+    /// The state of lease `scope`, or `None` if nobody ever took it.
+    pub async fn lease_status(&self, scope: &str) -> Result<Option<LeaseStatus>> {
+        validate_scope(scope)?;
+        let Some(epoch) = latest_epoch(self, scope).await? else {
+            return Ok(None);
+        };
+        read_status(self, scope, epoch).await.map(Some)
+    }
+
+    /// Every lease scope ever taken in this store.
+    pub async fn lease_scopes(&self) -> Result<Vec<String>> {
+        let root = self.layout().absolute("lease");
+        let scopes: BTreeSet<String> = io::list(self.object_store(), &root)
+            .await?
+            .iter()
+            .filter_map(|m| {
+                let relative = self.layout().relative(&m.location);
+                relative.split('/').nth(1).map(str::to_string)
+            })
+            .collect();
+        Ok(scopes.into_iter().collect())
+    }
+}
+
+fn validate_scope(scope: &str) -> Result<()> {
+    let plain = !scope.is_empty()
+        && scope
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if plain {
+        Ok(())
+    } else {
+        Err(Error::InvalidLeaseScope {
+            scope: scope.to_string(),
+        })
+    }
+}
+
+async fn latest_epoch(store: &CheckpointStore, scope: &str) -> Result<Option<u64>> {
+    let listed = io::list(store.object_store(), &store.layout().lease_epochs_dir(scope)).await?;
+    Ok(listed
+        .iter()
+        .filter_map(|m| Layout::generation_of(&m.location))
+        .max())
+}
+
+async fn read_status(store: &CheckpointStore, scope: &str, epoch: u64) -> Result<LeaseStatus> {
+    let layout = store.layout();
+    let path = layout.lease_epoch(scope, epoch);
+    let bytes = io::get(store.object_store(), &path).await?;
+    let record: LeaseRecord = records::decode(ObjectKind::Lease, path.as_ref(), &bytes)?;
+    let path = layout.lease_heartbeat(scope, epoch);
+    let heartbeat = match io::get_optional(store.object_store(), &path).await? {
+        Some(bytes) => Some(records::decode(
+            ObjectKind::LeaseHeartbeat,
+            path.as_ref(),
+            &bytes,
+        )?),
+        None => None,
+    };
+    Ok(LeaseStatus { record, heartbeat })
+}
+
+/// Writes the next epoch's record unless a live holder has the current one.
+async fn take_epoch(
+    store: &CheckpointStore,
+    scope: &str,
+    owner: Uuid,
+    options: &LeaseOptions,
+) -> Result<LeaseClaim> {
+    for _ in 0..ACQUIRE_ATTEMPTS {
+        let current = latest_epoch(store, scope).await?;
+        if let Some(epoch) = current {
+            let status = read_status(store, scope, epoch).await?;
+            if status.is_live(Utc::now()) {
+                return Err(Error::LeaseHeld {
+                    scope: scope.to_string(),
+                    epoch,
+                    expires_at: status.expires_at().to_rfc3339(),
+                    holder: status.record.holder,
+                });
+            }
+        }
+        let claim = LeaseClaim {
+            scope: scope.to_string(),
+            epoch: current.unwrap_or(0) + 1,
+        };
+        let now = Utc::now();
+        let record = LeaseRecord {
+            format_version: FORMAT_VERSION,
+            claim: claim.clone(),
+            owner,
+            holder: options.holder.clone(),
+            acquired_at: now,
+            expires_at: now + options.ttl,
+        };
+        let path = store.layout().lease_epoch(scope, claim.epoch);
+        let encoded = records::encode(ObjectKind::Lease, path.as_ref(), &record)?;
+        if io::put_if_absent(store.object_store(), &path, encoded).await? {
+            return Ok(claim);
+        }
+        // Taken: by us if a retried request landed twice, else by a contender.
+        let winner = read_status(store, scope, claim.epoch).await?;
+        if winner.record.owner == owner {
+            return Ok(claim);
+        }
+    }
+    Err(Error::ConcurrentChange {
+        operation: "taking the lease (other runs kept taking it first)",
+        attempts: ACQUIRE_ATTEMPTS,
+    })
+}
+
+async fn write_heartbeat(shared: &Shared, released: bool) -> Result<()> {
+    let now = Utc::now();
+    let heartbeat = LeaseHeartbeat {
+        format_version: FORMAT_VERSION,
+        claim: shared.claim.clone(),
+        owner: shared.owner,
+        renewed_at: now,
+        expires_at: now + shared.ttl,
+        released,
+    };
+    let path = shared
+        .store
+        .layout()
+        .lease_heartbeat(&shared.claim.scope, shared.claim.epoch);
+    let encoded = records::encode(ObjectKind::LeaseHeartbeat, path.as_ref(), &heartbeat)?;
+    io::put(shared.store.object_store(), &path, encoded).await
+}
+
+/// Renews the heartbeat every third of the ttl until the lease is taken over.
+async fn renew(shared: Arc<Shared>) {
+    let fence = Fence {
+        shared: shared.clone(),
+    };
+    loop {
+        tokio::time::sleep(shared.ttl / 3).await;
+        match fence.ensure_current("renewing the lease").await {
+            Err(Error::Fenced { newer_epoch, .. }) => {
+                tracing::error!(
+                    scope = shared.claim.scope,
+                    epoch = shared.claim.epoch,
+                    newer_epoch,
+                    "lease taken over by a newer run; this run will fail before sealing"
+                );
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "checking the lease failed; retrying"),
+            Ok(()) => {
+                if let Err(e) = write_heartbeat(&shared, false).await {
+                    tracing::warn!(error = %e, "renewing the lease failed; retrying");
+                }
+            }
+        }
+    }
+}
+
+/// Seals empty every unsealed checkpoint whose writer began it under an older
+/// epoch of `claim`'s scope. Returns how many it sealed.
+async fn fence_older_writers(store: &CheckpointStore, claim: &LeaseClaim, owner: Uuid) -> Result<usize> {
+    let layout = store.layout();
+    let object_store = store.object_store();
+    let mut staged: BTreeMap<CheckpointId, Vec<object_store::path::Path>> = BTreeMap::new();
+    for meta in io::list(object_store, &layout.staging_dir()).await? {
+        if let Some((id, _)) = layout.staged_owner(&meta.location) {
+            staged.entry(id).or_default().push(meta.location);
+        }
+    }
+    let sealed: BTreeSet<CheckpointId> = io::list(object_store, &layout.sealed_dir())
+        .await?
+        .iter()
+        .filter_map(|m| Layout::id_of_marker(&m.location))
+        .collect();
+    let compacted: BTreeSet<CheckpointId> = store
+        .current_index()
+        .await?
+        .map(|i| i.checkpoints.into_iter().collect())
+        .unwrap_or_default();
+    let mut fenced = 0;
+    for (id, paths) in staged {
+        if sealed.contains(&id) || compacted.contains(&id) {
+            continue;
+        }
+        let mut older = false;
+        let mut begun_at = None;
+        let mut abandoned = Vec::new();
+        for path in &paths {
+            match path.filename() {
+                Some("begun.json") => {
+                    let bytes = io::get(object_store, path).await?;
+                    let marker: BeginMarker =
+                        records::decode(ObjectKind::BeginMarker, path.as_ref(), &bytes)?;
+                    if marker
+                        .lease
+                        .as_ref()
+                        .is_some_and(|l| l.scope == claim.scope && l.epoch < claim.epoch)
+                    {
+                        older = true;
+                        begun_at = Some(begun_at.map_or(marker.begun_at, |b: DateTime<Utc>| {
+                            b.min(marker.begun_at)
+                        }));
+                    }
+                }
+                _ if is_in_flight_record(path) => {
+                    let bytes = io::get(object_store, path).await?;
+                    let record: InFlightRecord =
+                        records::decode(ObjectKind::InFlightRecord, path.as_ref(), &bytes)?;
+                    abandoned.push(record.path);
+                }
+                _ => {}
+            }
+        }
+        if !older {
+            continue;
+        }
+        let tombstone = Manifest {
+            format_version: FORMAT_VERSION,
+            checkpoint_id: id,
+            writer_id: owner,
+            begun_at: begun_at.unwrap_or_else(Utc::now),
+            sealed_at: Utc::now(),
+            key_files: Vec::new(),
+            files: Vec::new(),
+            abandoned_writes: abandoned,
+            properties: BTreeMap::new(),
+            fenced_by: Some(claim.clone()),
+        };
+        let path = layout.sealed(id);
+        let encoded = records::encode(ObjectKind::Manifest, path.as_ref(), &tombstone)?;
+        if io::put_if_absent(object_store, &path, encoded).await? {
+            fenced += 1;
+        }
+    }
+    Ok(fenced)
+}
+
+/// Whether a staged object is an in-flight record (`.../inflight/{n}.json`).
+pub(crate) fn is_in_flight_record(path: &object_store::path::Path) -> bool {
+    let parts: Vec<_> = path.parts().collect();
+    parts.len() >= 2 && parts[parts.len() - 2].as_ref() == "inflight"
+}
