@@ -19,6 +19,7 @@ mod location;
 mod orphans;
 mod records;
 mod state;
+mod status;
 mod writer;
 
 use std::collections::HashMap;
@@ -38,6 +39,7 @@ pub use records::{
     Manifest, TableFileMetadata, FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
 pub use state::{CheckpointState, CheckpointSummary, StoreState};
+pub use status::{StagedCheckpoint, StoreStatus};
 pub use writer::{CheckpointWriter, KEY_FILE_ROWS};
 
 use crate::error::{Error, ObjectKind, Result};

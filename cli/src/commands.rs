@@ -1,0 +1,320 @@
+//! The subcommands.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use text::format_status;
+use indicatif::{ProgressBar, ProgressStyle};
+use tidemark::pipeline::{Pipeline, Progress};
+use tidemark::read::ReadOptions;
+use tidemark::source::{Shard, Source, UnionSource};
+use tidemark::store::{CheckpointStore, CompactionOptions, KeySchema, LeaseOptions, StoreLocation};
+use tidemark::transform::Transform;
+
+use crate::targets::{open_source, parse_location, AnySink};
+use crate::{CliError, CompactArgs, RunArgs, SinkArgs, StatusArgs, StoreArgs};
+
+/// Exit code of `status` when work is pending (unsealed, uncommitted or orphans).
+const EXIT_PENDING: u8 = 3;
+
+pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
+    let options = args.target.store.options();
+    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+    for text in &args.source {
+        sources.push(open_source(text, &options).await?);
+    }
+    let source: Arc<dyn Source> = if sources.len() == 1 {
+        sources.remove(0)
+    } else {
+        Arc::new(UnionSource::new(sources)?)
+    };
+    let schema = source.schema();
+    let key_names: Vec<&str> = args.key.iter().map(String::as_str).collect();
+    let keys = KeySchema::from_source(&schema, &key_names)?;
+    let store = open_store(&args.target.store, Some(keys)).await?;
+    let sink = AnySink::open(&args.target.sink, &options, args.create.then_some(&schema)).await?;
+    let mut writer = sink.writer().await?;
+    let progress = Arc::new(Progress::default());
+    let shard = args.shard.unwrap_or_else(Shard::all);
+    let pipeline = Pipeline::new(store, sink, args.target.pipeline.clone())
+        .with_shard(shard)
+        .with_read_options(ReadOptions {
+            memory_budget_bytes: args.memory_mib << 20,
+            ..Default::default()
+        })
+        .with_lease_options(LeaseOptions {
+            ttl: Duration::from_secs(args.lease_ttl_secs.max(1)),
+            ..Default::default()
+        })
+        .with_progress(progress.clone());
+    let bar = progress_bar(args.quiet, source.row_count());
+    let ticker = bar.clone().map(|bar| {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = progress.snapshot();
+                bar.set_position(now.rows_read);
+                bar.set_message(format!(
+                    "skipped {} written {} files {} bytes {}",
+                    now.rows_skipped, now.rows_written, now.files_written, now.bytes_written
+                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let result = pipeline
+        .run(source, &Transform::new(), writer.as_mut())
+        .await;
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let report = result?;
+    println!(
+        "lease {} epoch {}: repaired {} commit(s), sealed {} stale checkpoint(s) empty, deleted {} orphan file(s) and {} director(ies)",
+        report.lease.scope,
+        report.lease.epoch,
+        report.repaired.commits.len(),
+        report.fenced_checkpoints,
+        report.gc.files_deleted,
+        report.gc.prefixes_deleted,
+    );
+    println!(
+        "read {} rows, skipped {} already processed, {} repeated; wrote {} rows in {} file(s), {} bytes",
+        report.read.rows_read,
+        report.read.rows_skipped,
+        report.read.duplicates_dropped,
+        report.rows_written,
+        report.files_written,
+        report.bytes_written,
+    );
+    for commit in &report.committed.commits {
+        println!(
+            "committed sequence {} ({} file(s), {} rows) into {}: {}",
+            commit.sequence,
+            commit.files,
+            commit.rows,
+            pipeline_table(&pipeline),
+            commit.table_version
+        );
+    }
+    if report.committed.commits.is_empty() {
+        println!("nothing new to commit");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pipeline_table(pipeline: &Pipeline<AnySink>) -> String {
+    tidemark::commit::CommitSink::table(pipeline.sink())
+}
+
+fn progress_bar(quiet: bool, rows: Option<u64>) -> Option<ProgressBar> {
+    if quiet {
+        return None;
+    }
+    let bar = match rows {
+        Some(rows) => ProgressBar::new(rows),
+        None => ProgressBar::new_spinner(),
+    };
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows read, {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    Some(bar)
+}
+
+pub(crate) async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
+    let store = open_store(&args.store, None).await?;
+    let status = store.status().await?;
+    if args.json {
+        println!("{}", status_json(&status));
+    } else {
+        print!("{}", format_status(&status));
+    }
+    Ok(if status.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_PENDING)
+    })
+}
+
+pub(crate) async fn gc(args: SinkArgs) -> Result<ExitCode, CliError> {
+    let options = args.store.options();
+    let store = open_store(&args.store, None).await?;
+    let sink = AnySink::open(&args.sink, &options, None).await?;
+    let report = Pipeline::new(store, sink, args.pipeline).repair().await?;
+    println!(
+        "lease {} epoch {}: sealed {} stale checkpoint(s) empty, committed {} pending commit(s), deleted {} orphan file(s) and {} director(ies)",
+        report.lease.scope,
+        report.lease.epoch,
+        report.fenced_checkpoints,
+        report.committed.commits.len(),
+        report.gc.files_deleted,
+        report.gc.prefixes_deleted
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) async fn compact(args: CompactArgs) -> Result<ExitCode, CliError> {
+    let options = args.store.options();
+    let store = open_store(&args.store, None).await?;
+    if let (Some(sink), Some(pipeline)) = (&args.sink, &args.pipeline) {
+        let sink = AnySink::open(sink, &options, None).await?;
+        let report = Pipeline::new(store.clone(), sink, pipeline.clone())
+            .repair()
+            .await?;
+        println!(
+            "gc: deleted {} orphan file(s) and {} director(ies)",
+            report.gc.files_deleted, report.gc.prefixes_deleted
+        );
+    }
+    let report = store
+        .compact(&CompactionOptions {
+            max_keys_per_file: args.keys_per_file.max(1),
+            ..Default::default()
+        })
+        .await?;
+    match report.generation {
+        Some(generation) => println!(
+            "index generation {generation}: folded {} checkpoint(s) ({} keys), {} run(s), deleted {} object(s), pruned {} commit intent(s)",
+            report.checkpoints_compacted,
+            report.keys_compacted,
+            report.runs,
+            report.objects_deleted,
+            report.intents_pruned
+        ),
+        None => println!("nothing to compact"),
+    }
+    if report.waiting_for_gc > 0 {
+        println!(
+            "{} committed checkpoint(s) wait for garbage collection: run `tidemark gc`",
+            report.waiting_for_gc
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open_store(args: &StoreArgs, keys: Option<KeySchema>) -> Result<CheckpointStore, CliError> {
+    let url = parse_location(&args.store)?;
+    let location = StoreLocation::from_url(url.as_str(), &args.options())?;
+    Ok(match keys {
+        Some(keys) => CheckpointStore::open_at(location, keys).await?,
+        None => CheckpointStore::open_existing(location).await?,
+    })
+}
+
+fn status_json(status: &tidemark::store::StoreStatus) -> serde_json::Value {
+    serde_json::json!({
+        "clean": status.is_clean(),
+        "key_count": status.key_count,
+        "staged": status.staged.iter().map(|s| serde_json::json!({
+            "checkpoint": s.id.to_string(),
+            "leases": s.leases.iter().map(|l| format!("{}@{}", l.scope, l.epoch)).collect::<Vec<_>>(),
+            "in_flight_records": s.in_flight_records,
+        })).collect::<Vec<_>>(),
+        "pending_commit": status.pending_commit.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+        "committed": status.committed,
+        "compacted": status.compacted,
+        "fenced": status.fenced,
+        "latest_commit": status.latest_commit,
+        "commit_intents": status.commit_intents,
+        "orphans": status.orphans.iter().map(|o| serde_json::json!({
+            "checkpoint": o.checkpoint.to_string(),
+            "files": o.files,
+            "prefixes": o.prefixes,
+        })).collect::<Vec<_>>(),
+        "leases": status.leases.iter().map(|(scope, lease)| serde_json::json!({
+            "scope": scope,
+            "epoch": lease.record.claim.epoch,
+            "holder": lease.record.holder,
+            "released": lease.released(),
+            "expires_at": lease.expires_at().to_rfc3339(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Text rendering of a status.
+mod text {
+    use std::fmt::Write as _;
+
+    use tidemark::store::StoreStatus;
+
+    pub(crate) fn format_status(status: &StoreStatus) -> String {
+        let mut out = String::new();
+        let now = chrono::Utc::now();
+        let _ = writeln!(out, "keys checkpointed:   {}", status.key_count);
+        let _ = writeln!(
+            out,
+            "checkpoints:         {} staged, {} pending commit, {} committed, {} compacted ({} fenced)",
+            status.staged.len(),
+            status.pending_commit.len(),
+            status.committed,
+            status.compacted,
+            status.fenced
+        );
+        let _ = writeln!(
+            out,
+            "table commits:       latest sequence {}, {} intent(s) kept",
+            status
+                .latest_commit
+                .map_or("none".to_string(), |s| s.to_string()),
+            status.commit_intents
+        );
+        for staged in &status.staged {
+            let leases: Vec<String> = staged
+                .leases
+                .iter()
+                .map(|l| format!("{}@{}", l.scope, l.epoch))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  staged {} (lease {}, {} in-flight record(s))",
+                staged.id,
+                if leases.is_empty() { "none".to_string() } else { leases.join(",") },
+                staged.in_flight_records
+            );
+        }
+        for id in &status.pending_commit {
+            let _ = writeln!(out, "  pending commit {id}");
+        }
+        let orphan_count: usize = status
+            .orphans
+            .iter()
+            .map(|o| o.files.len() + o.prefixes.len())
+            .sum();
+        let _ = writeln!(out, "orphan data files:   {orphan_count}");
+        for orphans in &status.orphans {
+            for path in orphans.paths() {
+                let _ = writeln!(out, "  {path} (checkpoint {})", orphans.checkpoint);
+            }
+        }
+        for (scope, lease) in &status.leases {
+            let state = if lease.released() {
+                "released".to_string()
+            } else if lease.is_live(now) {
+                format!("held until {}", lease.expires_at().to_rfc3339())
+            } else {
+                format!("expired at {}", lease.expires_at().to_rfc3339())
+            };
+            let _ = writeln!(
+                out,
+                "lease {scope}:  epoch {} by {}, {state}",
+                lease.record.claim.epoch, lease.record.holder
+            );
+        }
+        let _ = writeln!(
+            out,
+            "state:               {}",
+            if status.is_clean() {
+                "clean"
+            } else {
+                "work pending (run `tidemark run` or `tidemark gc`)"
+            }
+        );
+        out
+    }
+}

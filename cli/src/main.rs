@@ -1,0 +1,222 @@
+//! `tidemark`: checkpointed, exactly-once copies from Parquet, Iceberg or Delta
+//! sources into Iceberg or Delta tables, and the upkeep of their checkpoint
+//! stores.
+
+mod commands;
+mod targets;
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Failures of the command, each naming what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    /// The command line is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The core library failed.
+    #[error(transparent)]
+    Tidemark(#[from] tidemark::Error),
+    /// The Iceberg connector failed.
+    #[error(transparent)]
+    IcebergSink(#[from] tidemark_iceberg::Error),
+    /// The Delta connector failed.
+    #[error(transparent)]
+    DeltaSink(#[from] tidemark_delta::Error),
+    /// The iceberg crate failed.
+    #[error("{what}: {source}")]
+    Iceberg {
+        /// What the command was doing.
+        what: String,
+        /// The error.
+        #[source]
+        source: iceberg::Error,
+    },
+    /// The deltalake crate failed.
+    #[error("{what}: {source}")]
+    Delta {
+        /// What the command was doing.
+        what: String,
+        /// The error.
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+}
+
+impl CliError {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        CliError::Usage(message.into())
+    }
+}
+
+/// Exactly-once pipelines over lakehouse tables.
+///
+/// Sources:  Parquet files (file:///dir/, s3://bucket/drop/*.parquet, ./path),
+///           iceberg+sqlite:///catalog.db?warehouse=URL#ns.table,
+///           iceberg+postgresql://user:pw@host/db?warehouse=URL#ns.table,
+///           delta+file:///path, delta+s3://bucket/path.
+/// Sinks:    the same iceberg+... and delta+... URLs.
+/// Stores:   file:///path, s3://bucket/prefix, or a local path.
+/// Options:  -o KEY=VALUE, object_store names (aws_endpoint, aws_region,
+///           aws_access_key_id, aws_secret_access_key, aws_allow_http, ...),
+///           applied to every URL.
+#[derive(Debug, Parser)]
+#[command(name = "tidemark", version, verbatim_doc_comment)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Copies the rows of a source whose key no earlier run processed into a
+    /// table, exactly once, then commits. Safe to kill and rerun at any point.
+    Run(RunArgs),
+    /// Shows a store: checkpoints by state, pending commits, unsealed writes,
+    /// orphan files, keys and leases. Exits 3 if work is pending.
+    Status(StatusArgs),
+    /// Finishes what dead runs left: seals their checkpoints empty, commits
+    /// sealed ones and deletes orphan data files.
+    Gc(SinkArgs),
+    /// Folds committed checkpoints into the sorted key index and prunes old
+    /// commit intents, so reads stay fast after thousands of runs. With a sink,
+    /// collects garbage first.
+    Compact(CompactArgs),
+}
+
+/// Where the checkpoints are.
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// The checkpoint store.
+    #[arg(long)]
+    store: String,
+    /// Object store options, KEY=VALUE (repeatable).
+    #[arg(short = 'o', long = "option", value_parser = parse_option)]
+    options: Vec<(String, String)>,
+}
+
+impl StoreArgs {
+    fn options(&self) -> HashMap<String, String> {
+        self.options.iter().cloned().collect()
+    }
+}
+
+/// A store and the table its pipeline commits into.
+#[derive(Debug, Args)]
+struct SinkArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The table (iceberg+... or delta+...).
+    #[arg(long)]
+    sink: String,
+    /// The pipeline id: the name of its commits in the table.
+    #[arg(long)]
+    pipeline: String,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    target: SinkArgs,
+    /// A source (repeat for the union of several).
+    #[arg(long, required = true)]
+    source: Vec<String>,
+    /// The key column (repeat for a composite key).
+    #[arg(long, required = true)]
+    key: Vec<String>,
+    /// Create the table from the source's schema if it does not exist.
+    #[arg(long)]
+    create: bool,
+    /// Run only shard I of N of the source files (I/N, from 0), under the
+    /// shard's own lease, so N processes can share the work.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<tidemark::source::Shard>,
+    /// Memory budget of the key filter in MiB; above it keys spill to disk.
+    #[arg(long, default_value_t = 1024)]
+    memory_mib: usize,
+    /// Seconds a dead run keeps the lease before another run may take over.
+    #[arg(long, default_value_t = 30)]
+    lease_ttl_secs: u64,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct CompactArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The table, to collect garbage first (iceberg+... or delta+...).
+    #[arg(long, requires = "pipeline")]
+    sink: Option<String>,
+    /// The pipeline id, with --sink.
+    #[arg(long, requires = "sink")]
+    pipeline: Option<String>,
+    /// Keys per index file.
+    #[arg(long, default_value_t = 1_000_000)]
+    keys_per_file: usize,
+}
+
+fn parse_option(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+fn parse_shard(text: &str) -> Result<tidemark::source::Shard, String> {
+    let (index, count) = text
+        .split_once('/')
+        .ok_or_else(|| format!("`{text}` is not I/N"))?;
+    let index = index.parse().map_err(|e| format!("shard index: {e}"))?;
+    let count = count.parse().map_err(|e| format!("shard count: {e}"))?;
+    tidemark::source::Shard::new(index, count).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TIDEMARK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,buoyant_kernel=off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => commands::run(args).await,
+            Command::Status(args) => commands::status(args).await,
+            Command::Gc(args) => commands::gc(args).await,
+            Command::Compact(args) => commands::compact(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! What the command line's URLs name: sources, sinks and stores, and how each
+//! is opened.
+//!
+//! ```text
+//! Parquet     file:///data/drop/  s3://bucket/drop/*.parquet  ./drop/day-1.parquet
+//! Iceberg     iceberg+sqlite:///var/lake/catalog.db?warehouse=file:///var/lake/wh#ns.table
+//!             iceberg+postgresql://user:pw@host:5432/db?warehouse=s3://bucket/wh#ns.table
+//! Delta       delta+file:///var/lake/events   delta+s3://bucket/events
+//! Store       file:///var/lake/checkpoints    s3://bucket/checkpoints   ./checkpoints
+//! ```
+//!
+//! Object store options (`-o aws_endpoint=http://localhost:9000`, ...) are the
+//! `object_store` names; they apply to every URL of the command.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_schema::{Schema, SchemaRef};
+use futures::future::BoxFuture;
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
+use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink};
+use tidemark::error::BoxError;
+use tidemark::gc::TableFiles;
+use tidemark::pipeline::DataWriter;
+use tidemark::source::{ParquetSource, ParquetSourceOptions, Source};
+use tidemark_delta::{DeltaSink, DeltaSource, DeltaWriterOptions};
+use tidemark_iceberg::{IcebergSink, IcebergSource, IcebergWriterOptions, ObjectStorageFactory};
+use url::Url;
+
+use crate::CliError;
+
+/// A table named on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TableUrl {
+    /// A table of an Iceberg SQL catalog.
+    Iceberg {
+        /// The catalog database URI, as sqlx takes it.
+        catalog_uri: String,
+        /// The catalog's warehouse location.
+        warehouse: Option<String>,
+        /// The table.
+        ident: TableIdent,
+    },
+    /// A Delta table's location.
+    Delta(Url),
+}
+
+/// Parses a table URL (`iceberg+...#ns.table` or `delta+...`).
+pub(crate) fn parse_table(text: &str) -> Result<TableUrl, CliError> {
+    if let Some(rest) = text.strip_prefix("delta+") {
+        return Ok(TableUrl::Delta(parse_location(rest)?));
+    }
+    let Some(rest) = text.strip_prefix("iceberg+") else {
+        return Err(CliError::usage(format!(
+            "`{text}` is not a table URL: use iceberg+sqlite://...#namespace.table, \
+             iceberg+postgresql://...#namespace.table or delta+file://... / delta+s3://..."
+        )));
+    };
+    let (catalog, table) = rest.split_once('#').ok_or_else(|| {
+        CliError::usage(format!("`{text}` names no table: end it with #namespace.table"))
+    })?;
+    let parts: Vec<String> = table.split('.').map(str::to_string).collect();
+    if parts.len() < 2 || parts.iter().any(String::is_empty) {
+        return Err(CliError::usage(format!(
+            "`{table}` is not namespace.table in `{text}`"
+        )));
+    }
+    let ident = TableIdent::from_strs(&parts)
+        .map_err(|e| CliError::usage(format!("`{table}` is not a table name: {e}")))?;
+    let mut url = Url::parse(catalog)
+        .map_err(|e| CliError::usage(format!("`{catalog}` is not a catalog URL: {e}")))?;
+    let warehouse = url
+        .query_pairs()
+        .find(|(k, _)| k == "warehouse")
+        .map(|(_, v)| v.to_string());
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "warehouse")
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    url.set_query(None);
+    if !kept.is_empty() {
+        url.query_pairs_mut().extend_pairs(kept);
+    }
+    let catalog_uri = match url.scheme() {
+        "sqlite" => {
+            let query = url.query().map_or("mode=rwc".to_string(), str::to_string);
+            format!("sqlite://{}?{query}", url.path())
+        }
+        "postgres" | "postgresql" => url.to_string(),
+        other => {
+            return Err(CliError::usage(format!(
+                "catalog scheme `{other}` is not supported: use iceberg+sqlite or iceberg+postgresql"
+            )))
+        }
+    };
+    Ok(TableUrl::Iceberg {
+        catalog_uri,
+        warehouse,
+        ident,
+    })
+}
+
+/// A URL, or a local path made absolute.
+pub(crate) fn parse_location(text: &str) -> Result<Url, CliError> {
+    if text.contains("://") {
+        return Url::parse(text).map_err(|e| CliError::usage(format!("`{text}` is not a URL: {e}")));
+    }
+    let path = std::path::absolute(text)
+        .map_err(|e| CliError::usage(format!("`{text}` is not a usable path: {e}")))?;
+    let mut url = Url::from_file_path(&path)
+        .map_err(|()| CliError::usage(format!("`{}` is not an absolute path", path.display())))?;
+    if text.ends_with('/') && !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
+    Ok(url)
+}
+
+/// The object store options for delta-rs, which spells some of them its way.
+fn delta_options(options: &HashMap<String, String>) -> HashMap<String, String> {
+    options
+        .iter()
+        .map(|(k, v)| {
+            let key = match k.to_ascii_lowercase().as_str() {
+                "aws_endpoint" => "AWS_ENDPOINT_URL".to_string(),
+                other => other.to_ascii_uppercase(),
+            };
+            (key, v.clone())
+        })
+        .collect()
+}
+
+async fn iceberg_catalog(
+    catalog_uri: &str,
+    warehouse: Option<&str>,
+    options: &HashMap<String, String>,
+) -> Result<Arc<dyn Catalog>, CliError> {
+    let mut props = HashMap::from([(SQL_CATALOG_PROP_URI.to_string(), catalog_uri.to_string())]);
+    if let Some(warehouse) = warehouse {
+        props.insert(SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse.to_string());
+    }
+    let catalog = SqlCatalogBuilder::default()
+        .with_storage_factory(Arc::new(ObjectStorageFactory::new(options.clone())))
+        .load("tidemark", props)
+        .await
+        .map_err(|e| CliError::Iceberg {
+            what: format!("opening the catalog `{catalog_uri}`"),
+            source: e,
+        })?;
+    Ok(Arc::new(catalog))
+}
+
+/// Opens a source: several are read as one union.
+pub(crate) async fn open_source(
+    text: &str,
+    options: &HashMap<String, String>,
+) -> Result<Arc<dyn Source>, CliError> {
+    let parquet_options = ParquetSourceOptions {
+        store_options: options.clone(),
+        ..Default::default()
+    };
+    if text.starts_with("iceberg+") || text.starts_with("delta+") {
+        return match parse_table(text)? {
+            TableUrl::Iceberg {
+                catalog_uri,
+                warehouse,
+                ident,
+            } => {
+                let catalog = iceberg_catalog(&catalog_uri, warehouse.as_deref(), options).await?;
+                let table = catalog.load_table(&ident).await.map_err(|e| CliError::Iceberg {
+                    what: format!("loading source table `{ident}`"),
+                    source: e,
+                })?;
+                Ok(Arc::new(IcebergSource::open(&table).await?))
+            }
+            TableUrl::Delta(url) => {
+                let table = deltalake::DeltaTableBuilder::from_url(url.clone())
+                    .and_then(|b| b.with_storage_options(delta_options(options)).build())
+                    .map_err(|e| CliError::Delta {
+                        what: format!("opening source table `{url}`"),
+                        source: e,
+                    })?;
+                let mut table = table;
+                table.load().await.map_err(|e| CliError::Delta {
+                    what: format!("loading source table `{url}`"),
+                    source: e,
+                })?;
+                Ok(Arc::new(DeltaSource::open(&table, &parquet_options).await?))
+            }
+        };
+    }
+    let url = parse_location(text)?;
+    Ok(Arc::new(
+        ParquetSource::open(url.as_str(), &parquet_options).await?,
+    ))
+}
+
+/// An Iceberg or a Delta sink.
+#[derive(Debug)]
+pub(crate) enum AnySink {
+    /// Iceberg.
+    Iceberg(IcebergSink),
+    /// Delta.
+    Delta(DeltaSink),
+}
+
+impl AnySink {
+    /// Opens the table at `text`; with `create_from`, creates it with that
+    /// schema if it does not exist.
+    pub(crate) async fn open(
+        text: &str,
+        options: &HashMap<String, String>,
+        create_from: Option<&SchemaRef>,
+    ) -> Result<Self, CliError> {
+        match parse_table(text)? {
+            TableUrl::Iceberg {
+                catalog_uri,
+                warehouse,
+                ident,
+            } => {
+                let catalog = iceberg_catalog(&catalog_uri, warehouse.as_deref(), options).await?;
+                if let Some(schema) = create_from {
+                    create_iceberg_table(catalog.as_ref(), &ident, schema).await?;
+                }
+                Ok(AnySink::Iceberg(IcebergSink::open(catalog, ident).await?))
+            }
+            TableUrl::Delta(url) => {
+                let options = delta_options(options);
+                let sink = match create_from {
+                    Some(schema) => DeltaSink::create_if_missing(url, options, schema, &[]).await?,
+                    None => DeltaSink::open(url, options).await?,
+                };
+                Ok(AnySink::Delta(sink))
+            }
+        }
+    }
+
+    /// A writer of data files for the table.
+    pub(crate) async fn writer(&self) -> Result<Box<dyn DataWriter>, CliError> {
+        Ok(match self {
+            AnySink::Iceberg(sink) => Box::new(sink.writer(IcebergWriterOptions::default()).await?),
+            AnySink::Delta(sink) => Box::new(sink.writer(DeltaWriterOptions::default()).await?),
+        })
+    }
+}
+
+async fn create_iceberg_table(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    schema: &Schema,
+) -> Result<(), CliError> {
+    let iceberg_error = |what: String| move |source| CliError::Iceberg { what, source };
+    if catalog
+        .table_exists(ident)
+        .await
+        .map_err(iceberg_error(format!("looking up `{ident}`")))?
+    {
+        return Ok(());
+    }
+    let namespace: &NamespaceIdent = ident.namespace();
+    if !catalog
+        .namespace_exists(namespace)
+        .await
+        .map_err(iceberg_error(format!("looking up namespace of `{ident}`")))?
+    {
+        catalog
+            .create_namespace(namespace, HashMap::new())
+            .await
+            .map_err(iceberg_error(format!("creating namespace of `{ident}`")))?;
+    }
+    let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(schema)
+        .map_err(iceberg_error(format!("converting the source schema for `{ident}`")))?;
+    let creation = TableCreation::builder()
+        .name(ident.name().to_string())
+        .schema(schema)
+        .build();
+    catalog
+        .create_table(namespace, creation)
+        .await
+        .map_err(iceberg_error(format!("creating `{ident}`")))?;
+    Ok(())
+}
+
+impl CommitSink for AnySink {
+    fn table(&self) -> String {
+        match self {
+            AnySink::Iceberg(sink) => CommitSink::table(sink),
+            AnySink::Delta(sink) => CommitSink::table(sink),
+        }
+    }
+
+    fn committed_sequence<'a>(
+        &'a self,
+        pipeline_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, BoxError>> {
+        match self {
+            AnySink::Iceberg(sink) => sink.committed_sequence(pipeline_id),
+            AnySink::Delta(sink) => sink.committed_sequence(pipeline_id),
+        }
+    }
+
+    fn commit<'a>(
+        &'a self,
+        request: &'a CommitRequest,
+    ) -> BoxFuture<'a, Result<CommitOutcome, BoxError>> {
+        match self {
+            AnySink::Iceberg(sink) => sink.commit(request),
+            AnySink::Delta(sink) => sink.commit(request),
+        }
+    }
+}
+
+impl TableFiles for AnySink {
+    fn delete_file<'a>(&'a self, path: &'a str) -> BoxFuture<'a, tidemark::Result<()>> {
+        match self {
+            AnySink::Iceberg(sink) => sink.delete_file(path),
+            AnySink::Delta(sink) => sink.delete_file(path),
+        }
+    }
+
+    fn delete_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, tidemark::Result<()>> {
+        match self {
+            AnySink::Iceberg(sink) => sink.delete_prefix(prefix),
+            AnySink::Delta(sink) => sink.delete_prefix(prefix),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn table_urls_parse() {
+        let parsed =
+            parse_table("iceberg+sqlite:///var/lake/c.db?warehouse=file:///var/lake/wh#ns.docs")
+                .unwrap();
+        assert_eq!(
+            parsed,
+            TableUrl::Iceberg {
+                catalog_uri: "sqlite:///var/lake/c.db?mode=rwc".into(),
+                warehouse: Some("file:///var/lake/wh".into()),
+                ident: TableIdent::from_strs(["ns", "docs"]).unwrap(),
+            }
+        );
+        assert!(matches!(
+            parse_table("delta+s3://bucket/events").unwrap(),
+            TableUrl::Delta(url) if url.as_str() == "s3://bucket/events"
+        ));
+        assert!(parse_table("iceberg+sqlite:///c.db").is_err());
+        assert!(parse_table("s3://bucket/x").is_err());
+        assert!(parse_table("iceberg+mysql://h/db#a.b").is_err());
+    }
+}
