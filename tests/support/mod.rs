@@ -72,6 +72,11 @@ impl Backend {
         }
     }
 
+    /// The store's URL and the options to open it with.
+    pub fn url(&self) -> (&str, &HashMap<String, String>) {
+        (&self.url, &self.options)
+    }
+
     /// A fresh handle on the backend, as another process would open it.
     pub fn location(&self) -> StoreLocation {
         match &self.memory {
@@ -185,6 +190,8 @@ pub enum Fault {
 struct Rule {
     path_contains: String,
     fault: Fault,
+    /// Matching puts let through before the fault fires.
+    skip: usize,
     remaining: usize,
 }
 
@@ -198,6 +205,7 @@ pub struct FaultyStore {
     pub lists: AtomicUsize,
     pub heads: AtomicUsize,
     dead: std::sync::atomic::AtomicBool,
+    fired: AtomicUsize,
 }
 
 impl FaultyStore {
@@ -210,16 +218,28 @@ impl FaultyStore {
             lists: AtomicUsize::new(0),
             heads: AtomicUsize::new(0),
             dead: std::sync::atomic::AtomicBool::new(false),
+            fired: AtomicUsize::new(0),
         }
     }
 
     /// Injects `fault` into the next `times` puts whose path contains `path_contains`.
     pub fn inject(&self, path_contains: &str, fault: Fault, times: usize) {
+        self.inject_after(path_contains, fault, 0, times);
+    }
+
+    /// Like [`inject`](Self::inject), after letting `skip` matching puts through.
+    pub fn inject_after(&self, path_contains: &str, fault: Fault, skip: usize, times: usize) {
         self.rules.lock().expect("rules").push(Rule {
             path_contains: path_contains.to_string(),
             fault,
+            skip,
             remaining: times,
         });
+    }
+
+    /// Faults injected so far.
+    pub fn faults_fired(&self) -> usize {
+        self.fired.load(Ordering::SeqCst)
     }
 
     /// Requests made so far (get + head + put + list).
@@ -249,7 +269,12 @@ impl FaultyStore {
         let rule = rules
             .iter_mut()
             .find(|r| r.remaining > 0 && path.as_ref().contains(&r.path_contains))?;
+        if rule.skip > 0 {
+            rule.skip -= 1;
+            return None;
+        }
         rule.remaining -= 1;
+        self.fired.fetch_add(1, Ordering::SeqCst);
         Some(rule.fault)
     }
 }

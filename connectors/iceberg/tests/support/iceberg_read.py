@@ -42,6 +42,7 @@ result = {
     "properties": dict(table.properties),
     "summary": dict(snapshot.summary.additional_properties) if snapshot else {},
     "snapshots": len(table.snapshots()),
+    "files": len(list(table.scan().plan_files())),
 }
 con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
 # Offline: the iceberg extension needs avro (and httpfs for S3); all load by

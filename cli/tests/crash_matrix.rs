@@ -1,0 +1,435 @@
+//! The crash matrix: a pipeline into Iceberg and into Delta, with its checkpoint
+//! store and table on the local file system and on a local S3 server, killed at
+//! every step of the protocol and run again to completion. After every
+//! scenario pyiceberg + DuckDB (Iceberg) or deltalake + DuckDB (Delta) must see
+//! every source key exactly once, the table's storage must hold no data file
+//! the table does not reference, and `tidemark status` must report a clean
+//! store.
+//!
+//! A kill is a fault-injecting wrapper around the checkpoint store: at the
+//! chosen request it fails, and (for a crash) so does every later request, as
+//! if the process had died there. The table's own storage is not wrapped, so a
+//! killed run keeps whatever data files it wrote, as a real one would.
+
+#[path = "../../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use futures::TryStreamExt;
+use iceberg::spec::{NestedField, PrimitiveType, Type};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
+use object_store::ObjectStore;
+use tidemark::pipeline::{DataWriter, Pipeline, RunReport};
+use tidemark::source::{ParquetSource, ParquetSourceOptions};
+use tidemark::store::{CheckpointStore, KeySchema, LeaseOptions, StoreLocation};
+use tidemark::transform::Transform;
+use tidemark::Error;
+use tidemark_delta::{DeltaSink, DeltaWriterOptions};
+use tidemark_iceberg::{IcebergSink, IcebergWriterOptions, ObjectStorageFactory};
+
+use support::{Backend, Fault};
+
+const PIPELINE: &str = "crash-matrix";
+/// Small files, so one run writes several and a crash can fall between them.
+const TARGET_FILE_BYTES: usize = 4 << 10;
+
+/// Where to kill the run: the first checkpoint-store write whose path
+/// contains `path` (after letting `skip` such writes through) gets `fault`.
+struct Step {
+    name: &'static str,
+    path: &'static str,
+    fault: Fault,
+    skip: usize,
+}
+
+fn steps(sink: SinkKind) -> Vec<Step> {
+    let step = |name, path, fault, skip| Step {
+        name,
+        path,
+        fault,
+        skip,
+    };
+    let mut steps = vec![
+        step("after reading, before staging keys", "/keys/", Fault::CrashBefore, 0),
+        step("after staging keys", "/keys/", Fault::CrashAfter, 0),
+        step("after recording an in-flight write", "/inflight/", Fault::CrashAfter, 0),
+        step("before sealing (data files written)", "sealed/", Fault::CrashBefore, 0),
+        step("after sealing", "sealed/", Fault::CrashAfter, 0),
+        step("seal applied, response lost", "sealed/", Fault::LoseResponse, 0),
+        step("before the commit intent", "commits/", Fault::CrashBefore, 0),
+        step("after the commit intent, before the catalog commit", "commits/", Fault::CrashAfter, 0),
+        step("after the catalog commit, before mark-committed", "committed/", Fault::CrashBefore, 0),
+        step("after mark-committed", "committed/", Fault::CrashAfter, 0),
+    ];
+    if sink == SinkKind::Delta {
+        // The Delta writer records each file before writing it: dying at the
+        // third record leaves two complete data files that no manifest names.
+        steps.push(step(
+            "after writing two data files",
+            "/inflight/",
+            Fault::CrashBefore,
+            2,
+        ));
+    }
+    steps
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SinkKind {
+    Iceberg,
+    Delta,
+}
+
+/// One scenario's table, store and source.
+struct Scenario {
+    sink: SinkKind,
+    backend: Backend,
+    dir: tempfile::TempDir,
+    table_url: String,
+    table_options: HashMap<String, String>,
+    namespace: String,
+}
+
+impl Scenario {
+    async fn new(sink: SinkKind, backend: Backend, index: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (table_url, table_options) = backend.data_url(&format!("table-{index}"));
+        let scenario = Scenario {
+            sink,
+            backend,
+            dir,
+            table_url,
+            table_options,
+            namespace: format!("ns{index}"),
+        };
+        scenario.write_source();
+        scenario.create_table().await;
+        scenario
+    }
+
+    /// Three files of 400 rows; the last overlaps the second by 100 keys, so
+    /// 1 100 distinct keys.
+    fn write_source(&self) {
+        let source = self.dir.path().join("source");
+        std::fs::create_dir_all(&source).unwrap();
+        for (n, range) in [(0, 0..400), (1, 400..800), (2, 700..1100)] {
+            let ids: Vec<i64> = range.collect();
+            let text: Vec<String> = ids.iter().map(|i| format!("document {i} {}", "x".repeat(40))).collect();
+            let batch = RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(Int64Array::from(ids)) as ArrayRef,
+                    Arc::new(StringArray::from(text)) as ArrayRef,
+                ],
+            )
+            .unwrap();
+            let file = std::fs::File::create(source.join(format!("part-{n}.parquet"))).unwrap();
+            let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema(), None).unwrap();
+            writer.write(&batch).unwrap();
+            writer.close().unwrap();
+        }
+    }
+
+    fn sqlite_path(&self) -> String {
+        format!("{}/catalog.db", self.dir.path().display())
+    }
+
+    async fn catalog(&self) -> Arc<dyn Catalog> {
+        let properties = HashMap::from([
+            (
+                SQL_CATALOG_PROP_URI.to_string(),
+                format!("sqlite://{}?mode=rwc", self.sqlite_path()),
+            ),
+            (SQL_CATALOG_PROP_WAREHOUSE.to_string(), self.table_url.clone()),
+        ]);
+        let catalog = SqlCatalogBuilder::default()
+            .with_storage_factory(Arc::new(ObjectStorageFactory::new(self.table_options.clone())))
+            .load("tidemark", properties)
+            .await
+            .unwrap();
+        Arc::new(catalog)
+    }
+
+    fn ident(&self) -> TableIdent {
+        TableIdent::from_strs([self.namespace.as_str(), "docs"]).unwrap()
+    }
+
+    fn delta_options(&self) -> HashMap<String, String> {
+        self.table_options
+            .iter()
+            .map(|(k, v)| {
+                let key = match k.as_str() {
+                    "aws_endpoint" => "AWS_ENDPOINT_URL".to_string(),
+                    other => other.to_uppercase(),
+                };
+                (key, v.clone())
+            })
+            .collect()
+    }
+
+    async fn create_table(&self) {
+        match self.sink {
+            SinkKind::Iceberg => {
+                let catalog = self.catalog().await;
+                let namespace = NamespaceIdent::new(self.namespace.clone());
+                catalog.create_namespace(&namespace, HashMap::new()).await.unwrap();
+                let schema = iceberg::spec::Schema::builder()
+                    .with_fields(vec![
+                        NestedField::required(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
+                        NestedField::optional(2, "text", Type::Primitive(PrimitiveType::String))
+                            .into(),
+                    ])
+                    .build()
+                    .unwrap();
+                let creation = TableCreation::builder().name("docs".into()).schema(schema).build();
+                catalog.create_table(&namespace, creation).await.unwrap();
+            }
+            SinkKind::Delta => {
+                DeltaSink::create_if_missing(
+                    self.table_url.parse().unwrap(),
+                    self.delta_options(),
+                    &schema(),
+                    &[],
+                )
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    /// One run through `location` (the backend, or the backend behind faults).
+    async fn run(&self, location: StoreLocation, ttl: Duration) -> tidemark::Result<RunReport> {
+        let keys = KeySchema::single("id", DataType::Int64)?;
+        let store = CheckpointStore::open_at(location, keys).await?;
+        let source = Arc::new(
+            ParquetSource::open(
+                &format!("file://{}/source/", self.dir.path().display()),
+                &ParquetSourceOptions {
+                    batch_size: 100,
+                    ..Default::default()
+                },
+            )
+            .await?,
+        );
+        let lease = LeaseOptions {
+            ttl,
+            ..Default::default()
+        };
+        let sink_error = |e: String| Error::Sink {
+            table: self.table_url.clone(),
+            source: e.into(),
+        };
+        match self.sink {
+            SinkKind::Iceberg => {
+                let sink = IcebergSink::open(self.catalog().await, self.ident())
+                    .await
+                    .map_err(|e| sink_error(e.to_string()))?;
+                let mut writer = sink
+                    .writer(IcebergWriterOptions {
+                        target_file_size_bytes: TARGET_FILE_BYTES,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| sink_error(e.to_string()))?;
+                let pipeline = Pipeline::new(store, sink, PIPELINE).with_lease_options(lease);
+                run_with(&pipeline, source, &mut writer).await
+            }
+            SinkKind::Delta => {
+                let sink = DeltaSink::open(self.table_url.parse().unwrap(), self.delta_options())
+                    .await
+                    .map_err(|e| sink_error(e.to_string()))?;
+                let mut writer = sink
+                    .writer(DeltaWriterOptions {
+                        target_file_size_bytes: TARGET_FILE_BYTES as u64,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| sink_error(e.to_string()))?;
+                let pipeline = Pipeline::new(store, sink, PIPELINE).with_lease_options(lease);
+                run_with(&pipeline, source, &mut writer).await
+            }
+        }
+    }
+
+    /// Reruns until the dead run's lease has expired, then to completion.
+    async fn rerun(&self) -> RunReport {
+        for _ in 0..40 {
+            match self.run(self.backend.location(), Duration::from_secs(30)).await {
+                Err(Error::LeaseHeld { .. }) => tokio::time::sleep(Duration::from_millis(250)).await,
+                other => return other.unwrap(),
+            }
+        }
+        panic!("the crashed run's lease never expired");
+    }
+
+    /// Ids and data file count as the independent readers see them.
+    fn read(&self) -> (Vec<Vec<i64>>, u64) {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let mut command = Command::new("python3");
+        match self.sink {
+            SinkKind::Iceberg => {
+                command.arg(format!("{root}/../connectors/iceberg/tests/support/iceberg_read.py"));
+                command.args([
+                    format!("sqlite:///{}", self.sqlite_path()),
+                    self.table_url.clone(),
+                    format!("{}.docs", self.namespace),
+                ]);
+                if let Some(endpoint) = self.table_options.get("aws_endpoint") {
+                    command.arg(endpoint);
+                }
+            }
+            SinkKind::Delta => {
+                command.arg(format!("{root}/../connectors/delta/tests/support/delta_read.py"));
+                command.args([
+                    self.table_url.clone(),
+                    serde_json::to_string(&self.delta_options()).unwrap(),
+                    PIPELINE.to_string(),
+                ]);
+            }
+        }
+        let output = command.output().expect("python3 (bash .ci/run installs the readers)");
+        assert!(
+            output.status.success(),
+            "reader failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let readers = ["pyiceberg_ids", "deltalake_ids", "duckdb_ids"];
+        let ids = readers
+            .iter()
+            .filter_map(|key| value.get(*key))
+            .map(|v| {
+                let mut ids: Vec<i64> = serde_json::from_value(v.clone()).unwrap();
+                ids.sort_unstable();
+                ids
+            })
+            .collect();
+        (ids, value["files"].as_u64().unwrap())
+    }
+
+    /// Parquet files in the table's storage (the Delta log excluded).
+    async fn parquet_files_stored(&self) -> usize {
+        let url = url::Url::parse(&self.table_url).unwrap();
+        let (store, prefix) = object_store::parse_url_opts(&url, &self.table_options).unwrap();
+        let listed: Vec<object_store::ObjectMeta> = store.list(Some(&prefix)).try_collect().await.unwrap();
+        listed
+            .iter()
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
+            .filter(|m| !m.location.as_ref().contains("_delta_log"))
+            .count()
+    }
+
+    /// `tidemark status --json` on the store: its exit code and report.
+    fn status(&self) -> (i32, serde_json::Value) {
+        let (url, options) = self.backend.url();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        command.args(["status", "--json", "--store", url]);
+        for (key, value) in options {
+            command.args(["-o", &format!("{key}={value}")]);
+        }
+        let output = command.output().unwrap();
+        let value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        (output.status.code().unwrap_or(-1), value)
+    }
+
+    /// Every check after a scenario.
+    async fn verify(&self, what: &str) {
+        let expected: Vec<i64> = (0..1100).collect();
+        let (readers, files) = self.read();
+        assert!(readers.len() >= 2, "{what}: fewer than two readers ran");
+        for ids in &readers {
+            assert_eq!(ids.len(), expected.len(), "{what}: row count");
+            assert_eq!(ids, &expected, "{what}: every key exactly once");
+        }
+        assert_eq!(
+            self.parquet_files_stored().await as u64,
+            files,
+            "{what}: the table's storage holds data files the table does not reference"
+        );
+        let (code, status) = self.status();
+        assert_eq!(status["clean"], true, "{what}: status {status}");
+        assert_eq!(code, 0, "{what}: status exit code");
+        assert_eq!(status["orphans"].as_array().map(Vec::len), Some(0), "{what}");
+        assert_eq!(status["key_count"], 1100, "{what}: checkpointed keys");
+    }
+}
+
+async fn run_with<S>(
+    pipeline: &Pipeline<S>,
+    source: Arc<ParquetSource>,
+    writer: &mut dyn DataWriter,
+) -> tidemark::Result<RunReport>
+where
+    S: tidemark::commit::CommitSink + tidemark::gc::TableFiles,
+{
+    pipeline.run(source, &Transform::new(), writer).await
+}
+
+fn schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("text", DataType::Utf8, true),
+    ]))
+}
+
+async fn crash_matrix(sink: SinkKind, backend: fn() -> Backend) {
+    let steps = steps(sink);
+    let mut passed = 0;
+    for (index, step) in steps.iter().enumerate() {
+        let scenario = Scenario::new(sink, backend(), index).await;
+        let what = format!("{sink:?} on {}: {}", scenario.backend.name, step.name);
+        let (location, faulty) = scenario.backend.faulty();
+        faulty.inject_after(step.path, step.fault, step.skip, 1);
+        let crashed = scenario.run(location, Duration::from_secs(1)).await;
+        assert_eq!(faulty.faults_fired(), 1, "{what}: the fault never fired");
+        assert!(crashed.is_err(), "{what}: the killed run reported success");
+        let rerun = scenario.rerun().await;
+        let again = scenario.rerun().await;
+        assert_eq!(again.rows_written, 0, "{what}: a second rerun wrote rows");
+        assert!(again.committed.commits.is_empty(), "{what}: a second rerun committed");
+        scenario.verify(&what).await;
+        eprintln!(
+            "PASS {what}: rerun wrote {} rows, repaired {} commit(s), fenced {}, deleted {} orphan file(s) + {} dir(s)",
+            rerun.rows_written,
+            rerun.repaired.commits.len(),
+            rerun.fenced_checkpoints,
+            rerun.gc.files_deleted,
+            rerun.gc.prefixes_deleted
+        );
+        passed += 1;
+    }
+    eprintln!("{sink:?}: {passed}/{} scenarios passed", steps.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_local() {
+    crash_matrix(SinkKind::Iceberg, Backend::local).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iceberg_s3() {
+    crash_matrix(SinkKind::Iceberg, Backend::s3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_local() {
+    crash_matrix(SinkKind::Delta, Backend::local).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_s3() {
+    crash_matrix(SinkKind::Delta, Backend::s3).await;
+}
