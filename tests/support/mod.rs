@@ -143,7 +143,11 @@ fn start_s3_server() -> S3Server {
     // The support module is shared by the workspace's crates; find the script
     // from the crate being tested.
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = [manifest.to_path_buf(), manifest.join("../..")]
+    let script = [
+        manifest.to_path_buf(),
+        manifest.join(".."),
+        manifest.join("../.."),
+    ]
         .iter()
         .map(|root| root.join("tests/support/s3_server.py"))
         .find(|p| p.exists())
