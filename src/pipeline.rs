@@ -25,7 +25,9 @@ use crate::error::{Error, Result};
 use crate::gc::{collect_garbage, GcReport, TableFiles};
 use crate::read::{CheckpointedRead, ReadOptions, ReadStats};
 use crate::source::{Shard, Source};
-use crate::store::{CheckpointId, CheckpointStore, CheckpointWriter, Lease, LeaseClaim, LeaseOptions};
+use crate::store::{
+    CheckpointId, CheckpointStore, CheckpointWriter, Lease, LeaseClaim, LeaseOptions,
+};
 use crate::transform::Transform;
 
 /// Writes data files of a table and records them in a checkpoint. The Iceberg
@@ -82,8 +84,10 @@ impl Progress {
 
     fn update(&self, read: &ReadStats, rows_written: u64, checkpoint: &CheckpointWriter) {
         self.rows_read.store(read.rows_read, Ordering::Relaxed);
-        self.rows_skipped
-            .store(read.rows_skipped + read.duplicates_dropped, Ordering::Relaxed);
+        self.rows_skipped.store(
+            read.rows_skipped + read.duplicates_dropped,
+            Ordering::Relaxed,
+        );
         self.rows_written.store(rows_written, Ordering::Relaxed);
         let files = checkpoint.staged_files();
         self.files_written
@@ -281,9 +285,8 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
                 match read.next_batch(&mut checkpoint).await? {
                     Some(batch) => {
                         let transform = transform.clone();
-                        mapping.push_back(tokio::task::spawn_blocking(move || {
-                            transform.apply(batch)
-                        }));
+                        mapping
+                            .push_back(tokio::task::spawn_blocking(move || transform.apply(batch)));
                     }
                     None => exhausted = true,
                 }

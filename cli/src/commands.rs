@@ -4,8 +4,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use text::format_status;
 use indicatif::{ProgressBar, ProgressStyle};
+use text::format_status;
 use tidemark::pipeline::{Pipeline, Progress};
 use tidemark::read::ReadOptions;
 use tidemark::source::{Shard, Source, UnionSource};
@@ -198,7 +198,10 @@ pub(crate) async fn compact(args: CompactArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn open_store(args: &StoreArgs, keys: Option<KeySchema>) -> Result<CheckpointStore, CliError> {
+async fn open_store(
+    args: &StoreArgs,
+    keys: Option<KeySchema>,
+) -> Result<CheckpointStore, CliError> {
     let url = parse_location(&args.store)?;
     let location = StoreLocation::from_url(url.as_str(), &args.options())?;
     Ok(match keys {
@@ -274,7 +277,11 @@ mod text {
                 out,
                 "  staged {} (lease {}, {} in-flight record(s))",
                 staged.id,
-                if leases.is_empty() { "none".to_string() } else { leases.join(",") },
+                if leases.is_empty() {
+                    "none".to_string()
+                } else {
+                    leases.join(",")
+                },
                 staged.in_flight_records
             );
         }

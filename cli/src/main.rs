@@ -32,7 +32,7 @@ pub(crate) enum CliError {
         what: String,
         /// The error.
         #[source]
-        source: iceberg::Error,
+        source: Box<iceberg::Error>,
     },
     /// The deltalake crate failed.
     #[error("{what}: {source}")]
@@ -41,7 +41,7 @@ pub(crate) enum CliError {
         what: String,
         /// The error.
         #[source]
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
 }
 

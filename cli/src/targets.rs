@@ -58,7 +58,9 @@ pub(crate) fn parse_table(text: &str) -> Result<TableUrl, CliError> {
         )));
     };
     let (catalog, table) = rest.split_once('#').ok_or_else(|| {
-        CliError::usage(format!("`{text}` names no table: end it with #namespace.table"))
+        CliError::usage(format!(
+            "`{text}` names no table: end it with #namespace.table"
+        ))
     })?;
     let parts: Vec<String> = table.split('.').map(str::to_string).collect();
     if parts.len() < 2 || parts.iter().any(String::is_empty) {
@@ -91,8 +93,8 @@ pub(crate) fn parse_table(text: &str) -> Result<TableUrl, CliError> {
         "postgres" | "postgresql" => url.to_string(),
         other => {
             return Err(CliError::usage(format!(
-                "catalog scheme `{other}` is not supported: use iceberg+sqlite or iceberg+postgresql"
-            )))
+            "catalog scheme `{other}` is not supported: use iceberg+sqlite or iceberg+postgresql"
+        )))
         }
     };
     Ok(TableUrl::Iceberg {
@@ -105,7 +107,8 @@ pub(crate) fn parse_table(text: &str) -> Result<TableUrl, CliError> {
 /// A URL, or a local path made absolute.
 pub(crate) fn parse_location(text: &str) -> Result<Url, CliError> {
     if text.contains("://") {
-        return Url::parse(text).map_err(|e| CliError::usage(format!("`{text}` is not a URL: {e}")));
+        return Url::parse(text)
+            .map_err(|e| CliError::usage(format!("`{text}` is not a URL: {e}")));
     }
     let path = std::path::absolute(text)
         .map_err(|e| CliError::usage(format!("`{text}` is not a usable path: {e}")))?;
@@ -138,7 +141,10 @@ async fn iceberg_catalog(
 ) -> Result<Arc<dyn Catalog>, CliError> {
     let mut props = HashMap::from([(SQL_CATALOG_PROP_URI.to_string(), catalog_uri.to_string())]);
     if let Some(warehouse) = warehouse {
-        props.insert(SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse.to_string());
+        props.insert(
+            SQL_CATALOG_PROP_WAREHOUSE.to_string(),
+            warehouse.to_string(),
+        );
     }
     let catalog = SqlCatalogBuilder::default()
         .with_storage_factory(Arc::new(ObjectStorageFactory::new(options.clone())))
@@ -146,7 +152,7 @@ async fn iceberg_catalog(
         .await
         .map_err(|e| CliError::Iceberg {
             what: format!("opening the catalog `{catalog_uri}`"),
-            source: e,
+            source: Box::new(e),
         })?;
     Ok(Arc::new(catalog))
 }
@@ -168,10 +174,13 @@ pub(crate) async fn open_source(
                 ident,
             } => {
                 let catalog = iceberg_catalog(&catalog_uri, warehouse.as_deref(), options).await?;
-                let table = catalog.load_table(&ident).await.map_err(|e| CliError::Iceberg {
-                    what: format!("loading source table `{ident}`"),
-                    source: e,
-                })?;
+                let table = catalog
+                    .load_table(&ident)
+                    .await
+                    .map_err(|e| CliError::Iceberg {
+                        what: format!("loading source table `{ident}`"),
+                        source: Box::new(e),
+                    })?;
                 Ok(Arc::new(IcebergSource::open(&table).await?))
             }
             TableUrl::Delta(url) => {
@@ -179,12 +188,12 @@ pub(crate) async fn open_source(
                     .and_then(|b| b.with_storage_options(delta_options(options)).build())
                     .map_err(|e| CliError::Delta {
                         what: format!("opening source table `{url}`"),
-                        source: e,
+                        source: Box::new(e),
                     })?;
                 let mut table = table;
                 table.load().await.map_err(|e| CliError::Delta {
                     what: format!("loading source table `{url}`"),
-                    source: e,
+                    source: Box::new(e),
                 })?;
                 Ok(Arc::new(DeltaSource::open(&table, &parquet_options).await?))
             }
@@ -250,7 +259,12 @@ async fn create_iceberg_table(
     ident: &TableIdent,
     schema: &Schema,
 ) -> Result<(), CliError> {
-    let iceberg_error = |what: String| move |source| CliError::Iceberg { what, source };
+    let iceberg_error = |what: String| {
+        move |source| CliError::Iceberg {
+            what,
+            source: Box::new(source),
+        }
+    };
     if catalog
         .table_exists(ident)
         .await
@@ -269,8 +283,9 @@ async fn create_iceberg_table(
             .await
             .map_err(iceberg_error(format!("creating namespace of `{ident}`")))?;
     }
-    let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(schema)
-        .map_err(iceberg_error(format!("converting the source schema for `{ident}`")))?;
+    let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(schema).map_err(
+        iceberg_error(format!("converting the source schema for `{ident}`")),
+    )?;
     let creation = TableCreation::builder()
         .name(ident.name().to_string())
         .schema(schema)

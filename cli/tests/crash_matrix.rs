@@ -11,8 +11,9 @@
 //! if the process had died there. The table's own storage is not wrapped, so a
 //! killed run keeps whatever data files it wrote, as a real one would.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "../../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::collections::HashMap;
@@ -29,7 +30,9 @@ use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_P
 use object_store::ObjectStore;
 use tidemark::pipeline::{DataWriter, Pipeline, RunReport};
 use tidemark::source::{ParquetSource, ParquetSourceOptions, Shard, Source, UnionSource};
-use tidemark::store::{CheckpointStore, KeySchema, Lease, LeaseOptions, StoreLocation, PIPELINE_SCOPE};
+use tidemark::store::{
+    CheckpointStore, KeySchema, Lease, LeaseOptions, StoreLocation, PIPELINE_SCOPE,
+};
 use tidemark::transform::Transform;
 use tidemark::Error;
 use tidemark_delta::{DeltaSink, DeltaWriterOptions};
@@ -58,15 +61,50 @@ fn steps(sink: SinkKind) -> Vec<Step> {
         skip,
     };
     let mut steps = vec![
-        step("after reading, before staging keys", "/keys/", Fault::CrashBefore, 0),
+        step(
+            "after reading, before staging keys",
+            "/keys/",
+            Fault::CrashBefore,
+            0,
+        ),
         step("after staging keys", "/keys/", Fault::CrashAfter, 0),
-        step("after recording an in-flight write", "/inflight/", Fault::CrashAfter, 0),
-        step("before sealing (data files written)", "sealed/", Fault::CrashBefore, 0),
+        step(
+            "after recording an in-flight write",
+            "/inflight/",
+            Fault::CrashAfter,
+            0,
+        ),
+        step(
+            "before sealing (data files written)",
+            "sealed/",
+            Fault::CrashBefore,
+            0,
+        ),
         step("after sealing", "sealed/", Fault::CrashAfter, 0),
-        step("seal applied, response lost", "sealed/", Fault::LoseResponse, 0),
-        step("before the commit intent", "commits/", Fault::CrashBefore, 0),
-        step("after the commit intent, before the catalog commit", "commits/", Fault::CrashAfter, 0),
-        step("after the catalog commit, before mark-committed", "committed/", Fault::CrashBefore, 0),
+        step(
+            "seal applied, response lost",
+            "sealed/",
+            Fault::LoseResponse,
+            0,
+        ),
+        step(
+            "before the commit intent",
+            "commits/",
+            Fault::CrashBefore,
+            0,
+        ),
+        step(
+            "after the commit intent, before the catalog commit",
+            "commits/",
+            Fault::CrashAfter,
+            0,
+        ),
+        step(
+            "after the catalog commit, before mark-committed",
+            "committed/",
+            Fault::CrashBefore,
+            0,
+        ),
         step("after mark-committed", "committed/", Fault::CrashAfter, 0),
     ];
     if sink == SinkKind::Delta {
@@ -123,7 +161,10 @@ impl Scenario {
         let last = if overlap { 700..1100 } else { 800..1100 };
         for (n, range) in [(0, 0..400), (1, 400..800), (2, last)] {
             let ids: Vec<i64> = range.collect();
-            let text: Vec<String> = ids.iter().map(|i| format!("document {i} {}", "x".repeat(40))).collect();
+            let text: Vec<String> = ids
+                .iter()
+                .map(|i| format!("document {i} {}", "x".repeat(40)))
+                .collect();
             let batch = RecordBatch::try_new(
                 schema(),
                 vec![
@@ -149,10 +190,15 @@ impl Scenario {
                 SQL_CATALOG_PROP_URI.to_string(),
                 format!("sqlite://{}?mode=rwc", self.sqlite_path()),
             ),
-            (SQL_CATALOG_PROP_WAREHOUSE.to_string(), self.table_url.clone()),
+            (
+                SQL_CATALOG_PROP_WAREHOUSE.to_string(),
+                self.table_url.clone(),
+            ),
         ]);
         let catalog = SqlCatalogBuilder::default()
-            .with_storage_factory(Arc::new(ObjectStorageFactory::new(self.table_options.clone())))
+            .with_storage_factory(Arc::new(ObjectStorageFactory::new(
+                self.table_options.clone(),
+            )))
             .load("tidemark", properties)
             .await
             .unwrap();
@@ -181,7 +227,10 @@ impl Scenario {
             SinkKind::Iceberg => {
                 let catalog = self.catalog().await;
                 let namespace = NamespaceIdent::new(self.namespace.clone());
-                catalog.create_namespace(&namespace, HashMap::new()).await.unwrap();
+                catalog
+                    .create_namespace(&namespace, HashMap::new())
+                    .await
+                    .unwrap();
                 let schema = iceberg::spec::Schema::builder()
                     .with_fields(vec![
                         NestedField::required(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
@@ -190,7 +239,10 @@ impl Scenario {
                     ])
                     .build()
                     .unwrap();
-                let creation = TableCreation::builder().name("docs".into()).schema(schema).build();
+                let creation = TableCreation::builder()
+                    .name("docs".into())
+                    .schema(schema)
+                    .build();
                 catalog.create_table(&namespace, creation).await.unwrap();
             }
             SinkKind::Delta => {
@@ -285,8 +337,13 @@ impl Scenario {
     /// Reruns until the dead run's lease has expired, then to completion.
     async fn rerun(&self) -> RunReport {
         for _ in 0..40 {
-            match self.run(self.backend.location(), Duration::from_secs(30)).await {
-                Err(Error::LeaseHeld { .. }) => tokio::time::sleep(Duration::from_millis(250)).await,
+            match self
+                .run(self.backend.location(), Duration::from_secs(30))
+                .await
+            {
+                Err(Error::LeaseHeld { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(250)).await
+                }
                 other => return other.unwrap(),
             }
         }
@@ -299,7 +356,9 @@ impl Scenario {
         let mut command = Command::new("python3");
         match self.sink {
             SinkKind::Iceberg => {
-                command.arg(format!("{root}/../connectors/iceberg/tests/support/iceberg_read.py"));
+                command.arg(format!(
+                    "{root}/../connectors/iceberg/tests/support/iceberg_read.py"
+                ));
                 command.args([
                     format!("sqlite:///{}", self.sqlite_path()),
                     self.table_url.clone(),
@@ -310,7 +369,9 @@ impl Scenario {
                 }
             }
             SinkKind::Delta => {
-                command.arg(format!("{root}/../connectors/delta/tests/support/delta_read.py"));
+                command.arg(format!(
+                    "{root}/../connectors/delta/tests/support/delta_read.py"
+                ));
                 command.args([
                     self.table_url.clone(),
                     serde_json::to_string(&self.delta_options()).unwrap(),
@@ -318,7 +379,9 @@ impl Scenario {
                 ]);
             }
         }
-        let output = command.output().expect("python3 (bash .ci/run installs the readers)");
+        let output = command
+            .output()
+            .expect("python3 (bash .ci/run installs the readers)");
         assert!(
             output.status.success(),
             "reader failed: {}",
@@ -342,7 +405,8 @@ impl Scenario {
     async fn parquet_files_stored(&self) -> usize {
         let url = url::Url::parse(&self.table_url).unwrap();
         let (store, prefix) = object_store::parse_url_opts(&url, &self.table_options).unwrap();
-        let listed: Vec<object_store::ObjectMeta> = store.list(Some(&prefix)).try_collect().await.unwrap();
+        let listed: Vec<object_store::ObjectMeta> =
+            store.list(Some(&prefix)).try_collect().await.unwrap();
         listed
             .iter()
             .filter(|m| m.location.as_ref().ends_with(".parquet"))
@@ -388,7 +452,11 @@ impl Scenario {
         let (code, status) = self.status();
         assert_eq!(status["clean"], true, "{what}: status {status}");
         assert_eq!(code, 0, "{what}: status exit code");
-        assert_eq!(status["orphans"].as_array().map(Vec::len), Some(0), "{what}");
+        assert_eq!(
+            status["orphans"].as_array().map(Vec::len),
+            Some(0),
+            "{what}"
+        );
         assert_eq!(status["key_count"], 1100, "{what}: checkpointed keys");
     }
 }
@@ -425,7 +493,10 @@ async fn crash_matrix(sink: SinkKind, backend: fn() -> Backend) {
         let rerun = scenario.rerun().await;
         let again = scenario.rerun().await;
         assert_eq!(again.rows_written, 0, "{what}: a second rerun wrote rows");
-        assert!(again.committed.commits.is_empty(), "{what}: a second rerun committed");
+        assert!(
+            again.committed.commits.is_empty(),
+            "{what}: a second rerun committed"
+        );
         scenario.verify(&what).await;
         eprintln!(
             "PASS {what}: rerun wrote {} rows, repaired {} commit(s), fenced {}, deleted {} orphan file(s) + {} dir(s)",
@@ -477,9 +548,16 @@ async fn a_concurrent_run_is_fenced() {
             ttl: Duration::from_secs(1),
             holder: "stalled-run".into(),
         };
-        let stalled = Lease::acquire(&store, PIPELINE_SCOPE, options).await.unwrap();
-        let refused = scenario.run(scenario.backend.location(), Duration::from_secs(30)).await;
-        assert!(matches!(refused, Err(Error::LeaseHeld { .. })), "{refused:?}");
+        let stalled = Lease::acquire(&store, PIPELINE_SCOPE, options)
+            .await
+            .unwrap();
+        let refused = scenario
+            .run(scenario.backend.location(), Duration::from_secs(30))
+            .await;
+        assert!(
+            matches!(refused, Err(Error::LeaseHeld { .. })),
+            "{refused:?}"
+        );
 
         // The stalled run staged keys of rows it is processing, and a data file.
         let mut writer = store.begin_fenced(stalled.fence()).await.unwrap();
@@ -516,11 +594,25 @@ async fn a_concurrent_run_is_fenced() {
         let report = scenario.rerun().await;
         assert_eq!(report.lease.epoch, 2);
         assert_eq!(report.fenced_checkpoints, 1, "{sink:?}");
-        assert_eq!(report.rows_written, 1100, "{sink:?}: the fenced keys were processed again");
-        assert_eq!(report.gc.files_deleted + report.gc.prefixes_deleted, 1, "{sink:?}");
+        assert_eq!(
+            report.rows_written, 1100,
+            "{sink:?}: the fenced keys were processed again"
+        );
+        assert_eq!(
+            report.gc.files_deleted + report.gc.prefixes_deleted,
+            1,
+            "{sink:?}"
+        );
         let sealed = writer.seal().await;
         assert!(
-            matches!(sealed, Err(Error::Fenced { epoch: 1, newer_epoch: 2, .. })),
+            matches!(
+                sealed,
+                Err(Error::Fenced {
+                    epoch: 1,
+                    newer_epoch: 2,
+                    ..
+                })
+            ),
             "{sink:?}: the fenced writer sealed: {sealed:?}"
         );
         scenario.verify(&format!("{sink:?} fenced run")).await;
@@ -548,7 +640,12 @@ async fn an_empty_source_commits_nothing() {
             .unwrap(),
         );
         let report = scenario
-            .run_source(scenario.backend.location(), Duration::from_secs(30), source, Shard::all())
+            .run_source(
+                scenario.backend.location(),
+                Duration::from_secs(30),
+                source,
+                Shard::all(),
+            )
             .await
             .unwrap();
         assert_eq!(report.rows_written, 0);
@@ -557,8 +654,16 @@ async fn an_empty_source_commits_nothing() {
         assert!(readers.iter().all(Vec::is_empty), "{sink:?}");
         assert_eq!(files, 0);
         let (code, status) = scenario.status();
-        assert_eq!((code, &status["clean"]), (0, &serde_json::json!(true)), "{status}");
-        assert_eq!(status["latest_commit"], serde_json::Value::Null, "{sink:?}: {status}");
+        assert_eq!(
+            (code, &status["clean"]),
+            (0, &serde_json::json!(true)),
+            "{status}"
+        );
+        assert_eq!(
+            status["latest_commit"],
+            serde_json::Value::Null,
+            "{sink:?}: {status}"
+        );
     }
 }
 
@@ -573,7 +678,11 @@ async fn shards_of_a_union_run_at_once() {
         let source_dir = scenario.dir.path().join("source");
         let drop_dir = scenario.dir.path().join("drop");
         std::fs::create_dir_all(&drop_dir).unwrap();
-        std::fs::rename(source_dir.join("part-0.parquet"), drop_dir.join("part-0.parquet")).unwrap();
+        std::fs::rename(
+            source_dir.join("part-0.parquet"),
+            drop_dir.join("part-0.parquet"),
+        )
+        .unwrap();
         let open = |dir: std::path::PathBuf| async move {
             Arc::new(
                 ParquetSource::open(
@@ -587,9 +696,8 @@ async fn shards_of_a_union_run_at_once() {
                 .unwrap(),
             ) as Arc<dyn Source>
         };
-        let union: Arc<dyn Source> = Arc::new(
-            UnionSource::new(vec![open(drop_dir).await, open(source_dir).await]).unwrap(),
-        );
+        let union: Arc<dyn Source> =
+            Arc::new(UnionSource::new(vec![open(drop_dir).await, open(source_dir).await]).unwrap());
         let shards = [Shard::new(0, 2).unwrap(), Shard::new(1, 2).unwrap()];
         let ttl = Duration::from_secs(30);
         let (a, b) = tokio::join!(

@@ -94,7 +94,9 @@ mod tests {
 
     #[test]
     fn every_unit_is_in_exactly_one_shard() {
-        let names: Vec<String> = (0..200).map(|i| format!("s3://b/drop/part-{i}.parquet")).collect();
+        let names: Vec<String> = (0..200)
+            .map(|i| format!("s3://b/drop/part-{i}.parquet"))
+            .collect();
         let shards: Vec<Shard> = (0..3).filter_map(|i| Shard::new(i, 3).ok()).collect();
         for name in &names {
             assert_eq!(shards.iter().filter(|s| s.contains(name)).count(), 1);

@@ -171,7 +171,11 @@ impl Lease {
     /// Takes the lease `scope` of `store`, fails with [`Error::LeaseHeld`] if a
     /// live run holds it, and fences every unsealed checkpoint begun under an
     /// older epoch of the scope (see the module documentation).
-    pub async fn acquire(store: &CheckpointStore, scope: &str, options: LeaseOptions) -> Result<Self> {
+    pub async fn acquire(
+        store: &CheckpointStore,
+        scope: &str,
+        options: LeaseOptions,
+    ) -> Result<Self> {
         validate_scope(scope)?;
         let owner = Uuid::now_v7();
         let claim = take_epoch(store, scope, owner, &options).await?;
@@ -222,7 +226,12 @@ impl Lease {
         if let Some(renewer) = self.renewer.take() {
             renewer.abort();
         }
-        if self.fence.ensure_current("releasing the lease").await.is_ok() {
+        if self
+            .fence
+            .ensure_current("releasing the lease")
+            .await
+            .is_ok()
+        {
             write_heartbeat(&self.fence.shared, true).await?;
         }
         Ok(())
@@ -277,7 +286,11 @@ fn validate_scope(scope: &str) -> Result<()> {
 }
 
 async fn latest_epoch(store: &CheckpointStore, scope: &str) -> Result<Option<u64>> {
-    let listed = io::list(store.object_store(), &store.layout().lease_epochs_dir(scope)).await?;
+    let listed = io::list(
+        store.object_store(),
+        &store.layout().lease_epochs_dir(scope),
+    )
+    .await?;
     Ok(listed
         .iter()
         .filter_map(|m| Layout::generation_of(&m.location))
@@ -398,7 +411,11 @@ async fn renew(shared: Arc<Shared>) {
 
 /// Seals empty every unsealed checkpoint whose writer began it under an older
 /// epoch of `claim`'s scope. Returns how many it sealed.
-async fn fence_older_writers(store: &CheckpointStore, claim: &LeaseClaim, owner: Uuid) -> Result<usize> {
+async fn fence_older_writers(
+    store: &CheckpointStore,
+    claim: &LeaseClaim,
+    owner: Uuid,
+) -> Result<usize> {
     let layout = store.layout();
     let object_store = store.object_store();
     let mut staged: BTreeMap<CheckpointId, Vec<object_store::path::Path>> = BTreeMap::new();
@@ -437,9 +454,10 @@ async fn fence_older_writers(store: &CheckpointStore, claim: &LeaseClaim, owner:
                         .is_some_and(|l| l.scope == claim.scope && l.epoch < claim.epoch)
                     {
                         older = true;
-                        begun_at = Some(begun_at.map_or(marker.begun_at, |b: DateTime<Utc>| {
-                            b.min(marker.begun_at)
-                        }));
+                        begun_at =
+                            Some(begun_at.map_or(marker.begun_at, |b: DateTime<Utc>| {
+                                b.min(marker.begun_at)
+                            }));
                     }
                 }
                 _ if is_in_flight_record(path) => {

@@ -31,8 +31,8 @@ use chrono::Utc;
 pub use compaction::{CompactionOptions, CompactionReport};
 pub use keys::{KeyColumn, KeySchema};
 pub use lease::{Fence, Lease, LeaseOptions, LeaseStatus, PIPELINE_SCOPE};
-pub use orphans::Orphans;
 pub use location::{StoreLocation, OPTION_MAX_RETRIES, OPTION_RETRY_TIMEOUT_SECS};
+pub use orphans::Orphans;
 pub use records::{
     BeginMarker, CheckpointId, CollectedRecord, CommitIntent, CommitMarker, Descriptor, FileRecord,
     InFlightRecord, IndexGeneration, KeyFileRef, KeyRun, LeaseClaim, LeaseHeartbeat, LeaseRecord,

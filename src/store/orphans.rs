@@ -13,7 +13,9 @@ use std::collections::BTreeSet;
 use chrono::Utc;
 
 use super::lease::is_in_flight_record;
-use super::records::{self, CheckpointId, CollectedRecord, InFlightRecord, Manifest, FORMAT_VERSION};
+use super::records::{
+    self, CheckpointId, CollectedRecord, InFlightRecord, Manifest, FORMAT_VERSION,
+};
 use super::{io, CheckpointStore};
 use crate::error::{ObjectKind, Result};
 
@@ -75,15 +77,12 @@ impl CheckpointStore {
         let kept: BTreeSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
         let mut files = BTreeSet::new();
         let mut prefixes = BTreeSet::new();
-        let recorded_paths = recorded
-            .iter()
-            .map(|r| (r.path.as_str(), r.prefix))
-            .chain(
-                manifest
-                    .abandoned_writes
-                    .iter()
-                    .map(|p| (p.as_str(), p.ends_with('/'))),
-            );
+        let recorded_paths = recorded.iter().map(|r| (r.path.as_str(), r.prefix)).chain(
+            manifest
+                .abandoned_writes
+                .iter()
+                .map(|p| (p.as_str(), p.ends_with('/'))),
+        );
         for (path, prefix) in recorded_paths {
             if collected.contains(path) {
                 continue;
@@ -104,7 +103,11 @@ impl CheckpointStore {
     }
 
     /// Records that `deleted` (files and prefixes of `checkpoint`) are gone.
-    pub async fn record_collected(&self, checkpoint: CheckpointId, deleted: &[String]) -> Result<()> {
+    pub async fn record_collected(
+        &self,
+        checkpoint: CheckpointId,
+        deleted: &[String],
+    ) -> Result<()> {
         let mut all = self.collected(checkpoint).await?;
         all.extend(deleted.iter().cloned());
         let record = CollectedRecord {

@@ -7,11 +7,11 @@ use arrow_array::{ArrayRef, RecordBatch};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::lease::Fence;
 use super::records::{
     self, BeginMarker, CheckpointId, FileRecord, InFlightRecord, KeyFileRef, Manifest,
     FORMAT_VERSION,
 };
-use super::lease::Fence;
 use super::{io, keys, CheckpointStore};
 use crate::error::{Error, ObjectKind, Result};
 

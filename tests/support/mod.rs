@@ -148,10 +148,10 @@ fn start_s3_server() -> S3Server {
         manifest.join(".."),
         manifest.join("../.."),
     ]
-        .iter()
-        .map(|root| root.join("tests/support/s3_server.py"))
-        .find(|p| p.exists())
-        .expect("tests/support/s3_server.py");
+    .iter()
+    .map(|root| root.join("tests/support/s3_server.py"))
+    .find(|p| p.exists())
+    .expect("tests/support/s3_server.py");
     let mut child = Command::new("python3")
         .arg(&script)
         .args([&port.to_string(), S3_BUCKET])
