@@ -24,7 +24,7 @@ use tidemark::error::BoxError;
 use tidemark::gc::TableFiles;
 use tidemark::pipeline::DataWriter;
 use tidemark::source::{ParquetSource, ParquetSourceOptions, Source};
-use tidemark_delta::{DeltaSink, DeltaSource, DeltaWriterOptions};
+use tidemark_delta::{storage_options, DeltaSink, DeltaSource, DeltaWriterOptions};
 use tidemark_iceberg::{IcebergSink, IcebergSource, IcebergWriterOptions, ObjectStorageFactory};
 use url::Url;
 
@@ -120,20 +120,6 @@ pub(crate) fn parse_location(text: &str) -> Result<Url, CliError> {
     Ok(url)
 }
 
-/// The object store options for delta-rs, which spells some of them its way.
-fn delta_options(options: &HashMap<String, String>) -> HashMap<String, String> {
-    options
-        .iter()
-        .map(|(k, v)| {
-            let key = match k.to_ascii_lowercase().as_str() {
-                "aws_endpoint" => "AWS_ENDPOINT_URL".to_string(),
-                other => other.to_ascii_uppercase(),
-            };
-            (key, v.clone())
-        })
-        .collect()
-}
-
 async fn iceberg_catalog(
     catalog_uri: &str,
     warehouse: Option<&str>,
@@ -185,7 +171,7 @@ pub(crate) async fn open_source(
             }
             TableUrl::Delta(url) => {
                 let table = deltalake::DeltaTableBuilder::from_url(url.clone())
-                    .and_then(|b| b.with_storage_options(delta_options(options)).build())
+                    .and_then(|b| b.with_storage_options(storage_options(options)).build())
                     .map_err(|e| CliError::Delta {
                         what: format!("opening source table `{url}`"),
                         source: Box::new(e),
@@ -235,7 +221,7 @@ impl AnySink {
                 Ok(AnySink::Iceberg(IcebergSink::open(catalog, ident).await?))
             }
             TableUrl::Delta(url) => {
-                let options = delta_options(options);
+                let options = storage_options(options);
                 let sink = match create_from {
                     Some(schema) => DeltaSink::create_if_missing(url, options, schema, &[]).await?,
                     None => DeltaSink::open(url, options).await?,

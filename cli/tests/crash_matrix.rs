@@ -210,16 +210,7 @@ impl Scenario {
     }
 
     fn delta_options(&self) -> HashMap<String, String> {
-        self.table_options
-            .iter()
-            .map(|(k, v)| {
-                let key = match k.as_str() {
-                    "aws_endpoint" => "AWS_ENDPOINT_URL".to_string(),
-                    other => other.to_uppercase(),
-                };
-                (key, v.clone())
-            })
-            .collect()
+        tidemark_delta::storage_options(&self.table_options)
     }
 
     async fn create_table(&self) {

@@ -29,10 +29,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::layout::Layout;
-use super::records::{
-    self, BeginMarker, CheckpointId, InFlightRecord, LeaseClaim, LeaseHeartbeat, LeaseRecord,
-    Manifest, FORMAT_VERSION,
-};
+use super::records::{self, LeaseClaim, LeaseHeartbeat, LeaseRecord, Manifest, FORMAT_VERSION};
 use super::{io, CheckpointStore};
 use crate::error::{Error, ObjectKind, Result};
 
@@ -416,67 +413,33 @@ async fn fence_older_writers(
     claim: &LeaseClaim,
     owner: Uuid,
 ) -> Result<usize> {
-    let layout = store.layout();
-    let object_store = store.object_store();
-    let mut staged: BTreeMap<CheckpointId, Vec<object_store::path::Path>> = BTreeMap::new();
-    for meta in io::list(object_store, &layout.staging_dir()).await? {
-        if let Some((id, _)) = layout.staged_owner(&meta.location) {
-            staged.entry(id).or_default().push(meta.location);
-        }
-    }
-    let sealed: BTreeSet<CheckpointId> = io::list(object_store, &layout.sealed_dir())
-        .await?
-        .iter()
-        .filter_map(|m| Layout::id_of_marker(&m.location))
-        .collect();
-    let compacted: BTreeSet<CheckpointId> = store
-        .current_index()
-        .await?
-        .map(|i| i.checkpoints.into_iter().collect())
-        .unwrap_or_default();
     let mut fenced = 0;
-    for (id, paths) in staged {
-        if sealed.contains(&id) || compacted.contains(&id) {
+    for unsealed in store.unsealed_checkpoints().await? {
+        let begun_at = unsealed
+            .begun
+            .iter()
+            .filter(|marker| {
+                marker
+                    .lease
+                    .as_ref()
+                    .is_some_and(|l| l.scope == claim.scope && l.epoch < claim.epoch)
+            })
+            .map(|marker| marker.begun_at)
+            .min();
+        let Some(begun_at) = begun_at else {
             continue;
-        }
-        let mut older = false;
-        let mut begun_at = None;
-        let mut abandoned = Vec::new();
-        for path in &paths {
-            match path.filename() {
-                Some("begun.json") => {
-                    let bytes = io::get(object_store, path).await?;
-                    let marker: BeginMarker =
-                        records::decode(ObjectKind::BeginMarker, path.as_ref(), &bytes)?;
-                    if marker
-                        .lease
-                        .as_ref()
-                        .is_some_and(|l| l.scope == claim.scope && l.epoch < claim.epoch)
-                    {
-                        older = true;
-                        begun_at =
-                            Some(begun_at.map_or(marker.begun_at, |b: DateTime<Utc>| {
-                                b.min(marker.begun_at)
-                            }));
-                    }
-                }
-                _ if is_in_flight_record(path) => {
-                    let bytes = io::get(object_store, path).await?;
-                    let record: InFlightRecord =
-                        records::decode(ObjectKind::InFlightRecord, path.as_ref(), &bytes)?;
-                    abandoned.push(record.path);
-                }
-                _ => {}
-            }
-        }
-        if !older {
-            continue;
-        }
+        };
+        let abandoned = store
+            .read_in_flight(&unsealed.in_flight)
+            .await?
+            .into_iter()
+            .map(|record| record.path)
+            .collect();
         let tombstone = Manifest {
             format_version: FORMAT_VERSION,
-            checkpoint_id: id,
+            checkpoint_id: unsealed.id,
             writer_id: owner,
-            begun_at: begun_at.unwrap_or_else(Utc::now),
+            begun_at,
             sealed_at: Utc::now(),
             key_files: Vec::new(),
             files: Vec::new(),
@@ -484,17 +447,11 @@ async fn fence_older_writers(
             properties: BTreeMap::new(),
             fenced_by: Some(claim.clone()),
         };
-        let path = layout.sealed(id);
+        let path = store.layout().sealed(unsealed.id);
         let encoded = records::encode(ObjectKind::Manifest, path.as_ref(), &tombstone)?;
-        if io::put_if_absent(object_store, &path, encoded).await? {
+        if io::put_if_absent(store.object_store(), &path, encoded).await? {
             fenced += 1;
         }
     }
     Ok(fenced)
-}
-
-/// Whether a staged object is an in-flight record (`.../inflight/{n}.json`).
-pub(crate) fn is_in_flight_record(path: &object_store::path::Path) -> bool {
-    let parts: Vec<_> = path.parts().collect();
-    parts.len() >= 2 && parts[parts.len() - 2].as_ref() == "inflight"
 }

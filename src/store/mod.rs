@@ -18,6 +18,7 @@ mod lease;
 mod location;
 mod orphans;
 mod records;
+mod staging;
 mod state;
 mod status;
 mod writer;

@@ -12,10 +12,7 @@ use std::collections::BTreeSet;
 
 use chrono::Utc;
 
-use super::lease::is_in_flight_record;
-use super::records::{
-    self, CheckpointId, CollectedRecord, InFlightRecord, Manifest, FORMAT_VERSION,
-};
+use super::records::{self, CheckpointId, CollectedRecord, Manifest, FORMAT_VERSION};
 use super::{io, CheckpointStore};
 use crate::error::{ObjectKind, Result};
 
@@ -61,18 +58,7 @@ impl CheckpointStore {
     /// The orphans of one sealed checkpoint.
     pub async fn orphans_of(&self, manifest: &Manifest) -> Result<Orphans> {
         let id = manifest.checkpoint_id;
-        let store = self.object_store();
-        let mut recorded: Vec<InFlightRecord> = Vec::new();
-        for meta in io::list(store, &self.layout().staging_of(id)).await? {
-            if is_in_flight_record(&meta.location) {
-                let bytes = io::get(store, &meta.location).await?;
-                recorded.push(records::decode(
-                    ObjectKind::InFlightRecord,
-                    meta.location.as_ref(),
-                    &bytes,
-                )?);
-            }
-        }
+        let recorded = self.in_flight_records_of(id).await?;
         let collected = self.collected(id).await?;
         let kept: BTreeSet<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
         let mut files = BTreeSet::new();

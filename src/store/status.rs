@@ -1,14 +1,12 @@
 //! A summary of everything a store holds, for `tidemark status` and for tests
 //! that check a pipeline left nothing behind.
 
-use std::collections::{BTreeMap, BTreeSet};
-
 use super::layout::Layout;
 use super::lease::LeaseStatus;
 use super::orphans::Orphans;
-use super::records::{self, BeginMarker, CheckpointId, LeaseClaim};
+use super::records::{CheckpointId, LeaseClaim};
 use super::{io, CheckpointStore};
-use crate::error::{ObjectKind, Result};
+use crate::error::Result;
 
 /// A checkpoint that a writer began and nobody sealed: a run in progress, or
 /// one that died and will be sealed empty by the next holder of its lease.
@@ -60,40 +58,16 @@ impl CheckpointStore {
     /// yet compacted and every staged begin marker and in-flight record.
     pub async fn status(&self) -> Result<StoreStatus> {
         let state = self.load().await?;
-        let store = self.object_store();
-        let layout = self.layout();
-        let sealed: BTreeSet<CheckpointId> = io::list(store, &layout.sealed_dir())
+        let staged: Vec<StagedCheckpoint> = self
+            .unsealed_checkpoints()
             .await?
-            .iter()
-            .filter_map(|m| Layout::id_of_marker(&m.location))
+            .into_iter()
+            .map(|unsealed| StagedCheckpoint {
+                id: unsealed.id,
+                leases: unsealed.begun.into_iter().filter_map(|m| m.lease).collect(),
+                in_flight_records: unsealed.in_flight.len(),
+            })
             .collect();
-        let compacted: BTreeSet<CheckpointId> = state
-            .index
-            .iter()
-            .flat_map(|i| i.checkpoints.iter().copied())
-            .collect();
-        let mut staged: BTreeMap<CheckpointId, StagedCheckpoint> = BTreeMap::new();
-        for meta in io::list(store, &layout.staging_dir()).await? {
-            let Some((id, _)) = layout.staged_owner(&meta.location) else {
-                continue;
-            };
-            if sealed.contains(&id) || compacted.contains(&id) {
-                continue;
-            }
-            let entry = staged.entry(id).or_insert_with(|| StagedCheckpoint {
-                id,
-                leases: Vec::new(),
-                in_flight_records: 0,
-            });
-            if meta.location.filename() == Some("begun.json") {
-                let bytes = io::get(store, &meta.location).await?;
-                let marker: BeginMarker =
-                    records::decode(ObjectKind::BeginMarker, meta.location.as_ref(), &bytes)?;
-                entry.leases.extend(marker.lease);
-            } else if super::lease::is_in_flight_record(&meta.location) {
-                entry.in_flight_records += 1;
-            }
-        }
         let mut orphans = Vec::new();
         for summary in &state.checkpoints {
             let found = self.orphans_of(&summary.manifest).await?;
@@ -101,7 +75,7 @@ impl CheckpointStore {
                 orphans.push(found);
             }
         }
-        let intents: Vec<u64> = io::list(store, &layout.commit_intents_dir())
+        let intents: Vec<u64> = io::list(self.object_store(), &self.layout().commit_intents_dir())
             .await?
             .iter()
             .filter_map(|m| Layout::sequence_of(&m.location))
@@ -114,7 +88,7 @@ impl CheckpointStore {
         }
         Ok(StoreStatus {
             key_count: state.key_count(),
-            staged: staged.into_values().collect(),
+            staged,
             pending_commit: state
                 .pending_commit()
                 .iter()

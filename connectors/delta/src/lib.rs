@@ -12,7 +12,7 @@ pub mod source;
 mod stats;
 pub mod writer;
 
-pub use sink::DeltaSink;
+pub use sink::{storage_options, DeltaSink};
 pub use source::DeltaSource;
 pub use writer::{DeltaWriter, DeltaWriterOptions, WriteStats};
 

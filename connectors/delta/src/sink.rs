@@ -316,6 +316,23 @@ fn retryable(error: &DeltaTableError) -> bool {
     )
 }
 
+/// Translates `object_store` option names (`aws_endpoint`, `aws_region`, ...,
+/// as the checkpoint store and Parquet sources take them) into the names
+/// delta-rs reads (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...), so one set of
+/// options can open a store, a source and a Delta table.
+pub fn storage_options(object_store_options: &HashMap<String, String>) -> HashMap<String, String> {
+    object_store_options
+        .iter()
+        .map(|(key, value)| {
+            let key = match key.to_ascii_lowercase().as_str() {
+                "aws_endpoint" => "AWS_ENDPOINT_URL".to_string(),
+                other => other.to_ascii_uppercase(),
+            };
+            (key, value.clone())
+        })
+        .collect()
+}
+
 fn register_handlers(url: &Url) {
     if matches!(url.scheme(), "s3" | "s3a") {
         deltalake::aws::register_handlers(None);
