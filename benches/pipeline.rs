@@ -1,0 +1,519 @@
+//! End to end: the same checkpointed pipeline in tidemark and in Daft, and
+//! each of them without checkpointing, on the same data, in one run.
+//!
+//! ```text
+//! cargo bench --bench pipeline -- [--data DIR] [--rows N] [--grow N]
+//!     [--sinks iceberg,delta] [--engines tidemark,tidemark-plain,daft,daft-plain]
+//!     [--daft-python PATH] [--python PATH]
+//! ```
+//!
+//! The pipeline reads Parquet files keyed on `id`, adds `chars = length(text)`
+//! to every row and appends the rows to an Iceberg table (SQLite catalog,
+//! local warehouse) or a Delta table (local directory). Each engine runs it
+//! three times on a fresh table, each run in its own process:
+//!
+//! - `first`: over the first day's source (`--rows` rows in 10 files);
+//! - `grown`: over the source grown by a second day (`--grow` new rows in 2
+//!   more files): a checkpointed engine processes only the new rows;
+//! - `again`: over the same grown source: nothing is new.
+//!
+//! Engines: `tidemark` (a `Pipeline`: lease, checkpointed read, map, write,
+//! seal, idempotent commit); `tidemark-plain` (the same Parquet source, map and
+//! table writers of iceberg-rust and delta-rs, one plain append per run, no
+//! checkpoint: the cost of exactly-once is the difference); `daft` (Daft on
+//! its Ray runner, `read_parquet(checkpoint=...)` then `write_iceberg` /
+//! `write_deltalake` with an idempotent commit); `daft-plain` (the same Daft
+//! pipeline without a checkpoint). After the three runs the table is read by
+//! pyiceberg or the deltalake package and its rows and distinct ids printed:
+//! a checkpointed engine holds every key once, a plain one holds repeats.
+//!
+//! Seconds are the pipeline's own (opening the source, store and table, then
+//! reading, writing and committing); `process s` adds the start of the
+//! process (and of Ray, for Daft).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, Int64Array, StringArray};
+use arrow::compute::kernels::length::length;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
+use futures::StreamExt;
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::spec::{DataFileFormat, NestedField, PrimitiveType, Type};
+use iceberg::transaction::{ApplyTransactionAction, Transaction};
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{
+    DefaultFileNameGenerator, DefaultLocationGenerator,
+};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::{IcebergWriter as _, IcebergWriterBuilder as _};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use tidemark::pipeline::Pipeline;
+use tidemark::source::{read_units, ParquetSource, ParquetSourceOptions, Source};
+use tidemark::store::{CheckpointStore, KeySchema};
+use tidemark::transform::Transform;
+use tidemark_delta::{DeltaSink, DeltaWriterOptions};
+use tidemark_iceberg::{IcebergSink, IcebergWriterOptions};
+
+const FIRST_DAY_FILES: u64 = 10;
+const SECOND_DAY_FILES: u64 = 2;
+/// Data files are closed at this size by every Rust writer here.
+const TARGET_FILE_SIZE: usize = 128 * 1024 * 1024;
+const PHASES: [(&str, &str); 3] = [("first", "day-1"), ("grown", "day-2"), ("again", "day-2")];
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child") {
+        return child(&args[1..]);
+    }
+    let flag = |name: &str, default: &str| -> String {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+            .unwrap_or_else(|| default.to_string())
+    };
+    let data = PathBuf::from(flag("--data", "/tmp/tidemark-bench-pipeline"));
+    let rows: u64 = flag("--rows", "2000000").parse().unwrap();
+    let grow: u64 = flag("--grow", &(rows / 5).to_string()).parse().unwrap();
+    let sinks: Vec<String> = list(&flag("--sinks", "iceberg,delta"));
+    let engines: Vec<String> = list(&flag(
+        "--engines",
+        "tidemark,tidemark-plain,daft,daft-plain",
+    ));
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let daft_python = flag(
+        "--daft-python",
+        &format!("{home}/.cache/tidemark/bench-venv/bin/python"),
+    );
+    let python = flag("--python", "python3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pipeline.py");
+
+    prepare(&data, rows, grow);
+    let source_rows = |day: &str| if day == "day-1" { rows } else { rows + grow };
+    println!(
+        "source: {rows} rows in {FIRST_DAY_FILES} files, grown by {grow} rows in {SECOND_DAY_FILES} files; machine: {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!();
+    println!("| sink | engine | run | source rows | rows written | seconds | source rows/s | process s | vs tidemark | table rows / distinct ids |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---|");
+    for sink in &sinks {
+        let mut tidemark_seconds: HashMap<&str, f64> = HashMap::new();
+        for engine in &engines {
+            let work = data.join("runs").join(format!("{sink}-{engine}"));
+            let _ = std::fs::remove_dir_all(&work);
+            std::fs::create_dir_all(&work).unwrap();
+            let work = std::fs::canonicalize(&work).unwrap();
+            for (i, (phase, day)) in PHASES.iter().enumerate() {
+                let source = std::fs::canonicalize(data.join(day)).unwrap();
+                let mut command = if engine.starts_with("daft") {
+                    let mut c = Command::new(&daft_python);
+                    c.arg(&script).args(["daft", "--sink", sink]);
+                    c.arg("--work").arg(&work).arg("--source").arg(&source);
+                    c.args(["--phase", phase]);
+                    if engine == "daft-plain" {
+                        c.arg("--no-checkpoint");
+                    }
+                    c
+                } else {
+                    let mut c = Command::new(std::env::current_exe().unwrap());
+                    c.args(["--child", engine, sink]).arg(&work).arg(&source);
+                    c
+                };
+                let started = Instant::now();
+                let output = command.output().unwrap();
+                let process_seconds = started.elapsed().as_secs_f64();
+                let result = last_json_line(&output.stdout).filter(|_| output.status.success());
+                let Some(result) = result else {
+                    println!(
+                        "| {sink} | {engine} | {phase} | {} | failed | | | | | |",
+                        source_rows(day)
+                    );
+                    eprintln!("{engine} {sink} {phase} failed: {}", tail(&output.stderr));
+                    break;
+                };
+                let seconds = result["seconds"].as_f64().unwrap();
+                if engine == "tidemark" {
+                    tidemark_seconds.insert(phase, seconds);
+                }
+                let relative = tidemark_seconds
+                    .get(phase)
+                    .map_or(String::new(), |t| format!("{:.2}x", seconds / t));
+                let check = if i + 1 == PHASES.len() {
+                    check_table(&python, &script, sink, &work)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "| {sink} | {engine} | {phase} | {} | {} | {seconds:.2} | {} | {process_seconds:.2} | {relative} | {check} |",
+                    source_rows(day),
+                    result["rows_written"],
+                    per_second(source_rows(day), seconds),
+                );
+            }
+        }
+    }
+}
+
+fn list(value: &str) -> Vec<String> {
+    value.split(',').map(str::to_string).collect()
+}
+
+fn per_second(rows: u64, seconds: f64) -> String {
+    format!("{:.2} M", rows as f64 / seconds / 1e6)
+}
+
+fn tail(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+fn last_json_line(stdout: &[u8]) -> Option<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str(line.trim()).ok())
+}
+
+/// Reads the table with pyiceberg or the deltalake package.
+fn check_table(python: &str, script: &Path, sink: &str, work: &Path) -> String {
+    let output = Command::new(python)
+        .arg(script)
+        .args(["check", "--sink", sink])
+        .arg("--work")
+        .arg(work)
+        .output()
+        .unwrap();
+    match last_json_line(&output.stdout) {
+        Some(v) => format!("{} / {}", v["rows"], v["distinct"]),
+        None => format!("check failed: {}", tail(&output.stderr)),
+    }
+}
+
+/// Writes `day-1/` (the first day's files) and `day-2/` (links to them plus
+/// the second day's files) once.
+fn prepare(data: &Path, rows: u64, grow: u64) {
+    let marker = data.join(format!("prepared-{rows}-{grow}"));
+    if marker.exists() {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(data);
+    std::fs::create_dir_all(data.join("day-1")).unwrap();
+    std::fs::create_dir_all(data.join("day-2")).unwrap();
+    let per_file = rows.div_ceil(FIRST_DAY_FILES);
+    for f in 0..FIRST_DAY_FILES {
+        let ids = (f * per_file).min(rows)..((f + 1) * per_file).min(rows);
+        let name = format!("part-{f:03}.parquet");
+        write_documents(&data.join("day-1").join(&name), ids);
+        std::fs::hard_link(
+            data.join("day-1").join(&name),
+            data.join("day-2").join(&name),
+        )
+        .unwrap();
+    }
+    let per_file = grow.div_ceil(SECOND_DAY_FILES);
+    for f in 0..SECOND_DAY_FILES {
+        let start = rows + f * per_file;
+        let ids = start.min(rows + grow)..(start + per_file).min(rows + grow);
+        let name = format!("part-{:03}.parquet", FIRST_DAY_FILES + f);
+        write_documents(&data.join("day-2").join(name), ids);
+    }
+    std::fs::write(marker, b"").unwrap();
+}
+
+fn source_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("text", DataType::Utf8, true),
+    ]))
+}
+
+/// Documents of 60 to 160 characters, keys in order within a file.
+fn write_documents(path: &Path, ids: std::ops::Range<u64>) {
+    let schema = source_schema();
+    let file = std::fs::File::create(path).unwrap();
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties)).unwrap();
+    let ids: Vec<i64> = ids.map(|i| i as i64).collect();
+    for chunk in ids.chunks(65_536) {
+        let text: StringArray = chunk
+            .iter()
+            .map(|i| {
+                let words = 6 + (i % 11) as usize;
+                let body: Vec<String> = (0..words)
+                    .map(|w| format!("tide{}", (i * 31 + w as i64 * 7) % 1_000))
+                    .collect();
+                Some(format!("document {i}: {}", body.join(" ")))
+            })
+            .collect();
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int64Array::from(chunk.to_vec())), Arc::new(text)],
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+    }
+    writer.close().unwrap();
+}
+
+/// The per-row work: `chars = length(text)`.
+fn add_chars(batch: RecordBatch) -> tidemark::Result<RecordBatch> {
+    let map_error = |e: arrow::error::ArrowError| tidemark::Error::Map {
+        source: Box::new(e),
+    };
+    let text = batch
+        .column_by_name("text")
+        .cloned()
+        .ok_or_else(|| tidemark::Error::Map {
+            source: "the source has no `text` column".into(),
+        })?;
+    let id = batch
+        .column_by_name("id")
+        .cloned()
+        .ok_or_else(|| tidemark::Error::Map {
+            source: "the source has no `id` column".into(),
+        })?;
+    let chars = arrow::compute::cast(&length(&text).map_err(map_error)?, &DataType::Int64)
+        .map_err(map_error)?;
+    RecordBatch::try_new(output_schema(), vec![id, text, chars as ArrayRef]).map_err(map_error)
+}
+
+fn output_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, true),
+        Field::new("text", DataType::Utf8, true),
+        Field::new("chars", DataType::Int64, true),
+    ]))
+}
+
+/// `--child ENGINE SINK WORK SOURCE`: one run, one JSON line on stdout.
+fn child(args: &[String]) {
+    let [engine, sink, work, source] = args else {
+        panic!("--child ENGINE SINK WORK SOURCE");
+    };
+    let work = PathBuf::from(work);
+    let source_url = format!("file://{source}/");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let result = runtime.block_on(async {
+        match (engine.as_str(), sink.as_str()) {
+            ("tidemark", "iceberg") => {
+                let (catalog, ident) = iceberg_table(&work).await;
+                let started = Instant::now();
+                let sink = IcebergSink::open(catalog, ident).await.unwrap();
+                let mut writer = sink.writer(IcebergWriterOptions::default()).await.unwrap();
+                let pipeline = Pipeline::new(store(&work).await, sink, "bench");
+                let report = pipeline
+                    .run(open_source(&source_url).await, &transform(), &mut writer)
+                    .await
+                    .unwrap();
+                (started.elapsed().as_secs_f64(), report.rows_written)
+            }
+            ("tidemark", "delta") => {
+                let url = delta_table(&work).await;
+                let started = Instant::now();
+                let sink = DeltaSink::open(url, HashMap::new()).await.unwrap();
+                let mut writer = sink.writer(DeltaWriterOptions::default()).await.unwrap();
+                let pipeline = Pipeline::new(store(&work).await, sink, "bench");
+                let report = pipeline
+                    .run(open_source(&source_url).await, &transform(), &mut writer)
+                    .await
+                    .unwrap();
+                (started.elapsed().as_secs_f64(), report.rows_written)
+            }
+            ("tidemark-plain", "iceberg") => {
+                let (catalog, ident) = iceberg_table(&work).await;
+                let started = Instant::now();
+                let rows = plain_iceberg_append(catalog, &ident, &source_url).await;
+                (started.elapsed().as_secs_f64(), rows)
+            }
+            ("tidemark-plain", "delta") => {
+                let url = delta_table(&work).await;
+                let started = Instant::now();
+                let rows = plain_delta_append(url, &source_url).await;
+                (started.elapsed().as_secs_f64(), rows)
+            }
+            other => panic!("unknown engine and sink {other:?}"),
+        }
+    });
+    println!(
+        "{}",
+        serde_json::json!({ "seconds": result.0, "rows_written": result.1 })
+    );
+}
+
+fn transform() -> Transform {
+    Transform::new().map(add_chars)
+}
+
+async fn open_source(url: &str) -> Arc<dyn Source> {
+    Arc::new(
+        ParquetSource::open(url, &ParquetSourceOptions::default())
+            .await
+            .unwrap(),
+    )
+}
+
+async fn store(work: &Path) -> CheckpointStore {
+    CheckpointStore::open(
+        &format!("file://{}/checkpoints", work.display()),
+        &HashMap::new(),
+        KeySchema::single("id", DataType::Int64).unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The SQLite catalog and the table, created (unpartitioned) when missing.
+async fn iceberg_table(work: &Path) -> (Arc<dyn Catalog>, TableIdent) {
+    let catalog = SqlCatalogBuilder::default()
+        .with_storage_factory(Arc::new(LocalFsStorageFactory))
+        .load(
+            "bench",
+            HashMap::from([
+                (
+                    SQL_CATALOG_PROP_URI.to_string(),
+                    format!("sqlite://{}/catalog.db?mode=rwc", work.display()),
+                ),
+                (
+                    SQL_CATALOG_PROP_WAREHOUSE.to_string(),
+                    format!("file://{}/warehouse", work.display()),
+                ),
+            ]),
+        )
+        .await
+        .unwrap();
+    let namespace = NamespaceIdent::new("bench".into());
+    let ident = TableIdent::new(namespace.clone(), "documents".into());
+    if !catalog.table_exists(&ident).await.unwrap() {
+        if !catalog.namespace_exists(&namespace).await.unwrap() {
+            catalog
+                .create_namespace(&namespace, HashMap::new())
+                .await
+                .unwrap();
+        }
+        let schema = iceberg::spec::Schema::builder()
+            .with_fields(vec![
+                NestedField::optional(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
+                NestedField::optional(2, "text", Type::Primitive(PrimitiveType::String)).into(),
+                NestedField::optional(3, "chars", Type::Primitive(PrimitiveType::Long)).into(),
+            ])
+            .build()
+            .unwrap();
+        let creation = TableCreation::builder()
+            .name("documents".into())
+            .schema(schema)
+            .build();
+        catalog.create_table(&namespace, creation).await.unwrap();
+    }
+    (Arc::new(catalog), ident)
+}
+
+/// The Delta table's URL, the table created when missing.
+async fn delta_table(work: &Path) -> url::Url {
+    let url = url::Url::from_directory_path(work.join("table")).unwrap();
+    DeltaSink::create_if_missing(url.clone(), HashMap::new(), &output_schema(), &[])
+        .await
+        .unwrap();
+    url
+}
+
+/// Every source row through the map, as a stream of batches.
+fn mapped_rows(source: Arc<dyn Source>) -> impl futures::Stream<Item = RecordBatch> {
+    let units = (0..source.units().len()).collect();
+    read_units(source, units, None, 2).map(|item| add_chars(item.unwrap().1).unwrap())
+}
+
+/// iceberg-rust's own writers and one fast append, no checkpoint.
+async fn plain_iceberg_append(catalog: Arc<dyn Catalog>, ident: &TableIdent, url: &str) -> u64 {
+    let table = catalog.load_table(ident).await.unwrap();
+    let metadata = table.metadata();
+    let parquet = ParquetWriterBuilder::new(
+        WriterProperties::default(),
+        metadata.current_schema().clone(),
+    );
+    let rolling = RollingFileWriterBuilder::new(
+        parquet,
+        TARGET_FILE_SIZE,
+        table.file_io().clone(),
+        DefaultLocationGenerator::new(metadata).unwrap(),
+        DefaultFileNameGenerator::new(
+            "part".into(),
+            Some(uuid::Uuid::now_v7().to_string()),
+            DataFileFormat::Parquet,
+        ),
+    );
+    let mut writer = DataFileWriterBuilder::new(rolling)
+        .build(None)
+        .await
+        .unwrap();
+    let arrow_schema =
+        Arc::new(iceberg::arrow::schema_to_arrow_schema(metadata.current_schema()).unwrap());
+    let mut rows = 0;
+    let mut batches = Box::pin(mapped_rows(open_source(url).await));
+    while let Some(batch) = batches.next().await {
+        rows += batch.num_rows() as u64;
+        // iceberg's writer wants its field ids on the columns.
+        let batch = RecordBatch::try_new(arrow_schema.clone(), batch.columns().to_vec()).unwrap();
+        writer.write(batch).await.unwrap();
+    }
+    let files = writer.close().await.unwrap();
+    let tx = Transaction::new(&table);
+    let tx = tx.fast_append().add_data_files(files).apply(tx).unwrap();
+    tx.commit(catalog.as_ref()).await.unwrap();
+    rows
+}
+
+/// delta-rs's record batch writer and one commit, no checkpoint.
+async fn plain_delta_append(url: url::Url, source: &str) -> u64 {
+    let table = deltalake::open_table(url).await.unwrap();
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer = RecordBatchWriter::for_table(&table)
+        .unwrap()
+        .with_writer_properties(properties);
+    let mut rows = 0;
+    let mut adds = Vec::new();
+    let mut batches = Box::pin(mapped_rows(open_source(source).await));
+    while let Some(batch) = batches.next().await {
+        rows += batch.num_rows() as u64;
+        writer.write(batch).await.unwrap();
+        if writer.buffer_len() >= TARGET_FILE_SIZE {
+            adds.extend(writer.flush().await.unwrap());
+        }
+    }
+    adds.extend(writer.flush().await.unwrap());
+    let snapshot = table.snapshot().unwrap();
+    deltalake::kernel::transaction::CommitBuilder::default()
+        .with_actions(
+            adds.into_iter()
+                .map(deltalake::kernel::Action::Add)
+                .collect(),
+        )
+        .build(
+            Some(snapshot),
+            table.log_store(),
+            deltalake::protocol::DeltaOperation::Write {
+                mode: deltalake::protocol::SaveMode::Append,
+                partition_by: None,
+                predicate: None,
+            },
+        )
+        .await
+        .unwrap();
+    rows
+}
