@@ -38,7 +38,7 @@ use tidemark::Error;
 use tidemark_delta::{DeltaSink, DeltaWriterOptions};
 use tidemark_iceberg::{IcebergSink, IcebergWriterOptions, ObjectStorageFactory};
 
-use support::{Backend, Fault};
+use support::{Backend, Fault, FaultProxy};
 
 const PIPELINE: &str = "crash-matrix";
 /// Small files, so one run writes several and a crash can fall between them.
@@ -151,6 +151,13 @@ impl Scenario {
         scenario.write_source(true);
         scenario.create_table().await;
         scenario
+    }
+
+    /// From now on, reach the store and table straight, not through `proxy`
+    /// (the independent readers and `tidemark status` check the result).
+    fn bypass(&mut self, proxy: &FaultProxy) {
+        self.backend = self.backend.bypassing(proxy);
+        self.table_options = proxy.bypass(&self.table_options);
     }
 
     /// Three files, 1 100 distinct keys; with `overlap`, the last file
@@ -699,5 +706,97 @@ async fn shards_of_a_union_run_at_once() {
         assert_eq!(a.rows_written + b.rows_written, 1100, "{sink:?}");
         assert_ne!(a.lease.scope, b.lease.scope);
         scenario.verify(&format!("{sink:?} sharded union")).await;
+    }
+}
+
+/// Client settings for runs behind the fault proxy: a request time-out shorter
+/// than the proxy's stalls (retries keep object_store's defaults: 10 within
+/// 3 minutes).
+const CLIENT_UNDER_FAULTS: [(&str, &str); 1] = [("timeout", "1s")];
+
+/// S3 answers some requests with 503 SlowDown and stalls some reads past the
+/// client's time-out: the object store client retries them, so one run
+/// finishes, and every key lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_s3_errors_are_retried() {
+    for sink in [SinkKind::Delta, SinkKind::Iceberg] {
+        let proxy = FaultProxy::start(&[
+            "--unavailable-every",
+            "5",
+            "--stall-every",
+            "13",
+            "--stall-seconds",
+            "2.5",
+        ]);
+        let backend = Backend::s3_through(&proxy, &CLIENT_UNDER_FAULTS);
+        let mut scenario = Scenario::new(sink, backend, 0).await;
+        let report = scenario
+            .run(scenario.backend.location(), Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("{sink:?}: a run under transient faults failed: {e}"));
+        assert_eq!(report.rows_written, 1100, "{sink:?}");
+        let faults = proxy.faults();
+        let count = |kind: &str| faults.iter().filter(|f| f.starts_with(kind)).count();
+        assert!(count("503 ") > 0, "{sink:?}: no 503 was injected");
+        assert!(count("stall ") > 0, "{sink:?}: no read was stalled");
+        eprintln!(
+            "{sink:?}: one run under {} 503s and {} stalled reads wrote 1100 rows",
+            count("503 "),
+            count("stall ")
+        );
+        scenario.bypass(&proxy);
+        scenario
+            .verify(&format!("{sink:?} under transient S3 errors"))
+            .await;
+    }
+}
+
+/// S3 applies some writes and the answer never comes back (the client times
+/// out), so a run fails wherever that hits a write that is not safe to repeat
+/// (creating an object only if it does not exist). Runs are restarted until
+/// one finishes, as a scheduler would restart the job: every key lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_s3_responses_are_repaired() {
+    for sink in [SinkKind::Delta, SinkKind::Iceberg] {
+        let proxy = FaultProxy::start(&["--lose-every", "7", "--stall-seconds", "2"]);
+        let backend = Backend::s3_through(&proxy, &CLIENT_UNDER_FAULTS);
+        let mut scenario = Scenario::new(sink, backend, 0).await;
+        let mut failures = Vec::new();
+        let mut finished = None;
+        for _ in 0..30 {
+            match scenario
+                .run(scenario.backend.location(), Duration::from_secs(3))
+                .await
+            {
+                Ok(report) => {
+                    finished = Some(report);
+                    break;
+                }
+                Err(Error::LeaseHeld { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(500)).await
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        let lost = proxy.faults().len();
+        assert!(
+            finished.is_some(),
+            "{sink:?}: no run finished; failures: {failures:#?}"
+        );
+        assert!(lost > 0, "{sink:?}: no response was lost");
+        eprintln!(
+            "{sink:?}: {lost} lost responses, {} failed run(s) before one finished",
+            failures.len()
+        );
+        for failure in &failures {
+            eprintln!("  failed run: {failure}");
+        }
+        scenario.bypass(&proxy);
+        // A rerun straight to the server finds nothing left to do.
+        let again = scenario.rerun().await;
+        assert_eq!(again.rows_written, 0, "{sink:?}: a rerun wrote rows");
+        scenario
+            .verify(&format!("{sink:?} under lost S3 responses"))
+            .await;
     }
 }

@@ -72,6 +72,32 @@ impl Backend {
         }
     }
 
+    /// The S3 server seen through `proxy`, with `options` added (a client
+    /// time-out, retry settings). The bucket is the same; the prefix is new.
+    pub fn s3_through(proxy: &FaultProxy, options: &[(&str, &str)]) -> Self {
+        let prefix = uuid::Uuid::new_v4();
+        let mut all = s3_options(&proxy.endpoint);
+        all.extend(options.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Backend {
+            name: "s3-faults",
+            url: format!("s3://{S3_BUCKET}/{prefix}"),
+            options: all,
+            memory: None,
+            _dir: None,
+        }
+    }
+
+    /// The same backend reached straight, not through `proxy`.
+    pub fn bypassing(&self, proxy: &FaultProxy) -> Backend {
+        Backend {
+            name: self.name,
+            url: self.url.clone(),
+            options: proxy.bypass(&self.options),
+            memory: None,
+            _dir: None,
+        }
+    }
+
     /// The store's URL and the options to open it with.
     pub fn url(&self) -> (&str, &HashMap<String, String>) {
         (&self.url, &self.options)
@@ -142,16 +168,7 @@ fn start_s3_server() -> S3Server {
         .port();
     // The support module is shared by the workspace's crates; find the script
     // from the crate being tested.
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = [
-        manifest.to_path_buf(),
-        manifest.join(".."),
-        manifest.join("../.."),
-    ]
-    .iter()
-    .map(|root| root.join("tests/support/s3_server.py"))
-    .find(|p| p.exists())
-    .expect("tests/support/s3_server.py");
+    let script = support_script("s3_server.py");
     let mut child = Command::new("python3")
         .arg(&script)
         .args([&port.to_string(), S3_BUCKET])
@@ -173,6 +190,86 @@ fn start_s3_server() -> S3Server {
         endpoint: format!("http://127.0.0.1:{port}"),
         _stdin: child.stdin.take(),
         _child: Some(child),
+    }
+}
+
+/// `tests/support/{name}`, found from whichever crate's tests run.
+fn support_script(name: &str) -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    [
+        manifest.to_path_buf(),
+        manifest.join(".."),
+        manifest.join("../.."),
+    ]
+    .iter()
+    .map(|root| root.join("tests/support").join(name))
+    .find(|p| p.exists())
+    .unwrap_or_else(|| panic!("tests/support/{name}"))
+}
+
+/// An HTTP proxy in front of the S3 test server that answers some requests
+/// with 503s, stalls some reads past the client's time-out and withholds the
+/// answers of some applied writes (`s3_fault_proxy.py`). Stops when dropped.
+pub struct FaultProxy {
+    endpoint: String,
+    log: std::path::PathBuf,
+    _dir: TempDir,
+    _child: Child,
+    _stdin: ChildStdin,
+}
+
+impl FaultProxy {
+    /// Starts a proxy with the schedule given as the script's flags, for
+    /// example `["--unavailable-every", "5"]`.
+    pub fn start(schedule: &[&str]) -> Self {
+        let upstream = s3_endpoint();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("faults.log");
+        let mut child = Command::new("python3")
+            .arg(support_script("s3_fault_proxy.py"))
+            .arg(port.to_string())
+            .arg(&upstream)
+            .arg(&log)
+            .args(schedule)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the S3 fault proxy (python3)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("proxy stdout"))
+            .read_line(&mut line)
+            .expect("read proxy output");
+        assert_eq!(line.trim(), "READY", "the S3 fault proxy did not start");
+        FaultProxy {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+            _stdin: child.stdin.take().expect("proxy stdin"),
+            _child: child,
+        }
+    }
+
+    /// `options` with the proxy's endpoint replaced by the server's.
+    pub fn bypass(&self, options: &HashMap<String, String>) -> HashMap<String, String> {
+        let mut options = options.clone();
+        if options.get("aws_endpoint") == Some(&self.endpoint) {
+            options.insert("aws_endpoint".into(), s3_endpoint());
+        }
+        options
+    }
+
+    /// The faults injected so far, one line each: `503 PUT /bucket/key`,
+    /// `stall GET ...`, `lost PUT ...`.
+    pub fn faults(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }
 
