@@ -10,6 +10,10 @@
 //! chosen request it fails, and (for a crash) so does every later request, as
 //! if the process had died there. The table's own storage is not wrapped, so a
 //! killed run keeps whatever data files it wrote, as a real one would.
+//!
+//! Further tests kill `tidemark run` child processes with SIGKILL, and run
+//! through an HTTP proxy in front of the S3 server that answers 503s, stalls
+//! reads past the client's time-out and loses the responses of applied writes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
