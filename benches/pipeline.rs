@@ -97,7 +97,14 @@ fn main() {
         &format!("{home}/.cache/tidemark/bench-venv/bin/python"),
     );
     let python = flag("--python", "python3");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/pipeline.py");
+    let benches = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches");
+    let script = benches.join("pipeline.py");
+    if engines.iter().any(|e| e.starts_with("daft")) {
+        install_daft(
+            Path::new(&daft_python),
+            &benches.join("requirements-daft.txt"),
+        );
+    }
 
     prepare(&data, rows, grow);
     let source_rows = |day: &str| if day == "day-1" { rows } else { rows + grow };
@@ -164,6 +171,31 @@ fn main() {
             }
         }
     }
+}
+
+/// Makes the virtual environment of `python` with Daft if it has none.
+fn install_daft(python: &Path, requirements: &Path) {
+    if python.exists() {
+        return;
+    }
+    let venv = python.parent().and_then(Path::parent).unwrap();
+    eprintln!("installing Daft into {}", venv.display());
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(venv)
+        .status()
+        .unwrap();
+    assert!(made.success(), "python3 -m venv {}", venv.display());
+    let installed = Command::new(python)
+        .args(["-m", "pip", "install", "--quiet", "-r"])
+        .arg(requirements)
+        .status()
+        .unwrap();
+    assert!(
+        installed.success(),
+        "pip install -r {}",
+        requirements.display()
+    );
 }
 
 fn list(value: &str) -> Vec<String> {
