@@ -272,7 +272,7 @@ fn source_schema() -> SchemaRef {
     ]))
 }
 
-/// Documents of 60 to 160 characters, keys in order within a file.
+/// Documents of 50 to 150 characters, keys in order within a file.
 fn write_documents(path: &Path, ids: std::ops::Range<u64>) {
     let schema = source_schema();
     let file = std::fs::File::create(path).unwrap();
