@@ -73,7 +73,7 @@ impl Backend {
     }
 
     /// The S3 server seen through `proxy`, with `options` added (a client
-    /// time-out, retry settings). The bucket is the same; the prefix is new.
+    /// time-out, say). The bucket is the same; the prefix is new.
     pub fn s3_through(proxy: &FaultProxy, options: &[(&str, &str)]) -> Self {
         let prefix = uuid::Uuid::new_v4();
         let mut all = s3_options(&proxy.endpoint);
