@@ -15,6 +15,8 @@
 //! (`DuplicatePolicy::PassAll`, which is what the other engines compute).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,21 +32,18 @@ use tidemark::read::{CheckpointedRead, DuplicatePolicy, ReadOptions};
 use tidemark::source::{ParquetSource, ParquetSourceOptions};
 use tidemark::store::{CheckpointStore, KeySchema};
 
+use support::{cores, BenchArgs};
+
 const FILES: u64 = 10;
 /// A multiplier coprime to every power of ten: scatters keys over their range.
 const SCATTER: u64 = 7_777_777;
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        return child(&args[1..]);
+    let args = BenchArgs::from_env();
+    if let Some(child_args) = args.child() {
+        return child(child_args);
     }
-    let flag = |name: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| default.to_string())
-    };
+    let flag = |name: &str, default: &str| args.flag(name, default);
     let data = PathBuf::from(flag("--data", "/tmp/tidemark-bench"));
     let rows: u64 = flag("--rows", "10000000").parse().unwrap();
     let key_counts: Vec<u64> = flag("--keys", "1000000,10000000,100000000")
@@ -57,7 +56,7 @@ fn main() {
         .collect();
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
-    println!("source rows: {rows}; machine: {} cores", num_cpus());
+    println!("source rows: {rows}; machine: {} cores", cores());
     println!();
     println!("| key type | checkpointed keys | engine | rows out | seconds | source rows/s | peak RSS (MiB) | time vs tidemark |");
     println!("|---|---:|---|---:|---:|---:|---:|---:|");
@@ -91,10 +90,6 @@ fn main() {
             }
         }
     }
-}
-
-fn num_cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The files of one case.
@@ -301,7 +296,7 @@ fn child(args: &[String]) {
             "datafusion" => {
                 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
                 let ctx = SessionContext::new_with_config(
-                    SessionConfig::new().with_target_partitions(num_cpus()),
+                    SessionConfig::new().with_target_partitions(cores()),
                 );
                 ctx.register_parquet("s", source, ParquetReadOptions::default())
                     .await

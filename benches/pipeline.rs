@@ -32,6 +32,8 @@
 //! process (and of Ray, for Daft).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,6 +64,8 @@ use parquet::file::properties::WriterProperties;
 use tidemark::pipeline::Pipeline;
 use tidemark::source::{read_units, ParquetSource, ParquetSourceOptions, Source};
 use tidemark::store::{CheckpointStore, KeySchema};
+
+use support::{cores, BenchArgs};
 use tidemark::transform::Transform;
 use tidemark_delta::{DeltaSink, DeltaWriterOptions};
 use tidemark_iceberg::{IcebergSink, IcebergWriterOptions};
@@ -73,16 +77,11 @@ const TARGET_FILE_SIZE: usize = 128 * 1024 * 1024;
 const PHASES: [(&str, &str); 3] = [("first", "day-1"), ("grown", "day-2"), ("again", "day-2")];
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--child") {
-        return child(&args[1..]);
+    let args = BenchArgs::from_env();
+    if let Some(child_args) = args.child() {
+        return child(child_args);
     }
-    let flag = |name: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| default.to_string())
-    };
+    let flag = |name: &str, default: &str| args.flag(name, default);
     let data = PathBuf::from(flag("--data", "/tmp/tidemark-bench-pipeline"));
     let rows: u64 = flag("--rows", "2000000").parse().unwrap();
     let grow: u64 = flag("--grow", &(rows / 5).to_string()).parse().unwrap();
@@ -110,7 +109,7 @@ fn main() {
     let source_rows = |day: &str| if day == "day-1" { rows } else { rows + grow };
     println!(
         "source: {rows} rows in {FIRST_DAY_FILES} files, grown by {grow} rows in {SECOND_DAY_FILES} files; machine: {} cores",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        cores()
     );
     println!();
     println!("| sink | engine | run | source rows | rows written | seconds | source rows/s | process s | vs tidemark | table rows / distinct ids |");
