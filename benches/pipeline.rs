@@ -61,7 +61,9 @@ use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_P
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-use tidemark::pipeline::Pipeline;
+use tidemark::commit::CommitSink;
+use tidemark::gc::TableFiles;
+use tidemark::pipeline::{DataWriter, Pipeline};
 use tidemark::source::{read_units, ParquetSource, ParquetSourceOptions, Source};
 use tidemark::store::{CheckpointStore, KeySchema};
 
@@ -346,24 +348,16 @@ fn child(args: &[String]) {
                 let started = Instant::now();
                 let sink = IcebergSink::open(catalog, ident).await.unwrap();
                 let mut writer = sink.writer(IcebergWriterOptions::default()).await.unwrap();
-                let pipeline = Pipeline::new(store(&work).await, sink, "bench");
-                let report = pipeline
-                    .run(open_source(&source_url).await, &transform(), &mut writer)
-                    .await
-                    .unwrap();
-                (started.elapsed().as_secs_f64(), report.rows_written)
+                let rows = run_checkpointed(sink, &mut writer, &work, &source_url).await;
+                (started.elapsed().as_secs_f64(), rows)
             }
             ("tidemark", "delta") => {
                 let url = delta_table(&work).await;
                 let started = Instant::now();
                 let sink = DeltaSink::open(url, HashMap::new()).await.unwrap();
                 let mut writer = sink.writer(DeltaWriterOptions::default()).await.unwrap();
-                let pipeline = Pipeline::new(store(&work).await, sink, "bench");
-                let report = pipeline
-                    .run(open_source(&source_url).await, &transform(), &mut writer)
-                    .await
-                    .unwrap();
-                (started.elapsed().as_secs_f64(), report.rows_written)
+                let rows = run_checkpointed(sink, &mut writer, &work, &source_url).await;
+                (started.elapsed().as_secs_f64(), rows)
             }
             ("tidemark-plain", "iceberg") => {
                 let (catalog, ident) = iceberg_table(&work).await;
@@ -386,8 +380,20 @@ fn child(args: &[String]) {
     );
 }
 
-fn transform() -> Transform {
-    Transform::new().map(add_chars)
+/// One tidemark pipeline run into `sink` through `writer`; the rows written.
+async fn run_checkpointed<S: CommitSink + TableFiles>(
+    sink: S,
+    writer: &mut dyn DataWriter,
+    work: &Path,
+    source_url: &str,
+) -> u64 {
+    let pipeline = Pipeline::new(store(work).await, sink, "bench");
+    let transform = Transform::new().map(add_chars);
+    let report = pipeline
+        .run(open_source(source_url).await, &transform, writer)
+        .await
+        .unwrap();
+    report.rows_written
 }
 
 async fn open_source(url: &str) -> Arc<dyn Source> {
