@@ -3,7 +3,9 @@
 //!
 //! It makes sample data, runs a pipeline that is interrupted midway (its map
 //! fails after some rows, as a crash or a preemption would end it), runs it
-//! again to completion, lets the source grow and runs once more. It prints
+//! again to completion (skipping what the first run sealed before it was
+//! interrupted: the pipeline seals a checkpoint every 10 000 rows), lets the
+//! source grow and runs once more. It prints
 //! what each run read, skipped and wrote, then reads the table back and checks
 //! that every source key is in it exactly once.
 //!
@@ -24,7 +26,7 @@ use iceberg::spec::{NestedField, PrimitiveType, Type};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
 use parquet::arrow::ArrowWriter;
-use tidemark::pipeline::{Pipeline, RunReport};
+use tidemark::pipeline::{CheckpointPolicy, Pipeline, RunReport};
 use tidemark::source::{ParquetSource, ParquetSourceOptions};
 use tidemark::store::{CheckpointStore, KeySchema};
 use tidemark::transform::Transform;
@@ -75,15 +77,23 @@ async fn main() -> Result<(), BoxError> {
     )
     .await?;
     let sink = IcebergSink::open(catalog.clone(), ident.clone()).await?;
-    let pipeline = Pipeline::new(store, sink, "quickstart");
+    // A checkpoint seals every 10 000 rows (and every minute, the default), so
+    // an interrupted run keeps what it finished.
+    let pipeline = Pipeline::new(store, sink, "quickstart").with_checkpoint_policy(CheckpointPolicy {
+        rows: Some(10_000),
+        ..Default::default()
+    });
 
     // Run 1 is interrupted after 20 000 rows.
     let report = run(&pipeline, &dir, Some(20_000)).await;
     match report {
         Ok(_) => println!("run 1: finished (it was meant to be interrupted)"),
-        Err(e) => println!("run 1: interrupted: {e}"),
+        Err(e) => {
+            let kept = pipeline.store().status().await?.key_count;
+            println!("run 1: interrupted: {e}; {kept} keys were sealed before it and are kept");
+        }
     }
-    // Run 2 starts over from what was sealed (nothing) and finishes.
+    // Run 2 commits what run 1 sealed, skips those rows and does the rest.
     print_run("run 2 (resume)", &run(&pipeline, &dir, None).await?);
     // The source grows: a second day overlapping the first by 10 000 keys.
     write_documents(&dir.join("source/day-2.parquet"), 40_000..60_000)?;
@@ -157,10 +167,11 @@ async fn run(
 
 fn print_run(name: &str, report: &RunReport) {
     println!(
-        "{name}: read {}, skipped {} (already processed), wrote {}, committed {} file(s) in {} commit(s), repaired {} earlier commit(s)",
+        "{name}: read {}, skipped {} (already processed), wrote {} in {} checkpoint(s), committed {} file(s) in {} commit(s), repaired {} earlier commit(s)",
         report.read.rows_read,
         report.read.rows_skipped,
         report.rows_written,
+        report.checkpoints.len(),
         report.committed.commits.iter().map(|c| c.files).sum::<usize>(),
         report.committed.commits.len(),
         report.repaired.commits.len(),

@@ -4,20 +4,24 @@
 //! ```text
 //! Lease::acquire (fences older runs) -> commit_pending + gc (repair)
 //!     -> CheckpointedRead -> Transform (map workers) -> DataWriter
-//!     -> seal -> commit_pending -> release
+//!     -> seal (every N rows, T seconds or source unit; see CheckpointPolicy)
+//!     -> commit_pending (on its own interval, and at the end) -> release
 //! ```
 //!
-//! A run that fails anywhere before the seal leaves only staged work: its keys
-//! do not count as processed, its data files are never committed, and the next
-//! run seals it empty, deletes its files and reads those rows again. A run that
-//! fails after the seal is finished by the next run's repair step. Either way
-//! each source key reaches the table once.
+//! A run that fails leaves its open checkpoint staged: its keys do not count
+//! as processed, its data files are never committed, and the next run seals
+//! it empty, deletes its files and reads those rows again. The checkpoints it
+//! sealed before failing stay: their keys are skipped by every later run, and
+//! the next run's repair step commits their files. Either way each source key
+//! reaches the table once, and a kill loses at most one checkpoint's work.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_array::RecordBatch;
+use tokio::time::Instant;
 use futures::future::BoxFuture;
 
 use crate::commit::{CommitReport, CommitSink, Committer};
@@ -44,6 +48,84 @@ pub trait DataWriter: Send {
     fn finish<'a>(&'a mut self, checkpoint: &'a mut CheckpointWriter) -> BoxFuture<'a, Result<()>>;
 }
 
+/// When a run seals checkpoints and commits them, so that a killed run keeps
+/// what it finished.
+///
+/// A checkpoint closes when the first of its triggers fires: `rows` rows
+/// handed to the map, `interval` since it opened, or (with `per_unit`) a
+/// source unit read to its end. Closing drains the map workers, closes the
+/// open data files and seals, so a checkpoint's keys are exactly those of
+/// the rows in its data files and no key's rows span two checkpoints. A kill
+/// then loses at most one checkpoint's rows: `rows` plus one source batch.
+///
+/// Commits run on their own cadence: after a seal, once `commit_interval`
+/// has passed since the run's last commit, every sealed checkpoint is
+/// committed in one table commit; the end of a run always commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// Seal after this many rows reached the map (none by default).
+    pub rows: Option<u64>,
+    /// Seal after this long (default 60 s: a kill loses about a minute of work,
+    /// and a run shorter than that stays one checkpoint).
+    pub interval: Option<Duration>,
+    /// Seal whenever a source unit (a file, a table's data file) is read to
+    /// its end (off by default).
+    pub per_unit: bool,
+    /// Commit sealed checkpoints during the run once this long has passed
+    /// since the last commit (default 5 minutes, the commit interval of the
+    /// Iceberg Kafka Connect sink). Zero commits after every seal.
+    pub commit_interval: Duration,
+}
+
+/// The default of [`CheckpointPolicy::interval`].
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The default of [`CheckpointPolicy::commit_interval`].
+pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(300);
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            rows: None,
+            interval: Some(DEFAULT_CHECKPOINT_INTERVAL),
+            per_unit: false,
+            commit_interval: DEFAULT_COMMIT_INTERVAL,
+        }
+    }
+}
+
+impl CheckpointPolicy {
+    /// One checkpoint per run, committed at its end.
+    pub fn once_per_run() -> Self {
+        CheckpointPolicy {
+            rows: None,
+            interval: None,
+            per_unit: false,
+            commit_interval: Duration::MAX,
+        }
+    }
+
+    /// Whether the open checkpoint should close: it holds rows and a trigger fired.
+    fn seal_due(&self, open: &OpenCheckpoint, read: &ReadStats) -> bool {
+        open.rows > 0
+            && (self.rows.is_some_and(|rows| open.rows >= rows)
+                || self
+                    .interval
+                    .is_some_and(|interval| open.opened.elapsed() >= interval)
+                || (self.per_unit && read.units_finished > open.units_finished))
+    }
+}
+
+/// The checkpoint a run is filling, and what it held when it opened.
+struct OpenCheckpoint {
+    writer: CheckpointWriter,
+    opened: Instant,
+    /// Rows handed to the map since it opened.
+    rows: u64,
+    /// Source units finished when it opened.
+    units_finished: u64,
+}
+
 /// Live counters of a running pipeline, for progress bars and metrics. Share
 /// one with [`Pipeline::with_progress`] and read it from another task.
 #[derive(Debug, Default)]
@@ -53,6 +135,10 @@ pub struct Progress {
     rows_written: AtomicU64,
     files_written: AtomicU64,
     bytes_written: AtomicU64,
+    checkpoints_sealed: AtomicU64,
+    rows_sealed: AtomicU64,
+    commits: AtomicU64,
+    rows_committed: AtomicU64,
 }
 
 /// A reading of [`Progress`].
@@ -68,6 +154,14 @@ pub struct ProgressSnapshot {
     pub files_written: u64,
     /// Bytes of those files.
     pub bytes_written: u64,
+    /// Checkpoints this run sealed: their rows survive a kill.
+    pub checkpoints_sealed: u64,
+    /// Rows handed to the map whose keys are in those checkpoints.
+    pub rows_sealed: u64,
+    /// Table commits this run made (repairs of earlier runs included).
+    pub commits: u64,
+    /// Rows those commits appended to the table.
+    pub rows_committed: u64,
 }
 
 impl Progress {
@@ -79,24 +173,47 @@ impl Progress {
             rows_written: self.rows_written.load(Ordering::Relaxed),
             files_written: self.files_written.load(Ordering::Relaxed),
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            checkpoints_sealed: self.checkpoints_sealed.load(Ordering::Relaxed),
+            rows_sealed: self.rows_sealed.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            rows_committed: self.rows_committed.load(Ordering::Relaxed),
         }
     }
 
-    fn update(&self, read: &ReadStats, rows_written: u64, checkpoint: &CheckpointWriter) {
+    fn update(&self, read: &ReadStats, totals: &RunTotals, open: &CheckpointWriter) {
         self.rows_read.store(read.rows_read, Ordering::Relaxed);
         self.rows_skipped.store(
             read.rows_skipped + read.duplicates_dropped,
             Ordering::Relaxed,
         );
-        self.rows_written.store(rows_written, Ordering::Relaxed);
-        let files = checkpoint.staged_files();
+        self.rows_written
+            .store(totals.rows_written, Ordering::Relaxed);
+        let files = open.staged_files();
         self.files_written
-            .store(files.len() as u64, Ordering::Relaxed);
+            .store(totals.files_written + files.len() as u64, Ordering::Relaxed);
         self.bytes_written.store(
-            files.iter().map(|f| f.file_size_bytes).sum(),
+            totals.bytes_written + files.iter().map(|f| f.file_size_bytes).sum::<u64>(),
             Ordering::Relaxed,
         );
+        self.checkpoints_sealed
+            .store(totals.checkpoints.len() as u64, Ordering::Relaxed);
+        self.rows_sealed.store(totals.rows_sealed, Ordering::Relaxed);
+        self.commits
+            .store(totals.committed.commits.len() as u64, Ordering::Relaxed);
+        self.rows_committed
+            .store(totals.committed.rows_applied(), Ordering::Relaxed);
     }
+}
+
+/// What a run has done so far, across its checkpoints.
+#[derive(Debug, Default)]
+struct RunTotals {
+    rows_written: u64,
+    files_written: u64,
+    bytes_written: u64,
+    rows_sealed: u64,
+    checkpoints: Vec<CheckpointId>,
+    committed: CommitReport,
 }
 
 /// What one [`Pipeline::run`] did.
@@ -112,15 +229,17 @@ pub struct RunReport {
     pub gc: GcReport,
     /// The checkpointed read: rows read, skipped, passed, filter memory.
     pub read: ReadStats,
-    /// The checkpoint this run sealed.
-    pub checkpoint: CheckpointId,
+    /// The checkpoints this run sealed, in order (at least one).
+    pub checkpoints: Vec<CheckpointId>,
     /// Rows handed to the writer after the transform.
     pub rows_written: u64,
     /// Data files staged.
     pub files_written: u64,
     /// Bytes of those files.
     pub bytes_written: u64,
-    /// The commits made after sealing (normally one; none if nothing was written).
+    /// The table commits made during and at the end of the run, in order
+    /// (none if nothing was written). Each is one Iceberg snapshot or one
+    /// Delta version.
     pub committed: CommitReport,
 }
 
@@ -146,6 +265,7 @@ pub struct Pipeline<S> {
     lease_options: LeaseOptions,
     shard: Shard,
     map_workers: usize,
+    policy: CheckpointPolicy,
     progress: Option<Arc<Progress>>,
 }
 
@@ -160,8 +280,16 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             lease_options: LeaseOptions::default(),
             shard: Shard::all(),
             map_workers: 1,
+            policy: CheckpointPolicy::default(),
             progress: None,
         }
+    }
+
+    /// Sets when the run seals checkpoints and commits them (default:
+    /// [`CheckpointPolicy::default`]).
+    pub fn with_checkpoint_policy(mut self, policy: CheckpointPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Sets how the source is read (memory budget, duplicate policy, ...).
@@ -218,8 +346,8 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
     }
 
     /// Runs one pass over `source`: repairs, then passes the rows whose keys no
-    /// earlier run processed through `transform` into `writer`, seals one
-    /// checkpoint and commits it. Fails with [`Error::LeaseHeld`] while another
+    /// earlier run processed through `transform` into `writer`, sealing and
+    /// committing checkpoints as the [`CheckpointPolicy`] says and at the end. Fails with [`Error::LeaseHeld`] while another
     /// run of the pipeline (or shard) is live, and with [`Error::Fenced`] if a
     /// newer run took the lease over before this one sealed.
     pub async fn run(
@@ -274,16 +402,19 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
         let mut read =
             CheckpointedRead::open_units(&self.store, source, units, self.read_options.clone())
                 .await?;
-        let mut checkpoint = self.store.begin_fenced(lease.fence()).await?;
-        checkpoint.set_property("tidemark.lease.scope", lease.claim().scope.clone());
-        checkpoint.set_property("tidemark.lease.epoch", lease.claim().epoch.to_string());
-        let mut rows_written = 0;
+        let mut totals = RunTotals::default();
+        let mut open = self.open_checkpoint(lease, read.stats()).await?;
+        let mut last_commit = Instant::now();
         let mut mapping: VecDeque<tokio::task::JoinHandle<Result<RecordBatch>>> = VecDeque::new();
         let mut exhausted = false;
         loop {
-            while !exhausted && mapping.len() < self.map_workers {
-                match read.next_batch(&mut checkpoint).await? {
+            while !exhausted
+                && mapping.len() < self.map_workers
+                && !self.policy.seal_due(&open, read.stats())
+            {
+                match read.next_batch(&mut open.writer).await? {
                     Some(batch) => {
+                        open.rows += batch.num_rows() as u64;
                         let transform = transform.clone();
                         mapping
                             .push_back(tokio::task::spawn_blocking(move || transform.apply(batch)));
@@ -291,39 +422,47 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
                     None => exhausted = true,
                 }
             }
-            let Some(next) = mapping.pop_front() else {
+            if let Some(next) = mapping.pop_front() {
+                let batch = next.await.map_err(|e| Error::Map {
+                    source: Box::new(e),
+                })??;
+                if batch.num_rows() > 0 {
+                    writer.write(&batch, &mut open.writer).await?;
+                    totals.rows_written += batch.num_rows() as u64;
+                }
+                self.report_progress(read.stats(), &totals, &open.writer);
+                continue;
+            }
+            // Every batch read into the open checkpoint is written: it can
+            // close over exactly the rows of its files.
+            if exhausted {
                 break;
-            };
-            let batch = next.await.map_err(|e| Error::Map {
-                source: Box::new(e),
-            })??;
-            if batch.num_rows() > 0 {
-                writer.write(&batch, &mut checkpoint).await?;
-                rows_written += batch.num_rows() as u64;
             }
-            if let Some(progress) = &self.progress {
-                progress.update(read.stats(), rows_written, &checkpoint);
+            self.seal(&mut open, writer, &mut totals).await?;
+            open = self.open_checkpoint(lease, read.stats()).await?;
+            if last_commit.elapsed() >= self.policy.commit_interval {
+                totals
+                    .committed
+                    .commits
+                    .extend(self.committer.commit_pending().await?.commits);
+                last_commit = Instant::now();
             }
+            self.report_progress(read.stats(), &totals, &open.writer);
         }
-        writer.finish(&mut checkpoint).await?;
-        if let Some(progress) = &self.progress {
-            progress.update(read.stats(), rows_written, &checkpoint);
-        }
-        let files_written = checkpoint.staged_files().len() as u64;
-        let bytes_written = checkpoint
-            .staged_files()
-            .iter()
-            .map(|f| f.file_size_bytes)
-            .sum();
-        checkpoint.seal().await?;
-        let committed = self.committer.commit_pending().await?;
+        self.seal(&mut open, writer, &mut totals).await?;
+        totals
+            .committed
+            .commits
+            .extend(self.committer.commit_pending().await?.commits);
+        let stats = read.stats().clone();
         tracing::info!(
-            rows_read = read.stats().rows_read,
-            rows_skipped = read.stats().rows_skipped,
-            rows_written,
-            files_written,
-            bytes_written,
-            commits = committed.commits.len(),
+            rows_read = stats.rows_read,
+            rows_skipped = stats.rows_skipped,
+            rows_written = totals.rows_written,
+            files_written = totals.files_written,
+            bytes_written = totals.bytes_written,
+            checkpoints = totals.checkpoints.len(),
+            commits = totals.committed.commits.len(),
             "pipeline run finished"
         );
         Ok(RunReport {
@@ -331,13 +470,57 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             fenced_checkpoints: repair.fenced_checkpoints,
             repaired: repair.committed,
             gc: repair.gc,
-            read: read.stats().clone(),
-            checkpoint: checkpoint.id(),
-            rows_written,
-            files_written,
-            bytes_written,
-            committed,
+            read: stats,
+            checkpoints: totals.checkpoints,
+            rows_written: totals.rows_written,
+            files_written: totals.files_written,
+            bytes_written: totals.bytes_written,
+            committed: totals.committed,
         })
+    }
+
+    /// Begins the run's next checkpoint under its lease (failing with
+    /// [`Error::Fenced`] once a newer run took the lease over).
+    async fn open_checkpoint(&self, lease: &Lease, read: &ReadStats) -> Result<OpenCheckpoint> {
+        let mut writer = self.store.begin_fenced(lease.fence()).await?;
+        writer.set_property("tidemark.lease.scope", lease.claim().scope.clone());
+        writer.set_property("tidemark.lease.epoch", lease.claim().epoch.to_string());
+        Ok(OpenCheckpoint {
+            writer,
+            opened: Instant::now(),
+            rows: 0,
+            units_finished: read.units_finished,
+        })
+    }
+
+    /// Closes the checkpoint's data files and seals it.
+    async fn seal(
+        &self,
+        open: &mut OpenCheckpoint,
+        writer: &mut dyn DataWriter,
+        totals: &mut RunTotals,
+    ) -> Result<()> {
+        writer.finish(&mut open.writer).await?;
+        let files = open.writer.staged_files();
+        let file_count = files.len() as u64;
+        totals.files_written += file_count;
+        totals.bytes_written += files.iter().map(|f| f.file_size_bytes).sum::<u64>();
+        open.writer.seal().await?;
+        totals.rows_sealed += open.rows;
+        totals.checkpoints.push(open.writer.id());
+        tracing::debug!(
+            checkpoint = %open.writer.id(),
+            rows = open.rows,
+            files = file_count,
+            "checkpoint sealed"
+        );
+        Ok(())
+    }
+
+    fn report_progress(&self, read: &ReadStats, totals: &RunTotals, open: &CheckpointWriter) {
+        if let Some(progress) = &self.progress {
+            progress.update(read, totals, open);
+        }
     }
 }
 

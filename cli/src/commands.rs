@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use text::format_status;
-use tidemark::pipeline::{Pipeline, Progress};
+use tidemark::pipeline::{CheckpointPolicy, Pipeline, Progress};
 use tidemark::read::ReadOptions;
 use tidemark::source::{Shard, Source, UnionSource};
 use tidemark::store::{CheckpointStore, CompactionOptions, KeySchema, LeaseOptions, StoreLocation};
@@ -34,7 +34,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let keys = KeySchema::from_source(&schema, &key_names)?;
     let store = open_store(&args.target.store, Some(keys)).await?;
     let sink = AnySink::open(&args.target.sink, &options, args.create.then_some(&schema)).await?;
-    let mut writer = sink.writer().await?;
+    let mut writer = sink.writer(args.target_file_size_mib << 20).await?;
     let progress = Arc::new(Progress::default());
     let shard = args.shard.unwrap_or_else(Shard::all);
     let pipeline = Pipeline::new(store, sink, args.target.pipeline.clone())
@@ -47,6 +47,8 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             ttl: Duration::from_secs(args.lease_ttl_secs.max(1)),
             ..Default::default()
         })
+        .with_map_workers(args.map_workers)
+        .with_checkpoint_policy(checkpoint_policy(&args))
         .with_progress(progress.clone());
     let bar = progress_bar(args.quiet, source.row_count());
     let ticker = bar.clone().map(|bar| {
@@ -56,8 +58,15 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
                 let now = progress.snapshot();
                 bar.set_position(now.rows_read);
                 bar.set_message(format!(
-                    "skipped {} written {} files {} bytes {}",
-                    now.rows_skipped, now.rows_written, now.files_written, now.bytes_written
+                    "skipped {} written {} files {} bytes {} | sealed {} rows in {} checkpoint(s) | committed {} rows in {} commit(s)",
+                    now.rows_skipped,
+                    now.rows_written,
+                    now.files_written,
+                    now.bytes_written,
+                    now.rows_sealed,
+                    now.checkpoints_sealed,
+                    now.rows_committed,
+                    now.commits
                 ));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -83,13 +92,19 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         report.gc.prefixes_deleted,
     );
     println!(
-        "read {} rows, skipped {} already processed, {} repeated; wrote {} rows in {} file(s), {} bytes",
+        "read {} rows, skipped {} already processed, {} repeated; processed {} rows; wrote {} rows in {} file(s), {} bytes",
         report.read.rows_read,
         report.read.rows_skipped,
         report.read.duplicates_dropped,
+        report.read.rows_passed,
         report.rows_written,
         report.files_written,
         report.bytes_written,
+    );
+    println!(
+        "sealed {} checkpoint(s); made {} table commit(s)",
+        report.checkpoints.len(),
+        report.committed.commits.len(),
     );
     for commit in &report.committed.commits {
         println!(
@@ -105,6 +120,18 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         println!("nothing new to commit");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The policy of `run`'s checkpoint and commit flags (0 turns an interval off;
+/// a commit interval of 0 commits after every seal).
+fn checkpoint_policy(args: &RunArgs) -> CheckpointPolicy {
+    CheckpointPolicy {
+        rows: args.checkpoint_every_rows.filter(|&rows| rows > 0),
+        interval: (args.checkpoint_every_secs > 0)
+            .then(|| Duration::from_secs(args.checkpoint_every_secs)),
+        per_unit: args.checkpoint_every_file,
+        commit_interval: Duration::from_secs(args.commit_every_secs),
+    }
 }
 
 fn pipeline_table(pipeline: &Pipeline<AnySink>) -> String {
@@ -223,7 +250,15 @@ fn status_json(status: &tidemark::store::StoreStatus) -> serde_json::Value {
         "committed": status.committed,
         "compacted": status.compacted,
         "fenced": status.fenced,
+        "sealed": status.sealed,
+        "rows_committed": status.rows_committed,
+        "rows_pending_commit": status.rows_pending_commit,
         "latest_commit": status.latest_commit,
+        "last_successful_commit": status.last_commit.as_ref().map(|c| serde_json::json!({
+            "sequence": c.sequence,
+            "committed_at": c.committed_at.to_rfc3339(),
+            "seconds_since": seconds_since(c.committed_at),
+        })),
         "commit_intents": status.commit_intents,
         "orphans": status.orphans.iter().map(|o| serde_json::json!({
             "checkpoint": o.checkpoint.to_string(),
@@ -240,9 +275,16 @@ fn status_json(status: &tidemark::store::StoreStatus) -> serde_json::Value {
     })
 }
 
+/// Whole seconds from `at` to now (0 if `at` is in the future).
+fn seconds_since(at: chrono::DateTime<chrono::Utc>) -> i64 {
+    (chrono::Utc::now() - at).num_seconds().max(0)
+}
+
 /// Text rendering of a status.
 mod text {
     use std::fmt::Write as _;
+
+    use super::seconds_since;
 
     use tidemark::store::StoreStatus;
 
@@ -252,7 +294,8 @@ mod text {
         let _ = writeln!(out, "keys checkpointed:   {}", status.key_count);
         let _ = writeln!(
             out,
-            "checkpoints:         {} staged, {} pending commit, {} committed, {} compacted ({} fenced)",
+            "checkpoints:         {} sealed: {} staged, {} pending commit, {} committed, {} compacted ({} fenced)",
+            status.sealed,
             status.staged.len(),
             status.pending_commit.len(),
             status.committed,
@@ -261,11 +304,26 @@ mod text {
         );
         let _ = writeln!(
             out,
+            "rows:                {} committed, {} sealed and pending commit",
+            status.rows_committed, status.rows_pending_commit
+        );
+        let _ = writeln!(
+            out,
             "table commits:       latest sequence {}, {} intent(s) kept",
             status
                 .latest_commit
                 .map_or("none".to_string(), |s| s.to_string()),
             status.commit_intents
+        );
+        let _ = writeln!(
+            out,
+            "last commit:         {}",
+            status.last_commit.as_ref().map_or("none".to_string(), |c| format!(
+                "sequence {} at {} ({} s ago)",
+                c.sequence,
+                c.committed_at.to_rfc3339(),
+                seconds_since(c.committed_at)
+            ))
         );
         for staged in &status.staged {
             let leases: Vec<String> = staged

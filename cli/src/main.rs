@@ -139,6 +139,27 @@ struct RunArgs {
     /// Seconds a dead run keeps the lease before another run may take over.
     #[arg(long, default_value_t = 30)]
     lease_ttl_secs: u64,
+    /// Seal a checkpoint after this many rows reached the map. A kill loses at
+    /// most one checkpoint's rows.
+    #[arg(long)]
+    checkpoint_every_rows: Option<u64>,
+    /// Seal a checkpoint after this many seconds (0: no time trigger).
+    #[arg(long, default_value_t = 60)]
+    checkpoint_every_secs: u64,
+    /// Seal a checkpoint whenever a source file is read to its end.
+    #[arg(long)]
+    checkpoint_every_file: bool,
+    /// Commit sealed checkpoints to the table during the run once this many
+    /// seconds passed since the last commit (0: after every seal). The end
+    /// of a run always commits.
+    #[arg(long, default_value_t = 300)]
+    commit_every_secs: u64,
+    /// Target size of a data file in MiB; files also close at every seal.
+    #[arg(long, default_value_t = 128)]
+    target_file_size_mib: usize,
+    /// Batches mapped at once.
+    #[arg(long, default_value_t = 1)]
+    map_workers: usize,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,

@@ -232,10 +232,26 @@ impl AnySink {
     }
 
     /// A writer of data files for the table.
-    pub(crate) async fn writer(&self) -> Result<Box<dyn DataWriter>, CliError> {
+    /// A writer of data files of about `target_file_size_bytes` each.
+    pub(crate) async fn writer(
+        &self,
+        target_file_size_bytes: usize,
+    ) -> Result<Box<dyn DataWriter>, CliError> {
         Ok(match self {
-            AnySink::Iceberg(sink) => Box::new(sink.writer(IcebergWriterOptions::default()).await?),
-            AnySink::Delta(sink) => Box::new(sink.writer(DeltaWriterOptions::default()).await?),
+            AnySink::Iceberg(sink) => Box::new(
+                sink.writer(IcebergWriterOptions {
+                    target_file_size_bytes,
+                    ..Default::default()
+                })
+                .await?,
+            ),
+            AnySink::Delta(sink) => Box::new(
+                sink.writer(DeltaWriterOptions {
+                    target_file_size_bytes: target_file_size_bytes as u64,
+                    ..Default::default()
+                })
+                .await?,
+            ),
         })
     }
 }

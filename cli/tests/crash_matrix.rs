@@ -32,7 +32,7 @@ use iceberg::spec::{NestedField, PrimitiveType, Type};
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
 use object_store::ObjectStore;
-use tidemark::pipeline::{DataWriter, Pipeline, RunReport};
+use tidemark::pipeline::{CheckpointPolicy, Pipeline, RunReport};
 use tidemark::source::{ParquetSource, ParquetSourceOptions, Shard, Source, UnionSource};
 use tidemark::store::{
     CheckpointStore, KeySchema, Lease, LeaseOptions, StoreLocation, PIPELINE_SCOPE,
@@ -138,6 +138,8 @@ struct Scenario {
     table_url: String,
     table_options: HashMap<String, String>,
     namespace: String,
+    /// The source's keys are 0..keys.
+    keys: i64,
 }
 
 impl Scenario {
@@ -151,6 +153,7 @@ impl Scenario {
             table_url,
             table_options,
             namespace: format!("ns{index}"),
+            keys: 1100,
         };
         scenario.write_source(true);
         scenario.create_table().await;
@@ -288,6 +291,27 @@ impl Scenario {
         source: Arc<dyn Source>,
         shard: Shard,
     ) -> tidemark::Result<RunReport> {
+        self.run_policy(
+            location,
+            ttl,
+            source,
+            shard,
+            CheckpointPolicy::default(),
+            &Transform::new(),
+        )
+        .await
+    }
+
+    /// One run of `shard` of `source` under a checkpoint policy and transform.
+    async fn run_policy(
+        &self,
+        location: StoreLocation,
+        ttl: Duration,
+        source: Arc<dyn Source>,
+        shard: Shard,
+        policy: CheckpointPolicy,
+        transform: &Transform,
+    ) -> tidemark::Result<RunReport> {
         let keys = KeySchema::single("id", DataType::Int64)?;
         let store = CheckpointStore::open_at(location, keys).await?;
         let lease = LeaseOptions {
@@ -313,8 +337,9 @@ impl Scenario {
                 let pipeline = Pipeline::new(store, sink, PIPELINE)
                     .with_lease_options(lease)
                     .with_shard(shard)
-                    .with_map_workers(2);
-                run_with(&pipeline, source, &mut writer).await
+                    .with_map_workers(2)
+                    .with_checkpoint_policy(policy);
+                pipeline.run(source, transform, &mut writer).await
             }
             SinkKind::Delta => {
                 let sink = DeltaSink::open(self.table_url.parse().unwrap(), self.delta_options())
@@ -330,8 +355,9 @@ impl Scenario {
                 let pipeline = Pipeline::new(store, sink, PIPELINE)
                     .with_lease_options(lease)
                     .with_shard(shard)
-                    .with_map_workers(2);
-                run_with(&pipeline, source, &mut writer).await
+                    .with_map_workers(2)
+                    .with_checkpoint_policy(policy);
+                pipeline.run(source, transform, &mut writer).await
             }
         }
     }
@@ -442,7 +468,7 @@ impl Scenario {
 
     /// Every check after a scenario.
     async fn verify(&self, what: &str) {
-        let expected: Vec<i64> = (0..1100).collect();
+        let expected: Vec<i64> = (0..self.keys).collect();
         let (readers, files) = self.read();
         // DuckDB reads the Delta tables on local disk only (see delta_read.py).
         let delta_on_s3 = self.sink == SinkKind::Delta && self.table_url.starts_with("s3://");
@@ -465,20 +491,10 @@ impl Scenario {
             Some(0),
             "{what}"
         );
-        assert_eq!(status["key_count"], 1100, "{what}: checkpointed keys");
+        assert_eq!(status["key_count"], self.keys, "{what}: checkpointed keys");
     }
 }
 
-async fn run_with<S>(
-    pipeline: &Pipeline<S>,
-    source: Arc<dyn Source>,
-    writer: &mut dyn DataWriter,
-) -> tidemark::Result<RunReport>
-where
-    S: tidemark::commit::CommitSink + tidemark::gc::TableFiles,
-{
-    pipeline.run(source, &Transform::new(), writer).await
-}
 
 fn schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
@@ -891,5 +907,303 @@ async fn killed_processes_are_repaired() {
             "{sink:?}: no kill left unfinished work (a full run took {full:?})"
         );
         eprintln!("{sink:?}: {interrupted}/6 kills left unfinished work; all repaired");
+    }
+}
+
+impl Scenario {
+    /// Replaces the source with `files` files of `rows` rows each, keys
+    /// 0..files*rows in order, one batch per file.
+    fn write_files(&mut self, files: i64, rows: i64) {
+        let source = self.dir.path().join("source");
+        std::fs::remove_dir_all(&source).unwrap();
+        std::fs::create_dir_all(&source).unwrap();
+        for n in 0..files {
+            let ids: Vec<i64> = (n * rows..(n + 1) * rows).collect();
+            let text: Vec<String> = ids.iter().map(|i| format!("document {i}")).collect();
+            let batch = RecordBatch::try_new(
+                schema(),
+                vec![
+                    Arc::new(Int64Array::from(ids)) as ArrayRef,
+                    Arc::new(StringArray::from(text)) as ArrayRef,
+                ],
+            )
+            .unwrap();
+            let file = std::fs::File::create(source.join(format!("part-{n:03}.parquet"))).unwrap();
+            let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema(), None).unwrap();
+            writer.write(&batch).unwrap();
+            writer.close().unwrap();
+        }
+        self.keys = files * rows;
+    }
+
+    /// Sealed checkpoints in the store, listed straight from the backend.
+    async fn sealed_checkpoints(&self) -> usize {
+        let location = self.backend.location();
+        let prefix = location.prefix.clone().join("sealed");
+        let listed: Vec<object_store::ObjectMeta> = location
+            .object_store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .unwrap();
+        listed.len()
+    }
+
+    /// Checkpointed keys, as `tidemark status` reports them (0 before the
+    /// store exists).
+    fn sealed_keys(&self) -> i64 {
+        self.try_status()
+            .map(|(_, status)| status["key_count"].as_i64().unwrap())
+            .unwrap_or(0)
+    }
+
+    /// Spawns each command and SIGKILLs them all once the store holds
+    /// `target` sealed checkpoints. A command that exits first because an
+    /// earlier (killed) run's lease is still live is started again. Returns
+    /// whether every command was still running when killed.
+    async fn kill_at_sealed(&self, mut commands: Vec<Command>, target: usize, what: &str) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let mut children: Vec<std::process::Child> =
+            commands.iter_mut().map(|c| c.spawn().unwrap()).collect();
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: {target} sealed checkpoints never appeared within 120 s"
+            );
+            if self.sealed_checkpoints().await >= target {
+                break;
+            }
+            for (child, command) in children.iter_mut().zip(commands.iter_mut()) {
+                if let Some(status) = child.try_wait().unwrap() {
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = child.stderr.take() {
+                        std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+                    }
+                    assert!(
+                        !status.success() && stderr.contains("held"),
+                        "{what}: the run ended before {target} checkpoints were sealed \
+                         ({status}): {stderr}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    *child = command.spawn().unwrap();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut all_running = true;
+        for child in &mut children {
+            all_running &= child.try_wait().unwrap().is_none();
+            let _ = child.kill();
+            child.wait().unwrap();
+        }
+        all_running
+    }
+
+    /// Runs `command` until it succeeds (an earlier run's lease may still be
+    /// live), and returns what it processed: (skipped, processed, checkpoints).
+    async fn run_to_completion(&self, mut command: Command, what: &str) -> (u64, u64, u64) {
+        command.stdout(std::process::Stdio::piped());
+        for _ in 0..80 {
+            let output = command.output().unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if output.status.success() {
+                let number_before = |word: &str| -> u64 {
+                    let at = stdout
+                        .find(word)
+                        .unwrap_or_else(|| panic!("{what}: no `{word}` in {stdout}"));
+                    stdout[..at]
+                        .split_whitespace()
+                        .last()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                };
+                let skipped = number_before(" already processed");
+                let processed_at = stdout.find("processed ").unwrap() + "processed ".len();
+                let processed = stdout[processed_at..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let sealed = stdout.find("sealed ").unwrap() + "sealed ".len();
+                let checkpoints = stdout[sealed..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                return (skipped, processed, checkpoints);
+            }
+            assert!(
+                stderr.contains("held"),
+                "{what}: the run failed for another reason than the lease: {stderr}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("{what}: no run finished");
+    }
+}
+
+/// Rows per checkpoint in the durable-progress tests.
+const ROWS_PER_CHECKPOINT: u64 = 200;
+
+/// A run whose map fails midway keeps the checkpoints it sealed: the table
+/// already holds their rows (a commit follows every seal here), and the
+/// rerun skips exactly them. The rows done again (mapped by the failed run,
+/// then by the rerun) are fewer than one checkpoint's: `ROWS_PER_CHECKPOINT`
+/// plus one source batch, counted by the map and the rerun's report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_keeps_its_sealed_checkpoints() {
+    const FAIL_AT: u64 = 700;
+    const BATCH: u64 = 100;
+    let mut index = 0;
+    for backend in [Backend::local as fn() -> Backend, Backend::s3] {
+        for sink in [SinkKind::Iceberg, SinkKind::Delta] {
+            index += 1;
+            let scenario = Scenario::new(sink, backend(), 200 + index).await;
+            scenario.write_source(false);
+            let what = format!("{sink:?} on {}", scenario.backend.name);
+            let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counter = seen.clone();
+            let failing = Transform::new().map(move |batch| {
+                let before =
+                    counter.fetch_add(batch.num_rows() as u64, std::sync::atomic::Ordering::SeqCst);
+                if before >= FAIL_AT {
+                    return Err(Error::Map {
+                        source: "simulated preemption".into(),
+                    });
+                }
+                Ok(batch)
+            });
+            let policy = CheckpointPolicy {
+                rows: Some(ROWS_PER_CHECKPOINT),
+                interval: None,
+                per_unit: false,
+                commit_interval: Duration::ZERO,
+            };
+            let failed = scenario
+                .run_policy(
+                    scenario.backend.location(),
+                    Duration::from_secs(30),
+                    scenario.source().await.unwrap(),
+                    Shard::all(),
+                    policy,
+                    &failing,
+                )
+                .await;
+            assert!(
+                matches!(failed, Err(Error::Map { .. })),
+                "{what}: {failed:?}"
+            );
+            let sealed = scenario.sealed_keys() as u64;
+            assert!(
+                sealed + ROWS_PER_CHECKPOINT + BATCH > FAIL_AT,
+                "{what}: only {sealed} keys sealed before a failure at row {FAIL_AT}"
+            );
+            // The table saw the sealed rows during the run, before any rerun.
+            let (readers, _) = scenario.read();
+            for ids in &readers {
+                assert_eq!(ids.len() as u64, sealed, "{what}: rows in the table mid-run");
+                let distinct: std::collections::BTreeSet<&i64> = ids.iter().collect();
+                assert_eq!(distinct.len() as u64, sealed, "{what}: mid-run duplicates");
+            }
+            let (_, status) = scenario.status();
+            assert_eq!(status["rows_committed"], sealed, "{what}: {status}");
+            assert!(
+                !status["last_successful_commit"].is_null(),
+                "{what}: {status}"
+            );
+
+            let rerun = scenario.rerun().await;
+            assert_eq!(rerun.read.rows_skipped, sealed, "{what}: rerun skipped");
+            assert_eq!(rerun.read.rows_passed, 1100 - sealed, "{what}: rerun processed");
+            // Rows the failed run mapped and the rerun mapped again.
+            let mapped = seen.load(std::sync::atomic::Ordering::SeqCst);
+            let redone = rerun.read.rows_passed - (1100 - mapped);
+            assert!(
+                redone < ROWS_PER_CHECKPOINT + BATCH,
+                "{what}: the rerun did {redone} rows of the failed run again"
+            );
+            scenario.verify(&what).await;
+            eprintln!("PASS {what}: {sealed} rows kept, {redone} done again");
+        }
+    }
+}
+
+/// `tidemark run` with a checkpoint every 1 000 rows and a commit after every
+/// seal is SIGKILLed once 2, then 5 checkpoints are sealed, with two map
+/// workers; the final run skips exactly the keys sealed before the last kill
+/// and processes the rest. Every key lands once, read by the independent
+/// readers. Iceberg and Delta, on local disk and on the S3 server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_runs_keep_their_sealed_checkpoints() {
+    let mut index = 0;
+    for backend in [Backend::local as fn() -> Backend, Backend::s3] {
+        for sink in [SinkKind::Iceberg, SinkKind::Delta] {
+            index += 1;
+            let mut scenario = Scenario::new(sink, backend(), 300 + index).await;
+            scenario.write_files(20, 500);
+            let what = format!("{sink:?} on {}", scenario.backend.name);
+            let command = || {
+                let mut command = scenario.run_command();
+                command.args(["--checkpoint-every-rows", "1000", "--commit-every-secs", "0"]);
+                command.args(["--map-workers", "2"]);
+                command
+            };
+            let mut kept = 0;
+            for target in [2, 5] {
+                let running = scenario
+                    .kill_at_sealed(vec![command()], target, &what)
+                    .await;
+                assert!(running, "{what}: the run finished before the kill");
+                let sealed = scenario.sealed_keys();
+                assert!(sealed > kept, "{what}: no progress kept by the kill at {target}");
+                kept = sealed;
+            }
+            let (skipped, processed, checkpoints) =
+                scenario.run_to_completion(command(), &what).await;
+            assert_eq!(skipped as i64, kept, "{what}: the rerun skipped");
+            assert_eq!(processed as i64, 10_000 - kept, "{what}: the rerun processed");
+            assert!(checkpoints > 1, "{what}: the rerun sealed one checkpoint");
+            scenario.verify(&what).await;
+            eprintln!("PASS {what}: {kept} of 10000 rows kept over two kills");
+        }
+    }
+}
+
+/// Two shards run at once with a checkpoint every 500 rows, and both are
+/// SIGKILLed once four checkpoints are sealed between them. Rerun, the two
+/// shards skip exactly what was sealed and every key lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_shards_keep_their_sealed_checkpoints() {
+    for (index, sink) in [SinkKind::Iceberg, SinkKind::Delta].into_iter().enumerate() {
+        let mut scenario = Scenario::new(sink, Backend::local(), 400 + index).await;
+        scenario.write_files(20, 500);
+        let what = format!("{sink:?}, two shards");
+        let command = |shard: &str| {
+            let mut command = scenario.run_command();
+            command.args(["--checkpoint-every-rows", "500", "--shard", shard]);
+            command.args(["--map-workers", "3"]);
+            command
+        };
+        let running = scenario
+            .kill_at_sealed(vec![command("0/2"), command("1/2")], 4, &what)
+            .await;
+        assert!(running, "{what}: a shard finished before the kill");
+        let kept = scenario.sealed_keys();
+        assert!(kept > 0, "{what}: nothing kept");
+        let mut skipped = 0;
+        let mut processed = 0;
+        for shard in ["0/2", "1/2"] {
+            let (s, p, _) = scenario.run_to_completion(command(shard), &what).await;
+            skipped += s as i64;
+            processed += p as i64;
+        }
+        assert_eq!(skipped, kept, "{what}: the reruns skipped");
+        assert_eq!(processed, 10_000 - kept, "{what}: the reruns processed");
+        scenario.verify(&what).await;
+        eprintln!("PASS {what}: {kept} of 10000 rows kept");
     }
 }

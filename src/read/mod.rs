@@ -103,6 +103,9 @@ pub struct ReadStats {
     pub rows_passed: u64,
     /// Most memory the filter held at once, in bytes.
     pub peak_filter_bytes: usize,
+    /// Source units read to their end (a unit ends when the next one's first
+    /// batch arrives, or the source ends).
+    pub units_finished: u64,
 }
 
 /// The filter state of an open read.
@@ -131,6 +134,8 @@ pub struct CheckpointedRead {
     output_columns: Option<Vec<usize>>,
     duplicates: DuplicatePolicy,
     unit_names: Vec<String>,
+    /// The unit of the latest batch read.
+    current_unit: Option<usize>,
     stats: ReadStats,
 }
 
@@ -181,6 +186,7 @@ impl CheckpointedRead {
             duplicates_dropped: 0,
             rows_passed: 0,
             peak_filter_bytes: 0,
+            units_finished: 0,
         };
         let in_memory = if fits_in_memory(&codec, &state, source.as_ref(), &options) {
             KeyFilter::load_within(store, &state, options.memory_budget_bytes).await?
@@ -227,6 +233,7 @@ impl CheckpointedRead {
             output_columns,
             duplicates: options.duplicates,
             unit_names,
+            current_unit: None,
             stats,
         })
     }
@@ -245,6 +252,9 @@ impl CheckpointedRead {
     ) -> Result<Option<RecordBatch>> {
         while let Some(item) = self.batches.next().await {
             let (unit, batch) = item?;
+            if self.current_unit.replace(unit).is_some_and(|previous| previous != unit) {
+                self.stats.units_finished += 1;
+            }
             self.stats.rows_read += batch.num_rows() as u64;
             let keys = key_columns(&self.key_schema, &batch)?;
             let keep = self.keep(unit, &batch, &keys)?;
@@ -271,6 +281,9 @@ impl CheckpointedRead {
                 })?,
                 None => passed,
             }));
+        }
+        if self.current_unit.take().is_some() {
+            self.stats.units_finished += 1;
         }
         Ok(None)
     }

@@ -121,6 +121,8 @@ impl CheckpointStore {
             .map(|i| i.checkpoints.clone())
             .unwrap_or_default();
         checkpoints.extend(newly_compacted.iter().copied());
+        let committed_rows = state.index.as_ref().map_or(0, |i| i.committed_rows)
+            + targets.iter().map(|m| m.row_count()).sum::<u64>();
         let index = IndexGeneration {
             format_version: FORMAT_VERSION,
             generation,
@@ -128,6 +130,7 @@ impl CheckpointStore {
             checkpoints,
             newly_compacted: newly_compacted.clone(),
             runs,
+            committed_rows,
         };
         let store = self.object_store();
         let layout = self.layout();

@@ -40,7 +40,7 @@ pub use records::{
     Manifest, TableFileMetadata, FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
 pub use state::{CheckpointState, CheckpointSummary, StoreState};
-pub use status::{StagedCheckpoint, StoreStatus};
+pub use status::{LastCommit, StagedCheckpoint, StoreStatus};
 pub use writer::{CheckpointWriter, KEY_FILE_ROWS};
 
 use crate::error::{Error, ObjectKind, Result};

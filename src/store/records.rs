@@ -138,6 +138,11 @@ impl Manifest {
     pub fn key_count(&self) -> u64 {
         self.key_files.iter().map(|k| k.row_count).sum()
     }
+
+    /// Total number of rows in the checkpoint's data files.
+    pub fn row_count(&self) -> u64 {
+        self.files.iter().map(|f| f.record_count).sum()
+    }
 }
 
 /// Marks a sealed checkpoint's files as committed to the table.
@@ -296,6 +301,11 @@ pub struct IndexGeneration {
     /// Sorted runs of keys. Within a run, files are in ascending key order and
     /// do not overlap; runs may overlap each other.
     pub runs: Vec<KeyRun>,
+    /// Rows of the data files of every checkpoint in the index (what reached
+    /// the table through them), so that the total survives compaction. Absent
+    /// in indexes written before it was recorded, which count 0.
+    #[serde(default)]
+    pub committed_rows: u64,
 }
 
 impl IndexGeneration {

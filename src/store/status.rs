@@ -4,9 +4,13 @@
 use super::layout::Layout;
 use super::lease::LeaseStatus;
 use super::orphans::Orphans;
-use super::records::{CheckpointId, LeaseClaim};
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+
+use super::records::{self, CheckpointId, CommitMarker, LeaseClaim};
 use super::{io, CheckpointStore};
-use crate::error::Result;
+use crate::error::{ObjectKind, Result};
 
 /// A checkpoint that a writer began and nobody sealed: a run in progress, or
 /// one that died and will be sealed empty by the next holder of its lease.
@@ -18,6 +22,16 @@ pub struct StagedCheckpoint {
     pub leases: Vec<LeaseClaim>,
     /// In-flight records its writers made.
     pub in_flight_records: usize,
+}
+
+/// The newest table commit whose checkpoints are all marked committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastCommit {
+    /// Its commit sequence.
+    pub sequence: u64,
+    /// When the store recorded it as landed in the table (the commit marker
+    /// of its first checkpoint; the intent's time once compaction removed it).
+    pub committed_at: DateTime<Utc>,
 }
 
 /// What a store holds, by lifecycle state.
@@ -35,8 +49,16 @@ pub struct StoreStatus {
     pub compacted: usize,
     /// Sealed checkpoints that are tombstones of fenced writers.
     pub fenced: usize,
+    /// Sealed checkpoints ever (in the index or not), fenced tombstones included.
+    pub sealed: usize,
+    /// Rows in the data files of committed checkpoints: what reached the table.
+    pub rows_committed: u64,
+    /// Rows in the data files of sealed checkpoints waiting for a commit.
+    pub rows_pending_commit: u64,
     /// The highest table commit sequence started, if any.
     pub latest_commit: Option<u64>,
+    /// The newest table commit that finished, and when.
+    pub last_commit: Option<LastCommit>,
     /// Commit intents kept in the store.
     pub commit_intents: usize,
     /// Orphan data files waiting for garbage collection.
@@ -80,6 +102,24 @@ impl CheckpointStore {
             .iter()
             .filter_map(|m| Layout::sequence_of(&m.location))
             .collect();
+        let pending: BTreeSet<CheckpointId> = state
+            .pending_commit()
+            .iter()
+            .map(|m| m.checkpoint_id)
+            .collect();
+        let last_commit = self.last_commit(&intents, &pending).await?;
+        let rows_committed = state.index.as_ref().map_or(0, |i| i.committed_rows)
+            + state
+                .checkpoints
+                .iter()
+                .filter(|c| c.committed)
+                .map(|c| c.manifest.row_count())
+                .sum::<u64>();
+        let rows_pending_commit = state
+            .pending_commit()
+            .iter()
+            .map(|m| m.row_count())
+            .sum();
         let mut leases = Vec::new();
         for scope in self.lease_scopes().await? {
             if let Some(status) = self.lease_status(&scope).await? {
@@ -101,10 +141,47 @@ impl CheckpointStore {
                 .iter()
                 .filter(|c| c.manifest.fenced_by.is_some())
                 .count(),
+            sealed: state.checkpoints.len() + state.compacted_count(),
+            rows_committed,
+            rows_pending_commit,
             latest_commit: intents.iter().copied().max(),
+            last_commit,
             commit_intents: intents.len(),
             orphans,
             leases,
         })
+    }
+
+    /// The newest of the two highest commit intents whose checkpoints are no
+    /// longer pending (the highest may still be on its way to the table).
+    async fn last_commit(
+        &self,
+        intents: &[u64],
+        pending: &BTreeSet<CheckpointId>,
+    ) -> Result<Option<LastCommit>> {
+        let mut sequences = intents.to_vec();
+        sequences.sort_unstable_by(|a, b| b.cmp(a));
+        for sequence in sequences.into_iter().take(2) {
+            let Some(intent) = self.commit_intent(sequence).await? else {
+                continue;
+            };
+            if intent.checkpoints.iter().any(|id| pending.contains(id)) {
+                continue;
+            }
+            let mut committed_at = intent.created_at;
+            if let Some(first) = intent.checkpoints.first() {
+                let path = self.layout().committed(*first);
+                if let Some(bytes) = io::get_optional(self.object_store(), &path).await? {
+                    let marker: CommitMarker =
+                        records::decode(ObjectKind::CommitMarker, path.as_ref(), &bytes)?;
+                    committed_at = marker.committed_at;
+                }
+            }
+            return Ok(Some(LastCommit {
+                sequence,
+                committed_at,
+            }));
+        }
+        Ok(None)
     }
 }
