@@ -79,10 +79,11 @@ async fn main() -> Result<(), BoxError> {
     let sink = IcebergSink::open(catalog.clone(), ident.clone()).await?;
     // A checkpoint seals every 10 000 rows (and every minute, the default), so
     // an interrupted run keeps what it finished.
-    let pipeline = Pipeline::new(store, sink, "quickstart").with_checkpoint_policy(CheckpointPolicy {
-        rows: Some(10_000),
-        ..Default::default()
-    });
+    let pipeline =
+        Pipeline::new(store, sink, "quickstart").with_checkpoint_policy(CheckpointPolicy {
+            rows: Some(10_000),
+            ..Default::default()
+        });
 
     // Run 1 is interrupted after 20 000 rows.
     let report = run(&pipeline, &dir, Some(20_000)).await;

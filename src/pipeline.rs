@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
-use tokio::time::Instant;
 use futures::future::BoxFuture;
+use tokio::time::Instant;
 
 use crate::commit::{CommitReport, CommitSink, Committer};
 use crate::error::{Error, Result};
@@ -197,7 +197,8 @@ impl Progress {
         );
         self.checkpoints_sealed
             .store(totals.checkpoints.len() as u64, Ordering::Relaxed);
-        self.rows_sealed.store(totals.rows_sealed, Ordering::Relaxed);
+        self.rows_sealed
+            .store(totals.rows_sealed, Ordering::Relaxed);
         self.commits
             .store(totals.committed.commits.len() as u64, Ordering::Relaxed);
         self.rows_committed

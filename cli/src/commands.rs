@@ -318,12 +318,15 @@ mod text {
         let _ = writeln!(
             out,
             "last commit:         {}",
-            status.last_commit.as_ref().map_or("none".to_string(), |c| format!(
-                "sequence {} at {} ({} s ago)",
-                c.sequence,
-                c.committed_at.to_rfc3339(),
-                seconds_since(c.committed_at)
-            ))
+            status
+                .last_commit
+                .as_ref()
+                .map_or("none".to_string(), |c| format!(
+                    "sequence {} at {} ({} s ago)",
+                    c.sequence,
+                    c.committed_at.to_rfc3339(),
+                    seconds_since(c.committed_at)
+                ))
         );
         for staged in &status.staged {
             let leases: Vec<String> = staged

@@ -495,7 +495,6 @@ impl Scenario {
     }
 }
 
-
 fn schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
@@ -1027,11 +1026,11 @@ impl Scenario {
                     .unwrap()
                     .parse()
                     .unwrap();
-                let sealed = stdout.find("sealed ").unwrap() + "sealed ".len();
-                let checkpoints = stdout[sealed..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
+                let checkpoints = stdout
+                    .lines()
+                    .find_map(|line| line.strip_prefix("sealed "))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .unwrap_or_else(|| panic!("{what}: no `sealed N checkpoint(s)` in {stdout}"))
                     .parse()
                     .unwrap();
                 return (skipped, processed, checkpoints);
@@ -1105,7 +1104,11 @@ async fn a_failed_run_keeps_its_sealed_checkpoints() {
             // The table saw the sealed rows during the run, before any rerun.
             let (readers, _) = scenario.read();
             for ids in &readers {
-                assert_eq!(ids.len() as u64, sealed, "{what}: rows in the table mid-run");
+                assert_eq!(
+                    ids.len() as u64,
+                    sealed,
+                    "{what}: rows in the table mid-run"
+                );
                 let distinct: std::collections::BTreeSet<&i64> = ids.iter().collect();
                 assert_eq!(distinct.len() as u64, sealed, "{what}: mid-run duplicates");
             }
@@ -1118,7 +1121,11 @@ async fn a_failed_run_keeps_its_sealed_checkpoints() {
 
             let rerun = scenario.rerun().await;
             assert_eq!(rerun.read.rows_skipped, sealed, "{what}: rerun skipped");
-            assert_eq!(rerun.read.rows_passed, 1100 - sealed, "{what}: rerun processed");
+            assert_eq!(
+                rerun.read.rows_passed,
+                1100 - sealed,
+                "{what}: rerun processed"
+            );
             // Rows the failed run mapped and the rerun mapped again.
             let mapped = seen.load(std::sync::atomic::Ordering::SeqCst);
             let redone = rerun.read.rows_passed - (1100 - mapped);
@@ -1148,7 +1155,12 @@ async fn killed_runs_keep_their_sealed_checkpoints() {
             let what = format!("{sink:?} on {}", scenario.backend.name);
             let command = || {
                 let mut command = scenario.run_command();
-                command.args(["--checkpoint-every-rows", "1000", "--commit-every-secs", "0"]);
+                command.args([
+                    "--checkpoint-every-rows",
+                    "1000",
+                    "--commit-every-secs",
+                    "0",
+                ]);
                 command.args(["--map-workers", "2"]);
                 command
             };
@@ -1159,13 +1171,20 @@ async fn killed_runs_keep_their_sealed_checkpoints() {
                     .await;
                 assert!(running, "{what}: the run finished before the kill");
                 let sealed = scenario.sealed_keys();
-                assert!(sealed > kept, "{what}: no progress kept by the kill at {target}");
+                assert!(
+                    sealed > kept,
+                    "{what}: no progress kept by the kill at {target}"
+                );
                 kept = sealed;
             }
             let (skipped, processed, checkpoints) =
                 scenario.run_to_completion(command(), &what).await;
             assert_eq!(skipped as i64, kept, "{what}: the rerun skipped");
-            assert_eq!(processed as i64, 10_000 - kept, "{what}: the rerun processed");
+            assert_eq!(
+                processed as i64,
+                10_000 - kept,
+                "{what}: the rerun processed"
+            );
             assert!(checkpoints > 1, "{what}: the rerun sealed one checkpoint");
             scenario.verify(&what).await;
             eprintln!("PASS {what}: {kept} of 10000 rows kept over two kills");

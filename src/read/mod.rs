@@ -252,7 +252,11 @@ impl CheckpointedRead {
     ) -> Result<Option<RecordBatch>> {
         while let Some(item) = self.batches.next().await {
             let (unit, batch) = item?;
-            if self.current_unit.replace(unit).is_some_and(|previous| previous != unit) {
+            if self
+                .current_unit
+                .replace(unit)
+                .is_some_and(|previous| previous != unit)
+            {
                 self.stats.units_finished += 1;
             }
             self.stats.rows_read += batch.num_rows() as u64;

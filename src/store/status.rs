@@ -115,11 +115,7 @@ impl CheckpointStore {
                 .filter(|c| c.committed)
                 .map(|c| c.manifest.row_count())
                 .sum::<u64>();
-        let rows_pending_commit = state
-            .pending_commit()
-            .iter()
-            .map(|m| m.row_count())
-            .sum();
+        let rows_pending_commit = state.pending_commit().iter().map(|m| m.row_count()).sum();
         let mut leases = Vec::new();
         for scope in self.lease_scopes().await? {
             if let Some(status) = self.lease_status(&scope).await? {
