@@ -18,7 +18,9 @@
 //! - `again`: over the same grown source: nothing is new.
 //!
 //! Engines: `tidemark` (a `Pipeline`: lease, checkpointed read, map, write,
-//! seal, idempotent commit); `tidemark-plain` (the same Parquet source, map and
+//! seal, idempotent commit, with the default checkpoint policy);
+//! `tidemark-every-N` (the same, sealing a checkpoint every N rows) and
+//! `tidemark-every-N-commit` (also committing after every seal); `tidemark-plain` (the same Parquet source, map and
 //! table writers of iceberg-rust and delta-rs, one plain append per run, no
 //! checkpoint: the cost of exactly-once is the difference); `daft` (Daft on
 //! its Ray runner, `read_parquet(checkpoint=...)` then `write_iceberg` /
@@ -63,7 +65,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use tidemark::commit::CommitSink;
 use tidemark::gc::TableFiles;
-use tidemark::pipeline::{DataWriter, Pipeline};
+use tidemark::pipeline::{CheckpointPolicy, DataWriter, Pipeline};
 use tidemark::source::{read_units, ParquetSource, ParquetSourceOptions, Source};
 use tidemark::store::{CheckpointStore, KeySchema};
 
@@ -343,20 +345,22 @@ fn child(args: &[String]) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let result = runtime.block_on(async {
         match (engine.as_str(), sink.as_str()) {
-            ("tidemark", "iceberg") => {
+            (checkpointed, "iceberg") if checkpoint_policy(checkpointed).is_some() => {
+                let policy = checkpoint_policy(checkpointed).unwrap();
                 let (catalog, ident) = iceberg_table(&work).await;
                 let started = Instant::now();
                 let sink = IcebergSink::open(catalog, ident).await.unwrap();
                 let mut writer = sink.writer(IcebergWriterOptions::default()).await.unwrap();
-                let rows = run_checkpointed(sink, &mut writer, &work, &source_url).await;
+                let rows = run_checkpointed(sink, &mut writer, &work, &source_url, policy).await;
                 (started.elapsed().as_secs_f64(), rows)
             }
-            ("tidemark", "delta") => {
+            (checkpointed, "delta") if checkpoint_policy(checkpointed).is_some() => {
+                let policy = checkpoint_policy(checkpointed).unwrap();
                 let url = delta_table(&work).await;
                 let started = Instant::now();
                 let sink = DeltaSink::open(url, HashMap::new()).await.unwrap();
                 let mut writer = sink.writer(DeltaWriterOptions::default()).await.unwrap();
-                let rows = run_checkpointed(sink, &mut writer, &work, &source_url).await;
+                let rows = run_checkpointed(sink, &mut writer, &work, &source_url, policy).await;
                 (started.elapsed().as_secs_f64(), rows)
             }
             ("tidemark-plain", "iceberg") => {
@@ -380,14 +384,39 @@ fn child(args: &[String]) {
     );
 }
 
+/// The checkpoint policy of a tidemark engine: `tidemark` runs the default
+/// (a seal a minute, a commit every 5 minutes and at the end);
+/// `tidemark-every-N` seals every N rows and commits at the end;
+/// `tidemark-every-N-commit` also commits after every seal.
+fn checkpoint_policy(engine: &str) -> Option<CheckpointPolicy> {
+    if engine == "tidemark" {
+        return Some(CheckpointPolicy::default());
+    }
+    let rest = engine.strip_prefix("tidemark-every-")?;
+    let (rows, commit_every_seal) = match rest.strip_suffix("-commit") {
+        Some(rows) => (rows, true),
+        None => (rest, false),
+    };
+    Some(CheckpointPolicy {
+        rows: Some(rows.parse().ok()?),
+        commit_interval: if commit_every_seal {
+            std::time::Duration::ZERO
+        } else {
+            CheckpointPolicy::default().commit_interval
+        },
+        ..Default::default()
+    })
+}
+
 /// One tidemark pipeline run into `sink` through `writer`; the rows written.
 async fn run_checkpointed<S: CommitSink + TableFiles>(
     sink: S,
     writer: &mut dyn DataWriter,
     work: &Path,
     source_url: &str,
+    policy: CheckpointPolicy,
 ) -> u64 {
-    let pipeline = Pipeline::new(store(work).await, sink, "bench");
+    let pipeline = Pipeline::new(store(work).await, sink, "bench").with_checkpoint_policy(policy);
     let transform = Transform::new().map(add_chars);
     let report = pipeline
         .run(open_source(source_url).await, &transform, writer)

@@ -29,6 +29,7 @@ use futures::future::BoxFuture;
 use serde_json::json;
 
 use crate::error::{BoxError, Error, Result};
+use crate::redact::validate_pipeline_id;
 use crate::store::{CheckpointId, CheckpointStore, CommitIntent, FileRecord, Manifest};
 
 /// How many times in a row a committer may lose the race for an intent to
@@ -172,10 +173,16 @@ impl<S: CommitSink> Committer<S> {
         &self.sink
     }
 
+    /// The pipeline id, the name of the pipeline's marker in the table.
+    pub fn pipeline_id(&self) -> &str {
+        &self.pipeline_id
+    }
+
     /// Commits every sealed checkpoint not yet committed, finishing first any
     /// commit an earlier run left half done. Safe to run from several processes
     /// at once and to repeat after any failure.
     pub async fn commit_pending(&self) -> Result<CommitReport> {
+        validate_pipeline_id(&self.pipeline_id)?;
         let mut report = CommitReport::default();
         let mut lost_races = 0;
         loop {

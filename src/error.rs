@@ -334,6 +334,15 @@ pub enum Error {
         operation: &'static str,
     },
 
+    /// A pipeline id breaks the rule of [`crate::redact::PIPELINE_ID_RULE`].
+    #[error("invalid pipeline id \"{id}\": use {rule}")]
+    InvalidPipelineId {
+        /// The id, escaped.
+        id: String,
+        /// The rule.
+        rule: &'static str,
+    },
+
     /// A lease scope is not a plain name.
     #[error("invalid lease scope `{scope}`: use letters, digits, `.`, `_` and `-`")]
     InvalidLeaseScope {

@@ -36,6 +36,7 @@ pub mod filter;
 pub mod gc;
 pub mod pipeline;
 pub mod read;
+pub mod redact;
 pub mod source;
 pub mod store;
 pub mod transform;

@@ -28,6 +28,7 @@ use crate::commit::{CommitReport, CommitSink, Committer};
 use crate::error::{Error, Result};
 use crate::gc::{collect_garbage, GcReport, TableFiles};
 use crate::read::{CheckpointedRead, ReadOptions, ReadStats};
+use crate::redact::validate_pipeline_id;
 use crate::source::{Shard, Source};
 use crate::store::{
     CheckpointId, CheckpointStore, CheckpointWriter, Lease, LeaseClaim, LeaseOptions,
@@ -158,7 +159,8 @@ pub struct ProgressSnapshot {
     pub checkpoints_sealed: u64,
     /// Rows handed to the map whose keys are in those checkpoints.
     pub rows_sealed: u64,
-    /// Table commits this run made (repairs of earlier runs included).
+    /// Table commits this run made since it began reading (the repair of
+    /// earlier runs' commits before it is in [`RunReport::repaired`]).
     pub commits: u64,
     /// Rows those commits appended to the table.
     pub rows_committed: u64,
@@ -363,7 +365,9 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
         result
     }
 
+    /// Takes the lease, after checking the pipeline id (before any work).
     async fn acquire(&self) -> Result<Lease> {
+        validate_pipeline_id(self.committer.pipeline_id())?;
         Lease::acquire(
             &self.store,
             &self.shard.lease_scope(),

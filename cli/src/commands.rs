@@ -12,6 +12,7 @@ use tidemark::source::{Shard, Source, UnionSource};
 use tidemark::store::{CheckpointStore, CompactionOptions, KeySchema, LeaseOptions, StoreLocation};
 use tidemark::transform::Transform;
 
+use crate::shown::say;
 use crate::targets::{open_source, parse_location, AnySink};
 use crate::{CliError, CompactArgs, RunArgs, SinkArgs, StatusArgs, StoreArgs};
 
@@ -82,7 +83,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         bar.finish_and_clear();
     }
     let report = result?;
-    println!(
+    say!(
         "lease {} epoch {}: repaired {} commit(s), sealed {} stale checkpoint(s) empty, deleted {} orphan file(s) and {} director(ies)",
         report.lease.scope,
         report.lease.epoch,
@@ -91,7 +92,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         report.gc.files_deleted,
         report.gc.prefixes_deleted,
     );
-    println!(
+    say!(
         "read {} rows, skipped {} already processed, {} repeated; processed {} rows; wrote {} rows in {} file(s), {} bytes",
         report.read.rows_read,
         report.read.rows_skipped,
@@ -101,13 +102,13 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         report.files_written,
         report.bytes_written,
     );
-    println!(
+    say!(
         "sealed {} checkpoint(s); made {} table commit(s)",
         report.checkpoints.len(),
         report.committed.commits.len(),
     );
     for commit in &report.committed.commits {
-        println!(
+        say!(
             "committed sequence {} ({} file(s), {} rows) into {}: {}",
             commit.sequence,
             commit.files,
@@ -117,7 +118,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         );
     }
     if report.committed.commits.is_empty() {
-        println!("nothing new to commit");
+        say!("nothing new to commit");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -158,9 +159,9 @@ pub(crate) async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
     let store = open_store(&args.store, None).await?;
     let status = store.status().await?;
     if args.json {
-        println!("{}", status_json(&status));
+        say!("{}", status_json(&status));
     } else {
-        print!("{}", format_status(&status));
+        say!("{}", format_status(&status).trim_end());
     }
     Ok(if status.is_clean() {
         ExitCode::SUCCESS
@@ -174,7 +175,7 @@ pub(crate) async fn gc(args: SinkArgs) -> Result<ExitCode, CliError> {
     let store = open_store(&args.store, None).await?;
     let sink = AnySink::open(&args.sink, &options, None).await?;
     let report = Pipeline::new(store, sink, args.pipeline).repair().await?;
-    println!(
+    say!(
         "lease {} epoch {}: sealed {} stale checkpoint(s) empty, committed {} pending commit(s), deleted {} orphan file(s) and {} director(ies)",
         report.lease.scope,
         report.lease.epoch,
@@ -194,9 +195,10 @@ pub(crate) async fn compact(args: CompactArgs) -> Result<ExitCode, CliError> {
         let report = Pipeline::new(store.clone(), sink, pipeline.clone())
             .repair()
             .await?;
-        println!(
+        say!(
             "gc: deleted {} orphan file(s) and {} director(ies)",
-            report.gc.files_deleted, report.gc.prefixes_deleted
+            report.gc.files_deleted,
+            report.gc.prefixes_deleted
         );
     }
     let report = store
@@ -206,7 +208,7 @@ pub(crate) async fn compact(args: CompactArgs) -> Result<ExitCode, CliError> {
         })
         .await?;
     match report.generation {
-        Some(generation) => println!(
+        Some(generation) => say!(
             "index generation {generation}: folded {} checkpoint(s) ({} keys), {} run(s), deleted {} object(s), pruned {} commit intent(s)",
             report.checkpoints_compacted,
             report.keys_compacted,
@@ -214,10 +216,10 @@ pub(crate) async fn compact(args: CompactArgs) -> Result<ExitCode, CliError> {
             report.objects_deleted,
             report.intents_pruned
         ),
-        None => println!("nothing to compact"),
+        None => say!("nothing to compact"),
     }
     if report.waiting_for_gc > 0 {
-        println!(
+        say!(
             "{} committed checkpoint(s) wait for garbage collection: run `tidemark gc`",
             report.waiting_for_gc
         );

@@ -3,6 +3,7 @@
 //! stores.
 
 mod commands;
+mod shown;
 mod targets;
 
 use std::collections::HashMap;
@@ -111,8 +112,9 @@ struct SinkArgs {
     /// The table (iceberg+... or delta+...).
     #[arg(long)]
     sink: String,
-    /// The pipeline id: the name of its commits in the table.
-    #[arg(long)]
+    /// The pipeline id: the name of its commits in the table (ASCII letters,
+    /// digits, `.`, `_` and `-`, at most 128, starting with a letter or digit).
+    #[arg(long, value_parser = parse_pipeline_id)]
     pipeline: String,
 }
 
@@ -182,7 +184,7 @@ struct CompactArgs {
     #[arg(long, requires = "pipeline")]
     sink: Option<String>,
     /// The pipeline id, with --sink.
-    #[arg(long, requires = "sink")]
+    #[arg(long, requires = "sink", value_parser = parse_pipeline_id)]
     pipeline: Option<String>,
     /// Keys per index file.
     #[arg(long, default_value_t = 1_000_000)]
@@ -195,6 +197,12 @@ fn parse_option(text: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
 }
 
+fn parse_pipeline_id(text: &str) -> Result<String, String> {
+    tidemark::redact::validate_pipeline_id(text)
+        .map(|()| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
 fn parse_shard(text: &str) -> Result<tidemark::source::Shard, String> {
     let (index, count) = text
         .split_once('/')
@@ -205,18 +213,35 @@ fn parse_shard(text: &str) -> Result<tidemark::source::Shard, String> {
 }
 
 fn main() -> ExitCode {
+    shown::gather();
+    shown::install_panic_hook();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TIDEMARK_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,buoyant_kernel=off")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(shown::ScrubbedStderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let text = shown::scrub(&e.render().to_string());
+            return if e.use_stderr() {
+                eprint!("{text}");
+                ExitCode::from(2)
+            } else {
+                print!("{text}");
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            eprintln!(
+                "{}",
+                shown::scrub(&format!("error: cannot start the async runtime: {e}"))
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -231,10 +256,10 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("{}", shown::scrub(&format!("error: {e}")));
             let mut source = std::error::Error::source(&e);
             while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
+                eprintln!("{}", shown::scrub(&format!("  caused by: {cause}")));
                 source = cause.source();
             }
             ExitCode::FAILURE

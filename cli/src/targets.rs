@@ -23,7 +23,9 @@ use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink};
 use tidemark::error::BoxError;
 use tidemark::gc::TableFiles;
 use tidemark::pipeline::DataWriter;
+use tidemark::redact::redact_url;
 use tidemark::source::{ParquetSource, ParquetSourceOptions, Source};
+use tidemark::store::URL_CREDENTIALS_REFUSED;
 use tidemark_delta::{storage_options, DeltaSink, DeltaSource, DeltaWriterOptions};
 use tidemark_iceberg::{IcebergSink, IcebergSource, IcebergWriterOptions, ObjectStorageFactory};
 use url::Url;
@@ -48,30 +50,36 @@ pub(crate) enum TableUrl {
 
 /// Parses a table URL (`iceberg+...#ns.table` or `delta+...`).
 pub(crate) fn parse_table(text: &str) -> Result<TableUrl, CliError> {
+    let shown = redact_url(text);
     if let Some(rest) = text.strip_prefix("delta+") {
         return Ok(TableUrl::Delta(parse_location(rest)?));
     }
     let Some(rest) = text.strip_prefix("iceberg+") else {
         return Err(CliError::usage(format!(
-            "`{text}` is not a table URL: use iceberg+sqlite://...#namespace.table, \
+            "`{shown}` is not a table URL: use iceberg+sqlite://...#namespace.table, \
              iceberg+postgresql://...#namespace.table or delta+file://... / delta+s3://..."
         )));
     };
     let (catalog, table) = rest.split_once('#').ok_or_else(|| {
         CliError::usage(format!(
-            "`{text}` names no table: end it with #namespace.table"
+            "`{shown}` names no table: end it with #namespace.table"
         ))
     })?;
     let parts: Vec<String> = table.split('.').map(str::to_string).collect();
-    if parts.len() < 2 || parts.iter().any(String::is_empty) {
+    if parts.len() < 2 || parts.iter().any(|part| !is_table_name_part(part)) {
         return Err(CliError::usage(format!(
-            "`{table}` is not namespace.table in `{text}`"
+            "`{}` is not namespace.table in `{shown}`: {TABLE_NAME_RULE}",
+            table.escape_debug()
         )));
     }
     let ident = TableIdent::from_strs(&parts)
         .map_err(|e| CliError::usage(format!("`{table}` is not a table name: {e}")))?;
-    let mut url = Url::parse(catalog)
-        .map_err(|e| CliError::usage(format!("`{catalog}` is not a catalog URL: {e}")))?;
+    let mut url = Url::parse(catalog).map_err(|e| {
+        CliError::usage(format!(
+            "`{}` is not a catalog URL: {e}",
+            redact_url(catalog)
+        ))
+    })?;
     let warehouse = url
         .query_pairs()
         .find(|(k, _)| k == "warehouse")
@@ -104,11 +112,32 @@ pub(crate) fn parse_table(text: &str) -> Result<TableUrl, CliError> {
     })
 }
 
-/// A URL, or a local path made absolute.
+/// The rule every part of an Iceberg table name follows here: safe in the SQL
+/// and REST catalogs and in the paths they derive from it.
+const TABLE_NAME_RULE: &str = "each part of a table name is 1 to 255 bytes, with no control \
+     characters, `/` or `\\`";
+
+fn is_table_name_part(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= 255
+        && !part
+            .chars()
+            .any(|c| c.is_control() || c == '/' || c == '\\')
+}
+
+/// A URL, or a local path made absolute. A URL with a user, password or query
+/// is refused: credentials and settings go in `-o` or the environment.
 pub(crate) fn parse_location(text: &str) -> Result<Url, CliError> {
     if text.contains("://") {
-        return Url::parse(text)
-            .map_err(|e| CliError::usage(format!("`{text}` is not a URL: {e}")));
+        let url = Url::parse(text)
+            .map_err(|e| CliError::usage(format!("`{}` is not a URL: {e}", redact_url(text))))?;
+        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
+            return Err(CliError::usage(format!(
+                "`{}`: {URL_CREDENTIALS_REFUSED}",
+                redact_url(text)
+            )));
+        }
+        return Ok(url);
     }
     let path = std::path::absolute(text)
         .map_err(|e| CliError::usage(format!("`{text}` is not a usable path: {e}")))?;
@@ -137,7 +166,7 @@ async fn iceberg_catalog(
         .load("tidemark", props)
         .await
         .map_err(|e| CliError::Iceberg {
-            what: format!("opening the catalog `{catalog_uri}`"),
+            what: format!("opening the catalog `{}`", redact_url(catalog_uri)),
             source: Box::new(e),
         })?;
     Ok(Arc::new(catalog))
@@ -231,8 +260,8 @@ impl AnySink {
         }
     }
 
-    /// A writer of data files for the table.
-    /// A writer of data files of about `target_file_size_bytes` each.
+    /// A writer of data files for the table, of about `target_file_size_bytes`
+    /// each.
     pub(crate) async fn writer(
         &self,
         target_file_size_bytes: usize,

@@ -226,11 +226,13 @@ impl CheckpointStore {
             let path = layout.index_key_file(generation, run_id, key_files.len());
             let bytes = keys::encode_key_file(self.key_schema(), &slice, path.as_ref())?;
             let size_bytes = bytes.len() as u64;
+            let crc32 = Some(crc32fast::hash(&bytes));
             io::put(self.object_store(), &path, bytes).await?;
             key_files.push(KeyFileRef {
                 path: layout.relative(&path),
                 row_count: slice.num_rows() as u64,
                 size_bytes,
+                crc32,
             });
             offset += slice.num_rows();
         }

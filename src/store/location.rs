@@ -14,6 +14,7 @@ use object_store::{ObjectStore, RetryConfig};
 use url::Url;
 
 use crate::error::{Error, Result};
+use crate::redact::redact_url;
 
 /// Option key: how many times a failed request is retried (S3 only).
 pub const OPTION_MAX_RETRIES: &str = "tidemark.max_retries";
@@ -42,12 +43,20 @@ impl StoreLocation {
     ///   accepts (`aws_endpoint`, `aws_allow_http`, ...) plus [`OPTION_MAX_RETRIES`] and
     ///   [`OPTION_RETRY_TIMEOUT_SECS`]. Conditional puts use `If-None-Match`, which S3 and
     ///   compatible servers support.
+    ///
+    /// Credentials and options never go in the URL (messages and records show
+    /// it): a URL with a user, password or query is refused.
     pub fn from_url(url: &str, options: &HashMap<String, String>) -> Result<Self> {
+        let shown = redact_url(url);
         let invalid = |reason: String| Error::InvalidLocation {
-            url: url.to_string(),
+            url: shown.clone(),
             reason,
         };
         let parsed = Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+        if !parsed.username().is_empty() || parsed.password().is_some() || parsed.query().is_some()
+        {
+            return Err(invalid(URL_CREDENTIALS_REFUSED.to_string()));
+        }
         let (object_store, prefix): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
             "memory" => (Arc::new(InMemory::new()), path_of(&parsed, url)?),
             "file" => {
@@ -98,7 +107,7 @@ impl StoreLocation {
         Ok(StoreLocation {
             object_store,
             prefix,
-            url: url.to_string(),
+            url: shown,
         })
     }
 
@@ -114,9 +123,15 @@ impl StoreLocation {
     }
 }
 
+/// Why a location URL with a user, password or query is refused.
+pub const URL_CREDENTIALS_REFUSED: &str =
+    "a location URL carries no user, password or query, since messages, logs and records \
+     show it: pass credentials and settings as options (`-o KEY=VALUE` on the command line, \
+     object_store names such as aws_secret_access_key) or in the AWS_* environment variables";
+
 fn path_of(parsed: &Url, url: &str) -> Result<Path> {
     Path::parse(parsed.path().trim_start_matches('/')).map_err(|e| Error::InvalidLocation {
-        url: url.to_string(),
+        url: redact_url(url),
         reason: e.to_string(),
     })
 }

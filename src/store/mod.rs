@@ -32,7 +32,9 @@ use chrono::Utc;
 pub use compaction::{CompactionOptions, CompactionReport};
 pub use keys::{KeyColumn, KeySchema};
 pub use lease::{Fence, Lease, LeaseOptions, LeaseStatus, PIPELINE_SCOPE};
-pub use location::{StoreLocation, OPTION_MAX_RETRIES, OPTION_RETRY_TIMEOUT_SECS};
+pub use location::{
+    StoreLocation, OPTION_MAX_RETRIES, OPTION_RETRY_TIMEOUT_SECS, URL_CREDENTIALS_REFUSED,
+};
 pub use orphans::Orphans;
 pub use records::{
     BeginMarker, CheckpointId, CollectedRecord, CommitIntent, CommitMarker, Descriptor, FileRecord,
@@ -208,7 +210,7 @@ impl CheckpointStore {
     }
 
     /// Reads one key file named by [`StoreState::key_files`], checked against the
-    /// key schema and the row count recorded for it.
+    /// size, checksum and row count recorded for it and the key schema.
     pub async fn read_keys(&self, file: &KeyFileRef) -> Result<Vec<RecordBatch>> {
         let path = self.inner.layout.absolute(&file.path);
         let bytes = match io::get_optional(self.object_store(), &path).await? {
@@ -221,6 +223,29 @@ impl CheckpointStore {
                 })
             }
         };
+        if bytes.len() as u64 != file.size_bytes {
+            return Err(Error::corrupt(
+                ObjectKind::KeyFile,
+                &path,
+                format!(
+                    "{} bytes where the manifest recorded {}: truncated or replaced",
+                    bytes.len(),
+                    file.size_bytes
+                ),
+            ));
+        }
+        if let Some(expected) = file.crc32 {
+            let found = crc32fast::hash(&bytes);
+            if found != expected {
+                return Err(Error::corrupt(
+                    ObjectKind::KeyFile,
+                    &path,
+                    format!(
+                        "CRC-32 {found:08x} where the manifest recorded {expected:08x}: altered"
+                    ),
+                ));
+            }
+        }
         keys::decode_key_file(&self.inner.key_schema, bytes, path.as_ref(), file.row_count)
     }
 

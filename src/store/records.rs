@@ -101,6 +101,11 @@ pub struct KeyFileRef {
     pub row_count: u64,
     /// Size in bytes.
     pub size_bytes: u64,
+    /// CRC-32 of the file's bytes, checked on every read so that a truncated
+    /// or altered key file is an error naming it, never a silent loss of keys.
+    /// Absent in records written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<u32>,
 }
 
 /// The seal of a checkpoint: its presence makes the checkpoint's keys skipped and

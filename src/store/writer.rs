@@ -154,11 +154,13 @@ impl CheckpointWriter {
         let path = layout.staged_key_file(self.id, self.writer_id, self.key_files.len());
         let bytes = keys::encode_key_file(self.store.key_schema(), &batch, path.as_ref())?;
         let size_bytes = bytes.len() as u64;
+        let crc32 = Some(crc32fast::hash(&bytes));
         io::put(self.store.object_store(), &path, bytes).await?;
         self.key_files.push(KeyFileRef {
             path: layout.relative(&path),
             row_count: rows,
             size_bytes,
+            crc32,
         });
         Ok(rows)
     }

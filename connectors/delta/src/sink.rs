@@ -262,7 +262,7 @@ impl DeltaSink {
 
 impl CommitSink for DeltaSink {
     fn table(&self) -> String {
-        self.url.to_string()
+        tidemark::redact::redact_url(self.url.as_str())
     }
 
     fn committed_sequence<'a>(

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -22,6 +23,7 @@ use iceberg::io::{
     StorageFactory,
 };
 use iceberg::{Error, ErrorKind, Result};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
@@ -110,15 +112,37 @@ impl ObjectStorage {
         let (store, path) = match stores.get(&root) {
             Some(store) => (store.clone(), path_of(&url)?),
             None => {
-                let (store, path) = object_store::parse_url_opts(&url, &self.options)
+                let (store, path) = open_store(&url, &self.options)
                     .map_err(|e| store_error("opening", location, e))?;
-                let store: Arc<dyn ObjectStore> = Arc::from(store);
                 stores.insert(root, store.clone());
                 (store, path)
             }
         };
         Ok((store, path))
     }
+}
+
+/// The object store of `url`. S3 starts from the `AWS_*` environment (as the
+/// checkpoint store does), then applies `options`; other schemes take
+/// `options` alone.
+fn open_store(
+    url: &Url,
+    options: &HashMap<String, String>,
+) -> object_store::Result<(Arc<dyn ObjectStore>, Path)> {
+    if !matches!(url.scheme(), "s3" | "s3a") {
+        let (store, path) = object_store::parse_url_opts(url, options)?;
+        return Ok((Arc::from(store), path));
+    }
+    let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
+    for (key, value) in options {
+        // Keys object_store does not know (tidemark's own retry settings)
+        // are not S3 settings.
+        if let Ok(key) = AmazonS3ConfigKey::from_str(key) {
+            builder = builder.with_config(key, value.clone());
+        }
+    }
+    let path = Path::from_url_path(url.path())?;
+    Ok((Arc::new(builder.build()?), path))
 }
 
 fn path_of(url: &Url) -> Result<Path> {
