@@ -546,14 +546,38 @@ async fn corrupt_objects_are_reported(backend: Backend) {
         matches!(err, Error::Corrupt { .. }) && err.to_string().contains("key file"),
         "{err}"
     );
-    // A valid Parquet file with fewer rows than recorded.
+    // A valid Parquet file with fewer rows than recorded: its size differs.
     let mut short = store.begin().await.expect("begin");
     short.stage_keys(&ids(0..10)).await.expect("stage");
     let short_manifest = short.seal().await.expect("seal");
     let short_bytes = get_raw(&location, &short_manifest.key_files[0].path).await;
     put_raw(&location, &key_file.path, short_bytes).await;
     let err = store.read_keys(key_file).await.expect_err("short key file");
-    assert!(err.to_string().contains("1000 were recorded"), "{err}");
+    assert!(
+        matches!(err, Error::Corrupt { .. }) && err.to_string().contains("truncated or replaced"),
+        "{err}"
+    );
+    // The same size, one byte altered: the checksum differs.
+    let mut altered = good_keys.clone();
+    let middle = altered.len() / 2;
+    altered[middle] ^= 0x55;
+    put_raw(&location, &key_file.path, altered).await;
+    let err = store
+        .read_keys(key_file)
+        .await
+        .expect_err("altered key file");
+    assert!(
+        matches!(err, Error::Corrupt { .. }) && err.to_string().contains("altered"),
+        "{err}"
+    );
+    // A record without a checksum (written before it was recorded) still has
+    // its row count checked.
+    let mut unchecked = key_file.clone();
+    unchecked.crc32 = None;
+    unchecked.row_count = 999;
+    put_raw(&location, &key_file.path, good_keys.clone()).await;
+    let err = store.read_keys(&unchecked).await.expect_err("row count");
+    assert!(err.to_string().contains("999 were recorded"), "{err}");
     put_raw(&location, &key_file.path, good_keys).await;
     assert_eq!(
         store.read_keys(key_file).await.expect("restored")[0].num_rows(),

@@ -396,3 +396,91 @@ async fn no_secret_reaches_output_store_table_or_catalog() {
         objects.len()
     );
 }
+
+/// Credentials from a shared credentials file alone (no key in `-o`, none in
+/// the environment): a Delta table on the S3 server is reached through
+/// delta-rs, whose AWS SDK reads the profile (with a custom endpoint only
+/// under `AWS_FORCE_CREDENTIAL_LOAD=true`). The checkpoint store is local:
+/// object_store reads no profile files (see the README). The deltalake
+/// package then reads every key once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_file_alone_reaches_a_delta_table_on_s3() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    write_source(&source, 1_000);
+    let backend = Backend::s3();
+    let (_, server_options) = backend.url();
+    let (table, _) = backend.data_url("profile");
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        "[tidemark-test]\naws_access_key_id = tidemark\naws_secret_access_key = from-the-profile\n",
+    )
+    .unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(&config, "[profile tidemark-test]\nregion = us-east-1\n").unwrap();
+    let endpoint = server_options["aws_endpoint"].clone();
+    let output = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args([
+            "run",
+            "--quiet",
+            "--create",
+            "--key",
+            "id",
+            "--pipeline",
+            "profile",
+        ])
+        .arg("--source")
+        .arg(&source)
+        .args(["--sink", &format!("delta+{table}")])
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .args(["-o", &format!("aws_endpoint={endpoint}")])
+        .args(["-o", "aws_allow_http=true", "-o", "aws_region=us-east-1"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_PROFILE", "tidemark-test")
+        // delta-rs uses the AWS SDK's chain with a custom endpoint only when told.
+        .env("AWS_FORCE_CREDENTIAL_LOAD", "true")
+        // Never leave this machine for the instance metadata service.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reader = Command::new("python3")
+        .arg(format!(
+            "{}/../connectors/delta/tests/support/delta_read.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .arg(&table)
+        .arg(
+            serde_json::json!({
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ALLOW_HTTP": "true",
+                "AWS_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": "tidemark",
+                "AWS_SECRET_ACCESS_KEY": "any",
+            })
+            .to_string(),
+        )
+        .arg("profile")
+        .output()
+        .unwrap();
+    assert!(
+        reader.status.success(),
+        "deltalake failed: {}",
+        String::from_utf8_lossy(&reader.stderr)
+    );
+    let read: serde_json::Value = serde_json::from_slice(&reader.stdout).unwrap();
+    let mut ids: Vec<i64> = serde_json::from_value(read["deltalake_ids"].clone()).unwrap();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..1_000).collect::<Vec<i64>>(), "every key once");
+}
