@@ -330,7 +330,8 @@ impl<S: CommitSink> Committer<S> {
                 table_version: json!(null),
             });
         }
-        let previous = sequence - 1;
+        // Intents are checked on read to start at 1.
+        let previous = sequence.saturating_sub(1);
         if marker.unwrap_or(0) != previous {
             return Err(self.mismatch(
                 marker,

@@ -343,6 +343,15 @@ pub enum Error {
         rule: &'static str,
     },
 
+    /// A lease's time to live is zero or too long.
+    #[error("invalid lease time to live of {secs} s: use 1 s to {max_secs} s")]
+    InvalidLeaseTtl {
+        /// The TTL given, in whole seconds.
+        secs: u64,
+        /// The longest allowed.
+        max_secs: u64,
+    },
+
     /// A lease scope is not a plain name.
     #[error("invalid lease scope `{scope}`: use letters, digits, `.`, `_` and `-`")]
     InvalidLeaseScope {

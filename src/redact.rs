@@ -243,15 +243,17 @@ pub const PIPELINE_ID_RULE: &str = "1 to 128 characters: ASCII letters, digits, 
      starting with a letter or digit (it becomes part of Delta txn app ids, Iceberg \
      table property keys and snapshot summaries, which other tools read)";
 
+/// Whether `name` holds only ASCII letters, digits, `.`, `_` and `-`: safe in
+/// object paths, table property keys and app ids.
+pub(crate) fn is_plain_name(name: &str) -> bool {
+    name.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 /// Checks a pipeline id against [`PIPELINE_ID_RULE`].
 pub fn validate_pipeline_id(id: &str) -> Result<()> {
     let starts_well = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let valid = starts_well
-        && id.len() <= MAX_PIPELINE_ID_LEN
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if valid {
+    if starts_well && id.len() <= MAX_PIPELINE_ID_LEN && is_plain_name(id) {
         Ok(())
     } else {
         Err(Error::InvalidPipelineId {

@@ -21,7 +21,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use support::{Backend, Fault};
 use tidemark::store::{
     CheckpointId, CheckpointState, CheckpointStore, CompactionOptions, FileRecord, KeyColumn,
-    KeySchema, StoreLocation, TableFileMetadata,
+    KeySchema, Lease, LeaseOptions, StoreLocation, TableFileMetadata,
 };
 use tidemark::Error;
 
@@ -583,6 +583,44 @@ async fn corrupt_objects_are_reported(backend: Backend) {
         store.read_keys(key_file).await.expect("restored")[0].num_rows(),
         1000
     );
+
+    // A commit intent whose sequence is 0, or differs from its name: reported,
+    // never used (sequence arithmetic would underflow on 0).
+    let mut intent = serde_json::json!({
+        "format_version": 1,
+        "sequence": 0,
+        "pipeline_id": "p",
+        "table": "t",
+        "checkpoints": [],
+        "created_at": "2026-01-01T00:00:00Z",
+    });
+    put_raw(
+        &location,
+        "commits/00000000000000000000.json",
+        serde_json::to_vec(&intent).expect("json"),
+    )
+    .await;
+    let err = store.latest_commit_intent().await.expect_err("sequence 0");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    intent["sequence"] = 7.into();
+    put_raw(
+        &location,
+        "commits/00000000000000000003.json",
+        serde_json::to_vec(&intent).expect("json"),
+    )
+    .await;
+    let err = store.latest_commit_intent().await.expect_err("misnamed");
+    assert!(err.to_string().contains("names sequence 7"), "{err}");
+
+    // A lease time to live that would overflow time arithmetic is refused.
+    let huge = LeaseOptions {
+        ttl: std::time::Duration::from_secs(u64::MAX),
+        ..Default::default()
+    };
+    let err = Lease::acquire(&store, "pipeline", huge)
+        .await
+        .expect_err("huge ttl");
+    assert!(matches!(err, Error::InvalidLeaseTtl { .. }), "{err}");
 
     // Corrupt descriptor.
     put_raw(

@@ -13,13 +13,15 @@ use tidemark::store::{CheckpointStore, CompactionOptions, KeySchema, LeaseOption
 use tidemark::transform::Transform;
 
 use crate::shown::say;
-use crate::targets::{open_source, parse_location, AnySink};
+use crate::targets::{open_source, parse_location, parse_table, AnySink};
 use crate::{CliError, CompactArgs, RunArgs, SinkArgs, StatusArgs, StoreArgs};
 
 /// Exit code of `status` when work is pending (unsealed, uncommitted or orphans).
 const EXIT_PENDING: u8 = 3;
 
 pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
+    // Names and URLs are checked before anything is opened or written.
+    parse_table(&args.target.sink)?;
     let options = args.target.store.options();
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
     for text in &args.source {
@@ -35,7 +37,9 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let keys = KeySchema::from_source(&schema, &key_names)?;
     let store = open_store(&args.target.store, Some(keys)).await?;
     let sink = AnySink::open(&args.target.sink, &options, args.create.then_some(&schema)).await?;
-    let mut writer = sink.writer(args.target_file_size_mib << 20).await?;
+    let mut writer = sink
+        .writer(args.target_file_size_mib.saturating_mul(1 << 20))
+        .await?;
     let progress = Arc::new(Progress::default());
     let shard = args.shard.unwrap_or_else(Shard::all);
     let pipeline = Pipeline::new(store, sink, args.target.pipeline.clone())
@@ -171,6 +175,7 @@ pub(crate) async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
 }
 
 pub(crate) async fn gc(args: SinkArgs) -> Result<ExitCode, CliError> {
+    parse_table(&args.sink)?;
     let options = args.store.options();
     let store = open_store(&args.store, None).await?;
     let sink = AnySink::open(&args.sink, &options, None).await?;
@@ -188,6 +193,9 @@ pub(crate) async fn gc(args: SinkArgs) -> Result<ExitCode, CliError> {
 }
 
 pub(crate) async fn compact(args: CompactArgs) -> Result<ExitCode, CliError> {
+    if let Some(sink) = &args.sink {
+        parse_table(sink)?;
+    }
     let options = args.store.options();
     let store = open_store(&args.store, None).await?;
     if let (Some(sink), Some(pipeline)) = (&args.sink, &args.pipeline) {

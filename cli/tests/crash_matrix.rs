@@ -179,18 +179,7 @@ impl Scenario {
                 .iter()
                 .map(|i| format!("document {i} {}", "x".repeat(40)))
                 .collect();
-            let batch = RecordBatch::try_new(
-                schema(),
-                vec![
-                    Arc::new(Int64Array::from(ids)) as ArrayRef,
-                    Arc::new(StringArray::from(text)) as ArrayRef,
-                ],
-            )
-            .unwrap();
-            let file = std::fs::File::create(source.join(format!("part-{n}.parquet"))).unwrap();
-            let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema(), None).unwrap();
-            writer.write(&batch).unwrap();
-            writer.close().unwrap();
+            write_parquet(&source.join(format!("part-{n}.parquet")), ids, text);
         }
     }
 
@@ -493,6 +482,22 @@ impl Scenario {
         );
         assert_eq!(status["key_count"], self.keys, "{what}: checkpointed keys");
     }
+}
+
+/// One Parquet file of `id` and `text`, one row group.
+fn write_parquet(path: &std::path::Path, ids: Vec<i64>, text: Vec<String>) {
+    let batch = RecordBatch::try_new(
+        schema(),
+        vec![
+            Arc::new(Int64Array::from(ids)) as ArrayRef,
+            Arc::new(StringArray::from(text)) as ArrayRef,
+        ],
+    )
+    .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
 }
 
 fn schema() -> Arc<Schema> {
@@ -919,18 +924,7 @@ impl Scenario {
         for n in 0..files {
             let ids: Vec<i64> = (n * rows..(n + 1) * rows).collect();
             let text: Vec<String> = ids.iter().map(|i| format!("document {i}")).collect();
-            let batch = RecordBatch::try_new(
-                schema(),
-                vec![
-                    Arc::new(Int64Array::from(ids)) as ArrayRef,
-                    Arc::new(StringArray::from(text)) as ArrayRef,
-                ],
-            )
-            .unwrap();
-            let file = std::fs::File::create(source.join(format!("part-{n:03}.parquet"))).unwrap();
-            let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema(), None).unwrap();
-            writer.write(&batch).unwrap();
-            writer.close().unwrap();
+            write_parquet(&source.join(format!("part-{n:03}.parquet")), ids, text);
         }
         self.keys = files * rows;
     }

@@ -132,8 +132,8 @@ async fn no_secret_reaches_output_store_table_or_catalog() {
         dir.path().display()
     );
     let (iceberg_store, _) = backend.data_url("iceberg-store");
-    let run = |sink: &str, store: &str| {
-        with_options(strings(&[
+    let run_args = |sink: &str, store: &str| {
+        strings(&[
             "run",
             "--quiet",
             "--create",
@@ -147,8 +147,9 @@ async fn no_secret_reaches_output_store_table_or_catalog() {
             sink,
             "--store",
             store,
-        ]))
+        ])
     };
+    let run = |sink: &str, store: &str| with_options(run_args(sink, store));
     let maintenance = |command: &str, sink: &str| {
         with_options(strings(&[
             command,
@@ -191,21 +192,7 @@ async fn no_secret_reaches_output_store_table_or_catalog() {
     let endpoint = server_options["aws_endpoint"].clone();
     invocations.push(tidemark(
         "run with credentials from the environment only",
-        &strings(&[
-            "run",
-            "--quiet",
-            "--create",
-            "--key",
-            "id",
-            "--pipeline",
-            "canary",
-            "--source",
-            &source,
-            "--sink",
-            &env_sink,
-            "--store",
-            &env_store,
-        ]),
+        &run_args(&env_sink, &env_store),
         &[
             ("AWS_ENDPOINT", endpoint.as_str()),
             ("AWS_ALLOW_HTTP", "true"),
@@ -232,20 +219,7 @@ async fn no_secret_reaches_output_store_table_or_catalog() {
         "iceberg+postgresql://tidemark:{canary}@127.0.0.1:1/cat?warehouse=file:///tmp/wh#ns.docs"
     );
     let query_secret = format!("{delta_table}-q?aws_secret_access_key={canary}");
-    let mut unreachable = strings(&[
-        "run",
-        "--quiet",
-        "--key",
-        "id",
-        "--pipeline",
-        "canary",
-        "--source",
-        &source,
-        "--sink",
-        &delta_sink,
-        "--store",
-        &store,
-    ]);
+    let mut unreachable = run_args(&delta_sink, &store);
     for option in options_with(false, Some("http://127.0.0.1:1")) {
         unreachable.push("-o".into());
         unreachable.push(option);
@@ -483,4 +457,51 @@ async fn a_profile_file_alone_reaches_a_delta_table_on_s3() {
     let mut ids: Vec<i64> = serde_json::from_value(read["deltalake_ids"].clone()).unwrap();
     ids.sort_unstable();
     assert_eq!(ids, (0..1_000).collect::<Vec<i64>>(), "every key once");
+}
+
+/// Pipeline ids and table names that break their rules are refused before
+/// any work: the command fails naming the rule, and no store is created.
+#[test]
+fn bad_names_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    write_source(&source, 10);
+    let store = dir.path().join("store");
+    let sink_ok = format!(
+        "iceberg+sqlite://{}/catalog.db?warehouse=file://{}/wh#ns.docs",
+        dir.path().display(),
+        dir.path().display()
+    );
+    let long = "a".repeat(129);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("", sink_ok.clone(), "1 to 128 characters"),
+        ("../../escape", sink_ok.clone(), "1 to 128 characters"),
+        ("has space", sink_ok.clone(), "1 to 128 characters"),
+        (&long, sink_ok.clone(), "1 to 128 characters"),
+        (
+            "fine",
+            format!("iceberg+sqlite://{}/c.db#ns.do/cs", dir.path().display()),
+            "no control characters, `/`",
+        ),
+        (
+            "fine",
+            format!("iceberg+sqlite://{}/c.db#ns..docs", dir.path().display()),
+            "1 to 255 bytes",
+        ),
+    ];
+    for (pipeline, sink, rule) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .args(["run", "--create", "--key", "id", "--pipeline", pipeline])
+            .arg("--source")
+            .arg(&source)
+            .args(["--sink", &sink])
+            .arg("--store")
+            .arg(&store)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{pipeline:?} {sink}: accepted");
+        assert!(stderr.contains(rule), "{pipeline:?} {sink}: {stderr}");
+        assert!(!store.exists(), "{pipeline:?} {sink}: a store was made");
+    }
 }

@@ -7,7 +7,7 @@
 use super::layout::Layout;
 use super::records::{self, CommitIntent};
 use super::{io, CheckpointStore};
-use crate::error::{ObjectKind, Result};
+use crate::error::{Error, ObjectKind, Result};
 
 impl CheckpointStore {
     /// The commit intent with the highest sequence, if any commit was ever started.
@@ -28,7 +28,19 @@ impl CheckpointStore {
         let path = self.layout().commit_intent(sequence);
         match io::get_optional(self.object_store(), &path).await? {
             Some(bytes) => {
-                records::decode(ObjectKind::CommitIntent, path.as_ref(), &bytes).map(Some)
+                let intent: CommitIntent =
+                    records::decode(ObjectKind::CommitIntent, path.as_ref(), &bytes)?;
+                if intent.sequence != sequence || sequence == 0 {
+                    return Err(Error::corrupt(
+                        ObjectKind::CommitIntent,
+                        &path,
+                        format!(
+                            "it names sequence {} but is stored as {sequence}; sequences start at 1",
+                            intent.sequence
+                        ),
+                    ));
+                }
+                Ok(Some(intent))
             }
             None => Ok(None),
         }

@@ -39,6 +39,10 @@ const ACQUIRE_ATTEMPTS: u32 = 5;
 /// The lease scope of a pipeline that is not sharded.
 pub const PIPELINE_SCOPE: &str = "pipeline";
 
+/// The longest lease time to live: a week. A dead run blocks its pipeline for
+/// that long, and longer ones would overflow time arithmetic.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How a lease is held.
 #[derive(Debug, Clone)]
 pub struct LeaseOptions {
@@ -174,6 +178,12 @@ impl Lease {
         options: LeaseOptions,
     ) -> Result<Self> {
         validate_scope(scope)?;
+        if options.ttl.is_zero() || options.ttl > MAX_LEASE_TTL {
+            return Err(Error::InvalidLeaseTtl {
+                secs: options.ttl.as_secs(),
+                max_secs: MAX_LEASE_TTL.as_secs(),
+            });
+        }
         let owner = Uuid::now_v7();
         let claim = take_epoch(store, scope, owner, &options).await?;
         let shared = Arc::new(Shared {
@@ -269,11 +279,7 @@ impl CheckpointStore {
 }
 
 fn validate_scope(scope: &str) -> Result<()> {
-    let plain = !scope.is_empty()
-        && scope
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if plain {
+    if !scope.is_empty() && crate::redact::is_plain_name(scope) {
         Ok(())
     } else {
         Err(Error::InvalidLeaseScope {

@@ -31,7 +31,7 @@ use chrono::Utc;
 
 pub use compaction::{CompactionOptions, CompactionReport};
 pub use keys::{KeyColumn, KeySchema};
-pub use lease::{Fence, Lease, LeaseOptions, LeaseStatus, PIPELINE_SCOPE};
+pub use lease::{Fence, Lease, LeaseOptions, LeaseStatus, MAX_LEASE_TTL, PIPELINE_SCOPE};
 pub use location::{
     StoreLocation, OPTION_MAX_RETRIES, OPTION_RETRY_TIMEOUT_SECS, URL_CREDENTIALS_REFUSED,
 };
