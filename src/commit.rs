@@ -186,13 +186,18 @@ impl<S: CommitSink> Committer<S> {
         let mut report = CommitReport::default();
         let mut lost_races = 0;
         loop {
+            // The latest intent before the state: the state is then at least as
+            // new as the intent, and holds every checkpoint the intent names
+            // (they were sealed before it was written). Read the other way
+            // round, a newer intent could name checkpoints a stale state does
+            // not show as pending.
+            let latest = self.store.latest_commit_intent().await?;
             let state = self.store.load().await?;
             let pending: BTreeMap<CheckpointId, &Manifest> = state
                 .pending_commit()
                 .into_iter()
                 .map(|m| (m.checkpoint_id, m))
                 .collect();
-            let latest = self.store.latest_commit_intent().await?;
             if let Some(intent) = &latest {
                 self.ensure_ours(intent)?;
                 if intent.checkpoints.iter().any(|id| pending.contains_key(id)) {
@@ -266,29 +271,45 @@ impl<S: CommitSink> Committer<S> {
     }
 
     /// Applies (or recognises as applied) the table commit of `intent`, then
-    /// marks its checkpoints committed.
+    /// marks its checkpoints committed. Whether the commit landed is decided by
+    /// the table's marker alone.
     async fn finish(
         &self,
         intent: &CommitIntent,
         pending: &BTreeMap<CheckpointId, &Manifest>,
     ) -> Result<CommitSummary> {
+        let marker = self.marker().await?;
+        let landed = marker.is_some_and(|m| m >= intent.sequence);
         let manifests: Vec<&Manifest> = intent
             .checkpoints
             .iter()
             .filter_map(|id| pending.get(id).copied())
             .collect();
+        if !landed && manifests.len() < intent.checkpoints.len() {
+            // Marks follow the table commit, so the table held this commit once
+            // and no longer does.
+            return Err(self.mismatch(
+                marker,
+                intent.sequence,
+                &format!(
+                    "some checkpoints of commit {} are marked committed, so the table held \
+                     that commit, but its marker no longer reaches it: the table was rolled \
+                     back, restored or replaced. Inspect the table for the files of checkpoints \
+                     {:?}",
+                    intent.sequence, intent.checkpoints
+                ),
+            ));
+        }
         let files: Vec<FileRecord> = manifests.iter().flat_map(|m| m.files.clone()).collect();
         let file_count = files.len();
         let rows = files.iter().map(|f| f.record_count).sum();
-        let outcome = if manifests.len() < intent.checkpoints.len() {
-            // Some checkpoints are marked, and marks only follow the table
-            // commit: it landed; a crash interrupted the marking.
+        let outcome = if landed {
             CommitOutcome {
                 applied: false,
                 table_version: json!(null),
             }
         } else {
-            self.apply(intent, files).await?
+            self.apply(intent, marker, files).await?
         };
         let commit = json!({
             "pipeline_id": self.pipeline_id,
@@ -319,17 +340,16 @@ impl<S: CommitSink> Committer<S> {
         })
     }
 
-    /// Asks the sink to commit, after checking that the table's marker can
-    /// tell whether this sequence already landed.
-    async fn apply(&self, intent: &CommitIntent, files: Vec<FileRecord>) -> Result<CommitOutcome> {
-        let marker = self.marker().await?;
+    /// Asks the sink to commit, after checking that the table's `marker` (read
+    /// just before, below `intent.sequence`) can tell whether it landed: it
+    /// must show the previous commit.
+    async fn apply(
+        &self,
+        intent: &CommitIntent,
+        marker: Option<u64>,
+        files: Vec<FileRecord>,
+    ) -> Result<CommitOutcome> {
         let sequence = intent.sequence;
-        if marker.is_some_and(|m| m >= sequence) {
-            return Ok(CommitOutcome {
-                applied: false,
-                table_version: json!(null),
-            });
-        }
         // Intents are checked on read to start at 1.
         let previous = sequence.saturating_sub(1);
         if marker.unwrap_or(0) != previous {

@@ -1,0 +1,251 @@
+//! Committers racing on one store, with the interleaving forced at an object
+//! store call: a regression test for a data loss of the commit protocol.
+//!
+//! Committer A used to load the store state before it read the latest commit
+//! intent. Committer B could then, in between, seal a new checkpoint, claim an
+//! intent for it and an older checkpoint, and die before its table commit. A
+//! saw the intent, found only the older checkpoint pending in its stale state,
+//! took "some checkpoints are already marked" for "the table commit landed",
+//! and marked both committed: rows that never reached the table.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use arrow_array::{ArrayRef, Int64Array};
+use arrow_schema::DataType;
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink, Committer};
+use tidemark::error::BoxError;
+use tidemark::store::{
+    CheckpointId, CheckpointStore, FileRecord, KeySchema, StoreLocation, TableFileMetadata,
+};
+
+/// A table in memory: the pipeline's marker and the files appended, applied
+/// atomically. With `fail`, every commit fails (a committer that dies there).
+#[derive(Clone, Default)]
+struct MemoryTable {
+    state: Arc<Mutex<(Option<u64>, Vec<String>)>>,
+    fail: bool,
+}
+
+impl CommitSink for MemoryTable {
+    fn table(&self) -> String {
+        "memory-table".into()
+    }
+
+    fn committed_sequence<'a>(
+        &'a self,
+        _pipeline_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<u64>, BoxError>> {
+        Box::pin(async move { Ok(self.state.lock().unwrap().0) })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        request: &'a CommitRequest,
+    ) -> BoxFuture<'a, Result<CommitOutcome, BoxError>> {
+        Box::pin(async move {
+            if self.fail {
+                return Err("the committer died before its table commit".into());
+            }
+            let mut state = self.state.lock().unwrap();
+            if state.0.is_some_and(|m| m >= request.sequence) {
+                return Ok(CommitOutcome {
+                    applied: false,
+                    table_version: serde_json::Value::Null,
+                });
+            }
+            state.0 = Some(request.sequence);
+            state.1.extend(request.files.iter().map(|f| f.path.clone()));
+            Ok(CommitOutcome {
+                applied: true,
+                table_version: serde_json::Value::Null,
+            })
+        })
+    }
+}
+
+type Hook = BoxFuture<'static, ()>;
+
+/// An object store that runs `hook` once, before forwarding the first LIST
+/// whose prefix contains `commits`.
+struct HookedStore {
+    inner: Arc<dyn ObjectStore>,
+    hook: Mutex<Option<Hook>>,
+}
+
+impl fmt::Debug for HookedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HookedStore")
+    }
+}
+
+impl fmt::Display for HookedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HookedStore")
+    }
+}
+
+#[async_trait]
+impl ObjectStore for HookedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        let hook = prefix
+            .filter(|p| p.as_ref().contains("commits"))
+            .and_then(|_| self.hook.lock().unwrap().take());
+        let inner = self.inner.clone();
+        let prefix = prefix.cloned();
+        match hook {
+            None => inner.list(prefix.as_ref()),
+            Some(hook) => Box::pin(
+                futures::stream::once(hook).flat_map(move |()| inner.list(prefix.as_ref())),
+            ),
+        }
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+use futures::StreamExt as _;
+
+fn keys() -> KeySchema {
+    KeySchema::single("id", DataType::Int64).unwrap()
+}
+
+/// Seals a checkpoint of `ids` with one data file named `file`.
+async fn seal(store: &CheckpointStore, ids: Vec<i64>, file: &str) -> CheckpointId {
+    let mut writer = store.begin().await.unwrap();
+    writer
+        .stage_keys(&[Arc::new(Int64Array::from(ids.clone())) as ArrayRef])
+        .await
+        .unwrap();
+    writer.record_in_flight(file).await.unwrap();
+    writer
+        .stage_file(FileRecord {
+            path: file.to_string(),
+            file_size_bytes: 100,
+            record_count: ids.len() as u64,
+            table_metadata: TableFileMetadata {
+                format: "test.file".into(),
+                version: 1,
+                body: serde_json::json!({ "path": file }),
+            },
+        })
+        .await
+        .unwrap();
+    writer.seal().await.unwrap().checkpoint_id
+}
+
+#[tokio::test]
+async fn a_stale_committer_never_marks_unapplied_checkpoints_committed() {
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let root = Path::from("store");
+    let plain = CheckpointStore::open_at(
+        StoreLocation::from_object_store(inner.clone(), root.clone()),
+        keys(),
+    )
+    .await
+    .unwrap();
+    seal(&plain, vec![1, 2], "data/x.parquet").await;
+
+    // B, between A's reads: seals Y, claims an intent for X and Y, and dies
+    // before its table commit.
+    let table = MemoryTable::default();
+    let dying = MemoryTable {
+        state: table.state.clone(),
+        fail: true,
+    };
+    let b_store = plain.clone();
+    let hook: Hook = Box::pin(async move {
+        seal(&b_store, vec![3, 4], "data/y.parquet").await;
+        let b = Committer::new(b_store, dying, "races");
+        assert!(b.commit_pending().await.is_err(), "B was meant to die");
+    });
+    let hooked = Arc::new(HookedStore {
+        inner: inner.clone(),
+        hook: Mutex::new(Some(hook)),
+    });
+    let a_store = CheckpointStore::open_at(StoreLocation::from_object_store(hooked, root), keys())
+        .await
+        .unwrap();
+    let a = Committer::new(a_store, table.clone(), "races");
+    a.commit_pending().await.unwrap();
+    // A finishes B's intent (or commits after it): either way, every
+    // checkpoint marked committed has its files in the table.
+    a.commit_pending().await.unwrap();
+
+    let state = plain.load().await.unwrap();
+    let committed: HashMap<CheckpointId, Vec<String>> = state
+        .checkpoints
+        .iter()
+        .filter(|c| c.committed)
+        .map(|c| {
+            let files = c.manifest.files.iter().map(|f| f.path.clone()).collect();
+            (c.manifest.checkpoint_id, files)
+        })
+        .collect();
+    assert_eq!(committed.len(), 2, "both checkpoints end committed");
+    let in_table = table.state.lock().unwrap().1.clone();
+    for files in committed.values() {
+        for file in files {
+            assert!(
+                in_table.contains(file),
+                "`{file}` is marked committed but not in the table: {in_table:?}"
+            );
+        }
+    }
+    assert_eq!(in_table.len(), 2, "each file once: {in_table:?}");
+}
