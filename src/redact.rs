@@ -140,7 +140,7 @@ impl Secrets {
         }
         let mut values: Vec<String> = found
             .into_iter()
-            .filter(|v| !v.is_empty() && v != MASK)
+            .filter(|v| could_be_secret(v))
             .flat_map(|v| {
                 let encoded: String = url::form_urlencoded::byte_serialize(v.as_bytes()).collect();
                 let escaped = percent_escape(&v);
@@ -168,6 +168,20 @@ impl Secrets {
         }
         text
     }
+}
+
+/// The shortest value taken for a secret: masking a shorter one everywhere
+/// would garble numbers and words in all that is shown.
+const MIN_SECRET_LEN: usize = 4;
+
+/// Whether a value given under a secret's name can be a secret: not a flag
+/// (`aws_skip_signature=true`), not shorter than [`MIN_SECRET_LEN`].
+fn could_be_secret(value: &str) -> bool {
+    let flag = matches!(
+        value.to_ascii_lowercase().as_str(),
+        "true" | "false" | "yes" | "no" | "on" | "off"
+    );
+    value.chars().count() >= MIN_SECRET_LEN && !flag && value != MASK
 }
 
 /// Every byte outside the unreserved set percent-encoded, as URLs carry a
@@ -306,14 +320,19 @@ mod tests {
         let secrets = Secrets::gather(
             [
                 "iceberg+postgresql://u:p%40ss@db/cat#ns.t",
-                "aws_secret_access_key=k3y",
-                "--option=session_token=tok",
+                "aws_secret_access_key=k3y4",
+                "--option=session_token=tok3n",
                 "aws_region=eu",
             ],
             [("AWS_SECRET_ACCESS_KEY".to_string(), "envkey".to_string())],
         );
-        let text = "u:p%40ss@db p@ss k3y tok envkey eu";
+        let text = "u:p%40ss@db p@ss k3y4 tok3n envkey eu";
         assert_eq!(secrets.scrub(text), "u:***@db *** *** *** *** eu");
+        // Flags and very short values under secret names are not secrets:
+        // masking them would garble every `true` and `1` shown.
+        let flags = Secrets::gather(["aws_skip_signature=true", "token=1"], []);
+        assert!(flags.is_empty());
+        assert_eq!(flags.scrub("\"clean\": true, 1"), "\"clean\": true, 1");
     }
 
     #[test]
