@@ -18,7 +18,7 @@ use arrow_array::{Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use futures::TryStreamExt;
 use parquet::arrow::ArrowWriter;
-use tidemark::pipeline::{Pipeline, RunReport};
+use tidemark::pipeline::{CheckpointPolicy, Pipeline, RunReport};
 use tidemark::source::{read_units, ParquetSource, ParquetSourceOptions, Source};
 use tidemark::store::{CheckpointStore, KeySchema};
 use tidemark::transform::Transform;
@@ -54,7 +54,12 @@ async fn main() -> Result<(), BoxError> {
         KeySchema::single("id", DataType::Int64)?,
     )
     .await?;
-    let pipeline = Pipeline::new(store, sink, PIPELINE_ID);
+    // A checkpoint every 5 000 rows: the interrupted day 1 keeps what it sealed.
+    let pipeline =
+        Pipeline::new(store, sink, PIPELINE_ID).with_checkpoint_policy(CheckpointPolicy {
+            rows: Some(5_000),
+            ..Default::default()
+        });
 
     write_drop(&dir.join("drops/day-1.parquet"), 0..30_000)?;
     match run(&pipeline, &dir, Some(12_000)).await {
