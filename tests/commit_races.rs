@@ -1,5 +1,5 @@
 //! Committers racing on one store, with the interleaving forced at an object
-//! store call: a regression test for a data loss of the commit protocol.
+//! store call (a hook of the test store runs the other committer's steps): a regression test for a data loss of the commit protocol.
 //!
 //! Committer A used to load the store state before it read the latest commit
 //! intent. Committer B could then, in between, seal a new checkpoint, claim an
@@ -10,21 +10,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arrow_array::{ArrayRef, Int64Array};
 use arrow_schema::DataType;
-use async_trait::async_trait;
 use futures::future::BoxFuture;
-use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
+use object_store::ObjectStore;
+use support::FaultyStore;
 use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink, Committer};
 use tidemark::error::BoxError;
 use tidemark::store::{
@@ -76,91 +73,6 @@ impl CommitSink for MemoryTable {
     }
 }
 
-type Hook = BoxFuture<'static, ()>;
-
-/// An object store that runs `hook` once, before forwarding the first LIST
-/// whose prefix contains `commits`.
-struct HookedStore {
-    inner: Arc<dyn ObjectStore>,
-    hook: Mutex<Option<Hook>>,
-}
-
-impl fmt::Debug for HookedStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HookedStore")
-    }
-}
-
-impl fmt::Display for HookedStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HookedStore")
-    }
-}
-
-#[async_trait]
-impl ObjectStore for HookedStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.inner.put_opts(location, payload, opts).await
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(
-        &self,
-        location: &Path,
-        options: GetOptions,
-    ) -> object_store::Result<GetResult> {
-        self.inner.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        let hook = prefix
-            .filter(|p| p.as_ref().contains("commits"))
-            .and_then(|_| self.hook.lock().unwrap().take());
-        let inner = self.inner.clone();
-        let prefix = prefix.cloned();
-        match hook {
-            None => inner.list(prefix.as_ref()),
-            Some(hook) => Box::pin(
-                futures::stream::once(hook).flat_map(move |()| inner.list(prefix.as_ref())),
-            ),
-        }
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(
-        &self,
-        from: &Path,
-        to: &Path,
-        options: CopyOptions,
-    ) -> object_store::Result<()> {
-        self.inner.copy_opts(from, to, options).await
-    }
-}
-
-use futures::StreamExt as _;
-
 fn keys() -> KeySchema {
     KeySchema::single("id", DataType::Int64).unwrap()
 }
@@ -209,15 +121,15 @@ async fn a_stale_committer_never_marks_unapplied_checkpoints_committed() {
         fail: true,
     };
     let b_store = plain.clone();
-    let hook: Hook = Box::pin(async move {
-        seal(&b_store, vec![3, 4], "data/y.parquet").await;
-        let b = Committer::new(b_store, dying, "races");
-        assert!(b.commit_pending().await.is_err(), "B was meant to die");
-    });
-    let hooked = Arc::new(HookedStore {
-        inner: inner.clone(),
-        hook: Mutex::new(Some(hook)),
-    });
+    let hooked = Arc::new(FaultyStore::new(inner.clone()));
+    hooked.before_list(
+        "commits",
+        Box::pin(async move {
+            seal(&b_store, vec![3, 4], "data/y.parquet").await;
+            let b = Committer::new(b_store, dying, "races");
+            assert!(b.commit_pending().await.is_err(), "B was meant to die");
+        }),
+    );
     let a_store = CheckpointStore::open_at(StoreLocation::from_object_store(hooked, root), keys())
         .await
         .unwrap();

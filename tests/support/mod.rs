@@ -312,6 +312,8 @@ pub struct FaultyStore {
     pub heads: AtomicUsize,
     dead: std::sync::atomic::AtomicBool,
     fired: AtomicUsize,
+    /// Futures to run once before the first LIST whose prefix contains the text.
+    list_hooks: Mutex<Vec<(String, futures::future::BoxFuture<'static, ()>)>>,
 }
 
 impl FaultyStore {
@@ -325,7 +327,22 @@ impl FaultyStore {
             heads: AtomicUsize::new(0),
             dead: std::sync::atomic::AtomicBool::new(false),
             fired: AtomicUsize::new(0),
+            list_hooks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Runs `hook` once, before the first LIST whose prefix contains
+    /// `prefix_contains` is forwarded: another actor's steps, forced in
+    /// between two of this store's calls.
+    pub fn before_list(
+        &self,
+        prefix_contains: &str,
+        hook: futures::future::BoxFuture<'static, ()>,
+    ) {
+        self.list_hooks
+            .lock()
+            .expect("hooks")
+            .push((prefix_contains.to_string(), hook));
     }
 
     /// Injects `fault` into the next `times` puts whose path contains `path_contains`.
@@ -471,7 +488,24 @@ impl ObjectStore for FaultyStore {
             let error = injected(prefix.unwrap_or(&Path::default()));
             return Box::pin(futures::stream::once(async move { Err(error) }));
         }
-        self.inner.list(prefix)
+        let hook = prefix.and_then(|prefix| {
+            let mut hooks = self.list_hooks.lock().expect("hooks");
+            let at = hooks
+                .iter()
+                .position(|(text, _)| prefix.as_ref().contains(text.as_str()))?;
+            Some(hooks.remove(at).1)
+        });
+        match hook {
+            None => self.inner.list(prefix),
+            Some(hook) => {
+                use futures::StreamExt as _;
+                let inner = self.inner.clone();
+                let prefix = prefix.cloned();
+                Box::pin(
+                    futures::stream::once(hook).flat_map(move |()| inner.list(prefix.as_ref())),
+                )
+            }
+        }
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
