@@ -10,11 +10,27 @@ use tidemark::redact::Secrets;
 
 static SECRETS: OnceLock<Secrets> = OnceLock::new();
 
+/// Prefixes of the environment variables whose secrets the process may use
+/// (object stores and catalogs). Others (a desktop's `XDG_SESSION_CLASS=user`,
+/// say) are not taken: masking their values everywhere would garble output.
+const SECRET_ENV_PREFIXES: [&str; 8] = [
+    "AWS_",
+    "AZURE_",
+    "GOOGLE_",
+    "GCP_",
+    "TIDEMARK_",
+    "ICEBERG_",
+    "PG",
+    "DATABASE_",
+];
+
 /// Gathers the secrets of this process's arguments and environment. Call once,
 /// first thing.
 pub(crate) fn gather() {
     let args: Vec<String> = std::env::args().collect();
-    let secrets = Secrets::gather(args.iter().map(String::as_str), std::env::vars());
+    let env = std::env::vars()
+        .filter(|(name, _)| SECRET_ENV_PREFIXES.iter().any(|p| name.starts_with(p)));
+    let secrets = Secrets::gather(args.iter().map(String::as_str), env);
     let _ = SECRETS.set(secrets);
 }
 
