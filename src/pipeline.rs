@@ -190,11 +190,12 @@ impl Progress {
         );
         self.rows_written
             .store(totals.rows_written, Ordering::Relaxed);
-        let files = open.staged_files();
-        self.files_written
-            .store(totals.files_written + files.len() as u64, Ordering::Relaxed);
+        self.files_written.store(
+            totals.files_written + open.staged_files().len() as u64,
+            Ordering::Relaxed,
+        );
         self.bytes_written.store(
-            totals.bytes_written + files.iter().map(|f| f.file_size_bytes).sum::<u64>(),
+            totals.bytes_written + open.staged_bytes(),
             Ordering::Relaxed,
         );
         self.checkpoints_sealed
@@ -506,10 +507,9 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
         totals: &mut RunTotals,
     ) -> Result<()> {
         writer.finish(&mut open.writer).await?;
-        let files = open.writer.staged_files();
-        let file_count = files.len() as u64;
+        let file_count = open.writer.staged_files().len() as u64;
         totals.files_written += file_count;
-        totals.bytes_written += files.iter().map(|f| f.file_size_bytes).sum::<u64>();
+        totals.bytes_written += open.writer.staged_bytes();
         open.writer.seal().await?;
         totals.rows_sealed += open.rows;
         totals.checkpoints.push(open.writer.id());

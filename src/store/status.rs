@@ -102,11 +102,11 @@ impl CheckpointStore {
             .iter()
             .filter_map(|m| Layout::sequence_of(&m.location))
             .collect();
-        let pending: BTreeSet<CheckpointId> = state
-            .pending_commit()
-            .iter()
-            .map(|m| m.checkpoint_id)
-            .collect();
+        let pending_manifests = state.pending_commit();
+        let pending_commit: Vec<CheckpointId> =
+            pending_manifests.iter().map(|m| m.checkpoint_id).collect();
+        let rows_pending_commit = pending_manifests.iter().map(|m| m.row_count()).sum();
+        let pending: BTreeSet<CheckpointId> = pending_commit.iter().copied().collect();
         let last_commit = self.last_commit(&intents, &pending).await?;
         let rows_committed = state.index.as_ref().map_or(0, |i| i.committed_rows)
             + state
@@ -115,7 +115,6 @@ impl CheckpointStore {
                 .filter(|c| c.committed)
                 .map(|c| c.manifest.row_count())
                 .sum::<u64>();
-        let rows_pending_commit = state.pending_commit().iter().map(|m| m.row_count()).sum();
         let mut leases = Vec::new();
         for scope in self.lease_scopes().await? {
             if let Some(status) = self.lease_status(&scope).await? {
@@ -125,11 +124,7 @@ impl CheckpointStore {
         Ok(StoreStatus {
             key_count: state.key_count(),
             staged,
-            pending_commit: state
-                .pending_commit()
-                .iter()
-                .map(|m| m.checkpoint_id)
-                .collect(),
+            pending_commit,
             committed: state.checkpoints.iter().filter(|c| c.committed).count(),
             compacted: state.compacted_count(),
             fenced: state

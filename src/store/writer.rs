@@ -94,6 +94,11 @@ impl CheckpointWriter {
         &self.files
     }
 
+    /// Bytes of the data files staged so far.
+    pub fn staged_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.file_size_bytes).sum()
+    }
+
     /// Number of keys staged so far.
     pub fn staged_key_count(&self) -> u64 {
         self.key_files.iter().map(|k| k.row_count).sum::<u64>() + self.buffered_rows as u64
