@@ -180,7 +180,7 @@ async fn catalog(dir: &Path) -> Result<Arc<dyn Catalog>, BoxError> {
     let catalog = SqlCatalogBuilder::default()
         .with_storage_factory(Arc::new(LocalFsStorageFactory))
         .load(
-            "tidemark",
+            "default",
             HashMap::from([
                 (
                     SQL_CATALOG_PROP_URI.to_string(),

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
@@ -47,6 +48,15 @@ pub trait DataWriter: Send {
 
     /// Closes open files and stages them in `checkpoint`.
     fn finish<'a>(&'a mut self, checkpoint: &'a mut CheckpointWriter) -> BoxFuture<'a, Result<()>>;
+
+    /// Checks, before any row is read, that batches of `schema` can be written
+    /// (every column the table needs, types it can store, its protocol). The
+    /// run fails with the writer's error, naming the column and the way out,
+    /// before it takes a lease or reads the source. The default accepts all.
+    fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
+        let _ = schema;
+        Ok(())
+    }
 }
 
 /// When a run seals checkpoints and commits them, so that a killed run keeps
@@ -360,6 +370,9 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
         transform: &Transform,
         writer: &mut dyn DataWriter,
     ) -> Result<RunReport> {
+        if let Some(schema) = transform.output_schema(&source.schema())? {
+            writer.check_schema(&schema)?;
+        }
         let lease = self.acquire().await?;
         let result = self.run_under(&lease, source, transform, writer).await;
         release(lease, result.is_ok()).await;

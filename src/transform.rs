@@ -14,6 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow_array::{BooleanArray, RecordBatch};
+use arrow_schema::SchemaRef;
 
 use crate::error::{Error, Result};
 use crate::filter::filter_rows;
@@ -110,6 +111,38 @@ impl Transform {
             operation: operation.to_string(),
             why: why.to_string(),
         }
+    }
+
+    /// The schema of the batches this transform makes from batches of `input`,
+    /// when it is known before any row is read: `None` once a map runs (its
+    /// output is user code), else `input` projected as the steps say. Lets a
+    /// sink refuse a schema it cannot store before the read starts.
+    pub fn output_schema(&self, input: &SchemaRef) -> Result<Option<SchemaRef>> {
+        let mut schema = input.clone();
+        for step in &self.steps {
+            match step {
+                Step::Map(_) => return Ok(None),
+                Step::Filter(_) => {}
+                Step::Project(columns) => {
+                    let indices = columns
+                        .iter()
+                        .map(|c| {
+                            schema.index_of(c).map_err(|source| Error::Arrow {
+                                context: "projecting a column that is not in the source",
+                                source,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    schema = Arc::new(schema.project(&indices).map_err(|source| {
+                        Error::Arrow {
+                            context: "projecting columns",
+                            source,
+                        }
+                    })?);
+                }
+            }
+        }
+        Ok(Some(schema))
     }
 
     /// Applies the steps to one batch.

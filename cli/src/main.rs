@@ -57,7 +57,13 @@ impl CliError {
 /// Sources:  Parquet files (file:///dir/, s3://bucket/drop/*.parquet, ./path),
 ///           iceberg+sqlite:///catalog.db?warehouse=URL#ns.table,
 ///           iceberg+postgresql://user:pw@host/db?warehouse=URL#ns.table,
+///           iceberg+rest://host:8181/?warehouse=NAME#ns.table,
+///           iceberg+https://host/path?warehouse=NAME#ns.table,
 ///           delta+file:///path, delta+s3://bucket/path.
+///           A SQL catalog's name is `default` (pyiceberg's), or `catalog=NAME`
+///           in the query. A REST catalog's secret goes in
+///           TIDEMARK_ICEBERG_CREDENTIAL (client_id:secret) or
+///           TIDEMARK_ICEBERG_TOKEN, never in the URL.
 /// Sinks:    the same iceberg+... and delta+... URLs.
 /// Stores:   file:///path, s3://bucket/prefix, or a local path.
 /// Options:  -o KEY=VALUE, object_store names (aws_endpoint, aws_region,

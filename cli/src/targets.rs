@@ -5,6 +5,8 @@
 //! Parquet     file:///data/drop/  s3://bucket/drop/*.parquet  ./drop/day-1.parquet
 //! Iceberg     iceberg+sqlite:///var/lake/catalog.db?warehouse=file:///var/lake/wh#ns.table
 //!             iceberg+postgresql://user:pw@host:5432/db?warehouse=s3://bucket/wh#ns.table
+//!             iceberg+rest://localhost:8181/?warehouse=lake#ns.table
+//!             iceberg+https://catalog.example.com/api/catalog?warehouse=lake#ns.table
 //! Delta       delta+file:///var/lake/events   delta+s3://bucket/events
 //! Store       file:///var/lake/checkpoints    s3://bucket/checkpoints   ./checkpoints
 //! ```
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use arrow_schema::{Schema, SchemaRef};
 use futures::future::BoxFuture;
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_rest::{RestCatalogBuilder, REST_CATALOG_PROP_URI};
 use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
 use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink};
 use tidemark::error::BoxError;
@@ -32,15 +35,47 @@ use url::Url;
 
 use crate::CliError;
 
+/// The name a SQL catalog's rows carry when the URL sets none (`catalog=`):
+/// pyiceberg's default, so tables made by either tool are seen by the other.
+pub(crate) const DEFAULT_SQL_CATALOG_NAME: &str = "default";
+
+/// Environment variables with a REST catalog's secrets (never in the URL).
+pub(crate) const REST_CREDENTIAL_ENV: &str = "TIDEMARK_ICEBERG_CREDENTIAL";
+/// See [`REST_CREDENTIAL_ENV`].
+pub(crate) const REST_TOKEN_ENV: &str = "TIDEMARK_ICEBERG_TOKEN";
+
+/// Settings a REST catalog URL may carry in its query.
+const REST_QUERY_SETTINGS: [&str; 4] = ["warehouse", "prefix", "scope", "oauth2-server-uri"];
+
+/// An Iceberg catalog named on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CatalogUrl {
+    /// A SQL catalog (SQLite or PostgreSQL).
+    Sql {
+        /// The catalog database URI, as sqlx takes it.
+        uri: String,
+        /// The catalog's warehouse location.
+        warehouse: Option<String>,
+        /// The catalog name its rows carry.
+        name: String,
+    },
+    /// A REST catalog.
+    Rest {
+        /// The catalog's base URI (`http://` or `https://`).
+        uri: String,
+        /// Settings from the URL's query (`warehouse`, `prefix`, `scope`,
+        /// `oauth2-server-uri`).
+        settings: Vec<(String, String)>,
+    },
+}
+
 /// A table named on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum TableUrl {
-    /// A table of an Iceberg SQL catalog.
+    /// A table of an Iceberg catalog.
     Iceberg {
-        /// The catalog database URI, as sqlx takes it.
-        catalog_uri: String,
-        /// The catalog's warehouse location.
-        warehouse: Option<String>,
+        /// The catalog.
+        catalog: CatalogUrl,
         /// The table.
         ident: TableIdent,
     },
@@ -57,7 +92,8 @@ pub(crate) fn parse_table(text: &str) -> Result<TableUrl, CliError> {
     let Some(rest) = text.strip_prefix("iceberg+") else {
         return Err(CliError::usage(format!(
             "`{shown}` is not a table URL: use iceberg+sqlite://...#namespace.table, \
-             iceberg+postgresql://...#namespace.table or delta+file://... / delta+s3://..."
+             iceberg+postgresql://...#namespace.table, iceberg+rest://...#namespace.table, \
+             iceberg+https://...#namespace.table or delta+file://... / delta+s3://..."
         )));
     };
     let (catalog, table) = rest.split_once('#').ok_or_else(|| {
@@ -74,42 +110,75 @@ pub(crate) fn parse_table(text: &str) -> Result<TableUrl, CliError> {
     }
     let ident = TableIdent::from_strs(&parts)
         .map_err(|e| CliError::usage(format!("`{table}` is not a table name: {e}")))?;
-    let mut url = Url::parse(catalog).map_err(|e| {
+    let url = Url::parse(catalog).map_err(|e| {
         CliError::usage(format!(
             "`{}` is not a catalog URL: {e}",
             redact_url(catalog)
         ))
     })?;
-    let warehouse = url
+    Ok(TableUrl::Iceberg {
+        catalog: parse_catalog(url, &shown)?,
+        ident,
+    })
+}
+
+fn parse_catalog(mut url: Url, shown: &str) -> Result<CatalogUrl, CliError> {
+    let query: Vec<(String, String)> = url
         .query_pairs()
-        .find(|(k, _)| k == "warehouse")
-        .map(|(_, v)| v.to_string());
-    let kept: Vec<(String, String)> = url
-        .query_pairs()
-        .filter(|(k, _)| k != "warehouse")
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     url.set_query(None);
-    if !kept.is_empty() {
-        url.query_pairs_mut().extend_pairs(kept);
+    let setting = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    match url.scheme() {
+        "sqlite" | "postgres" | "postgresql" => {
+            let kept: Vec<&(String, String)> = query
+                .iter()
+                .filter(|(k, _)| k != "warehouse" && k != "catalog")
+                .collect();
+            if !kept.is_empty() {
+                url.query_pairs_mut().extend_pairs(kept);
+            }
+            let uri = if url.scheme() == "sqlite" {
+                let query = url.query().map_or("mode=rwc".to_string(), str::to_string);
+                format!("sqlite://{}?{query}", url.path())
+            } else {
+                url.to_string()
+            };
+            Ok(CatalogUrl::Sql {
+                uri,
+                warehouse: setting("warehouse"),
+                name: setting("catalog").unwrap_or_else(|| DEFAULT_SQL_CATALOG_NAME.to_string()),
+            })
+        }
+        "rest" | "http" | "https" => {
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(CliError::usage(format!(
+                    "`{shown}`: {URL_CREDENTIALS_REFUSED}; a REST catalog's credential or token \
+                     goes in {REST_CREDENTIAL_ENV} or {REST_TOKEN_ENV}"
+                )));
+            }
+            if let Some((name, _)) = query
+                .iter()
+                .find(|(k, _)| !REST_QUERY_SETTINGS.contains(&k.as_str()))
+            {
+                return Err(CliError::usage(format!(
+                    "`{shown}`: a REST catalog URL takes only {} in its query, not `{name}`; \
+                     a credential or token goes in {REST_CREDENTIAL_ENV} or {REST_TOKEN_ENV}",
+                    REST_QUERY_SETTINGS.join(", ")
+                )));
+            }
+            let scheme = if url.scheme() == "https" { "https" } else { "http" };
+            let rest = url.as_str().split_once("://").map_or("", |(_, rest)| rest);
+            Ok(CatalogUrl::Rest {
+                uri: format!("{scheme}://{}", rest.trim_end_matches('/')),
+                settings: query,
+            })
+        }
+        other => Err(CliError::usage(format!(
+            "catalog scheme `{other}` is not supported: use iceberg+sqlite, iceberg+postgresql, \
+             iceberg+rest (http) or iceberg+https"
+        ))),
     }
-    let catalog_uri = match url.scheme() {
-        "sqlite" => {
-            let query = url.query().map_or("mode=rwc".to_string(), str::to_string);
-            format!("sqlite://{}?{query}", url.path())
-        }
-        "postgres" | "postgresql" => url.to_string(),
-        other => {
-            return Err(CliError::usage(format!(
-            "catalog scheme `{other}` is not supported: use iceberg+sqlite or iceberg+postgresql"
-        )))
-        }
-    };
-    Ok(TableUrl::Iceberg {
-        catalog_uri,
-        warehouse,
-        ident,
-    })
 }
 
 /// The rule every part of an Iceberg table name follows here: safe in the SQL
@@ -150,26 +219,50 @@ pub(crate) fn parse_location(text: &str) -> Result<Url, CliError> {
 }
 
 async fn iceberg_catalog(
-    catalog_uri: &str,
-    warehouse: Option<&str>,
+    catalog: &CatalogUrl,
     options: &HashMap<String, String>,
 ) -> Result<Arc<dyn Catalog>, CliError> {
-    let mut props = HashMap::from([(SQL_CATALOG_PROP_URI.to_string(), catalog_uri.to_string())]);
-    if let Some(warehouse) = warehouse {
-        props.insert(
-            SQL_CATALOG_PROP_WAREHOUSE.to_string(),
-            warehouse.to_string(),
-        );
+    let storage = Arc::new(ObjectStorageFactory::new(options.clone()));
+    match catalog {
+        CatalogUrl::Sql {
+            uri,
+            warehouse,
+            name,
+        } => {
+            let mut props = HashMap::from([(SQL_CATALOG_PROP_URI.to_string(), uri.clone())]);
+            if let Some(warehouse) = warehouse {
+                props.insert(SQL_CATALOG_PROP_WAREHOUSE.to_string(), warehouse.clone());
+            }
+            let catalog = SqlCatalogBuilder::default()
+                .with_storage_factory(storage)
+                .load(name, props)
+                .await
+                .map_err(|e| CliError::Iceberg {
+                    what: format!("opening the catalog `{}`", redact_url(uri)),
+                    source: Box::new(e),
+                })?;
+            Ok(Arc::new(catalog))
+        }
+        CatalogUrl::Rest { uri, settings } => {
+            let mut props: HashMap<String, String> = settings.iter().cloned().collect();
+            props.insert(REST_CATALOG_PROP_URI.to_string(), uri.clone());
+            for (variable, prop) in [(REST_CREDENTIAL_ENV, "credential"), (REST_TOKEN_ENV, "token")]
+            {
+                if let Ok(value) = std::env::var(variable) {
+                    props.insert(prop.to_string(), value);
+                }
+            }
+            let catalog = RestCatalogBuilder::default()
+                .with_storage_factory(storage)
+                .load("rest", props)
+                .await
+                .map_err(|e| CliError::Iceberg {
+                    what: format!("opening the REST catalog `{}`", redact_url(uri)),
+                    source: Box::new(e),
+                })?;
+            Ok(Arc::new(catalog))
+        }
     }
-    let catalog = SqlCatalogBuilder::default()
-        .with_storage_factory(Arc::new(ObjectStorageFactory::new(options.clone())))
-        .load("tidemark", props)
-        .await
-        .map_err(|e| CliError::Iceberg {
-            what: format!("opening the catalog `{}`", redact_url(catalog_uri)),
-            source: Box::new(e),
-        })?;
-    Ok(Arc::new(catalog))
 }
 
 /// Opens a source: several are read as one union.
@@ -183,12 +276,8 @@ pub(crate) async fn open_source(
     };
     if text.starts_with("iceberg+") || text.starts_with("delta+") {
         return match parse_table(text)? {
-            TableUrl::Iceberg {
-                catalog_uri,
-                warehouse,
-                ident,
-            } => {
-                let catalog = iceberg_catalog(&catalog_uri, warehouse.as_deref(), options).await?;
+            TableUrl::Iceberg { catalog, ident } => {
+                let catalog = iceberg_catalog(&catalog, options).await?;
                 let table = catalog
                     .load_table(&ident)
                     .await
@@ -238,12 +327,8 @@ impl AnySink {
         create_from: Option<&SchemaRef>,
     ) -> Result<Self, CliError> {
         match parse_table(text)? {
-            TableUrl::Iceberg {
-                catalog_uri,
-                warehouse,
-                ident,
-            } => {
-                let catalog = iceberg_catalog(&catalog_uri, warehouse.as_deref(), options).await?;
+            TableUrl::Iceberg { catalog, ident } => {
+                let catalog = iceberg_catalog(&catalog, options).await?;
                 if let Some(schema) = create_from {
                     create_iceberg_table(catalog.as_ref(), &ident, schema).await?;
                 }
@@ -303,28 +388,38 @@ async fn create_iceberg_table(
     {
         return Ok(());
     }
+    let schema = tidemark::conform::storable_schema(schema)
+        .map_err(|reason| CliError::usage(format!("cannot create `{ident}`: {reason}")))?;
+    let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&schema).map_err(
+        iceberg_error(format!("converting the source schema for `{ident}`")),
+    )?;
     let namespace: &NamespaceIdent = ident.namespace();
     if !catalog
         .namespace_exists(namespace)
         .await
         .map_err(iceberg_error(format!("looking up namespace of `{ident}`")))?
     {
-        catalog
-            .create_namespace(namespace, HashMap::new())
-            .await
-            .map_err(iceberg_error(format!("creating namespace of `{ident}`")))?;
+        let created = catalog.create_namespace(namespace, HashMap::new()).await;
+        // Another run may have made it between the look and the create.
+        if let Err(error) = created {
+            if !catalog.namespace_exists(namespace).await.unwrap_or(false) {
+                return Err(iceberg_error(format!("creating namespace of `{ident}`"))(error));
+            }
+        }
     }
-    let schema = iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(schema).map_err(
-        iceberg_error(format!("converting the source schema for `{ident}`")),
-    )?;
     let creation = TableCreation::builder()
         .name(ident.name().to_string())
         .schema(schema)
         .build();
-    catalog
-        .create_table(namespace, creation)
-        .await
-        .map_err(iceberg_error(format!("creating `{ident}`")))?;
+    if let Err(error) = catalog.create_table(namespace, creation).await {
+        // Several runs may create one table at once: one wins, the others load
+        // the table it made (and its schema is checked before the read).
+        if catalog.table_exists(ident).await.unwrap_or(false) {
+            tracing::info!(table = %ident, "another run created the table first; using it");
+            return Ok(());
+        }
+        return Err(iceberg_error(format!("creating `{ident}`"))(error));
+    }
     Ok(())
 }
 
@@ -387,11 +482,34 @@ mod tests {
         assert_eq!(
             parsed,
             TableUrl::Iceberg {
-                catalog_uri: "sqlite:///var/lake/c.db?mode=rwc".into(),
-                warehouse: Some("file:///var/lake/wh".into()),
+                catalog: CatalogUrl::Sql {
+                    uri: "sqlite:///var/lake/c.db?mode=rwc".into(),
+                    warehouse: Some("file:///var/lake/wh".into()),
+                    name: "default".into(),
+                },
                 ident: TableIdent::from_strs(["ns", "docs"]).unwrap(),
             }
         );
+        let named = parse_table("iceberg+postgresql://h/db?catalog=lake#ns.docs").unwrap();
+        assert!(matches!(
+            named,
+            TableUrl::Iceberg { catalog: CatalogUrl::Sql { uri, name, warehouse: None }, .. }
+                if uri == "postgresql://h/db" && name == "lake"
+        ));
+        let rest = parse_table("iceberg+rest://localhost:8181/?warehouse=wh#ns.docs").unwrap();
+        assert!(matches!(
+            rest,
+            TableUrl::Iceberg { catalog: CatalogUrl::Rest { uri, settings }, .. }
+                if uri == "http://localhost:8181" && settings == vec![("warehouse".to_string(), "wh".to_string())]
+        ));
+        let https = parse_table("iceberg+https://cat.example.com/api/catalog#ns.docs").unwrap();
+        assert!(matches!(
+            https,
+            TableUrl::Iceberg { catalog: CatalogUrl::Rest { uri, .. }, .. }
+                if uri == "https://cat.example.com/api/catalog"
+        ));
+        let secret = parse_table("iceberg+https://h/?token=abc#ns.docs").unwrap_err();
+        assert!(secret.to_string().contains("TIDEMARK_ICEBERG_TOKEN"));
         assert!(matches!(
             parse_table("delta+s3://bucket/events").unwrap(),
             TableUrl::Delta(url) if url.as_str() == "s3://bucket/events"

@@ -202,7 +202,7 @@ impl Scenario {
             .with_storage_factory(Arc::new(ObjectStorageFactory::new(
                 self.table_options.clone(),
             )))
-            .load("tidemark", properties)
+            .load("default", properties)
             .await
             .unwrap();
         Arc::new(catalog)

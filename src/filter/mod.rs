@@ -19,6 +19,7 @@ use arrow_schema::Schema;
 use arrow_select::filter::filter_record_batch;
 
 use crate::error::{Error, Result};
+use crate::store::keys::to_key_type;
 use crate::store::{CheckpointStore, KeySchema, StoreState};
 use codec::{EncodedKeys, KeyCodec};
 use key_set::KeySet;
@@ -150,9 +151,10 @@ pub(crate) fn key_columns(key_schema: &KeySchema, batch: &RecordBatch) -> Result
         .columns()
         .iter()
         .map(|c| {
-            batch.column_by_name(&c.name).cloned().ok_or_else(|| {
+            let array = batch.column_by_name(&c.name).ok_or_else(|| {
                 Error::InvalidKeySchema(format!("key column `{}` missing from batch", c.name))
-            })
+            })?;
+            to_key_type(array, &c.data_type)
         })
         .collect()
 }

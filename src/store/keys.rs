@@ -48,6 +48,11 @@ pub struct KeySchema {
 impl KeySchema {
     /// A key schema from columns. Fails on an empty list, duplicate names, or a
     /// type that cannot serve as a key (floating point, nested types, ...).
+    ///
+    /// Every Arrow spelling of one logical type is one key type: `Utf8`,
+    /// `LargeUtf8`, `Utf8View` and dictionaries of them are kept as `Utf8`
+    /// (binary likewise as `Binary`), so a source that changes its encoding
+    /// between runs still matches the keys it checkpointed.
     pub fn new(columns: Vec<KeyColumn>) -> Result<Self> {
         if columns.is_empty() {
             return Err(Error::InvalidKeySchema(
@@ -63,6 +68,13 @@ impl KeySchema {
             }
             check_key_type(&column.name, &column.data_type)?;
         }
+        let columns: Vec<KeyColumn> = columns
+            .into_iter()
+            .map(|c| KeyColumn {
+                data_type: canonical_key_type(&c.data_type),
+                name: c.name,
+            })
+            .collect();
         let fields: Vec<Field> = columns
             .iter()
             .map(|c| Field::new(&c.name, c.data_type.clone(), true))
@@ -162,7 +174,7 @@ impl std::fmt::Display for KeySchema {
 fn check_key_type(name: &str, data_type: &DataType) -> Result<()> {
     use DataType::*;
     let supported = matches!(
-        data_type,
+        canonical_key_type(data_type),
         Boolean
             | Int8
             | Int16
@@ -190,13 +202,39 @@ fn check_key_type(name: &str, data_type: &DataType) -> Result<()> {
     }
     let hint = match data_type {
         Float16 | Float32 | Float64 => "floating-point values have no exact identity (NaN, -0.0, rounding); use an integer, decimal or string key",
-        Utf8View | BinaryView => "cast view types to Utf8/Binary before checkpointing",
-        Dictionary(_, _) => "cast dictionary-encoded columns to their value type",
+        Dictionary(_, _) => "only dictionaries of strings or binary can be keys",
         _ => "supported: integers, booleans, strings, binary, dates, times, timestamps, decimals",
     };
     Err(Error::InvalidKeySchema(format!(
         "key column `{name}` has type {data_type}, which cannot be a key: {hint}"
     )))
+}
+
+/// The one type a key of `data_type` is kept as: strings as `Utf8`, binary as
+/// `Binary` (whatever their offsets, views or dictionary encoding), every other
+/// type as it is.
+pub fn canonical_key_type(data_type: &DataType) -> DataType {
+    use DataType::*;
+    match data_type {
+        Utf8 | LargeUtf8 | Utf8View => Utf8,
+        Binary | LargeBinary | BinaryView => Binary,
+        Dictionary(_, values) if matches!(canonical_key_type(values), Utf8 | Binary) => {
+            canonical_key_type(values)
+        }
+        other => other.clone(),
+    }
+}
+
+/// `array` as the key type `data_type` (a no-op when it already is; strings
+/// and binary of another spelling are converted, which keeps every value).
+pub(crate) fn to_key_type(array: &ArrayRef, data_type: &DataType) -> Result<ArrayRef> {
+    if array.data_type() == data_type {
+        return Ok(array.clone());
+    }
+    arrow_cast::cast(array, data_type).map_err(|source| Error::Arrow {
+        context: "converting a key column to its checkpointed type",
+        source,
+    })
 }
 
 /// Encodes a batch of keys as one Parquet file.
@@ -231,16 +269,16 @@ pub(crate) fn decode_key_file(
     let corrupt = |e: String| Error::corrupt(ObjectKind::KeyFile, path, e);
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(e.to_string()))?;
-    let file_types: Vec<(&str, &DataType)> = builder
+    let file_types: Vec<(&str, DataType)> = builder
         .schema()
         .fields()
         .iter()
-        .map(|f| (f.name().as_str(), f.data_type()))
+        .map(|f| (f.name().as_str(), canonical_key_type(f.data_type())))
         .collect();
-    let expected_types: Vec<(&str, &DataType)> = schema
+    let expected_types: Vec<(&str, DataType)> = schema
         .columns()
         .iter()
-        .map(|c| (c.name.as_str(), &c.data_type))
+        .map(|c| (c.name.as_str(), c.data_type.clone()))
         .collect();
     if file_types != expected_types {
         return Err(corrupt(format!(
@@ -253,8 +291,15 @@ pub(crate) fn decode_key_file(
     for batch in reader {
         let batch = batch.map_err(|e| corrupt(e.to_string()))?;
         rows += batch.num_rows() as u64;
-        // Normalise to the store's schema (nullable fields, no file metadata).
-        let batch = RecordBatch::try_new(schema.arrow_schema().clone(), batch.columns().to_vec())
+        // Normalise to the store's schema (nullable fields, no file metadata,
+        // key types of stores made before string keys had one spelling).
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(schema.columns())
+            .map(|(array, column)| to_key_type(array, &column.data_type))
+            .collect::<Result<Vec<_>>>()?;
+        let batch = RecordBatch::try_new(schema.arrow_schema().clone(), columns)
             .map_err(|e| corrupt(e.to_string()))?;
         batches.push(batch);
     }

@@ -12,7 +12,7 @@
 mod compaction;
 mod intents;
 mod io;
-mod keys;
+pub(crate) mod keys;
 mod layout;
 mod lease;
 mod location;
@@ -30,7 +30,7 @@ use arrow_array::RecordBatch;
 use chrono::Utc;
 
 pub use compaction::{CompactionOptions, CompactionReport};
-pub use keys::{KeyColumn, KeySchema};
+pub use keys::{canonical_key_type, KeyColumn, KeySchema};
 pub use lease::{Fence, Lease, LeaseOptions, LeaseStatus, MAX_LEASE_TTL, PIPELINE_SCOPE};
 pub use location::{
     StoreLocation, OPTION_MAX_RETRIES, OPTION_RETRY_TIMEOUT_SECS, URL_CREDENTIALS_REFUSED,

@@ -7,6 +7,7 @@
 //! - [`DeltaSink`]: idempotent appends of checkpointed files, one Delta version
 //!   per commit carrying a `txn` action (see [`tidemark::commit`]).
 
+mod protocol;
 pub mod sink;
 pub mod source;
 mod stats;
@@ -54,6 +55,32 @@ pub enum Error {
         table: String,
         /// Why.
         reason: String,
+    },
+
+    /// The table's protocol asks for something this writer cannot do. Found
+    /// when the writer is made, before any source row is read.
+    #[error("Delta table `{table}` cannot be written: {reason}")]
+    UnsupportedProtocol {
+        /// The table URL.
+        table: String,
+        /// The features or checks at fault, and the way out.
+        reason: String,
+    },
+
+    /// Rows of a batch break one of the table's CHECK constraints, column
+    /// invariants or generated columns. Nothing of the batch was written.
+    #[error(
+        "Delta table `{table}`: {rows} row(s) of a batch break the {constraint}; nothing of the          batch was written, and nothing of this checkpoint will be committed. First such row:          {sample}. Fix the rows in the map or filter them out, then run again"
+    )]
+    ConstraintViolated {
+        /// The table URL.
+        table: String,
+        /// The constraint, with its expression.
+        constraint: String,
+        /// How many rows of the batch break it.
+        rows: usize,
+        /// The first such row, `column = value, ...`.
+        sample: String,
     },
 
     /// A batch does not fit the table's schema. Nothing of it was written.

@@ -85,9 +85,15 @@ impl DeltaSink {
         partition_columns: &[&str],
     ) -> Result<Self> {
         register_handlers(&url);
-        let name = url.to_string();
+        let name = tidemark::redact::redact_url(url.as_str());
+        let schema = tidemark::conform::storable_schema(schema).map_err(|reason| {
+            Error::SchemaMismatch {
+                table: name.clone(),
+                reason,
+            }
+        })?;
         let delta_schema =
-            StructType::try_from_arrow(schema).map_err(|e| Error::SchemaMismatch {
+            StructType::try_from_arrow(&schema).map_err(|e| Error::SchemaMismatch {
                 table: name.clone(),
                 reason: format!("the schema cannot be a Delta schema: {e}"),
             })?;
@@ -106,13 +112,28 @@ impl DeltaSink {
         let table = if table.version().is_some() {
             table
         } else {
-            table
+            let created = table
+                .clone()
                 .create()
                 .with_columns(delta_schema.fields().cloned())
                 .with_partition_columns(partition_columns.iter().map(|c| c.to_string()))
                 .with_save_mode(SaveMode::Ignore)
-                .await
-                .map_err(|e| Error::delta(&name, "creating the table", e))?
+                .await;
+            match created {
+                Ok(table) => table,
+                // Another run created it between the look and the create: its
+                // version 0 won, and this run uses that table.
+                Err(error) => {
+                    let mut table = table;
+                    match table.load().await {
+                        Ok(()) if table.version().is_some() => {
+                            tracing::info!(table = %name, "another run created the table first; using it");
+                            table
+                        }
+                        _ => return Err(Error::delta(&name, "creating the table", error)),
+                    }
+                }
+            }
         };
         Ok(DeltaSink {
             url,

@@ -25,6 +25,7 @@ use tidemark::conform::conform_batch;
 use tidemark::store::CheckpointWriter;
 use uuid::Uuid;
 
+use crate::protocol::{check_writable, RowChecks};
 use crate::stats::FileStats;
 use crate::{add_to_record, Error, Result};
 
@@ -80,6 +81,7 @@ pub struct DeltaWriter {
     partition_columns: Vec<String>,
     properties: WriterProperties,
     target_file_size_bytes: u64,
+    row_checks: RowChecks,
     open: HashMap<Vec<Option<String>>, OpenFile>,
     stats: WriteStats,
 }
@@ -97,12 +99,18 @@ impl std::fmt::Debug for DeltaWriter {
 impl DeltaWriter {
     /// A writer for the loaded version of `table`. Batches must have the
     /// table's columns (see [`write`](Self::write)).
+    ///
+    /// Fails with [`Error::UnsupportedProtocol`] if the table's protocol has
+    /// features this writer cannot honour (column mapping, identity columns,
+    /// ...), or a constraint it cannot parse: before any row is read.
     pub fn new(table: &DeltaTable, options: DeltaWriterOptions) -> Result<Self> {
-        let name = table.table_url().to_string();
+        let name = tidemark::redact::redact_url(table.table_url().as_str());
         let snapshot = table
             .snapshot()
             .map_err(|e| Error::delta(&name, "reading the table's metadata", e))?;
+        check_writable(&name, snapshot)?;
         let table_schema = snapshot.snapshot().arrow_schema();
+        let row_checks = RowChecks::new(&name, snapshot, &table_schema)?;
         let partition_columns = snapshot.metadata().partition_columns().to_vec();
         for column in &partition_columns {
             let field = table_schema
@@ -149,6 +157,7 @@ impl DeltaWriter {
             partition_columns,
             properties,
             target_file_size_bytes: options.target_file_size_bytes.max(1),
+            row_checks,
             open: HashMap::new(),
             stats: WriteStats::default(),
         })
@@ -156,25 +165,43 @@ impl DeltaWriter {
 
     /// Writes a batch. Its columns must match the table's by name; a column may
     /// have a narrower type that widens exactly (`Int32` into `Int64`, string
-    /// views into strings). Anything else, or a null in a non-nullable column,
-    /// is refused before a byte is written.
+    /// views into strings). Anything else, a null in a non-nullable column, or
+    /// a row that breaks a CHECK constraint, column invariant or generated
+    /// column, is refused before a byte of the batch is written.
     pub async fn write(
         &mut self,
         batch: &RecordBatch,
         checkpoint: &mut CheckpointWriter,
     ) -> Result<()> {
-        let batch =
-            conform_batch(&self.table_schema, batch).map_err(|reason| Error::SchemaMismatch {
-                table: self.table.clone(),
-                reason,
-            })?;
+        let batch = self.conform(batch)?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
+        self.row_checks.check(&batch)?;
         for (values, part) in self.split(&batch)? {
             self.write_part(values, part, checkpoint).await?;
         }
         Ok(())
+    }
+
+    /// Checks, before any row is read, that batches of `schema` fit the table:
+    /// every column it needs (generated ones included), of types it can store.
+    pub fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
+        if let Some(reason) = self.row_checks.missing_generated(schema) {
+            return Err(Error::SchemaMismatch {
+                table: self.table.clone(),
+                reason,
+            });
+        }
+        self.conform(&RecordBatch::new_empty(schema.clone()))
+            .map(|_| ())
+    }
+
+    fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        conform_batch(&self.table_schema, batch).map_err(|reason| Error::SchemaMismatch {
+            table: self.table.clone(),
+            reason,
+        })
     }
 
     /// Closes every open file and stages it in `checkpoint`. Call before
@@ -418,6 +445,13 @@ impl tidemark::pipeline::DataWriter for DeltaWriter {
                     table,
                     source: Box::new(e),
                 })
+        })
+    }
+
+    fn check_schema(&self, schema: &SchemaRef) -> tidemark::Result<()> {
+        DeltaWriter::check_schema(self, schema).map_err(|e| tidemark::Error::Sink {
+            table: self.table.clone(),
+            source: Box::new(e),
         })
     }
 }

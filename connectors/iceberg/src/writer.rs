@@ -138,18 +138,30 @@ impl IcebergWriter {
         })
     }
 
+    /// Checks, before any row is read, that batches of `schema` fit the
+    /// table's current schema: every column, of a type that converts exactly.
+    pub fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
+        self.conform(&RecordBatch::new_empty(schema.clone()))
+            .map(|_| ())
+    }
+
+    fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        conform_batch(&self.arrow_schema, batch).map_err(|reason| Error::SchemaMismatch {
+            table: self.table.identifier().to_string(),
+            reason,
+        })
+    }
+
     /// Writes a batch. Its columns must match the table's by name (exact
-    /// widenings allowed); anything else is refused before a byte is written.
+    /// widenings allowed, written by the current schema's field ids); anything
+    /// else, or a null in a required column, is refused before a byte is
+    /// written.
     pub async fn write(
         &mut self,
         batch: &RecordBatch,
         checkpoint: &mut CheckpointWriter,
     ) -> Result<()> {
-        let batch =
-            conform_batch(&self.arrow_schema, batch).map_err(|reason| Error::SchemaMismatch {
-                table: self.table.identifier().to_string(),
-                reason,
-            })?;
+        let batch = self.conform(batch)?;
         if batch.num_rows() == 0 {
             return Ok(());
         }
@@ -300,6 +312,10 @@ impl tidemark::pipeline::DataWriter for IcebergWriter {
                 .map(|_| ())
                 .map_err(|e| sink_error(table, e))
         })
+    }
+
+    fn check_schema(&self, schema: &SchemaRef) -> tidemark::Result<()> {
+        IcebergWriter::check_schema(self, schema).map_err(|e| sink_error(self.sink_name(), e))
     }
 }
 

@@ -94,7 +94,7 @@ impl Fixture {
                 (url, python)
             }
             Db::Rest => {
-                let url = rest_catalog_server();
+                let url = support::rest_catalog_server();
                 (url.clone(), url)
             }
         };
@@ -173,7 +173,7 @@ impl Fixture {
                 SqlCatalogBuilder::default().with_storage_factory(Arc::new(LocalFsStorageFactory))
             }
         };
-        Arc::new(builder.load("tidemark", properties).await.unwrap())
+        Arc::new(builder.load("default", properties).await.unwrap())
     }
 
     fn ident(&self) -> TableIdent {
@@ -259,72 +259,6 @@ impl Fixture {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-}
-
-/// A REST catalog server (rustberg, an independent implementation) for this
-/// test binary: `TIDEMARK_TEST_REST_CATALOG` if set; else the `rustberg`
-/// binary that `.ci/run` installs under `$HOME/.cache/tidemark/rustberg`
-/// (or one on `PATH`), started without authentication on a free port with a
-/// local warehouse, and stopped when this process exits.
-fn rest_catalog_server() -> String {
-    /// The URL, and the shell that runs the server for as long as its stdin
-    /// stays open (until this process exits).
-    struct Server {
-        url: String,
-        _stdin: Option<std::process::ChildStdin>,
-        _shell: Option<std::process::Child>,
-    }
-    static SERVER: std::sync::OnceLock<Server> = std::sync::OnceLock::new();
-    SERVER
-        .get_or_init(|| {
-            if let Ok(url) = std::env::var("TIDEMARK_TEST_REST_CATALOG") {
-                return Server {
-                    url,
-                    _stdin: None,
-                    _shell: None,
-                };
-            }
-            let home = std::env::var("HOME").unwrap_or_default();
-            let installed = format!("{home}/.cache/tidemark/rustberg/bin/rustberg");
-            let binary = if std::path::Path::new(&installed).exists() {
-                installed
-            } else {
-                "rustberg".to_string()
-            };
-            let dir = tempfile::tempdir().unwrap().keep();
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port();
-            let script = format!(
-                "'{binary}' --no-auth --dev --insecure-http --host 127.0.0.1 --port {port} \
-                 --warehouse 'file://{dir}/warehouse' --catalog-url 'file://{dir}/catalog' \
-                 --log-level warn & pid=$!; read _; kill $pid; wait $pid; rm -rf '{dir}'",
-                dir = dir.display()
-            );
-            // The server writes an audit record per request; keep it out of
-            // the test output.
-            let mut child = Command::new("sh")
-                .args(["-c", &script])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("start rustberg (bash .ci/run installs it)");
-            let url = format!("http://127.0.0.1:{port}");
-            let ready = (0..300).any(|_| {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            });
-            assert!(ready, "the REST catalog server did not start");
-            Server {
-                url,
-                _stdin: child.stdin.take(),
-                _shell: Some(child),
-            }
-        })
-        .url
-        .clone()
 }
 
 struct Readout {

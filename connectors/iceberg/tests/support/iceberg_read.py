@@ -34,7 +34,7 @@ if uri.startswith("http"):
 
     catalog = RestCatalog("tidemark", uri=uri, **s3)
 else:
-    catalog = SqlCatalog("tidemark", uri=uri, warehouse=warehouse, **s3)
+    catalog = SqlCatalog("default", uri=uri, warehouse=warehouse, **s3)
 table = catalog.load_table(table_name)
 snapshot = table.current_snapshot()
 result = {

@@ -19,7 +19,7 @@ if uri.startswith("http"):
 
     catalog = RestCatalog("tidemark", uri=uri)
 else:
-    catalog = SqlCatalog("tidemark", uri=uri, warehouse=f"file://{warehouse}")
+    catalog = SqlCatalog("default", uri=uri, warehouse=f"file://{warehouse}")
 namespace = table_name.split(".")[0]
 if namespace not in [n[0] for n in catalog.list_namespaces()]:
     catalog.create_namespace(namespace)
