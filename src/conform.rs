@@ -142,8 +142,7 @@ fn same_logical_type(from: &DataType, to: &DataType) -> bool {
         (FixedSizeList(a, n), FixedSizeList(b, m)) => n == m && same_field(a, b),
         (Struct(a), Struct(b)) => {
             a.len() == b.len()
-                && a
-                    .iter()
+                && a.iter()
                     .zip(b.iter())
                     .all(|(a, b)| a.name() == b.name() && same_field(a, b))
         }
@@ -161,8 +160,21 @@ fn same_zone(a: Option<&str>, b: Option<&str>) -> bool {
     fn utc(zone: &str) -> bool {
         matches!(
             zone.to_ascii_uppercase().as_str(),
-            "UTC" | "Z" | "+00:00" | "-00:00" | "+0000" | "+00" | "ETC/UTC" | "GMT" | "ETC/GMT"
-                | "UCT" | "ETC/UCT" | "ZULU" | "ETC/ZULU" | "UNIVERSAL" | "ETC/UNIVERSAL"
+            "UTC"
+                | "Z"
+                | "+00:00"
+                | "-00:00"
+                | "+0000"
+                | "+00"
+                | "ETC/UTC"
+                | "GMT"
+                | "ETC/GMT"
+                | "UCT"
+                | "ETC/UCT"
+                | "ZULU"
+                | "ETC/ZULU"
+                | "UNIVERSAL"
+                | "ETC/UNIVERSAL"
         )
     }
     match (a, b) {
@@ -193,7 +205,11 @@ mod tests {
     fn utc_spellings_are_one_zone() {
         let micros = TimestampMicrosecondArray::from(vec![1_700_000_000_000_000]);
         let batch = one_column(
-            Field::new("at", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+            Field::new(
+                "at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
             Arc::new(micros.clone().with_timezone("UTC")),
         );
         for zone in ["+00:00", "Etc/UTC", "UTC"] {
@@ -204,7 +220,10 @@ mod tests {
             )]));
             let conformed = conform_batch(&table, &batch).unwrap();
             assert_eq!(conformed.schema(), table);
-            let values = conformed.column(0).as_any().downcast_ref::<TimestampMicrosecondArray>();
+            let values = conformed
+                .column(0)
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>();
             assert_eq!(values.unwrap().value(0), 1_700_000_000_000_000);
         }
         let berlin = Arc::new(Schema::new(vec![Field::new(
@@ -212,7 +231,9 @@ mod tests {
             DataType::Timestamp(TimeUnit::Microsecond, Some("Europe/Berlin".into())),
             true,
         )]));
-        assert!(conform_batch(&berlin, &batch).unwrap_err().contains("column `at`"));
+        assert!(conform_batch(&berlin, &batch)
+            .unwrap_err()
+            .contains("column `at`"));
     }
 
     #[test]
@@ -221,10 +242,12 @@ mod tests {
         list.values().append_value(7);
         list.append(true);
         let list = list.finish();
-        let batch = one_column(Field::new("tags", list.data_type().clone(), true), Arc::new(list));
-        let element = Field::new("element", DataType::Int64, true).with_metadata(
-            [("PARQUET:field_id".to_string(), "3".to_string())].into(),
+        let batch = one_column(
+            Field::new("tags", list.data_type().clone(), true),
+            Arc::new(list),
         );
+        let element = Field::new("element", DataType::Int64, true)
+            .with_metadata([("PARQUET:field_id".to_string(), "3".to_string())].into());
         let table = Arc::new(Schema::new(vec![Field::new(
             "tags",
             DataType::List(Arc::new(element)),
@@ -262,7 +285,11 @@ mod tests {
         );
         let table = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
         let conformed = conform_batch(&table, &batch).unwrap();
-        let values = conformed.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let values = conformed
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
         assert_eq!(values.value(0), i64::from(u32::MAX));
         let table = Arc::new(Schema::new(vec![Field::new("n", DataType::Int32, true)]));
         assert!(conform_batch(&table, &batch).is_err());

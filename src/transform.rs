@@ -133,11 +133,9 @@ impl Transform {
                             })
                         })
                         .collect::<Result<Vec<_>>>()?;
-                    schema = Arc::new(schema.project(&indices).map_err(|source| {
-                        Error::Arrow {
-                            context: "projecting columns",
-                            source,
-                        }
+                    schema = Arc::new(schema.project(&indices).map_err(|source| Error::Arrow {
+                        context: "projecting columns",
+                        source,
                     })?);
                 }
             }

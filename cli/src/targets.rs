@@ -128,7 +128,12 @@ fn parse_catalog(mut url: Url, shown: &str) -> Result<CatalogUrl, CliError> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     url.set_query(None);
-    let setting = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let setting = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     match url.scheme() {
         "sqlite" | "postgres" | "postgresql" => {
             let kept: Vec<&(String, String)> = query
@@ -167,7 +172,11 @@ fn parse_catalog(mut url: Url, shown: &str) -> Result<CatalogUrl, CliError> {
                     REST_QUERY_SETTINGS.join(", ")
                 )));
             }
-            let scheme = if url.scheme() == "https" { "https" } else { "http" };
+            let scheme = if url.scheme() == "https" {
+                "https"
+            } else {
+                "http"
+            };
             let rest = url.as_str().split_once("://").map_or("", |(_, rest)| rest);
             Ok(CatalogUrl::Rest {
                 uri: format!("{scheme}://{}", rest.trim_end_matches('/')),
@@ -246,8 +255,10 @@ async fn iceberg_catalog(
         CatalogUrl::Rest { uri, settings } => {
             let mut props: HashMap<String, String> = settings.iter().cloned().collect();
             props.insert(REST_CATALOG_PROP_URI.to_string(), uri.clone());
-            for (variable, prop) in [(REST_CREDENTIAL_ENV, "credential"), (REST_TOKEN_ENV, "token")]
-            {
+            for (variable, prop) in [
+                (REST_CREDENTIAL_ENV, "credential"),
+                (REST_TOKEN_ENV, "token"),
+            ] {
                 if let Ok(value) = std::env::var(variable) {
                     props.insert(prop.to_string(), value);
                 }
@@ -403,7 +414,9 @@ async fn create_iceberg_table(
         // Another run may have made it between the look and the create.
         if let Err(error) = created {
             if !catalog.namespace_exists(namespace).await.unwrap_or(false) {
-                return Err(iceberg_error(format!("creating namespace of `{ident}`"))(error));
+                return Err(iceberg_error(format!("creating namespace of `{ident}`"))(
+                    error,
+                ));
             }
         }
     }

@@ -96,7 +96,11 @@ impl std::fmt::Debug for RowChecks {
         f.debug_struct("RowChecks")
             .field(
                 "checks",
-                &self.checks.iter().map(|c| c.label.as_str()).collect::<Vec<_>>(),
+                &self
+                    .checks
+                    .iter()
+                    .map(|c| c.label.as_str())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -140,7 +144,10 @@ impl RowChecks {
         constraints.sort_by(|a, b| a.name.cmp(&b.name));
         for constraint in constraints {
             checks.push(compile(
-                format!("CHECK constraint `{}` ({})", constraint.name, constraint.expr),
+                format!(
+                    "CHECK constraint `{}` ({})",
+                    constraint.name, constraint.expr
+                ),
                 &constraint.expr,
                 None,
             )?);
@@ -166,7 +173,10 @@ impl RowChecks {
         for column in generated_columns {
             let expr = column.get_generation_expression().to_string();
             checks.push(compile(
-                format!("generated column `{}` (GENERATED ALWAYS AS {expr})", column.name),
+                format!(
+                    "generated column `{}` (GENERATED ALWAYS AS {expr})",
+                    column.name
+                ),
                 &expr,
                 Some(&column.name),
             )?);

@@ -86,12 +86,11 @@ impl DeltaSink {
     ) -> Result<Self> {
         register_handlers(&url);
         let name = tidemark::redact::redact_url(url.as_str());
-        let schema = tidemark::conform::storable_schema(schema).map_err(|reason| {
-            Error::SchemaMismatch {
+        let schema =
+            tidemark::conform::storable_schema(schema).map_err(|reason| Error::SchemaMismatch {
                 table: name.clone(),
                 reason,
-            }
-        })?;
+            })?;
         let delta_schema =
             StructType::try_from_arrow(&schema).map_err(|e| Error::SchemaMismatch {
                 table: name.clone(),

@@ -1,0 +1,769 @@
+//! Tables made by other tools, honoured: `tidemark run` against Delta tables
+//! with CHECK constraints, generated columns, column mapping and deletion
+//! vectors made by deltalake-py, and Iceberg tables made by pyiceberg in SQL
+//! (SQLite, PostgreSQL) and REST catalogs, evolved between runs, with keys of
+//! every supported type. Each table is read back by pyiceberg, DuckDB or
+//! deltalake-py, which must see every source row exactly once with its values.
+//! What cannot be written correctly must be refused before the read, leaving
+//! the table and the store untouched.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+/// Runs `tidemark` with `args`, never reaching beyond loopback.
+fn tidemark(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(args)
+        .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1")
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn succeeded(output: Output, what: &str) -> String {
+    assert!(output.status.success(), "{what} failed: {}", text(&output));
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+fn failed(output: Output, what: &str) -> String {
+    assert!(
+        !output.status.success(),
+        "{what} should fail: {}",
+        text(&output)
+    );
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+/// Defines `duck(*extensions)`: a DuckDB connection with extensions loaded
+/// by file path from their PyPI packages (the tests never download).
+const DUCKDB: &str = r#"
+import duckdb, pathlib, importlib
+def duck(*names):
+    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    for name in names:
+        package = pathlib.Path(importlib.import_module(f"duckdb_extension_{name}").__file__).parent
+        con.execute(f"LOAD '{next(package.rglob(f'{name}.duckdb_extension'))}'")
+    return con
+"#;
+
+/// Runs a Python script (pyarrow, deltalake, pyiceberg, duckdb) with `args`
+/// as `sys.argv[1:]`; returns its stdout.
+fn python(script: &str, args: &[&str]) -> String {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(format!("{DUCKDB}\n{script}"))
+        .args(args)
+        .output()
+        .expect("python3 (scripts/test installs the readers)");
+    assert!(
+        output.status.success(),
+        "python failed:\n{script}\n{}",
+        text(&output)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// A work directory with a store, source folders and tables.
+struct Lake {
+    dir: TempDir,
+}
+
+impl Lake {
+    fn new() -> Self {
+        Lake {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn p(&self, name: &str) -> String {
+        self.path(name).display().to_string()
+    }
+
+    /// Writes `source/part-N.parquet` with pyarrow from a Python expression
+    /// of a `pa.table`.
+    fn source(&self, folder: &str, table: &str) -> String {
+        let dir = self.path(folder);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!(
+            "part-{}.parquet",
+            std::fs::read_dir(&dir).unwrap().count()
+        ));
+        python(
+            &format!(
+                "import sys, datetime, decimal, uuid\nimport pyarrow as pa, pyarrow.parquet as pq\n\
+                 pq.write_table({table}, sys.argv[1])"
+            ),
+            &[&file.display().to_string()],
+        );
+        format!("{}/", dir.display())
+    }
+
+    fn run(&self, source: &[&str], sink: &str, extra: &[&str]) -> Output {
+        let store = self.p("store");
+        let mut args = vec!["run", "--store", &store, "--sink", sink, "--pipeline", "p"];
+        for s in source {
+            args.extend(["--source", s]);
+        }
+        args.extend(extra);
+        tidemark(&args)
+    }
+
+    fn gc(&self, sink: &str) {
+        let store = self.p("store");
+        succeeded(
+            tidemark(&["gc", "--store", &store, "--sink", sink, "--pipeline", "p"]),
+            "gc",
+        );
+    }
+
+    /// Keys in the store's checkpoints, as `status` counts them.
+    fn keys_checkpointed(&self) -> u64 {
+        let store = self.p("store");
+        let output = tidemark(&["status", "--store", &store, "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| panic!("status --json: {}", text(&output)));
+        status["key_count"].as_u64().unwrap()
+    }
+}
+
+/// Parquet files below `dir`, relative to it, sorted.
+fn parquet_files(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            found.push(
+                path.strip_prefix(dir)
+                    .unwrap()
+                    .display()
+                    .to_string()
+                    .replace('\\', "/"),
+            );
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Reads a Delta table with deltalake-py and with DuckDB's delta extension;
+/// both must print the same rows (sorted by the first column), and deltalake
+/// must find every data file in the table directory referenced.
+fn delta_rows(table: &str, columns: &str) -> String {
+    python(
+        r#"
+import sys, os, duckdb
+from deltalake import DeltaTable
+path, columns = sys.argv[1], sys.argv[2]
+dt = DeltaTable(path)
+rows = sorted(dt.to_pyarrow_table(columns=columns.split(",")).to_pylist(), key=lambda r: str(r[columns.split(",")[0]]))
+con = duck("delta")
+quoted = ", ".join(f'"{c}"' for c in columns.split(","))
+duck_rows = con.execute(f"SELECT {quoted} FROM delta_scan('{path}')").to_arrow_table().to_pylist()
+duck_rows = sorted(duck_rows, key=lambda r: str(r[columns.split(",")[0]]))
+assert rows == duck_rows, f"deltalake {rows} != duckdb {duck_rows}"
+referenced = sorted(os.path.relpath(u.removeprefix("file://"), path) for u in dt.file_uris())
+on_disk = sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) if "_delta_log" not in d for f in fs if f.endswith(".parquet"))
+assert referenced == on_disk, f"files on disk {on_disk} but the table references {referenced}"
+for r in rows:
+    print(r)
+"#,
+        &[table, columns],
+    )
+}
+
+/// The rows the test expects, printed as Python prints dicts.
+fn expected(rows: impl IntoIterator<Item = String>) -> String {
+    rows.into_iter().map(|r| format!("{r}\n")).collect()
+}
+
+#[test]
+fn a_delta_check_constraint_is_enforced_and_nothing_is_committed() {
+    let lake = Lake::new();
+    let table = lake.p("checked");
+    python(
+        r#"
+import sys, pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+write_deltalake(sys.argv[1], pa.table({"id": pa.array([1, 2], pa.int64()), "text": ["a", "b"]}))
+DeltaTable(sys.argv[1]).alter.add_constraint({"id_positive": "id > 0"})
+"#,
+        &[&table],
+    );
+    let sink = format!("delta+file://{table}");
+    let bad = lake.source(
+        "bad",
+        "pa.table({'id': pa.array([10, -5, 11], pa.int64()), 'text': ['x', 'minus five', 'y']})",
+    );
+    let stderr = failed(
+        lake.run(&[&bad], &sink, &["--key", "id"]),
+        "a violating run",
+    );
+    assert!(
+        stderr.contains("CHECK constraint `id_positive` (id > 0)")
+            && stderr.contains("id = -5")
+            && stderr.contains("text = minus five"),
+        "the error names the constraint and the row: {stderr}"
+    );
+    lake.gc(&sink);
+    // Nothing committed, nothing orphaned: both readers see the two rows, and
+    // every Parquet file in the table is one the table references.
+    assert_eq!(
+        delta_rows(&table, "id,text"),
+        expected([
+            "{'id': 1, 'text': 'a'}".into(),
+            "{'id': 2, 'text': 'b'}".into()
+        ])
+    );
+    let version = python(
+        "import sys\nfrom deltalake import DeltaTable\nprint(DeltaTable(sys.argv[1]).version())",
+        &[&table],
+    );
+    assert_eq!(version.trim(), "1", "no version after the constraint's");
+    // Fixed rows go through, and the keys of the failed run are not skipped.
+    let good = lake.source(
+        "good",
+        "pa.table({'id': pa.array([10, 5, 11], pa.int64()), 'text': ['x', 'five', 'y']})",
+    );
+    succeeded(lake.run(&[&good], &sink, &["--key", "id"]), "the fixed run");
+    assert_eq!(
+        delta_rows(&table, "id"),
+        expected(
+            ["1", "10", "11", "2", "5"]
+                .iter()
+                .map(|id| format!("{{'id': {id}}}"))
+        )
+    );
+}
+
+#[test]
+fn delta_generated_columns_are_checked_and_their_absence_refused_up_front() {
+    let lake = Lake::new();
+    let table = lake.p("generated");
+    python(
+        r#"
+import sys, pyarrow as pa
+from deltalake import DeltaTable
+schema = pa.schema([
+    pa.field("id", pa.int64()),
+    pa.field("doubled", pa.int64(), metadata={"delta.generationExpression": "id * 2"}),
+])
+DeltaTable.create(sys.argv[1], schema=schema)
+"#,
+        &[&table],
+    );
+    let sink = format!("delta+file://{table}");
+    let missing = lake.source("missing", "pa.table({'id': pa.array([1, 2], pa.int64())})");
+    let stderr = failed(
+        lake.run(&[&missing], &sink, &["--key", "id"]),
+        "a run without the generated column",
+    );
+    assert!(
+        stderr.contains("`doubled`") && stderr.contains("id * 2"),
+        "the error names the generated column and its expression: {stderr}"
+    );
+    assert_eq!(lake.keys_checkpointed(), 0, "refused before the read");
+    let wrong = lake.source(
+        "wrong",
+        "pa.table({'id': pa.array([1, 2], pa.int64()), 'doubled': pa.array([2, 5], pa.int64())})",
+    );
+    let stderr = failed(
+        lake.run(&[&wrong], &sink, &["--key", "id"]),
+        "a run with a wrong generated value",
+    );
+    assert!(
+        stderr.contains("generated column `doubled`") && stderr.contains("id = 2, doubled = 5"),
+        "{stderr}"
+    );
+    let right = lake.source(
+        "right",
+        "pa.table({'id': pa.array([1, 2], pa.int64()), 'doubled': pa.array([2, 4], pa.int64())})",
+    );
+    succeeded(lake.run(&[&right], &sink, &["--key", "id"]), "a right run");
+    lake.gc(&sink);
+    assert_eq!(
+        delta_rows(&table, "id,doubled"),
+        expected([
+            "{'id': 1, 'doubled': 2}".into(),
+            "{'id': 2, 'doubled': 4}".into()
+        ])
+    );
+}
+
+#[test]
+fn delta_column_mapping_is_refused_before_the_read() {
+    let lake = Lake::new();
+    let table = lake.p("mapped");
+    python(
+        r#"
+import sys, pyarrow as pa
+from deltalake import DeltaTable
+schema = pa.schema([pa.field("id", pa.int64()), pa.field("text", pa.string())])
+DeltaTable.create(sys.argv[1], schema=schema, configuration={"delta.columnMapping.mode": "name"})
+"#,
+        &[&table],
+    );
+    let source = lake.source(
+        "src",
+        "pa.table({'id': pa.array([1, 2], pa.int64()), 'text': ['a', 'b']})",
+    );
+    let sink = format!("delta+file://{table}");
+    let stderr = failed(lake.run(&[&source], &sink, &["--key", "id"]), "the run");
+    assert!(
+        stderr.contains("columnMapping") && stderr.contains("Nothing was read or written"),
+        "the error names the feature: {stderr}"
+    );
+    assert!(parquet_files(&lake.path("mapped")).is_empty());
+    assert_eq!(lake.keys_checkpointed(), 0, "refused before the read");
+}
+
+#[test]
+fn delta_tables_with_deletion_vectors_are_appended() {
+    let lake = Lake::new();
+    let table = lake.p("dv");
+    python(
+        r#"
+import sys, pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+schema = pa.schema([pa.field("id", pa.int64()), pa.field("text", pa.string())])
+DeltaTable.create(sys.argv[1], schema=schema, configuration={"delta.enableDeletionVectors": "true"})
+write_deltalake(sys.argv[1], pa.table({"id": pa.array([1, 2, 3], pa.int64()), "text": ["a", "b", "c"]}), mode="append")
+DeltaTable(sys.argv[1]).delete("id = 2")
+assert "deletionVectors" in (DeltaTable(sys.argv[1]).protocol().writer_features or [])
+"#,
+        &[&table],
+    );
+    let sink = format!("delta+file://{table}");
+    let source = lake.source(
+        "src",
+        "pa.table({'id': pa.array([10, 11], pa.int64()), 'text': ['x', 'y']})",
+    );
+    succeeded(lake.run(&[&source], &sink, &["--key", "id"]), "the run");
+    succeeded(lake.run(&[&source], &sink, &["--key", "id"]), "the rerun");
+    // deltalake-py reads no table with deletion vectors yet; DuckDB does.
+    let rows = python(
+        r#"
+import sys
+from deltalake import DeltaTable
+dt = DeltaTable(sys.argv[1])
+assert "deletionVectors" in (dt.protocol().writer_features or [])
+con = duck("delta")
+print(con.execute(f"SELECT id, text FROM delta_scan('{sys.argv[1]}') ORDER BY id").to_arrow_table().to_pylist())
+"#,
+        &[&table],
+    );
+    assert_eq!(
+        rows.trim(),
+        "[{'id': 1, 'text': 'a'}, {'id': 3, 'text': 'c'}, {'id': 10, 'text': 'x'}, {'id': 11, 'text': 'y'}]"
+    );
+}
+
+#[test]
+fn an_unsigned_64_bit_key_is_refused_before_any_work_and_narrower_ones_widen() {
+    let lake = Lake::new();
+    let big = lake.source(
+        "big",
+        "pa.table({'id': pa.array([1, 2**64 - 1], pa.uint64())})",
+    );
+    let sink = format!("delta+file://{}", lake.p("unsigned"));
+    let stderr = failed(
+        lake.run(&[&big], &sink, &["--key", "id", "--create"]),
+        "a UInt64 key into Delta",
+    );
+    assert!(
+        stderr.contains("UInt64") && stderr.contains("Decimal128(20, 0)"),
+        "the error names the way out: {stderr}"
+    );
+    assert!(!lake.path("unsigned").join("_delta_log").exists());
+    assert_eq!(lake.keys_checkpointed(), 0);
+
+    let lake = Lake::new();
+    let small = lake.source(
+        "small",
+        "pa.table({'id': pa.array([1, 2**32 - 1], pa.uint32())})",
+    );
+    let sink = format!("delta+file://{}", lake.p("widened"));
+    succeeded(
+        lake.run(&[&small], &sink, &["--key", "id", "--create"]),
+        "a UInt32 key",
+    );
+    succeeded(
+        lake.run(&[&small], &sink, &["--key", "id"]),
+        "a UInt32 rerun",
+    );
+    assert_eq!(
+        delta_rows(&lake.p("widened"), "id"),
+        expected(["{'id': 1}".into(), "{'id': 4294967295}".into()])
+    );
+}
+
+/// Reads an Iceberg table of a SQLite catalog with pyiceberg and DuckDB;
+/// prints its rows, sorted, as dicts of the named columns.
+fn iceberg_rows(catalog: &str, name: &str, warehouse: &str, columns: &str) -> String {
+    python(
+        r#"
+import sys, duckdb
+from pyiceberg.catalog.sql import SqlCatalog
+uri, name, warehouse, columns = sys.argv[1:5]
+table = SqlCatalog(name, uri=uri, warehouse=warehouse).load_table("lake.t")
+cols = columns.split(",")
+rows = sorted(table.scan(selected_fields=tuple(cols)).to_arrow().select(cols).to_pylist(), key=lambda r: str(r[cols[0]]))
+con = duck("avro", "iceberg")
+quoted = ", ".join(f'"{c}"' for c in cols)
+duck_rows = con.execute(f"SELECT {quoted} FROM iceberg_scan('{table.metadata_location.removeprefix('file://')}')").to_arrow_table().to_pylist()
+duck_rows = sorted(duck_rows, key=lambda r: str(r[cols[0]]))
+assert rows == duck_rows, f"pyiceberg {rows} != duckdb {duck_rows}"
+for r in rows:
+    print(r)
+"#,
+        &[catalog, name, warehouse, columns],
+    )
+}
+
+#[test]
+fn an_iceberg_timestamptz_key_runs_again_and_again() {
+    let lake = Lake::new();
+    let db = lake.p("catalog.db");
+    let warehouse = format!("file://{}", lake.p("warehouse"));
+    let sink = format!("iceberg+sqlite://{db}?warehouse={warehouse}#lake.t");
+    let day1 = lake.source(
+        "src",
+        "pa.table({'at': pa.array([datetime.datetime(2026, 12, 1, 8, 0, tzinfo=datetime.timezone.utc), \
+         datetime.datetime(2026, 12, 1, 9, 30, 0, 123456, tzinfo=datetime.timezone.utc)], pa.timestamp('us', tz='UTC')), \
+         'n': pa.array([1, 2], pa.int64())})",
+    );
+    succeeded(
+        lake.run(&[&day1], &sink, &["--key", "at", "--create"]),
+        "run 1",
+    );
+    lake.source(
+        "src",
+        "pa.table({'at': pa.array([datetime.datetime(2026, 12, 2, 8, 0, tzinfo=datetime.timezone.utc)], \
+         pa.timestamp('us', tz='UTC')), 'n': pa.array([3], pa.int64())})",
+    );
+    let out = succeeded(lake.run(&[&day1], &sink, &["--key", "at"]), "run 2");
+    assert!(out.contains("skipped 2 already processed"), "{out}");
+    let rows = iceberg_rows(&format!("sqlite:///{db}"), "default", &warehouse, "n,at");
+    assert_eq!(
+        rows,
+        expected([
+            "{'n': 1, 'at': datetime.datetime(2026, 12, 1, 8, 0, tzinfo=zoneinfo.ZoneInfo(key='UTC'))}".into(),
+            "{'n': 2, 'at': datetime.datetime(2026, 12, 1, 9, 30, 0, 123456, tzinfo=zoneinfo.ZoneInfo(key='UTC'))}"
+                .into(),
+            "{'n': 3, 'at': datetime.datetime(2026, 12, 2, 8, 0, tzinfo=zoneinfo.ZoneInfo(key='UTC'))}".into(),
+        ])
+    );
+}
+
+#[test]
+fn an_iceberg_table_evolved_by_pyiceberg_between_runs_is_written_by_field_id() {
+    let lake = Lake::new();
+    let db = lake.p("catalog.db");
+    let warehouse = format!("file://{}", lake.p("warehouse"));
+    let uri = format!("sqlite:///{db}");
+    // pyiceberg makes the table, in its default catalog.
+    python(
+        r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.schema import Schema
+from pyiceberg.types import NestedField, LongType, StringType
+catalog = SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2])
+catalog.create_namespace("lake")
+catalog.create_table("lake.t", Schema(
+    NestedField(1, "id", LongType(), required=True),
+    NestedField(2, "text", StringType(), required=False),
+))
+"#,
+        &[&uri, &warehouse],
+    );
+    let sink = format!("iceberg+sqlite://{db}?warehouse={warehouse}#lake.t");
+    let run1 = lake.source(
+        "day1",
+        "pa.table({'id': pa.array([1, 2], pa.int64()), 'text': ['one', 'two']})",
+    );
+    succeeded(lake.run(&[&run1], &sink, &["--key", "id"]), "run 1");
+    // pyiceberg renames `text`, adds `score` and moves it first.
+    python(
+        r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.types import DoubleType
+table = SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2]).load_table("lake.t")
+with table.update_schema() as update:
+    update.rename_column("text", "body")
+    update.add_column("score", DoubleType())
+    update.move_first("score")
+"#,
+        &[&uri, &warehouse],
+    );
+    let run2 = lake.source(
+        "day2",
+        "pa.table({'body': ['three'], 'id': pa.array([3], pa.int64()), 'score': [0.5]})",
+    );
+    succeeded(lake.run(&[&run2], &sink, &["--key", "id"]), "run 2");
+    let rows = iceberg_rows(&uri, "default", &warehouse, "id,body,score");
+    assert_eq!(
+        rows,
+        expected([
+            "{'id': 1, 'body': 'one', 'score': None}".into(),
+            "{'id': 2, 'body': 'two', 'score': None}".into(),
+            "{'id': 3, 'body': 'three', 'score': 0.5}".into(),
+        ])
+    );
+    // A null in the required `id` is refused before anything is written.
+    let nulls = lake.source(
+        "nulls",
+        "pa.table({'body': ['x'], 'id': pa.array([None], pa.int64()), 'score': [1.0]})",
+    );
+    let stderr = failed(lake.run(&[&nulls], &sink, &["--key", "id"]), "a null id");
+    assert!(stderr.contains("column `id` is not nullable"), "{stderr}");
+}
+
+#[test]
+fn keys_of_every_supported_type_land_once_in_both_formats() {
+    let cases = [
+        ("int32", "pa.array([1, 2], pa.int32())", "pa.array([3], pa.int32())"),
+        ("int64", "pa.array([1, 2], pa.int64())", "pa.array([3], pa.int64())"),
+        ("string", "pa.array(['a', 'b'])", "pa.array(['c'])"),
+        ("large_string", "pa.array(['a', 'b'], pa.large_string())", "pa.array(['c'], pa.large_string())"),
+        ("binary", "pa.array([b'a', b'b'])", "pa.array([b'c'])"),
+        ("date", "pa.array([datetime.date(2026, 1, 1), datetime.date(2026, 1, 2)])", "pa.array([datetime.date(2026, 1, 3)])"),
+        ("timestamp", "pa.array([datetime.datetime(2026, 1, 1), datetime.datetime(2026, 1, 2)], pa.timestamp('us'))", "pa.array([datetime.datetime(2026, 1, 3)], pa.timestamp('us'))"),
+        ("decimal", "pa.array([decimal.Decimal('1.50'), decimal.Decimal('2.25')], pa.decimal128(10, 2))", "pa.array([decimal.Decimal('3.75')], pa.decimal128(10, 2))"),
+    ];
+    for (name, first, second) in cases {
+        for format in ["iceberg", "delta"] {
+            let lake = Lake::new();
+            let source = lake.source(
+                "src",
+                &format!("pa.table({{'k': {first}, 'n': pa.array([1, 2], pa.int64())}})"),
+            );
+            let db = lake.p("catalog.db");
+            let warehouse = format!("file://{}", lake.p("warehouse"));
+            let sink = match format {
+                "iceberg" => format!("iceberg+sqlite://{db}?warehouse={warehouse}#lake.t"),
+                _ => format!("delta+file://{}", lake.p("t")),
+            };
+            let what = format!("{name} key into {format}");
+            succeeded(
+                lake.run(&[&source], &sink, &["--key", "k", "--create"]),
+                &what,
+            );
+            lake.source(
+                "src",
+                &format!("pa.table({{'k': {second}, 'n': pa.array([3], pa.int64())}})"),
+            );
+            let out = succeeded(lake.run(&[&source], &sink, &["--key", "k"]), &what);
+            assert!(out.contains("skipped 2 already processed"), "{what}: {out}");
+            let rows = match format {
+                "iceberg" => iceberg_rows(&format!("sqlite:///{db}"), "default", &warehouse, "n"),
+                _ => delta_rows(&lake.p("t"), "n"),
+            };
+            assert_eq!(
+                rows,
+                expected(["{'n': 1}".into(), "{'n': 2}".into(), "{'n': 3}".into()]),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn racing_creates_make_one_table_and_every_run_lands() {
+    for format in ["iceberg", "delta"] {
+        let lake = Lake::new();
+        let db = lake.p("catalog.db");
+        let warehouse = format!("file://{}", lake.p("warehouse"));
+        let sink = match format {
+            "iceberg" => format!("iceberg+sqlite://{db}?warehouse={warehouse}#lake.t"),
+            _ => format!("delta+file://{}", lake.p("t")),
+        };
+        // Four pipelines, each with its own store and keys, create one table.
+        let children: Vec<_> = (0..4)
+            .map(|i| {
+                let source = lake.source(
+                    &format!("src{i}"),
+                    &format!(
+                        "pa.table({{'id': pa.array([{}, {}], pa.int64())}})",
+                        2 * i,
+                        2 * i + 1
+                    ),
+                );
+                let store = lake.p(&format!("store{i}"));
+                let pipeline = format!("p{i}");
+                Command::new(env!("CARGO_BIN_EXE_tidemark"))
+                    .args([
+                        "run",
+                        "--store",
+                        &store,
+                        "--sink",
+                        &sink,
+                        "--pipeline",
+                        &pipeline,
+                        "--source",
+                        &source,
+                        "--key",
+                        "id",
+                        "--create",
+                    ])
+                    .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1")
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            succeeded(
+                child.wait_with_output().unwrap(),
+                &format!("a racing {format} create"),
+            );
+        }
+        let rows = match format {
+            "iceberg" => iceberg_rows(&format!("sqlite:///{db}"), "default", &warehouse, "id"),
+            _ => delta_rows(&lake.p("t"), "id"),
+        };
+        let mut ids: Vec<String> = (0..8).map(|i| format!("{{'id': {i}}}")).collect();
+        ids.sort();
+        assert_eq!(rows, expected(ids), "{format}");
+    }
+}
+
+#[test]
+fn sql_catalogs_are_shared_with_pyiceberg_by_name() {
+    let lake = Lake::new();
+    let db = lake.p("catalog.db");
+    let warehouse = format!("file://{}", lake.p("warehouse"));
+    let postgres = support::postgres_database();
+    let postgres_python = postgres.replacen("postgres://", "postgresql+psycopg://", 1);
+    let catalogs = [
+        // pyiceberg's default name, which the CLI uses when the URL names none.
+        (
+            format!("sqlite:///{db}"),
+            "default",
+            format!("iceberg+sqlite://{db}?warehouse={warehouse}#lake.t"),
+        ),
+        (
+            format!("sqlite:///{db}"),
+            "other",
+            format!("iceberg+sqlite://{db}?warehouse={warehouse}&catalog=other#lake.t"),
+        ),
+        (
+            postgres_python,
+            "default",
+            format!("iceberg+{postgres}?warehouse={warehouse}#lake.t"),
+        ),
+    ];
+    for (i, (uri, name, sink)) in catalogs.iter().enumerate() {
+        // Each catalog its own warehouse folder.
+        let own_warehouse = format!("{warehouse}{i}");
+        let sink = sink.replace(
+            &format!("warehouse={warehouse}"),
+            &format!("warehouse={own_warehouse}"),
+        );
+        python(
+            r#"
+import sys, pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+catalog = SqlCatalog(sys.argv[2], uri=sys.argv[1], warehouse=sys.argv[3])
+catalog.create_namespace("lake")
+table = catalog.create_table("lake.t", pa.schema([pa.field("id", pa.int64())]))
+table.append(pa.table({"id": pa.array([100], pa.int64())}))
+"#,
+            &[uri, name, &own_warehouse],
+        );
+        let source = lake.source(
+            &format!("src{i}"),
+            "pa.table({'id': pa.array([1, 2], pa.int64())})",
+        );
+        let store = lake.p(&format!("store{i}"));
+        succeeded(
+            tidemark(&[
+                "run",
+                "--store",
+                &store,
+                "--sink",
+                &sink,
+                "--pipeline",
+                "p",
+                "--source",
+                &source,
+                "--key",
+                "id",
+            ]),
+            &format!("a run into catalog `{name}` at {uri}"),
+        );
+        let rows = python(
+            r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+table = SqlCatalog(sys.argv[2], uri=sys.argv[1], warehouse=sys.argv[3]).load_table("lake.t")
+print(sorted(table.scan().to_arrow()["id"].to_pylist()))
+"#,
+            &[uri, name, &own_warehouse],
+        );
+        assert_eq!(rows.trim(), "[1, 2, 100]", "catalog `{name}` at {uri}");
+    }
+}
+
+#[test]
+fn a_rest_catalog_table_made_by_pyiceberg_is_appended() {
+    let lake = Lake::new();
+    let server = support::rest_catalog_server();
+    python(
+        r#"
+import sys, pyarrow as pa
+from pyiceberg.catalog.rest import RestCatalog
+catalog = RestCatalog("rest", uri=sys.argv[1])
+catalog.create_namespace("restlake")
+table = catalog.create_table("restlake.t", pa.schema([pa.field("id", pa.int64()), pa.field("text", pa.string())]))
+table.append(pa.table({"id": pa.array([100], pa.int64()), "text": ["from pyiceberg"]}))
+"#,
+        &[&server],
+    );
+    let rest = server.replacen("http://", "iceberg+rest://", 1);
+    let sink = format!("{rest}#restlake.t");
+    let source = lake.source(
+        "src",
+        "pa.table({'id': pa.array([1, 2], pa.int64()), 'text': ['one', 'two']})",
+    );
+    succeeded(lake.run(&[&source], &sink, &["--key", "id"]), "run 1");
+    let out = succeeded(lake.run(&[&source], &sink, &["--key", "id"]), "run 2");
+    assert!(out.contains("skipped 2 already processed"), "{out}");
+    let rows = python(
+        r#"
+import sys
+from pyiceberg.catalog.rest import RestCatalog
+table = RestCatalog("rest", uri=sys.argv[1]).load_table("restlake.t")
+print(sorted(table.scan().to_arrow().to_pylist(), key=lambda r: r["id"]))
+"#,
+        &[&server],
+    );
+    assert_eq!(
+        rows.trim(),
+        "[{'id': 1, 'text': 'one'}, {'id': 2, 'text': 'two'}, {'id': 100, 'text': 'from pyiceberg'}]"
+    );
+}
