@@ -197,3 +197,68 @@ async fn reruns_skip_sealed_keys_but_not_staged_ones() {
     let kept = filter.retain_unprocessed(&grown).unwrap();
     assert_eq!(ids_of(&kept), (100..200).map(Some).collect::<Vec<_>>());
 }
+
+#[test]
+fn every_spelling_of_a_string_or_binary_key_is_one_key() {
+    use arrow::array::{
+        BinaryArray, BinaryViewArray, DictionaryArray, LargeBinaryArray, LargeStringArray,
+        StringViewArray,
+    };
+    use arrow::datatypes::Int32Type;
+
+    // Run 1 read the keys as LargeUtf8; the store keeps them as Utf8.
+    let first = Schema::new(vec![Field::new("k", DataType::LargeUtf8, true)]);
+    let schema = KeySchema::from_source(&first, &["k"]).unwrap();
+    assert_eq!(schema.columns()[0].data_type, DataType::Utf8);
+    let mut filter = KeyFilter::new(schema.clone()).unwrap();
+    let seen = LargeStringArray::from(vec![Some("a"), Some("b"), None]);
+    filter
+        .insert(&RecordBatch::try_from_iter([("k", Arc::new(seen) as ArrayRef)]).unwrap())
+        .unwrap();
+    // Later runs read the same keys as views and as a dictionary.
+    let views: ArrayRef = Arc::new(StringViewArray::from(vec![
+        Some("a"),
+        Some("c"),
+        None,
+        Some("b"),
+    ]));
+    let dictionary: ArrayRef = Arc::new(
+        vec![Some("a"), Some("c"), None, Some("b")]
+            .into_iter()
+            .collect::<DictionaryArray<Int32Type>>(),
+    );
+    for keys in [views, dictionary] {
+        let batch_schema = Schema::new(vec![Field::new("k", keys.data_type().clone(), true)]);
+        KeySchema::from_source(&batch_schema, &["k"])
+            .unwrap()
+            .ensure_same(&schema)
+            .unwrap();
+        filter.check_source(&batch_schema).unwrap();
+        let batch = RecordBatch::try_from_iter([("k", keys.clone())]).unwrap();
+        let kept = filter.retain_unprocessed(&batch).unwrap();
+        assert_eq!(kept.num_rows(), 1, "{}: only `c` is new", keys.data_type());
+    }
+
+    // Binary likewise: Binary, LargeBinary and BinaryView.
+    let schema = KeySchema::single("b", DataType::BinaryView).unwrap();
+    assert_eq!(schema.columns()[0].data_type, DataType::Binary);
+    let mut filter = KeyFilter::new(schema).unwrap();
+    let seen = BinaryArray::from(vec![b"x".as_ref()]);
+    filter
+        .insert(&RecordBatch::try_from_iter([("b", Arc::new(seen) as ArrayRef)]).unwrap())
+        .unwrap();
+    for keys in [
+        Arc::new(LargeBinaryArray::from(vec![b"x".as_ref(), b"y".as_ref()])) as ArrayRef,
+        Arc::new(BinaryViewArray::from(vec![b"x".as_ref(), b"y".as_ref()])) as ArrayRef,
+    ] {
+        let batch = RecordBatch::try_from_iter([("b", keys)]).unwrap();
+        assert_eq!(filter.retain_unprocessed(&batch).unwrap().num_rows(), 1);
+    }
+    // A dictionary of integers is not a string key: refused with the reason.
+    let error = KeySchema::single(
+        "d",
+        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Int64)),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("dictionaries of strings or binary"));
+}

@@ -80,7 +80,13 @@ impl KeyFilter {
 
     /// Adds the keys of a batch of key columns (in the key schema's order).
     pub fn insert(&mut self, keys: &RecordBatch) -> Result<()> {
-        let encoded = self.codec.encode(keys.columns())?;
+        let columns = keys
+            .columns()
+            .iter()
+            .zip(self.key_schema.columns())
+            .map(|(array, column)| to_key_type(array, &column.data_type))
+            .collect::<Result<Vec<_>>>()?;
+        let encoded = self.codec.encode(&columns)?;
         for i in 0..encoded.len() {
             let key = encoded.key(i);
             self.keys.insert(key, key.table_hash())?;
