@@ -260,5 +260,7 @@ fn every_spelling_of_a_string_or_binary_key_is_one_key() {
         DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Int64)),
     )
     .unwrap_err();
-    assert!(error.to_string().contains("dictionaries of strings or binary"));
+    assert!(error
+        .to_string()
+        .contains("dictionaries of strings or binary"));
 }
