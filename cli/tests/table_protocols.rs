@@ -797,7 +797,7 @@ catalog.create_table("lake.t", Schema(
     NestedField(12, "point", StructType(NestedField(23, "x", DoubleType()), NestedField(24, "label", StringType()))),
     NestedField(13, "flag", BooleanType()),
     NestedField(14, "ratio", FloatType()),
-))
+), properties={"write.parquet.compression-codec": "snappy"})
 "#,
         &[&uri, &warehouse],
     );
@@ -845,6 +845,12 @@ def norm(row):
 got = [norm(r) for r in got]
 want = [norm(r) for r in want]
 assert got == want, f"pyiceberg read\n{{got}}\nbut the source held\n{{want}}"
+# The table's write properties are honoured: its codec, not the default zstd.
+import pyarrow.parquet as pq
+for task in table.scan().plan_files():
+    meta = pq.ParquetFile(task.file.file_path.removeprefix("file://")).metadata
+    codecs = {{meta.row_group(g).column(c).compression for g in range(meta.num_row_groups) for c in range(meta.num_columns)}}
+    assert codecs == {{"SNAPPY"}}, codecs
 "#
         ),
         &[&uri, &warehouse],

@@ -38,7 +38,9 @@ pub const DEFAULT_TARGET_FILE_SIZE_BYTES: usize = 128 * 1024 * 1024;
 pub struct IcebergWriterOptions {
     /// A file is closed once its encoded size reaches this many bytes.
     pub target_file_size_bytes: usize,
-    /// Parquet writer properties; `None` for the Parquet defaults.
+    /// Parquet writer properties; `None` for the table's own
+    /// (`write.parquet.compression-codec` and `-level`; zstd when unset, as
+    /// Iceberg's default).
     pub writer_properties: Option<WriterProperties>,
 }
 
@@ -128,6 +130,10 @@ impl IcebergWriter {
                     .map_err(|e| Error::iceberg(format!("the partition spec of `{name}`"), e))?,
             )
         };
+        let mut options = options;
+        if options.writer_properties.is_none() {
+            options.writer_properties = Some(table_writer_properties(&name, metadata.properties()));
+        }
         Ok(IcebergWriter {
             table: table.clone(),
             arrow_schema,
@@ -323,6 +329,47 @@ impl IcebergWriter {
     fn sink_name(&self) -> String {
         format!("iceberg:{}", self.table.identifier())
     }
+}
+
+/// Parquet properties from the table's write properties: the compression
+/// codec and level (zstd when unset). A codec this build does not have (gzip,
+/// lz4, brotli) falls back to zstd with a warning: compression never changes
+/// what readers see.
+fn table_writer_properties(
+    table: &str,
+    properties: &std::collections::HashMap<String, String>,
+) -> WriterProperties {
+    use parquet::basic::{Compression, ZstdLevel};
+    let codec = properties
+        .get("write.parquet.compression-codec")
+        .map_or("zstd", String::as_str)
+        .to_ascii_lowercase();
+    let level = properties
+        .get("write.parquet.compression-level")
+        .and_then(|l| l.parse::<i32>().ok());
+    let zstd = || {
+        Compression::ZSTD(
+            level
+                .and_then(|l| ZstdLevel::try_new(l).ok())
+                .unwrap_or_default(),
+        )
+    };
+    let compression = match codec.as_str() {
+        "zstd" => zstd(),
+        "snappy" => Compression::SNAPPY,
+        "uncompressed" | "none" => Compression::UNCOMPRESSED,
+        other => {
+            tracing::warn!(
+                table,
+                codec = other,
+                "write.parquet.compression-codec is not built in; writing zstd"
+            );
+            zstd()
+        }
+    };
+    WriterProperties::builder()
+        .set_compression(compression)
+        .build()
 }
 
 fn table_error(table: &Table, context: &str, source: iceberg::Error) -> Error {
