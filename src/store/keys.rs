@@ -126,21 +126,29 @@ impl KeySchema {
     }
 
     /// Checks that `arrays` are the key columns of this schema (same count, same
-    /// types, same length) and bundles them as a batch with the key schema.
+    /// logical types, same length) and bundles them as a batch with the key
+    /// schema, strings and binary in their one kept spelling.
     pub fn batch(&self, arrays: &[ArrayRef]) -> Result<RecordBatch> {
-        let found_types: Vec<&DataType> = arrays.iter().map(|a| a.data_type()).collect();
-        let expected_types: Vec<&DataType> = self.columns.iter().map(|c| &c.data_type).collect();
+        let found_types: Vec<DataType> = arrays
+            .iter()
+            .map(|a| canonical_key_type(a.data_type()))
+            .collect();
+        let expected_types: Vec<DataType> =
+            self.columns.iter().map(|c| c.data_type.clone()).collect();
         if found_types != expected_types {
             return Err(Error::KeySchemaMismatch {
                 expected: self.to_string(),
                 found: format!("{found_types:?}"),
             });
         }
-        RecordBatch::try_new(self.arrow.clone(), arrays.to_vec()).map_err(|e| {
-            Error::KeySchemaMismatch {
-                expected: self.to_string(),
-                found: e.to_string(),
-            }
+        let arrays = arrays
+            .iter()
+            .zip(&self.columns)
+            .map(|(array, column)| to_key_type(array, &column.data_type))
+            .collect::<Result<Vec<_>>>()?;
+        RecordBatch::try_new(self.arrow.clone(), arrays).map_err(|e| Error::KeySchemaMismatch {
+            expected: self.to_string(),
+            found: e.to_string(),
         })
     }
 

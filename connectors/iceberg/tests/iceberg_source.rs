@@ -49,7 +49,7 @@ impl Warehouse {
         let catalog = SqlCatalogBuilder::default()
             .with_storage_factory(Arc::new(LocalFsStorageFactory))
             .load(
-                "tidemark",
+                "default",
                 HashMap::from([
                     (
                         SQL_CATALOG_PROP_URI.to_string(),
