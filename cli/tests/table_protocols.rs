@@ -856,3 +856,47 @@ for task in table.scan().plan_files():
         &[&uri, &warehouse],
     );
 }
+
+#[test]
+fn a_delta_column_invariant_is_enforced() {
+    let lake = Lake::new();
+    let table = lake.p("invariant");
+    python(
+        r#"
+import sys, json, pyarrow as pa
+from deltalake import DeltaTable
+invariant = json.dumps({"expression": {"expression": "score < 100"}})
+schema = pa.schema([pa.field("id", pa.int64()), pa.field("score", pa.int64(), metadata={"delta.invariants": invariant})])
+DeltaTable.create(sys.argv[1], schema=schema)
+"#,
+        &[&table],
+    );
+    let sink = format!("delta+file://{table}");
+    let bad = lake.source(
+        "bad",
+        "pa.table({'id': pa.array([1, 2], pa.int64()), 'score': pa.array([5, 150], pa.int64())})",
+    );
+    let stderr = failed(
+        lake.run(&[&bad], &sink, &["--key", "id"]),
+        "a violating run",
+    );
+    assert!(
+        stderr.contains("invariant of column `score` (score < 100)")
+            && stderr.contains("id = 2, score = 150"),
+        "{stderr}"
+    );
+    lake.gc(&sink);
+    assert_eq!(delta_rows(&table, "id"), "");
+    let good = lake.source(
+        "good",
+        "pa.table({'id': pa.array([1, 2], pa.int64()), 'score': pa.array([5, 99], pa.int64())})",
+    );
+    succeeded(lake.run(&[&good], &sink, &["--key", "id"]), "the fixed run");
+    assert_eq!(
+        delta_rows(&table, "id,score"),
+        expected([
+            "{'id': 1, 'score': 5}".into(),
+            "{'id': 2, 'score': 99}".into()
+        ])
+    );
+}
