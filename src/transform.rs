@@ -124,15 +124,7 @@ impl Transform {
                 Step::Map(_) => return Ok(None),
                 Step::Filter(_) => {}
                 Step::Project(columns) => {
-                    let indices = columns
-                        .iter()
-                        .map(|c| {
-                            schema.index_of(c).map_err(|source| Error::Arrow {
-                                context: "projecting a column that is not in the source",
-                                source,
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()?;
+                    let indices = column_indices(&schema, columns)?;
                     schema = Arc::new(schema.project(&indices).map_err(|source| Error::Arrow {
                         context: "projecting columns",
                         source,
@@ -177,16 +169,7 @@ impl Transform {
                     filter_rows(&batch, &keep)?
                 }
                 Step::Project(columns) => {
-                    let schema = batch.schema();
-                    let indices = columns
-                        .iter()
-                        .map(|c| {
-                            schema.index_of(c).map_err(|source| Error::Arrow {
-                                context: "projecting a column that is not in the batch",
-                                source,
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()?;
+                    let indices = column_indices(batch.schema_ref(), columns)?;
                     batch.project(&indices).map_err(|source| Error::Arrow {
                         context: "projecting columns",
                         source,
@@ -196,4 +179,17 @@ impl Transform {
         }
         Ok(batch)
     }
+}
+
+/// The positions of the named `columns` in `schema`, in the order named.
+fn column_indices(schema: &SchemaRef, columns: &[String]) -> Result<Vec<usize>> {
+    columns
+        .iter()
+        .map(|c| {
+            schema.index_of(c).map_err(|source| Error::Arrow {
+                context: "projecting a column that is not in the batch",
+                source,
+            })
+        })
+        .collect()
 }

@@ -68,18 +68,11 @@ fn write_source(dir: &Path, rows: i64) {
 
 /// Every file below `dir` whose bytes contain `needle`.
 fn local_files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap() {
-                pending.push(entry.unwrap().path());
-            }
-        } else if contains(&std::fs::read(&path).unwrap(), needle) {
-            found.push(path.display().to_string());
-        }
-    }
-    found
+    support::files_below(dir)
+        .into_iter()
+        .filter(|path| contains(&std::fs::read(path).unwrap(), needle))
+        .map(|path| path.display().to_string())
+        .collect()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -12,7 +12,7 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use tempfile::TempDir;
@@ -143,29 +143,6 @@ impl Lake {
             .unwrap_or_else(|_| panic!("status --json: {}", text(&output)));
         status["key_count"].as_u64().unwrap()
     }
-}
-
-/// Parquet files below `dir`, relative to it, sorted.
-fn parquet_files(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        if path.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap() {
-                pending.push(entry.unwrap().path());
-            }
-        } else if path.extension().is_some_and(|e| e == "parquet") {
-            found.push(
-                path.strip_prefix(dir)
-                    .unwrap()
-                    .display()
-                    .to_string()
-                    .replace('\\', "/"),
-            );
-        }
-    }
-    found.sort();
-    found
 }
 
 /// Reads a Delta table with deltalake-py and with DuckDB's delta extension;
@@ -335,7 +312,12 @@ DeltaTable.create(sys.argv[1], schema=schema, configuration={"delta.columnMappin
         stderr.contains("columnMapping") && stderr.contains("Nothing was read or written"),
         "the error names the feature: {stderr}"
     );
-    assert!(parquet_files(&lake.path("mapped")).is_empty());
+    assert!(
+        !support::files_below(&lake.path("mapped"))
+            .iter()
+            .any(|file| file.extension().is_some_and(|e| e == "parquet")),
+        "no data file was written"
+    );
     assert_eq!(lake.keys_checkpointed(), 0, "refused before the read");
 }
 
@@ -442,12 +424,39 @@ for r in rows:
     )
 }
 
+/// A SQL catalog on SQLite in a lake, under pyiceberg's default name, and
+/// the URL of its table `lake.t` for `tidemark`.
+struct SqliteCatalog {
+    /// The catalog database URI as pyiceberg takes it (`sqlite:///...`).
+    uri: String,
+    /// The warehouse URL.
+    warehouse: String,
+    /// `iceberg+sqlite://...#lake.t`.
+    sink: String,
+}
+
+impl SqliteCatalog {
+    fn in_lake(lake: &Lake) -> Self {
+        let db = lake.p("catalog.db");
+        let warehouse = format!("file://{}", lake.p("warehouse"));
+        SqliteCatalog {
+            uri: format!("sqlite:///{db}"),
+            sink: format!("iceberg+sqlite://{db}?warehouse={warehouse}#lake.t"),
+            warehouse,
+        }
+    }
+
+    /// The rows of `lake.t` (see [`iceberg_rows`]).
+    fn rows(&self, columns: &str) -> String {
+        iceberg_rows(&self.uri, "default", &self.warehouse, columns)
+    }
+}
+
 #[test]
 fn an_iceberg_timestamptz_key_runs_again_and_again() {
     let lake = Lake::new();
-    let db = lake.p("catalog.db");
-    let warehouse = format!("file://{}", lake.p("warehouse"));
-    let sink = format!("iceberg+sqlite://{db}?warehouse={warehouse}#lake.t");
+    let catalog = SqliteCatalog::in_lake(&lake);
+    let sink = &catalog.sink;
     let day1 = lake.source(
         "src",
         "pa.table({'at': pa.array([datetime.datetime(2026, 12, 1, 8, 0, tzinfo=datetime.timezone.utc), \
@@ -455,7 +464,7 @@ fn an_iceberg_timestamptz_key_runs_again_and_again() {
          'n': pa.array([1, 2], pa.int64())})",
     );
     succeeded(
-        lake.run(&[&day1], &sink, &["--key", "at", "--create"]),
+        lake.run(&[&day1], sink, &["--key", "at", "--create"]),
         "run 1",
     );
     lake.source(
@@ -463,9 +472,9 @@ fn an_iceberg_timestamptz_key_runs_again_and_again() {
         "pa.table({'at': pa.array([datetime.datetime(2026, 12, 2, 8, 0, tzinfo=datetime.timezone.utc)], \
          pa.timestamp('us', tz='UTC')), 'n': pa.array([3], pa.int64())})",
     );
-    let out = succeeded(lake.run(&[&day1], &sink, &["--key", "at"]), "run 2");
+    let out = succeeded(lake.run(&[&day1], sink, &["--key", "at"]), "run 2");
     assert!(out.contains("skipped 2 already processed"), "{out}");
-    let rows = iceberg_rows(&format!("sqlite:///{db}"), "default", &warehouse, "n,at");
+    let rows = catalog.rows("n,at");
     assert_eq!(
         rows,
         expected([
@@ -480,9 +489,8 @@ fn an_iceberg_timestamptz_key_runs_again_and_again() {
 #[test]
 fn an_iceberg_table_evolved_by_pyiceberg_between_runs_is_written_by_field_id() {
     let lake = Lake::new();
-    let db = lake.p("catalog.db");
-    let warehouse = format!("file://{}", lake.p("warehouse"));
-    let uri = format!("sqlite:///{db}");
+    let catalog = SqliteCatalog::in_lake(&lake);
+    let (uri, warehouse, sink) = (&catalog.uri, &catalog.warehouse, &catalog.sink);
     // pyiceberg makes the table, in its default catalog.
     python(
         r#"
@@ -497,14 +505,13 @@ catalog.create_table("lake.t", Schema(
     NestedField(2, "text", StringType(), required=False),
 ))
 "#,
-        &[&uri, &warehouse],
+        &[uri, warehouse],
     );
-    let sink = format!("iceberg+sqlite://{db}?warehouse={warehouse}#lake.t");
     let run1 = lake.source(
         "day1",
         "pa.table({'id': pa.array([1, 2], pa.int64()), 'text': ['one', 'two']})",
     );
-    succeeded(lake.run(&[&run1], &sink, &["--key", "id"]), "run 1");
+    succeeded(lake.run(&[&run1], sink, &["--key", "id"]), "run 1");
     // pyiceberg renames `text`, adds `score` and moves it first.
     python(
         r#"
@@ -517,14 +524,14 @@ with table.update_schema() as update:
     update.add_column("score", DoubleType())
     update.move_first("score")
 "#,
-        &[&uri, &warehouse],
+        &[uri, warehouse],
     );
     let run2 = lake.source(
         "day2",
         "pa.table({'body': ['three'], 'id': pa.array([3], pa.int64()), 'score': [0.5]})",
     );
-    succeeded(lake.run(&[&run2], &sink, &["--key", "id"]), "run 2");
-    let rows = iceberg_rows(&uri, "default", &warehouse, "id,body,score");
+    succeeded(lake.run(&[&run2], sink, &["--key", "id"]), "run 2");
+    let rows = catalog.rows("id,body,score");
     assert_eq!(
         rows,
         expected([
@@ -538,7 +545,7 @@ with table.update_schema() as update:
         "nulls",
         "pa.table({'body': ['x'], 'id': pa.array([None], pa.int64()), 'score': [1.0]})",
     );
-    let stderr = failed(lake.run(&[&nulls], &sink, &["--key", "id"]), "a null id");
+    let stderr = failed(lake.run(&[&nulls], sink, &["--key", "id"]), "a null id");
     assert!(stderr.contains("column `id` is not nullable"), "{stderr}");
 }
 
@@ -561,10 +568,9 @@ fn keys_of_every_supported_type_land_once_in_both_formats() {
                 "src",
                 &format!("pa.table({{'k': {first}, 'n': pa.array([1, 2], pa.int64())}})"),
             );
-            let db = lake.p("catalog.db");
-            let warehouse = format!("file://{}", lake.p("warehouse"));
+            let catalog = SqliteCatalog::in_lake(&lake);
             let sink = match format {
-                "iceberg" => format!("iceberg+sqlite://{db}?warehouse={warehouse}#lake.t"),
+                "iceberg" => catalog.sink.clone(),
                 _ => format!("delta+file://{}", lake.p("t")),
             };
             let what = format!("{name} key into {format}");
@@ -579,7 +585,7 @@ fn keys_of_every_supported_type_land_once_in_both_formats() {
             let out = succeeded(lake.run(&[&source], &sink, &["--key", "k"]), &what);
             assert!(out.contains("skipped 2 already processed"), "{what}: {out}");
             let rows = match format {
-                "iceberg" => iceberg_rows(&format!("sqlite:///{db}"), "default", &warehouse, "n"),
+                "iceberg" => catalog.rows("n"),
                 _ => delta_rows(&lake.p("t"), "n"),
             };
             assert_eq!(
@@ -595,10 +601,9 @@ fn keys_of_every_supported_type_land_once_in_both_formats() {
 fn racing_creates_make_one_table_and_every_run_lands() {
     for format in ["iceberg", "delta"] {
         let lake = Lake::new();
-        let db = lake.p("catalog.db");
-        let warehouse = format!("file://{}", lake.p("warehouse"));
+        let catalog = SqliteCatalog::in_lake(&lake);
         let sink = match format {
-            "iceberg" => format!("iceberg+sqlite://{db}?warehouse={warehouse}#lake.t"),
+            "iceberg" => catalog.sink.clone(),
             _ => format!("delta+file://{}", lake.p("t")),
         };
         // Four pipelines, each with its own store and keys, create one table.
@@ -643,7 +648,7 @@ fn racing_creates_make_one_table_and_every_run_lands() {
             );
         }
         let rows = match format {
-            "iceberg" => iceberg_rows(&format!("sqlite:///{db}"), "default", &warehouse, "id"),
+            "iceberg" => catalog.rows("id"),
             _ => delta_rows(&lake.p("t"), "id"),
         };
         let mut ids: Vec<String> = (0..8).map(|i| format!("{{'id': {i}}}")).collect();
@@ -771,9 +776,8 @@ print(sorted(table.scan().to_arrow().to_pylist(), key=lambda r: r["id"]))
 #[test]
 fn every_iceberg_type_round_trips_through_a_pyiceberg_table() {
     let lake = Lake::new();
-    let db = lake.p("catalog.db");
-    let warehouse = format!("file://{}", lake.p("warehouse"));
-    let uri = format!("sqlite:///{db}");
+    let catalog = SqliteCatalog::in_lake(&lake);
+    let (uri, warehouse, sink) = (&catalog.uri, &catalog.warehouse, &catalog.sink);
     python(
         r#"
 import sys
@@ -799,7 +803,7 @@ catalog.create_table("lake.t", Schema(
     NestedField(14, "ratio", FloatType()),
 ), properties={"write.parquet.compression-codec": "snappy"})
 "#,
-        &[&uri, &warehouse],
+        &[uri, warehouse],
     );
     let rows = "[\
         {'id': 1, 'amount': decimal.Decimal('12.345'), 'day': datetime.date(2026, 12, 2), \
@@ -822,8 +826,7 @@ catalog.create_table("lake.t", Schema(
         "src",
         &format!("pa.Table.from_pylist({rows}, schema={schema})"),
     );
-    let sink = format!("iceberg+sqlite://{db}?warehouse={warehouse}#lake.t");
-    succeeded(lake.run(&[&source], &sink, &["--key", "id"]), "the run");
+    succeeded(lake.run(&[&source], sink, &["--key", "id"]), "the run");
     // pyiceberg reads every value back as it was written (uuids as UUIDs).
     python(
         &format!(
@@ -853,7 +856,7 @@ for task in table.scan().plan_files():
     assert codecs == {{"SNAPPY"}}, codecs
 "#
         ),
-        &[&uri, &warehouse],
+        &[uri, warehouse],
     );
 }
 

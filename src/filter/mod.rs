@@ -80,13 +80,9 @@ impl KeyFilter {
 
     /// Adds the keys of a batch of key columns (in the key schema's order).
     pub fn insert(&mut self, keys: &RecordBatch) -> Result<()> {
-        let columns = keys
-            .columns()
-            .iter()
-            .zip(self.key_schema.columns())
-            .map(|(array, column)| to_key_type(array, &column.data_type))
-            .collect::<Result<Vec<_>>>()?;
-        let encoded = self.codec.encode(&columns)?;
+        // The codec bundles them with `KeySchema::batch`, which converts other
+        // spellings of string and binary keys to the kept one.
+        let encoded = self.codec.encode(keys.columns())?;
         for i in 0..encoded.len() {
             let key = encoded.key(i);
             self.keys.insert(key, key.table_hash())?;

@@ -727,3 +727,19 @@ pub fn rest_catalog_server() -> String {
         .url
         .clone()
 }
+
+/// Every file below `dir`, at any depth (none if `dir` does not exist).
+pub fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                pending.push(entry.unwrap().path());
+            }
+        } else if path.is_file() {
+            found.push(path);
+        }
+    }
+    found
+}
