@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use chrono::Utc;
 use futures::future::BoxFuture;
 use serde_json::json;
 
@@ -265,7 +264,7 @@ impl<S: CommitSink> Committer<S> {
             pipeline_id: self.pipeline_id.clone(),
             table: self.sink.table(),
             checkpoints,
-            created_at: Utc::now(),
+            created_at: self.store.now(),
         };
         self.store.put_commit_intent(&intent).await
     }

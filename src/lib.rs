@@ -31,6 +31,7 @@
 
 pub mod commit;
 pub mod conform;
+pub mod environment;
 pub mod error;
 pub mod filter;
 pub mod gc;

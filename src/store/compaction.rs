@@ -8,9 +8,7 @@ use arrow_array::RecordBatch;
 use arrow_ord::sort::{lexsort_to_indices, SortColumn};
 use arrow_select::concat::concat_batches;
 use arrow_select::take::take_record_batch;
-use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
-use uuid::Uuid;
 
 use super::layout::Layout;
 use super::records::{self, CheckpointId, IndexGeneration, KeyFileRef, KeyRun, FORMAT_VERSION};
@@ -126,7 +124,7 @@ impl CheckpointStore {
         let index = IndexGeneration {
             format_version: FORMAT_VERSION,
             generation,
-            created_at: Utc::now(),
+            created_at: self.now(),
             checkpoints,
             newly_compacted: newly_compacted.clone(),
             runs,
@@ -193,8 +191,10 @@ impl CheckpointStore {
         sources: &[KeyFileRef],
         max_keys_per_file: usize,
     ) -> Result<KeyRun> {
-        let batches: Vec<Vec<RecordBatch>> = futures::stream::iter(sources)
-            .map(|file| self.read_keys(file))
+        // Owned refs: a closure over borrowed ones would make this future
+        // unusable in `tokio::spawn` (not `Send` for every lifetime).
+        let batches: Vec<Vec<RecordBatch>> = futures::stream::iter(sources.to_vec())
+            .map(|file| async move { self.read_keys(&file).await })
             .buffered(READ_CONCURRENCY)
             .try_collect()
             .await?;
@@ -216,7 +216,7 @@ impl CheckpointStore {
         let order = lexsort_to_indices(&sort_columns, None).map_err(sort_error)?;
         let sorted = take_record_batch(&all, &order).map_err(sort_error)?;
 
-        let run_id = Uuid::now_v7();
+        let run_id = self.new_id();
         let layout = self.layout();
         let mut key_files = Vec::new();
         let step = max_keys_per_file.max(1);

@@ -65,13 +65,13 @@ impl Layout {
         ])
     }
 
-    pub(crate) fn in_flight(&self, id: CheckpointId, writer: Uuid) -> Path {
+    pub(crate) fn in_flight(&self, id: CheckpointId, writer: Uuid, record: Uuid) -> Path {
         self.join(&[
             "staging",
             &id.to_string(),
             &writer.to_string(),
             "inflight",
-            &format!("{}.json", Uuid::now_v7()),
+            &format!("{record}.json"),
         ])
     }
 

@@ -184,7 +184,7 @@ impl Lease {
                 max_secs: MAX_LEASE_TTL.as_secs(),
             });
         }
-        let owner = Uuid::now_v7();
+        let owner = store.new_id();
         let claim = take_epoch(store, scope, owner, &options).await?;
         let shared = Arc::new(Shared {
             store: store.clone(),
@@ -328,7 +328,7 @@ async fn take_epoch(
         let current = latest_epoch(store, scope).await?;
         if let Some(epoch) = current {
             let status = read_status(store, scope, epoch).await?;
-            if status.is_live(Utc::now()) {
+            if status.is_live(store.now()) {
                 return Err(Error::LeaseHeld {
                     scope: scope.to_string(),
                     epoch,
@@ -341,7 +341,7 @@ async fn take_epoch(
             scope: scope.to_string(),
             epoch: current.unwrap_or(0) + 1,
         };
-        let now = Utc::now();
+        let now = store.now();
         let record = LeaseRecord {
             format_version: FORMAT_VERSION,
             claim: claim.clone(),
@@ -368,7 +368,7 @@ async fn take_epoch(
 }
 
 async fn write_heartbeat(shared: &Shared, released: bool) -> Result<()> {
-    let now = Utc::now();
+    let now = shared.store.now();
     let heartbeat = LeaseHeartbeat {
         format_version: FORMAT_VERSION,
         claim: shared.claim.clone(),
@@ -446,7 +446,7 @@ async fn fence_older_writers(
             checkpoint_id: unsealed.id,
             writer_id: owner,
             begun_at,
-            sealed_at: Utc::now(),
+            sealed_at: store.now(),
             key_files: Vec::new(),
             files: Vec::new(),
             abandoned_writes: abandoned,

@@ -13,6 +13,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, RetryConfig};
 use url::Url;
 
+use crate::environment::{Environment, SystemEnvironment};
 use crate::error::{Error, Result};
 use crate::redact::redact_url;
 
@@ -30,6 +31,9 @@ pub struct StoreLocation {
     pub prefix: Path,
     /// The URL it was opened from, for messages.
     pub url: String,
+    /// Where the store's clock and fresh ids come from
+    /// ([`SystemEnvironment`] unless set with [`Self::with_environment`]).
+    pub environment: Arc<dyn Environment>,
 }
 
 impl StoreLocation {
@@ -108,6 +112,7 @@ impl StoreLocation {
             object_store,
             prefix,
             url: shown,
+            environment: Arc::new(SystemEnvironment),
         })
     }
 
@@ -119,7 +124,15 @@ impl StoreLocation {
             object_store,
             prefix,
             url,
+            environment: Arc::new(SystemEnvironment),
         }
+    }
+
+    /// Takes time and fresh ids from `environment` (a simulated clock in
+    /// tests) instead of the system.
+    pub fn with_environment(mut self, environment: Arc<dyn Environment>) -> Self {
+        self.environment = environment;
+        self
     }
 }
 

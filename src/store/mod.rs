@@ -27,7 +27,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 pub use compaction::{CompactionOptions, CompactionReport};
 pub use keys::{canonical_key_type, KeyColumn, KeySchema};
@@ -81,7 +82,7 @@ impl CheckpointStore {
         let descriptor = Descriptor {
             format_version: FORMAT_VERSION,
             key_columns: key_schema.columns().to_vec(),
-            created_at: Utc::now(),
+            created_at: location.environment.now(),
         };
         let store = location.object_store.as_ref();
         let encoded = records::encode(ObjectKind::Descriptor, path.as_ref(), &descriptor)?;
@@ -128,14 +129,14 @@ impl CheckpointStore {
 
     /// Begins a new checkpoint with a fresh, time-ordered id.
     pub async fn begin(&self) -> Result<CheckpointWriter> {
-        CheckpointWriter::begin(self.clone(), CheckpointId::new(), None).await
+        CheckpointWriter::begin(self.clone(), self.new_checkpoint_id(), None).await
     }
 
     /// Begins a new checkpoint whose writer is fenced by a [`Lease`]: it fails
     /// with [`Error::Fenced`] instead of writing or sealing once a newer run
     /// took the lease over.
     pub async fn begin_fenced(&self, fence: Fence) -> Result<CheckpointWriter> {
-        CheckpointWriter::begin(self.clone(), CheckpointId::new(), Some(fence)).await
+        CheckpointWriter::begin(self.clone(), self.new_checkpoint_id(), Some(fence)).await
     }
 
     /// Begins writing the checkpoint `id` chosen by the caller, for example one id
@@ -200,7 +201,7 @@ impl CheckpointStore {
             let marker = CommitMarker {
                 format_version: FORMAT_VERSION,
                 checkpoint_id: id,
-                committed_at: Utc::now(),
+                committed_at: self.now(),
                 commit: commit.clone(),
             };
             let encoded = records::encode(ObjectKind::CommitMarker, path.as_ref(), &marker)?;
@@ -247,6 +248,21 @@ impl CheckpointStore {
             }
         }
         keys::decode_key_file(&self.inner.key_schema, bytes, path.as_ref(), file.row_count)
+    }
+
+    /// The current time, from the location's [`Environment`](crate::environment::Environment).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.inner.location.environment.now()
+    }
+
+    /// A fresh time-ordered id, from the location's environment.
+    pub(crate) fn new_id(&self) -> Uuid {
+        self.inner.location.environment.new_id()
+    }
+
+    /// A fresh checkpoint id, time-ordered.
+    pub fn new_checkpoint_id(&self) -> CheckpointId {
+        CheckpointId::from(self.new_id())
     }
 
     fn object_store(&self) -> &dyn object_store::ObjectStore {

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeSet;
 
-use chrono::Utc;
 
 use super::records::{self, CheckpointId, CollectedRecord, Manifest, FORMAT_VERSION};
 use super::{io, CheckpointStore};
@@ -100,7 +99,7 @@ impl CheckpointStore {
             format_version: FORMAT_VERSION,
             checkpoint_id: checkpoint,
             deleted: all.into_iter().collect(),
-            collected_at: Utc::now(),
+            collected_at: self.now(),
         };
         let path = self.layout().collected(checkpoint);
         let encoded = records::encode(ObjectKind::Collected, path.as_ref(), &record)?;

@@ -48,10 +48,10 @@ impl CheckpointWriter {
         fence: Option<Fence>,
     ) -> Result<Self> {
         let writer = CheckpointWriter {
+            writer_id: store.new_id(),
+            begun_at: store.now(),
             store,
             id,
-            writer_id: Uuid::now_v7(),
-            begun_at: Utc::now(),
             key_files: Vec::new(),
             in_flight: BTreeSet::new(),
             in_flight_prefixes: BTreeMap::new(),
@@ -196,13 +196,16 @@ impl CheckpointWriter {
     async fn put_in_flight(&mut self, path: &str, prefix: bool) -> Result<()> {
         self.ensure_unsealed().await?;
         self.ensure_not_fenced("writing a data file").await?;
-        let record_path = self.store.layout().in_flight(self.id, self.writer_id);
+        let record_path =
+            self.store
+                .layout()
+                .in_flight(self.id, self.writer_id, self.store.new_id());
         let record = InFlightRecord {
             format_version: FORMAT_VERSION,
             checkpoint_id: self.id,
             writer_id: self.writer_id,
             path: path.to_string(),
-            recorded_at: Utc::now(),
+            recorded_at: self.store.now(),
             prefix,
         };
         let encoded = records::encode(ObjectKind::InFlightRecord, record_path.as_ref(), &record)?;
@@ -253,7 +256,7 @@ impl CheckpointWriter {
             checkpoint_id: self.id,
             writer_id: self.writer_id,
             begun_at: self.begun_at,
-            sealed_at: Utc::now(),
+            sealed_at: self.store.now(),
             key_files: self.key_files.clone(),
             files: self.files.clone(),
             // Exact paths never staged, and prefixes nothing was staged under.

@@ -1,0 +1,593 @@
+//! Deterministic simulation of the protocol under concurrency and faults.
+//!
+//! Each seed builds a world (`simulation/world.rs`): several runs of one
+//! pipeline (sharded and resharded), extra committers, `gc` and `compact`
+//! invocations, all the real code (store, lease, read, commit protocol,
+//! pipeline driver) in one process on a paused tokio clock. Every object store
+//! and table call passes a gate that, as the seed says, delays it (which
+//! interleaves the actors), fails it, loses its response after applying it,
+//! freezes the actor past its lease (a zombie) or crashes it. Time, ids and
+//! faults all come from the seed, so a seed replays exactly.
+//!
+//! When every actor has stopped, fault-free runs finish the pipeline, then
+//! `gc` and `compact`. The invariants:
+//! - every source key is in the table exactly once;
+//! - no checkpoint is marked committed unless its files are in the table;
+//! - the pipeline can finish (the clean runs succeed) and a further run finds
+//!   nothing to do;
+//! - no file the table references was deleted;
+//! - no orphan data file is left.
+//!
+//! `TIDEMARK_SIM_SEEDS=N` runs seeds `0..N` (default 2000);
+//! `TIDEMARK_SIM_SEED=S` runs seed `S` alone and prints its trace.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
+
+#[path = "simulation/store.rs"]
+mod store;
+#[path = "simulation/table.rs"]
+mod table;
+#[path = "simulation/world.rs"]
+mod world;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tidemark::commit::Committer;
+use tidemark::pipeline::{CheckpointPolicy, Pipeline};
+use tidemark::source::Shard;
+use tidemark::store::{CheckpointStore, CompactionOptions, KeySchema, LeaseOptions, StoreLocation};
+use tidemark::transform::Transform;
+
+use store::SimStore;
+use table::{decode_ids, MemorySource, ModelTable, ModelWriter, TableHandle};
+use world::{Actor, ActorPlan, FaultRates, Rng, SimEnvironment, World};
+
+const PIPELINE: &str = "sim";
+/// A run that freezes longer than this is taken over.
+const LEASE_TTL: Duration = Duration::from_secs(3);
+/// No seed may need more simulated time than this.
+const SIM_TIME_LIMIT: Duration = Duration::from_secs(3600);
+
+/// Seeds that once failed, each with the bug it found. They run on every
+/// `cargo test --test simulation`, before the random seeds.
+const REGRESSION_SEEDS: &[(u64, &str)] = &[];
+
+#[derive(Debug, Clone)]
+enum Job {
+    /// `tidemark run` of shard `index` of `count`.
+    Run {
+        shard: (u32, u32),
+        rows_per_checkpoint: Option<u64>,
+        commit_after_each_seal: bool,
+    },
+    /// A committer on its own (`Committer::commit_pending`).
+    Commit,
+    /// `tidemark gc`: the repair under the pipeline's lease.
+    Gc,
+    /// `tidemark compact`: repair, then compaction.
+    Compact,
+}
+
+#[derive(Debug, Clone)]
+struct ActorSpec {
+    name: String,
+    job: Job,
+    start: Duration,
+    plan: ActorPlan,
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    faults: FaultRates,
+    units: u64,
+    rows: u64,
+    batch: u64,
+    actors: Vec<ActorSpec>,
+    /// The shard count of the final clean runs.
+    final_shards: u32,
+}
+
+impl Scenario {
+    fn generate(rng: &mut Rng) -> Self {
+        let faults = FaultRates {
+            fail_before: rng.pick(&[0.0, 0.003, 0.01, 0.03]),
+            lose_response: rng.pick(&[0.0, 0.003, 0.01, 0.03]),
+            max_delay_ms: rng.pick(&[1, 5, 20]),
+        };
+        let mut actors = Vec::new();
+        let runs = 1 + rng.below(4);
+        for n in 0..runs {
+            let count = rng.pick(&[1u32, 1, 2, 3]);
+            let index = rng.below(u64::from(count)) as u32;
+            let job = Job::Run {
+                shard: (index, count),
+                rows_per_checkpoint: rng.pick(&[None, Some(10), Some(25)]),
+                commit_after_each_seal: rng.chance(0.5),
+            };
+            actors.push(Self::actor(rng, format!("run{n}"), job, true));
+        }
+        for n in 0..rng.below(3) {
+            actors.push(Self::actor(rng, format!("committer{n}"), Job::Commit, false));
+        }
+        if rng.chance(0.5) {
+            actors.push(Self::actor(rng, "gc".into(), Job::Gc, false));
+        }
+        if rng.chance(0.5) {
+            actors.push(Self::actor(rng, "compact".into(), Job::Compact, false));
+        }
+        Scenario {
+            faults,
+            units: 3 + rng.below(4),
+            rows: rng.pick(&[10, 20, 30]),
+            batch: rng.pick(&[5, 10]),
+            actors,
+            final_shards: rng.pick(&[1, 2, 3]),
+        }
+    }
+
+    fn actor(rng: &mut Rng, name: String, job: Job, may_freeze: bool) -> ActorSpec {
+        let mut plan = ActorPlan {
+            faulty: true,
+            ..ActorPlan::default()
+        };
+        if rng.chance(0.4) {
+            plan.crash_at = Some(1 + rng.below(150));
+            plan.crash_after_apply = rng.chance(0.5);
+        }
+        if may_freeze && rng.chance(0.25) {
+            let pause = LEASE_TTL.mul_f64(1.0 + rng.below(300) as f64 / 100.0);
+            plan.pause_at = Some((1 + rng.below(100), pause));
+        }
+        ActorSpec {
+            name,
+            job,
+            start: Duration::from_millis(rng.below(6000)),
+            plan,
+        }
+    }
+}
+
+/// What one seed's actors share.
+struct Shared {
+    world: Arc<World>,
+    store_bucket: Arc<InMemory>,
+    table: Arc<ModelTable>,
+    source: Arc<MemorySource>,
+}
+
+impl Shared {
+    async fn open_store(&self, actor: &Arc<Actor>) -> tidemark::Result<CheckpointStore> {
+        let bucket = Arc::new(SimStore::new(
+            self.store_bucket.clone(),
+            actor.clone(),
+            "store",
+        ));
+        let location = StoreLocation::from_object_store(bucket, Path::from("store"))
+            .with_environment(Arc::new(SimEnvironment(self.world.clone())));
+        CheckpointStore::open_at(location, KeySchema::single("id", arrow_schema::DataType::Int64)?)
+            .await
+    }
+
+    fn pipeline(
+        &self,
+        store: CheckpointStore,
+        actor: &Arc<Actor>,
+        shard: (u32, u32),
+        policy: CheckpointPolicy,
+    ) -> tidemark::Result<Pipeline<TableHandle>> {
+        let shard = if shard.1 == 1 {
+            Shard::all()
+        } else {
+            Shard::new(shard.0, shard.1)?
+        };
+        Ok(
+            Pipeline::new(store, TableHandle::new(self.table.clone(), actor.clone()), PIPELINE)
+                .with_shard(shard)
+                .with_checkpoint_policy(policy)
+                .with_lease_options(LeaseOptions {
+                    ttl: LEASE_TTL,
+                    holder: actor.name.clone(),
+                }),
+        )
+    }
+
+    /// Runs `job` as `actor`; returns a one-line summary.
+    async fn act(&self, actor: &Arc<Actor>, job: &Job) -> tidemark::Result<String> {
+        let store = self.open_store(actor).await?;
+        match job {
+            Job::Run {
+                shard,
+                rows_per_checkpoint,
+                commit_after_each_seal,
+            } => {
+                let policy = CheckpointPolicy {
+                    rows: *rows_per_checkpoint,
+                    interval: None,
+                    per_unit: false,
+                    commit_interval: if *commit_after_each_seal {
+                        Duration::ZERO
+                    } else {
+                        Duration::MAX
+                    },
+                };
+                let pipeline = self.pipeline(store, actor, *shard, policy)?;
+                let mut writer = ModelWriter::new(&self.table, actor.clone());
+                let report = pipeline
+                    .run(self.source.clone(), &Transform::new(), &mut writer)
+                    .await?;
+                Ok(format!(
+                    "read {} skipped {} wrote {} sealed {} commits {} repaired {} fenced {}",
+                    report.read.rows_read,
+                    report.read.rows_skipped,
+                    report.rows_written,
+                    report.checkpoints.len(),
+                    report.committed.commits.len(),
+                    report.repaired.commits.len(),
+                    report.fenced_checkpoints
+                ))
+            }
+            Job::Commit => {
+                let committer = Committer::new(
+                    store,
+                    TableHandle::new(self.table.clone(), actor.clone()),
+                    PIPELINE,
+                );
+                let report = committer.commit_pending().await?;
+                Ok(format!("commits {}", report.commits.len()))
+            }
+            Job::Gc => {
+                let pipeline =
+                    self.pipeline(store, actor, (0, 1), CheckpointPolicy::once_per_run())?;
+                let report = pipeline.repair().await?;
+                Ok(format!(
+                    "repaired {} deleted {}",
+                    report.committed.commits.len(),
+                    report.gc.files_deleted
+                ))
+            }
+            Job::Compact => {
+                let pipeline = self.pipeline(
+                    store.clone(),
+                    actor,
+                    (0, 1),
+                    CheckpointPolicy::once_per_run(),
+                )?;
+                pipeline.repair().await?;
+                let report = store.compact(&CompactionOptions::default()).await?;
+                Ok(format!(
+                    "compacted {} deleted {}",
+                    report.checkpoints_compacted, report.objects_deleted
+                ))
+            }
+        }
+    }
+
+    /// A fault-free actor for the final phase.
+    fn clean_actor(&self, name: &str) -> Arc<Actor> {
+        Actor::new(name, self.world.clone(), ActorPlan::default())
+    }
+}
+
+/// Runs one seed; `Err` names the broken invariant. Also returns the trace.
+fn run_seed(seed: u64) -> (Result<(), String>, Vec<String>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async move {
+        let mut rng = Rng::new(seed);
+        let scenario = Scenario::generate(&mut rng);
+        let world = World::new(rng, scenario.faults);
+        world.log(format!("scenario {scenario:?}"));
+        let shared = Arc::new(Shared {
+            world: world.clone(),
+            store_bucket: Arc::new(InMemory::new()),
+            table: Arc::new(ModelTable::default()),
+            source: Arc::new(MemorySource::new(
+                scenario.units,
+                scenario.rows,
+                scenario.batch,
+            )),
+        });
+        let result = simulate(&shared, &scenario).await;
+        (result, world.trace())
+    })
+}
+
+async fn simulate(shared: &Arc<Shared>, scenario: &Scenario) -> Result<(), String> {
+    let world = &shared.world;
+    let mut tasks = Vec::new();
+    for spec in &scenario.actors {
+        let shared = shared.clone();
+        let spec = spec.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(spec.start).await;
+            let actor = Actor::new(spec.name.clone(), shared.world.clone(), spec.plan);
+            shared.world.log(format!("{} starts {:?}", spec.name, spec.job));
+            let outcome = shared.act(&actor, &spec.job).await;
+            let line = match outcome {
+                Ok(summary) => format!("{} finished: {summary}", spec.name),
+                Err(e) => format!("{} failed: {e}", spec.name),
+            };
+            shared.world.log(line);
+        }));
+    }
+    let all = futures::future::join_all(tasks);
+    if tokio::time::timeout(SIM_TIME_LIMIT, all).await.is_err() {
+        return Err(format!(
+            "the actors did not stop within {} s of simulated time",
+            SIM_TIME_LIMIT.as_secs()
+        ));
+    }
+    // Every lease of a crashed run expires.
+    tokio::time::sleep(LEASE_TTL * 2).await;
+    world.log("final phase".into());
+    finish_cleanly(shared, scenario).await
+}
+
+/// The fault-free end of a seed: finish the pipeline, gc, compact, and check
+/// every invariant.
+async fn finish_cleanly(shared: &Shared, scenario: &Scenario) -> Result<(), String> {
+    let actor = shared.clean_actor("final");
+    let store = shared
+        .open_store(&actor)
+        .await
+        .map_err(|e| format!("the store cannot be opened: {e}"))?;
+    let count = scenario.final_shards;
+    for index in 0..count {
+        let pipeline = shared
+            .pipeline(store.clone(), &actor, (index, count), CheckpointPolicy::once_per_run())
+            .map_err(|e| e.to_string())?;
+        let mut writer = ModelWriter::new(&shared.table, actor.clone());
+        pipeline
+            .run(shared.source.clone(), &Transform::new(), &mut writer)
+            .await
+            .map_err(|e| format!("pipeline unable to finish: shard {index}/{count}: {e}"))?;
+    }
+    committed_checkpoints_are_in_the_table(shared, &store).await?;
+    let gc = shared
+        .pipeline(store.clone(), &actor, (0, 1), CheckpointPolicy::once_per_run())
+        .map_err(|e| e.to_string())?;
+    gc.repair()
+        .await
+        .map_err(|e| format!("gc after the clean runs failed: {e}"))?;
+    store
+        .compact(&CompactionOptions::default())
+        .await
+        .map_err(|e| format!("compaction after the clean runs failed: {e}"))?;
+    gc.repair()
+        .await
+        .map_err(|e| format!("gc after compaction failed: {e}"))?;
+    every_key_once(shared).await?;
+    no_orphans(shared).await?;
+    // Work that finished is never done again.
+    for index in 0..count {
+        let pipeline = shared
+            .pipeline(store.clone(), &actor, (index, count), CheckpointPolicy::once_per_run())
+            .map_err(|e| e.to_string())?;
+        let mut writer = ModelWriter::new(&shared.table, actor.clone());
+        let report = pipeline
+            .run(shared.source.clone(), &Transform::new(), &mut writer)
+            .await
+            .map_err(|e| format!("a run after the clean runs failed: {e}"))?;
+        if report.rows_written != 0 {
+            return Err(format!(
+                "a run after the clean runs wrote {} rows again",
+                report.rows_written
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn committed_checkpoints_are_in_the_table(
+    shared: &Shared,
+    store: &CheckpointStore,
+) -> Result<(), String> {
+    let state = store.load().await.map_err(|e| e.to_string())?;
+    let in_table: BTreeSet<String> = shared
+        .table
+        .state
+        .lock()
+        .expect("table")
+        .files
+        .iter()
+        .cloned()
+        .collect();
+    for summary in state.checkpoints.iter().filter(|c| c.committed) {
+        for file in &summary.manifest.files {
+            if !in_table.contains(&file.path) {
+                return Err(format!(
+                    "checkpoint {} is marked committed, but its file {} is not in the table",
+                    summary.manifest.checkpoint_id, file.path
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn every_key_once(shared: &Shared) -> Result<(), String> {
+    let files = shared.table.state.lock().expect("table").files.clone();
+    let mut counts: BTreeMap<i64, u32> = BTreeMap::new();
+    for path in &files {
+        let bytes = match shared.table.storage.get(&Path::from(path.as_str())).await {
+            Ok(found) => found.bytes().await.map_err(|e| e.to_string())?,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(format!(
+                    "the table references {path}, which is gone (deleted by gc, or never written)"
+                ))
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        for id in decode_ids(&bytes) {
+            *counts.entry(id).or_default() += 1;
+        }
+    }
+    let expected = shared.source.all_ids();
+    let missing: Vec<i64> = expected
+        .iter()
+        .filter(|id| !counts.contains_key(id))
+        .copied()
+        .collect();
+    let repeated: Vec<(i64, u32)> = counts
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(&id, &n)| (id, n))
+        .collect();
+    if !missing.is_empty() || !repeated.is_empty() {
+        return Err(format!(
+            "keys not exactly once in the table: {} missing (first {:?}), {} repeated (first {:?})",
+            missing.len(),
+            missing.first(),
+            repeated.len(),
+            repeated.first()
+        ));
+    }
+    if counts.len() != expected.len() {
+        return Err(format!(
+            "the table holds {} distinct keys, the source {}",
+            counts.len(),
+            expected.len()
+        ));
+    }
+    Ok(())
+}
+
+async fn no_orphans(shared: &Shared) -> Result<(), String> {
+    let referenced: BTreeSet<String> = shared
+        .table
+        .state
+        .lock()
+        .expect("table")
+        .files
+        .iter()
+        .cloned()
+        .collect();
+    let listed: Vec<_> = shared
+        .table
+        .storage
+        .list(Some(&Path::from("data")))
+        .collect()
+        .await;
+    let orphans: Vec<String> = listed
+        .into_iter()
+        .map(|m| m.expect("in-memory list").location.to_string())
+        .filter(|path| !referenced.contains(path))
+        .collect();
+    if orphans.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} orphan data file(s) left after gc, first {}",
+            orphans.len(),
+            orphans[0]
+        ))
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().map(|v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, not {v:?}"))
+    })
+}
+
+fn failure_message(seed: u64, error: &str, trace: &[String]) -> String {
+    let tail: Vec<&String> = trace.iter().rev().take(40).collect();
+    let tail: Vec<String> = tail.into_iter().rev().map(|l| format!("    {l}")).collect();
+    format!(
+        "seed {seed} failed: {error}\n  reproduce: TIDEMARK_SIM_SEED={seed} cargo test --test simulation -- --nocapture\n  last steps:\n{}",
+        tail.join("\n")
+    )
+}
+
+#[test]
+fn simulation_seeds_keep_every_invariant() {
+    if let Some(seed) = env_u64("TIDEMARK_SIM_SEED") {
+        let (result, trace) = run_seed(seed);
+        for line in &trace {
+            println!("{line}");
+        }
+        if let Err(e) = result {
+            panic!("{}", failure_message(seed, &e, &trace));
+        }
+        return;
+    }
+    let seeds = env_u64("TIDEMARK_SIM_SEEDS").unwrap_or(2000);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|worker| {
+                scope.spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut seed = worker;
+                    while seed < seeds {
+                        let (result, trace) = run_seed(seed);
+                        if let Err(e) = result {
+                            failures.push((seed, failure_message(seed, &e, &trace)));
+                        }
+                        seed += workers;
+                    }
+                    failures
+                })
+            })
+            .collect();
+        let mut all: Vec<(u64, String)> = handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a simulation thread"))
+            .collect();
+        all.sort();
+        all.into_iter().map(|(_, m)| m).collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed; the first:\n{}",
+        failures.len(),
+        failures[0]
+    );
+}
+
+#[test]
+fn regression_seeds_pass() {
+    for &(seed, bug) in REGRESSION_SEEDS {
+        let (result, trace) = run_seed(seed);
+        if let Err(e) = result {
+            panic!("regression ({bug}):\n{}", failure_message(seed, &e, &trace));
+        }
+    }
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    for seed in 0..20 {
+        let (first, trace) = run_seed(seed);
+        let (second, again) = run_seed(seed);
+        assert_eq!(first, second, "seed {seed} ended differently on replay");
+        assert!(
+            trace == again,
+            "seed {seed} took a different path on replay: first difference at step {:?}",
+            trace.iter().zip(&again).position(|(a, b)| a != b)
+        );
+    }
+}
+
+/// Prints the first line of each failing seed's error, for triage:
+/// `TIDEMARK_SIM_SEEDS=500 cargo test --test simulation triage -- --ignored --nocapture`.
+#[test]
+#[ignore = "a triage tool, not a check"]
+fn triage() {
+    let seeds = env_u64("TIDEMARK_SIM_SEEDS").unwrap_or(2000);
+    for seed in 0..seeds {
+        if let (Err(e), _) = run_seed(seed) {
+            println!("seed {seed}: {e}");
+        }
+    }
+}
