@@ -32,6 +32,8 @@ pub enum ObjectKind {
     Lease,
     /// A lease heartbeat (`lease/{scope}/heartbeats/{epoch}.json`).
     LeaseHeartbeat,
+    /// A shard layout record.
+    ShardLayout,
     /// A garbage collection record (`collected/{id}.json`).
     Collected,
 }
@@ -49,6 +51,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::CommitIntent => "commit intent",
             ObjectKind::Lease => "lease record",
             ObjectKind::LeaseHeartbeat => "lease heartbeat",
+            ObjectKind::ShardLayout => "shard layout",
             ObjectKind::Collected => "garbage collection record",
         };
         f.write_str(name)
@@ -320,16 +323,36 @@ pub enum Error {
         expires_at: String,
     },
 
+    /// A run of another shard count is live: the runs of one pipeline split
+    /// the source one way at a time, so that no two live runs read the same
+    /// keys.
+    #[error("cannot run with {shards} shard(s) while lease `{scope}` of a run with {current_shards} shard(s) is held by {holder} (epoch {epoch}) until {expires_at}. Run with {current_shards} shard(s), or wait for that run to finish (or for its lease to expire if it died)")]
+    ShardLayoutInUse {
+        /// The shard count asked for.
+        shards: u32,
+        /// The shard count of the current layout.
+        current_shards: u32,
+        /// The live scope.
+        scope: String,
+        /// Its epoch.
+        epoch: u64,
+        /// Its holder (host and process).
+        holder: String,
+        /// When its lease expires unless renewed.
+        expires_at: String,
+    },
+
     /// This writer's lease was taken over by a newer run: it must stop without
     /// sealing or committing anything.
-    #[error("fenced: lease `{scope}` epoch {epoch} was taken over by epoch {newer_epoch}; this run stopped before {operation} and sealed nothing")]
+    #[error("fenced: lease `{scope}` epoch {epoch} was taken over by {by}; this run stopped before {operation} and sealed nothing")]
     Fenced {
         /// The lease scope.
         scope: String,
         /// This run's epoch.
         epoch: u64,
-        /// The epoch that took over.
-        newer_epoch: u64,
+        /// What took over: a newer epoch of the scope, or a run of another
+        /// shard count (a newer shard layout).
+        by: String,
         /// What this run was about to do.
         operation: &'static str,
     },

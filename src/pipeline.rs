@@ -385,6 +385,7 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
         Lease::acquire(
             &self.store,
             &self.shard.lease_scope(),
+            self.shard.count(),
             self.lease_options.clone(),
         )
         .await

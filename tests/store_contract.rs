@@ -626,7 +626,7 @@ async fn corrupt_objects_are_reported(backend: Backend) {
         ttl: std::time::Duration::from_secs(u64::MAX),
         ..Default::default()
     };
-    let err = Lease::acquire(&store, "pipeline", huge)
+    let err = Lease::acquire(&store, "pipeline", 1, huge)
         .await
         .expect_err("huge ttl");
     assert!(matches!(err, Error::InvalidLeaseTtl { .. }), "{err}");

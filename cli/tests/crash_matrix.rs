@@ -576,7 +576,7 @@ async fn a_concurrent_run_is_fenced() {
             ttl: Duration::from_secs(1),
             holder: "stalled-run".into(),
         };
-        let stalled = Lease::acquire(&store, PIPELINE_SCOPE, options)
+        let stalled = Lease::acquire(&store, PIPELINE_SCOPE, 1, options)
             .await
             .unwrap();
         let refused = scenario
@@ -635,11 +635,7 @@ async fn a_concurrent_run_is_fenced() {
         assert!(
             matches!(
                 sealed,
-                Err(Error::Fenced {
-                    epoch: 1,
-                    newer_epoch: 2,
-                    ..
-                })
+                Err(Error::Fenced { epoch: 1, ref by, .. }) if by.starts_with("epoch 2 ")
             ),
             "{sink:?}: the fenced writer sealed: {sealed:?}"
         );

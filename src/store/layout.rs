@@ -143,6 +143,14 @@ impl Layout {
         self.join(&["lease", scope, "epochs", &format!("{epoch:020}.json")])
     }
 
+    pub(crate) fn shard_layouts_dir(&self) -> Path {
+        self.join(&["layouts"])
+    }
+
+    pub(crate) fn shard_layout(&self, layout: u64) -> Path {
+        self.join(&["layouts", &format!("{layout:020}.json")])
+    }
+
     pub(crate) fn lease_heartbeat(&self, scope: &str, epoch: u64) -> Path {
         self.join(&["lease", scope, "heartbeats", &format!("{epoch:020}.json")])
     }

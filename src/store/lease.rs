@@ -17,6 +17,17 @@
 //! [`Error::Fenced`](crate::Error::Fenced) and its keys never count. A writer
 //! also checks for a newer epoch right after recording its begin marker, so a
 //! checkpoint begun after the takeover's listing is refused before it writes.
+//!
+//! Scopes split one pipeline's source between shards, so leases of different
+//! scopes must not cover the same keys at once. Every claim therefore also
+//! names a [`ShardLayout`]: the shard count the pipeline's runs share,
+//! recorded in `layouts/` as a second numbered series. A run of the current
+//! shard count joins the current layout; a run of another shard count starts
+//! the next layout, only once no run of any other scope is live, and then
+//! fences (seals empty) every unsealed checkpoint begun under an older layout,
+//! whatever its scope. A writer's fence fails once a newer epoch of its scope
+//! or a newer layout exists, so a frozen run of an old layout that wakes up
+//! is refused exactly as a frozen run of its own scope is.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -29,7 +40,9 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::layout::Layout;
-use super::records::{self, LeaseClaim, LeaseHeartbeat, LeaseRecord, Manifest, FORMAT_VERSION};
+use super::records::{
+    self, LeaseClaim, LeaseHeartbeat, LeaseRecord, Manifest, ShardLayout, FORMAT_VERSION,
+};
 use super::{io, CheckpointStore};
 use crate::error::{Error, ObjectKind, Result};
 
@@ -125,28 +138,45 @@ impl Fence {
         &self.shared.claim
     }
 
-    /// Fails with [`Error::Fenced`] if a newer epoch of the scope exists.
-    /// One HEAD request.
+    /// Fails with [`Error::Fenced`] if a newer epoch of the scope or a newer
+    /// shard layout exists. Two HEAD requests.
     pub async fn ensure_current(&self, operation: &'static str) -> Result<()> {
         let shared = &self.shared;
         let claim = &shared.claim;
+        let store = shared.store.object_store();
         let layout = shared.store.layout();
-        let next = layout.lease_epoch(&claim.scope, claim.epoch + 1);
-        if shared.lost.load(Ordering::Relaxed)
-            || io::exists(shared.store.object_store(), &next).await?
-        {
-            shared.lost.store(true, Ordering::Relaxed);
-            let newer_epoch = latest_epoch(&shared.store, &claim.scope)
+        let next_epoch = layout.lease_epoch(&claim.scope, claim.epoch + 1);
+        let next_layout = layout.shard_layout(claim.layout + 1);
+        let by = if shared.lost.load(Ordering::Relaxed) {
+            Some("a newer run".to_string())
+        } else if io::exists(store, &next_epoch).await? {
+            let newer = latest_epoch(&shared.store, &claim.scope)
                 .await?
                 .unwrap_or(claim.epoch + 1);
-            return Err(Error::Fenced {
-                scope: claim.scope.clone(),
-                epoch: claim.epoch,
-                newer_epoch,
-                operation,
-            });
+            Some(format!("epoch {newer} of lease `{}`", claim.scope))
+        } else if io::exists(store, &next_layout).await? {
+            Some(match latest_layout(&shared.store).await? {
+                Some(newer) => format!(
+                    "a run with {} shard(s) (shard layout {})",
+                    newer.shards, newer.layout
+                ),
+                None => format!("shard layout {}", claim.layout + 1),
+            })
+        } else {
+            None
+        };
+        match by {
+            Some(by) => {
+                shared.lost.store(true, Ordering::Relaxed);
+                Err(Error::Fenced {
+                    scope: claim.scope.clone(),
+                    epoch: claim.epoch,
+                    by,
+                    operation,
+                })
+            }
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -169,12 +199,16 @@ impl fmt::Debug for Lease {
 }
 
 impl Lease {
-    /// Takes the lease `scope` of `store`, fails with [`Error::LeaseHeld`] if a
-    /// live run holds it, and fences every unsealed checkpoint begun under an
-    /// older epoch of the scope (see the module documentation).
+    /// Takes the lease `scope` of `store` for a run that splits the source
+    /// into `shards` shards (1 when not sharded), and fences every unsealed
+    /// checkpoint begun under an older epoch of the scope or an older shard
+    /// layout (see the module documentation). Fails with
+    /// [`Error::LeaseHeld`] if a live run holds the scope, and with
+    /// [`Error::ShardLayoutInUse`] if a run of another shard count is live.
     pub async fn acquire(
         store: &CheckpointStore,
         scope: &str,
+        shards: u32,
         options: LeaseOptions,
     ) -> Result<Self> {
         validate_scope(scope)?;
@@ -185,7 +219,8 @@ impl Lease {
             });
         }
         let owner = store.new_id();
-        let claim = take_epoch(store, scope, owner, &options).await?;
+        let layout = join_layout(store, scope, shards.max(1), owner).await?;
+        let claim = take_epoch(store, scope, layout, owner, &options).await?;
         let shared = Arc::new(Shared {
             store: store.clone(),
             claim,
@@ -321,6 +356,7 @@ async fn read_status(store: &CheckpointStore, scope: &str, epoch: u64) -> Result
 async fn take_epoch(
     store: &CheckpointStore,
     scope: &str,
+    layout: u64,
     owner: Uuid,
     options: &LeaseOptions,
 ) -> Result<LeaseClaim> {
@@ -340,6 +376,7 @@ async fn take_epoch(
         let claim = LeaseClaim {
             scope: scope.to_string(),
             epoch: current.unwrap_or(0) + 1,
+            layout,
         };
         let now = store.now();
         let record = LeaseRecord {
@@ -363,6 +400,97 @@ async fn take_epoch(
     }
     Err(Error::ConcurrentChange {
         operation: "taking the lease (other runs kept taking it first)",
+        attempts: ACQUIRE_ATTEMPTS,
+    })
+}
+
+/// The current shard layout, if any run ever recorded one.
+async fn latest_layout(store: &CheckpointStore) -> Result<Option<ShardLayout>> {
+    let listed = io::list(store.object_store(), &store.layout().shard_layouts_dir()).await?;
+    let Some(latest) = listed
+        .iter()
+        .filter_map(|m| Layout::generation_of(&m.location))
+        .max()
+    else {
+        return Ok(None);
+    };
+    read_layout(store, latest).await.map(Some)
+}
+
+async fn read_layout(store: &CheckpointStore, number: u64) -> Result<ShardLayout> {
+    let path = store.layout().shard_layout(number);
+    let bytes = io::get(store.object_store(), &path).await?;
+    let record: ShardLayout = records::decode(ObjectKind::ShardLayout, path.as_ref(), &bytes)?;
+    if record.layout != number || record.shards == 0 {
+        return Err(Error::corrupt(
+            ObjectKind::ShardLayout,
+            &path,
+            format!(
+                "it names layout {} of {} shard(s) but is stored as layout {number}",
+                record.layout, record.shards
+            ),
+        ));
+    }
+    Ok(record)
+}
+
+/// The layout a run of `shards` shards works under: the current one if it
+/// has that shard count, else a new one, written once no run of another
+/// scope is live.
+async fn join_layout(
+    store: &CheckpointStore,
+    scope: &str,
+    shards: u32,
+    owner: Uuid,
+) -> Result<u64> {
+    for _ in 0..ACQUIRE_ATTEMPTS {
+        let current = latest_layout(store).await?;
+        if let Some(current) = &current {
+            if current.shards == shards {
+                return Ok(current.layout);
+            }
+        }
+        let now = store.now();
+        for other in store.lease_scopes().await? {
+            if other == scope {
+                continue;
+            }
+            let Some(epoch) = latest_epoch(store, &other).await? else {
+                continue;
+            };
+            let status = read_status(store, &other, epoch).await?;
+            if status.is_live(now) {
+                return Err(Error::ShardLayoutInUse {
+                    shards,
+                    current_shards: current.as_ref().map_or(1, |c| c.shards),
+                    scope: other,
+                    epoch,
+                    expires_at: status.expires_at().to_rfc3339(),
+                    holder: status.record.holder,
+                });
+            }
+        }
+        let next = current.map_or(1, |c| c.layout + 1);
+        let record = ShardLayout {
+            format_version: FORMAT_VERSION,
+            layout: next,
+            shards,
+            owner,
+            created_at: now,
+        };
+        let path = store.layout().shard_layout(next);
+        let encoded = records::encode(ObjectKind::ShardLayout, path.as_ref(), &record)?;
+        if io::put_if_absent(store.object_store(), &path, encoded).await? {
+            return Ok(next);
+        }
+        // Taken: by us if a retried request landed twice, else by a contender
+        // (whose shard count the next round joins or replaces).
+        if read_layout(store, next).await?.owner == owner {
+            return Ok(next);
+        }
+    }
+    Err(Error::ConcurrentChange {
+        operation: "changing the shard layout (other runs kept changing it first)",
         attempts: ACQUIRE_ATTEMPTS,
     })
 }
@@ -393,11 +521,11 @@ async fn renew(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(shared.ttl / 3).await;
         match fence.ensure_current("renewing the lease").await {
-            Err(Error::Fenced { newer_epoch, .. }) => {
+            Err(Error::Fenced { by, .. }) => {
                 tracing::error!(
                     scope = shared.claim.scope,
                     epoch = shared.claim.epoch,
-                    newer_epoch,
+                    by,
                     "lease taken over by a newer run; this run will fail before sealing"
                 );
                 return;
@@ -413,7 +541,8 @@ async fn renew(shared: Arc<Shared>) {
 }
 
 /// Seals empty every unsealed checkpoint whose writer began it under an older
-/// epoch of `claim`'s scope. Returns how many it sealed.
+/// epoch of `claim`'s scope, or under an older shard layout in any scope.
+/// Returns how many it sealed.
 async fn fence_older_writers(
     store: &CheckpointStore,
     claim: &LeaseClaim,
@@ -425,10 +554,9 @@ async fn fence_older_writers(
             .begun
             .iter()
             .filter(|marker| {
-                marker
-                    .lease
-                    .as_ref()
-                    .is_some_and(|l| l.scope == claim.scope && l.epoch < claim.epoch)
+                marker.lease.as_ref().is_some_and(|l| {
+                    (l.scope == claim.scope && l.epoch < claim.epoch) || l.layout < claim.layout
+                })
             })
             .map(|marker| marker.begun_at)
             .min();

@@ -39,7 +39,7 @@ pub use location::{
 pub use orphans::Orphans;
 pub use records::{
     BeginMarker, CheckpointId, CollectedRecord, CommitIntent, CommitMarker, Descriptor, FileRecord,
-    InFlightRecord, IndexGeneration, KeyFileRef, KeyRun, LeaseClaim, LeaseHeartbeat, LeaseRecord,
+    InFlightRecord, IndexGeneration, KeyFileRef, KeyRun, LeaseClaim, LeaseHeartbeat, LeaseRecord, ShardLayout,
     Manifest, TableFileMetadata, FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
 pub use state::{CheckpointState, CheckpointSummary, StoreState};

@@ -225,6 +225,29 @@ pub struct LeaseClaim {
     pub scope: String,
     /// The epoch: 1 for the first holder, then +1 for every takeover.
     pub epoch: u64,
+    /// The shard layout the holder ran under (see [`ShardLayout`]); 0 in
+    /// claims made before layouts were recorded.
+    #[serde(default)]
+    pub layout: u64,
+}
+
+/// `layouts/{layout}.json`: how many shards the runs of a pipeline split the
+/// source into, from this layout on. Written once, with put-if-not-exists;
+/// the highest layout is current. Runs of the current shard count share it;
+/// a run of another shard count starts the next layout, once no run of any
+/// scope is live, and so fences every run of the older layouts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardLayout {
+    /// Encoding version.
+    pub format_version: u32,
+    /// The layout's number: 1 for the first, then +1 for every change.
+    pub layout: u64,
+    /// Shards of the runs under this layout (1: not sharded).
+    pub shards: u32,
+    /// The acquisition that wrote it.
+    pub owner: Uuid,
+    /// When it was written.
+    pub created_at: DateTime<Utc>,
 }
 
 /// `lease/{scope}/epochs/{epoch}.json`: who took the lease at this epoch.

@@ -294,7 +294,7 @@ impl CheckpointWriter {
             Err(Error::Fenced {
                 scope: newer.scope.clone(),
                 epoch: self.fence.as_ref().map_or(0, |f| f.claim().epoch),
-                newer_epoch: newer.epoch,
+                by: format!("epoch {} of lease `{}`", newer.epoch, newer.scope),
                 operation: "sealing",
             })
         } else {
