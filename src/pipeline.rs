@@ -424,56 +424,16 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
                 .await?;
         let mut totals = RunTotals::default();
         let mut open = self.open_checkpoint(lease, read.stats()).await?;
-        let mut last_commit = Instant::now();
-        let mut mapping: VecDeque<tokio::task::JoinHandle<Result<RecordBatch>>> = VecDeque::new();
-        let mut exhausted = false;
-        loop {
-            while !exhausted
-                && mapping.len() < self.map_workers
-                && !self.policy.seal_due(&open, read.stats())
-            {
-                match read.next_batch(&mut open.writer).await? {
-                    Some(batch) => {
-                        open.rows += batch.num_rows() as u64;
-                        let transform = transform.clone();
-                        mapping
-                            .push_back(tokio::task::spawn_blocking(move || transform.apply(batch)));
-                    }
-                    None => exhausted = true,
-                }
+        match self
+            .process(lease, &mut read, &mut open, transform, writer, &mut totals)
+            .await
+        {
+            Err(fenced @ Error::Fenced { .. }) => {
+                self.discard_writes(&open.writer).await;
+                return Err(fenced);
             }
-            if let Some(next) = mapping.pop_front() {
-                let batch = next.await.map_err(|e| Error::Map {
-                    source: Box::new(e),
-                })??;
-                if batch.num_rows() > 0 {
-                    writer.write(&batch, &mut open.writer).await?;
-                    totals.rows_written += batch.num_rows() as u64;
-                }
-                self.report_progress(read.stats(), &totals, &open.writer);
-                continue;
-            }
-            // Every batch read into the open checkpoint is written: it can
-            // close over exactly the rows of its files.
-            if exhausted {
-                break;
-            }
-            self.seal(&mut open, writer, &mut totals).await?;
-            open = self.open_checkpoint(lease, read.stats()).await?;
-            if last_commit.elapsed() >= self.policy.commit_interval {
-                totals
-                    .committed
-                    .commits
-                    .extend(self.committer.commit_pending().await?.commits);
-                last_commit = Instant::now();
-            }
-            self.report_progress(read.stats(), &totals, &open.writer);
+            other => other?,
         }
-        self.seal(&mut open, writer, &mut totals).await?;
-        totals
-            .committed
-            .commits
-            .extend(self.committer.commit_pending().await?.commits);
         let stats = read.stats().clone();
         tracing::info!(
             rows_read = stats.rows_read,
@@ -497,6 +457,89 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             bytes_written: totals.bytes_written,
             committed: totals.committed,
         })
+    }
+
+    /// Reads, maps and writes until the source is exhausted, sealing and
+    /// committing as the policy says, and seals the last checkpoint.
+    async fn process(
+        &self,
+        lease: &Lease,
+        read: &mut CheckpointedRead,
+        open: &mut OpenCheckpoint,
+        transform: &Transform,
+        writer: &mut dyn DataWriter,
+        totals: &mut RunTotals,
+    ) -> Result<()> {
+        let mut last_commit = Instant::now();
+        let mut mapping: VecDeque<tokio::task::JoinHandle<Result<RecordBatch>>> = VecDeque::new();
+        let mut exhausted = false;
+        loop {
+            while !exhausted
+                && mapping.len() < self.map_workers
+                && !self.policy.seal_due(open, read.stats())
+            {
+                match read.next_batch(&mut open.writer).await? {
+                    Some(batch) => {
+                        open.rows += batch.num_rows() as u64;
+                        let transform = transform.clone();
+                        mapping
+                            .push_back(tokio::task::spawn_blocking(move || transform.apply(batch)));
+                    }
+                    None => exhausted = true,
+                }
+            }
+            if let Some(next) = mapping.pop_front() {
+                let batch = next.await.map_err(|e| Error::Map {
+                    source: Box::new(e),
+                })??;
+                if batch.num_rows() > 0 {
+                    writer.write(&batch, &mut open.writer).await?;
+                    totals.rows_written += batch.num_rows() as u64;
+                }
+                self.report_progress(read.stats(), totals, &open.writer);
+                continue;
+            }
+            // Every batch read into the open checkpoint is written: it can
+            // close over exactly the rows of its files.
+            if exhausted {
+                break;
+            }
+            self.seal(open, writer, totals).await?;
+            *open = self.open_checkpoint(lease, read.stats()).await?;
+            if last_commit.elapsed() >= self.policy.commit_interval {
+                totals
+                    .committed
+                    .commits
+                    .extend(self.committer.commit_pending().await?.commits);
+                last_commit = Instant::now();
+            }
+            self.report_progress(read.stats(), totals, &open.writer);
+        }
+        self.seal(open, writer, totals).await?;
+        totals
+            .committed
+            .commits
+            .extend(self.committer.commit_pending().await?.commits);
+        Ok(())
+    }
+
+    /// Deletes the data files of a checkpoint whose run was fenced: it can
+    /// never be sealed with them, and a file that landed after the new
+    /// holder's garbage collection would otherwise stay an orphan. Best
+    /// effort: the run is failing anyway.
+    async fn discard_writes(&self, checkpoint: &CheckpointWriter) {
+        let (files, prefixes) = checkpoint.recorded_writes();
+        let table = self.committer.sink();
+        for file in &files {
+            if let Err(e) = table.delete_file(file).await {
+                tracing::warn!(error = %e, file, "deleting a fenced run's data file failed");
+            }
+        }
+        for prefix in &prefixes {
+            if let Err(e) = table.delete_prefix(prefix).await {
+                tracing::warn!(error = %e, prefix, "deleting a fenced run's data files failed");
+            }
+        }
     }
 
     /// Begins the run's next checkpoint under its lease (failing with

@@ -56,7 +56,25 @@ const SIM_TIME_LIMIT: Duration = Duration::from_secs(3600);
 
 /// Seeds that once failed, each with the bug it found. They run on every
 /// `cargo test --test simulation`, before the random seeds.
-const REGRESSION_SEEDS: &[(u64, &str)] = &[];
+/// Seeds are tied to `Scenario::generate`: change it and these must be
+/// found again (run `triage` on the old generator's failing commit).
+const REGRESSION_SEEDS: &[(u64, &str)] = &[
+    (
+        2,
+        "an unsharded run and a run of shard 1/2 were live at once, under two \
+         lease scopes, and both committed the same keys (duplicates)",
+    ),
+    (
+        0,
+        "a crashed run of shard 1/2 left an unsealed checkpoint that no run of \
+         another shard count fenced, so its data file stayed an orphan",
+    ),
+    (
+        210,
+        "a frozen writer's data file landed after the new holder's gc had \
+         deleted its path: an orphan no later gc finds",
+    ),
+];
 
 #[derive(Debug, Clone)]
 enum Job {

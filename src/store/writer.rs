@@ -170,6 +170,23 @@ impl CheckpointWriter {
         Ok(rows)
     }
 
+    /// The data files this writer recorded in flight (staged or not), and the
+    /// directories it recorded: what to delete when its checkpoint can never
+    /// be sealed with them. Empty once this writer sealed: its files are
+    /// then the checkpoint's.
+    pub fn recorded_writes(&self) -> (Vec<String>, Vec<String>) {
+        if self.sealed.is_some() {
+            return (Vec::new(), Vec::new());
+        }
+        let files = self
+            .in_flight
+            .iter()
+            .cloned()
+            .chain(self.files.iter().map(|f| f.path.clone()))
+            .collect();
+        (files, self.in_flight_prefixes.keys().cloned().collect())
+    }
+
     /// Records that a data file is about to be written at `path`, before writing
     /// it, so that a crash leaves no file the store does not know about.
     pub async fn record_in_flight(&mut self, path: &str) -> Result<()> {
@@ -290,18 +307,8 @@ impl CheckpointWriter {
         if existing.writer_id == self.writer_id {
             self.sealed = Some(existing.clone());
             Ok(existing)
-        } else if let Some(newer) = &existing.fenced_by {
-            Err(Error::Fenced {
-                scope: newer.scope.clone(),
-                epoch: self.fence.as_ref().map_or(0, |f| f.claim().epoch),
-                by: format!("epoch {} of lease `{}`", newer.epoch, newer.scope),
-                operation: "sealing",
-            })
         } else {
-            Err(Error::AlreadySealed {
-                id: self.id.to_string(),
-                sealed_by: existing.writer_id.to_string(),
-            })
+            Err(self.sealed_by_other(&existing, "sealing"))
         }
     }
 
@@ -331,11 +338,34 @@ impl CheckpointWriter {
             return Ok(());
         }
         match self.store.read_manifest(self.id).await? {
-            Some(manifest) => Err(Error::AlreadySealed {
-                id: self.id.to_string(),
-                sealed_by: manifest.writer_id.to_string(),
-            }),
+            Some(manifest) => Err(self.sealed_by_other(&manifest, "writing")),
             None => Ok(()),
+        }
+    }
+
+    /// The error for a checkpoint that `existing`, another writer's seal,
+    /// closed: [`Error::Fenced`] if it is a newer lease holder's tombstone.
+    fn sealed_by_other(&self, existing: &Manifest, operation: &'static str) -> Error {
+        match &existing.fenced_by {
+            Some(newer) => {
+                let (scope, epoch) = self.fence.as_ref().map_or_else(
+                    || (newer.scope.clone(), 0),
+                    |f| (f.claim().scope.clone(), f.claim().epoch),
+                );
+                Error::Fenced {
+                    scope,
+                    epoch,
+                    by: format!(
+                        "epoch {} of lease `{}` (shard layout {})",
+                        newer.epoch, newer.scope, newer.layout
+                    ),
+                    operation,
+                }
+            }
+            None => Error::AlreadySealed {
+                id: self.id.to_string(),
+                sealed_by: existing.writer_id.to_string(),
+            },
         }
     }
 }
