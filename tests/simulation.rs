@@ -131,7 +131,12 @@ impl Scenario {
             actors.push(Self::actor(rng, format!("run{n}"), job, true));
         }
         for n in 0..rng.below(3) {
-            actors.push(Self::actor(rng, format!("committer{n}"), Job::Commit, false));
+            actors.push(Self::actor(
+                rng,
+                format!("committer{n}"),
+                Job::Commit,
+                false,
+            ));
         }
         if rng.chance(0.5) {
             actors.push(Self::actor(rng, "gc".into(), Job::Gc, false));
@@ -188,8 +193,11 @@ impl Shared {
         ));
         let location = StoreLocation::from_object_store(bucket, Path::from("store"))
             .with_environment(Arc::new(SimEnvironment(self.world.clone())));
-        CheckpointStore::open_at(location, KeySchema::single("id", arrow_schema::DataType::Int64)?)
-            .await
+        CheckpointStore::open_at(
+            location,
+            KeySchema::single("id", arrow_schema::DataType::Int64)?,
+        )
+        .await
     }
 
     fn pipeline(
@@ -204,15 +212,17 @@ impl Shared {
         } else {
             Shard::new(shard.0, shard.1)?
         };
-        Ok(
-            Pipeline::new(store, TableHandle::new(self.table.clone(), actor.clone()), PIPELINE)
-                .with_shard(shard)
-                .with_checkpoint_policy(policy)
-                .with_lease_options(LeaseOptions {
-                    ttl: LEASE_TTL,
-                    holder: actor.name.clone(),
-                }),
+        Ok(Pipeline::new(
+            store,
+            TableHandle::new(self.table.clone(), actor.clone()),
+            PIPELINE,
         )
+        .with_shard(shard)
+        .with_checkpoint_policy(policy)
+        .with_lease_options(LeaseOptions {
+            ttl: LEASE_TTL,
+            holder: actor.name.clone(),
+        }))
     }
 
     /// Runs `job` as `actor`; returns a one-line summary.
@@ -328,7 +338,9 @@ async fn simulate(shared: &Arc<Shared>, scenario: &Scenario) -> Result<(), Strin
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(spec.start).await;
             let actor = Actor::new(spec.name.clone(), shared.world.clone(), spec.plan);
-            shared.world.log(format!("{} starts {:?}", spec.name, spec.job));
+            shared
+                .world
+                .log(format!("{} starts {:?}", spec.name, spec.job));
             let outcome = shared.act(&actor, &spec.job).await;
             let line = match outcome {
                 Ok(summary) => format!("{} finished: {summary}", spec.name),
@@ -361,7 +373,12 @@ async fn finish_cleanly(shared: &Shared, scenario: &Scenario) -> Result<(), Stri
     let count = scenario.final_shards;
     for index in 0..count {
         let pipeline = shared
-            .pipeline(store.clone(), &actor, (index, count), CheckpointPolicy::once_per_run())
+            .pipeline(
+                store.clone(),
+                &actor,
+                (index, count),
+                CheckpointPolicy::once_per_run(),
+            )
             .map_err(|e| e.to_string())?;
         let mut writer = ModelWriter::new(&shared.table, actor.clone());
         pipeline
@@ -371,7 +388,12 @@ async fn finish_cleanly(shared: &Shared, scenario: &Scenario) -> Result<(), Stri
     }
     committed_checkpoints_are_in_the_table(shared, &store).await?;
     let gc = shared
-        .pipeline(store.clone(), &actor, (0, 1), CheckpointPolicy::once_per_run())
+        .pipeline(
+            store.clone(),
+            &actor,
+            (0, 1),
+            CheckpointPolicy::once_per_run(),
+        )
         .map_err(|e| e.to_string())?;
     gc.repair()
         .await
@@ -388,7 +410,12 @@ async fn finish_cleanly(shared: &Shared, scenario: &Scenario) -> Result<(), Stri
     // Work that finished is never done again.
     for index in 0..count {
         let pipeline = shared
-            .pipeline(store.clone(), &actor, (index, count), CheckpointPolicy::once_per_run())
+            .pipeline(
+                store.clone(),
+                &actor,
+                (index, count),
+                CheckpointPolicy::once_per_run(),
+            )
             .map_err(|e| e.to_string())?;
         let mut writer = ModelWriter::new(&shared.table, actor.clone());
         let report = pipeline

@@ -39,8 +39,8 @@ pub use location::{
 pub use orphans::Orphans;
 pub use records::{
     BeginMarker, CheckpointId, CollectedRecord, CommitIntent, CommitMarker, Descriptor, FileRecord,
-    InFlightRecord, IndexGeneration, KeyFileRef, KeyRun, LeaseClaim, LeaseHeartbeat, LeaseRecord, ShardLayout,
-    Manifest, TableFileMetadata, FORMAT_VERSION, MIN_FORMAT_VERSION,
+    InFlightRecord, IndexGeneration, KeyFileRef, KeyRun, LeaseClaim, LeaseHeartbeat, LeaseRecord,
+    Manifest, ShardLayout, TableFileMetadata, FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
 pub use state::{CheckpointState, CheckpointSummary, StoreState};
 pub use status::{LastCommit, StagedCheckpoint, StoreStatus};

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeSet;
 
-
 use super::records::{self, CheckpointId, CollectedRecord, Manifest, FORMAT_VERSION};
 use super::{io, CheckpointStore};
 use crate::error::{ObjectKind, Result};

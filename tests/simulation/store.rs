@@ -81,7 +81,11 @@ impl ObjectStore for SimStore {
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         let what = self.what(location);
-        let exit = self.actor.enter("multipart", &what).await.map_err(injected)?;
+        let exit = self
+            .actor
+            .enter("multipart", &what)
+            .await
+            .map_err(injected)?;
         let result = self.inner.put_multipart_opts(location, opts).await;
         self.actor
             .exit(exit, "multipart", &what, result.is_ok())

@@ -127,11 +127,7 @@ impl TableFiles for TableHandle {
 
     fn delete_prefix<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let listed: Vec<_> = self
-                .storage
-                .list(Some(&Path::from(prefix)))
-                .collect()
-                .await;
+            let listed: Vec<_> = self.storage.list(Some(&Path::from(prefix))).collect().await;
             for meta in listed {
                 let meta = meta.map_err(sink_error)?;
                 self.delete_file(meta.location.as_ref()).await?;
@@ -199,7 +195,10 @@ impl DataWriter for ModelWriter {
         })
     }
 
-    fn finish<'a>(&'a mut self, _checkpoint: &'a mut CheckpointWriter) -> BoxFuture<'a, Result<()>> {
+    fn finish<'a>(
+        &'a mut self,
+        _checkpoint: &'a mut CheckpointWriter,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -268,35 +267,36 @@ impl Source for MemorySource {
         let batch = self.batch.max(1);
         let schema = self.schema.clone();
         Box::pin(async move {
-            let batches: Vec<Result<RecordBatch>> = (start..end)
-                .step_by(batch as usize)
-                .map(|from| {
-                    let to = (from + batch).min(end);
-                    let ids: ArrayRef =
-                        Arc::new(Int64Array::from_iter_values((from..to).map(|i| i as i64)));
-                    let values: ArrayRef = Arc::new(Int64Array::from_iter_values(
-                        (from..to).map(|i| i as i64 * 10),
-                    ));
-                    let full = RecordBatch::try_new(schema.clone(), vec![ids, values])
-                        .map_err(|e| Error::Source {
-                            location: format!("unit-{unit}"),
-                            source: Box::new(e),
-                        })?;
-                    match &projection {
-                        None => Ok(full),
-                        Some(columns) => {
-                            let indices: Vec<usize> = columns
-                                .iter()
-                                .filter_map(|c| schema.index_of(c).ok())
-                                .collect();
-                            full.project(&indices).map_err(|e| Error::Source {
+            let batches: Vec<Result<RecordBatch>> =
+                (start..end)
+                    .step_by(batch as usize)
+                    .map(|from| {
+                        let to = (from + batch).min(end);
+                        let ids: ArrayRef =
+                            Arc::new(Int64Array::from_iter_values((from..to).map(|i| i as i64)));
+                        let values: ArrayRef = Arc::new(Int64Array::from_iter_values(
+                            (from..to).map(|i| i as i64 * 10),
+                        ));
+                        let full = RecordBatch::try_new(schema.clone(), vec![ids, values])
+                            .map_err(|e| Error::Source {
                                 location: format!("unit-{unit}"),
                                 source: Box::new(e),
-                            })
+                            })?;
+                        match &projection {
+                            None => Ok(full),
+                            Some(columns) => {
+                                let indices: Vec<usize> = columns
+                                    .iter()
+                                    .filter_map(|c| schema.index_of(c).ok())
+                                    .collect();
+                                full.project(&indices).map_err(|e| Error::Source {
+                                    location: format!("unit-{unit}"),
+                                    source: Box::new(e),
+                                })
+                            }
                         }
-                    }
-                })
-                .collect();
+                    })
+                    .collect();
             Ok(stream::iter(batches).boxed())
         })
     }

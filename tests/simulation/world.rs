@@ -190,8 +190,11 @@ impl Actor {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some((at, pause)) = self.plan.pause_at {
             if at == call {
-                self.world
-                    .log(format!("{} #{call} freezes for {} ms", self.name, pause.as_millis()));
+                self.world.log(format!(
+                    "{} #{call} freezes for {} ms",
+                    self.name,
+                    pause.as_millis()
+                ));
                 *self.paused_until.lock().expect("pause") = Some(Instant::now() + pause);
             }
         }
@@ -257,8 +260,10 @@ impl Actor {
         } else {
             "error"
         };
-        self.world
-            .log(format!("{} #{} {op} {what}: {outcome}", self.name, exit.call));
+        self.world.log(format!(
+            "{} #{} {op} {what}: {outcome}",
+            self.name, exit.call
+        ));
         if exit.crash_after {
             return Err(format!("{} crashed", self.name));
         }
