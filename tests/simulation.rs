@@ -18,11 +18,20 @@
 //! - no file the table references was deleted;
 //! - no orphan data file is left.
 //!
-//! `TIDEMARK_SIM_SEEDS=N` runs seeds `0..N` (default 2000);
-//! `TIDEMARK_SIM_SEED=S` runs seed `S` alone and prints its trace.
+//! Most seeds run on a model table (same contract, fast); a second test runs
+//! seeds on a real Delta table through the `tidemark-delta` sink and writer,
+//! whose every object store call (log reads, the commit's put-if-absent,
+//! data files, deletes) is gated too.
+//!
+//! `TIDEMARK_SIM_SEEDS=N` runs model seeds `0..N` (default 2000),
+//! `TIDEMARK_SIM_DELTA_SEEDS=N` Delta seeds (default 60);
+//! `TIDEMARK_SIM_SEED=S` runs seed `S` alone and prints its trace, on the
+//! table `TIDEMARK_SIM_TABLE` names (`model` or `delta`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+#[path = "simulation/lake.rs"]
+mod lake;
 #[path = "simulation/store.rs"]
 mod store;
 #[path = "simulation/table.rs"]
@@ -34,18 +43,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
 use tidemark::commit::Committer;
 use tidemark::pipeline::{CheckpointPolicy, Pipeline};
 use tidemark::source::Shard;
 use tidemark::store::{CheckpointStore, CompactionOptions, KeySchema, LeaseOptions, StoreLocation};
 use tidemark::transform::Transform;
 
+use lake::{DeltaLake, Lake, LakeSink};
 use store::SimStore;
-use table::{decode_ids, MemorySource, ModelTable, ModelWriter, TableHandle};
+use table::{MemorySource, ModelTable};
 use world::{Actor, ActorPlan, FaultRates, Rng, SimEnvironment, World};
 
 const PIPELINE: &str = "sim";
@@ -180,7 +188,7 @@ impl Scenario {
 struct Shared {
     world: Arc<World>,
     store_bucket: Arc<InMemory>,
-    table: Arc<ModelTable>,
+    lake: Lake,
     source: Arc<MemorySource>,
 }
 
@@ -200,29 +208,41 @@ impl Shared {
         .await
     }
 
-    fn pipeline(
+    async fn pipeline(
         &self,
         store: CheckpointStore,
         actor: &Arc<Actor>,
         shard: (u32, u32),
         policy: CheckpointPolicy,
-    ) -> tidemark::Result<Pipeline<TableHandle>> {
+    ) -> tidemark::Result<Pipeline<LakeSink>> {
         let shard = if shard.1 == 1 {
             Shard::all()
         } else {
             Shard::new(shard.0, shard.1)?
         };
-        Ok(Pipeline::new(
-            store,
-            TableHandle::new(self.table.clone(), actor.clone()),
-            PIPELINE,
-        )
-        .with_shard(shard)
-        .with_checkpoint_policy(policy)
-        .with_lease_options(LeaseOptions {
-            ttl: LEASE_TTL,
-            holder: actor.name.clone(),
-        }))
+        let sink = self.lake.open(actor).await?;
+        Ok(Pipeline::new(store, sink, PIPELINE)
+            .with_shard(shard)
+            .with_checkpoint_policy(policy)
+            .with_lease_options(LeaseOptions {
+                ttl: LEASE_TTL,
+                holder: actor.name.clone(),
+            }))
+    }
+
+    /// One run of the pipeline as `actor`.
+    async fn run(
+        &self,
+        store: CheckpointStore,
+        actor: &Arc<Actor>,
+        shard: (u32, u32),
+        policy: CheckpointPolicy,
+    ) -> tidemark::Result<tidemark::pipeline::RunReport> {
+        let pipeline = self.pipeline(store, actor, shard, policy).await?;
+        let mut writer = self.lake.writer(pipeline.sink(), actor).await?;
+        pipeline
+            .run(self.source.clone(), &Transform::new(), writer.as_mut())
+            .await
     }
 
     /// Runs `job` as `actor`; returns a one-line summary.
@@ -244,11 +264,7 @@ impl Shared {
                         Duration::MAX
                     },
                 };
-                let pipeline = self.pipeline(store, actor, *shard, policy)?;
-                let mut writer = ModelWriter::new(&self.table, actor.clone());
-                let report = pipeline
-                    .run(self.source.clone(), &Transform::new(), &mut writer)
-                    .await?;
+                let report = self.run(store, actor, *shard, policy).await?;
                 Ok(format!(
                     "read {} skipped {} wrote {} sealed {} commits {} repaired {} fenced {}",
                     report.read.rows_read,
@@ -261,17 +277,14 @@ impl Shared {
                 ))
             }
             Job::Commit => {
-                let committer = Committer::new(
-                    store,
-                    TableHandle::new(self.table.clone(), actor.clone()),
-                    PIPELINE,
-                );
+                let committer = Committer::new(store, self.lake.open(actor).await?, PIPELINE);
                 let report = committer.commit_pending().await?;
                 Ok(format!("commits {}", report.commits.len()))
             }
             Job::Gc => {
-                let pipeline =
-                    self.pipeline(store, actor, (0, 1), CheckpointPolicy::once_per_run())?;
+                let pipeline = self
+                    .pipeline(store, actor, (0, 1), CheckpointPolicy::once_per_run())
+                    .await?;
                 let report = pipeline.repair().await?;
                 Ok(format!(
                     "repaired {} deleted {}",
@@ -280,12 +293,14 @@ impl Shared {
                 ))
             }
             Job::Compact => {
-                let pipeline = self.pipeline(
-                    store.clone(),
-                    actor,
-                    (0, 1),
-                    CheckpointPolicy::once_per_run(),
-                )?;
+                let pipeline = self
+                    .pipeline(
+                        store.clone(),
+                        actor,
+                        (0, 1),
+                        CheckpointPolicy::once_per_run(),
+                    )
+                    .await?;
                 pipeline.repair().await?;
                 let report = store.compact(&CompactionOptions::default()).await?;
                 Ok(format!(
@@ -303,7 +318,32 @@ impl Shared {
 }
 
 /// Runs one seed; `Err` names the broken invariant. Also returns the trace.
+/// The table a seed writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TableKind {
+    /// The model table: fast, for volume.
+    Model,
+    /// A real Delta table (the `tidemark-delta` sink and writer) on the local
+    /// disk, every object store call gated.
+    Delta,
+}
+
+impl TableKind {
+    fn flag(self) -> &'static str {
+        match self {
+            TableKind::Model => "",
+            TableKind::Delta => "TIDEMARK_SIM_TABLE=delta ",
+        }
+    }
+}
+
 fn run_seed(seed: u64) -> (Result<(), String>, Vec<String>) {
+    run_seed_on(seed, TableKind::Model)
+}
+
+/// Runs one seed on `kind`; `Err` names the broken invariant. Also returns
+/// the trace.
+fn run_seed_on(seed: u64, kind: TableKind) -> (Result<(), String>, Vec<String>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -314,15 +354,19 @@ fn run_seed(seed: u64) -> (Result<(), String>, Vec<String>) {
         let scenario = Scenario::generate(&mut rng);
         let world = World::new(rng, scenario.faults);
         world.log(format!("scenario {scenario:?}"));
+        let source = MemorySource::new(scenario.units, scenario.rows, scenario.batch);
+        let lake = match kind {
+            TableKind::Model => Lake::Model(Arc::new(ModelTable::default())),
+            TableKind::Delta => {
+                use tidemark::source::Source as _;
+                Lake::Delta(DeltaLake::create(&source.schema()).await)
+            }
+        };
         let shared = Arc::new(Shared {
             world: world.clone(),
             store_bucket: Arc::new(InMemory::new()),
-            table: Arc::new(ModelTable::default()),
-            source: Arc::new(MemorySource::new(
-                scenario.units,
-                scenario.rows,
-                scenario.batch,
-            )),
+            lake,
+            source: Arc::new(source),
         });
         let result = simulate(&shared, &scenario).await;
         (result, world.trace())
@@ -371,29 +415,17 @@ async fn finish_cleanly(shared: &Shared, scenario: &Scenario) -> Result<(), Stri
         .await
         .map_err(|e| format!("the store cannot be opened: {e}"))?;
     let count = scenario.final_shards;
+    let once = CheckpointPolicy::once_per_run;
     for index in 0..count {
-        let pipeline = shared
-            .pipeline(
-                store.clone(),
-                &actor,
-                (index, count),
-                CheckpointPolicy::once_per_run(),
-            )
-            .map_err(|e| e.to_string())?;
-        let mut writer = ModelWriter::new(&shared.table, actor.clone());
-        pipeline
-            .run(shared.source.clone(), &Transform::new(), &mut writer)
+        shared
+            .run(store.clone(), &actor, (index, count), once())
             .await
             .map_err(|e| format!("pipeline unable to finish: shard {index}/{count}: {e}"))?;
     }
     committed_checkpoints_are_in_the_table(shared, &store).await?;
     let gc = shared
-        .pipeline(
-            store.clone(),
-            &actor,
-            (0, 1),
-            CheckpointPolicy::once_per_run(),
-        )
+        .pipeline(store.clone(), &actor, (0, 1), once())
+        .await
         .map_err(|e| e.to_string())?;
     gc.repair()
         .await
@@ -409,17 +441,8 @@ async fn finish_cleanly(shared: &Shared, scenario: &Scenario) -> Result<(), Stri
     no_orphans(shared).await?;
     // Work that finished is never done again.
     for index in 0..count {
-        let pipeline = shared
-            .pipeline(
-                store.clone(),
-                &actor,
-                (index, count),
-                CheckpointPolicy::once_per_run(),
-            )
-            .map_err(|e| e.to_string())?;
-        let mut writer = ModelWriter::new(&shared.table, actor.clone());
-        let report = pipeline
-            .run(shared.source.clone(), &Transform::new(), &mut writer)
+        let report = shared
+            .run(store.clone(), &actor, (index, count), once())
             .await
             .map_err(|e| format!("a run after the clean runs failed: {e}"))?;
         if report.rows_written != 0 {
@@ -437,15 +460,7 @@ async fn committed_checkpoints_are_in_the_table(
     store: &CheckpointStore,
 ) -> Result<(), String> {
     let state = store.load().await.map_err(|e| e.to_string())?;
-    let in_table: BTreeSet<String> = shared
-        .table
-        .state
-        .lock()
-        .expect("table")
-        .files
-        .iter()
-        .cloned()
-        .collect();
+    let in_table: BTreeSet<String> = shared.lake.table_files().await?.into_iter().collect();
     for summary in state.checkpoints.iter().filter(|c| c.committed) {
         for file in &summary.manifest.files {
             if !in_table.contains(&file.path) {
@@ -460,19 +475,13 @@ async fn committed_checkpoints_are_in_the_table(
 }
 
 async fn every_key_once(shared: &Shared) -> Result<(), String> {
-    let files = shared.table.state.lock().expect("table").files.clone();
+    let files = shared.lake.table_files().await?;
     let mut counts: BTreeMap<i64, u32> = BTreeMap::new();
     for path in &files {
-        let bytes = match shared.table.storage.get(&Path::from(path.as_str())).await {
-            Ok(found) => found.bytes().await.map_err(|e| e.to_string())?,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(format!(
-                    "the table references {path}, which is gone (deleted by gc, or never written)"
-                ))
-            }
-            Err(e) => return Err(e.to_string()),
-        };
-        for id in decode_ids(&bytes) {
+        let ids = shared.lake.read_ids(path).await.map_err(|e| {
+            format!("the table references {path}, which cannot be read (deleted by gc?): {e}")
+        })?;
+        for id in ids {
             *counts.entry(id).or_default() += 1;
         }
     }
@@ -507,24 +516,12 @@ async fn every_key_once(shared: &Shared) -> Result<(), String> {
 }
 
 async fn no_orphans(shared: &Shared) -> Result<(), String> {
-    let referenced: BTreeSet<String> = shared
-        .table
-        .state
-        .lock()
-        .expect("table")
-        .files
-        .iter()
-        .cloned()
-        .collect();
-    let listed: Vec<_> = shared
-        .table
-        .storage
-        .list(Some(&Path::from("data")))
-        .collect()
-        .await;
-    let orphans: Vec<String> = listed
+    let referenced: BTreeSet<String> = shared.lake.table_files().await?.into_iter().collect();
+    let orphans: Vec<String> = shared
+        .lake
+        .stored_files()
+        .await
         .into_iter()
-        .map(|m| m.expect("in-memory list").location.to_string())
         .filter(|path| !referenced.contains(path))
         .collect();
     if orphans.is_empty() {
@@ -545,28 +542,42 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
-fn failure_message(seed: u64, error: &str, trace: &[String]) -> String {
+fn failure_message(seed: u64, kind: TableKind, error: &str, trace: &[String]) -> String {
     let tail: Vec<&String> = trace.iter().rev().take(40).collect();
     let tail: Vec<String> = tail.into_iter().rev().map(|l| format!("    {l}")).collect();
     format!(
-        "seed {seed} failed: {error}\n  reproduce: TIDEMARK_SIM_SEED={seed} cargo test --test simulation -- --nocapture\n  last steps:\n{}",
+        "seed {seed} ({kind:?} table) failed: {error}\n  reproduce: {}TIDEMARK_SIM_SEED={seed} cargo test --test simulation -- --nocapture\n  last steps:\n{}",
+        kind.flag(),
         tail.join("\n")
     )
 }
 
-#[test]
-fn simulation_seeds_keep_every_invariant() {
+/// The table of `TIDEMARK_SIM_TABLE` (`model`, the default, or `delta`).
+fn chosen_table() -> TableKind {
+    match std::env::var("TIDEMARK_SIM_TABLE").as_deref() {
+        Ok("delta") => TableKind::Delta,
+        Ok("model") | Err(_) => TableKind::Model,
+        Ok(other) => panic!("TIDEMARK_SIM_TABLE must be `model` or `delta`, not {other:?}"),
+    }
+}
+
+/// Runs seeds `0..count` on `kind` over every core (or the one seed of
+/// `TIDEMARK_SIM_SEED`, printing its trace, when `kind` is the chosen table),
+/// and fails with the first failing seed.
+fn run_seeds(kind: TableKind, count: u64) {
     if let Some(seed) = env_u64("TIDEMARK_SIM_SEED") {
-        let (result, trace) = run_seed(seed);
+        if kind != chosen_table() {
+            return;
+        }
+        let (result, trace) = run_seed_on(seed, kind);
         for line in &trace {
             println!("{line}");
         }
         if let Err(e) = result {
-            panic!("{}", failure_message(seed, &e, &trace));
+            panic!("{}", failure_message(seed, kind, &e, &trace));
         }
         return;
     }
-    let seeds = env_u64("TIDEMARK_SIM_SEEDS").unwrap_or(2000);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
     let failures: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
@@ -574,10 +585,10 @@ fn simulation_seeds_keep_every_invariant() {
                 scope.spawn(move || {
                     let mut failures = Vec::new();
                     let mut seed = worker;
-                    while seed < seeds {
-                        let (result, trace) = run_seed(seed);
+                    while seed < count {
+                        let (result, trace) = run_seed_on(seed, kind);
                         if let Err(e) = result {
-                            failures.push((seed, failure_message(seed, &e, &trace)));
+                            failures.push((seed, failure_message(seed, kind, &e, &trace)));
                         }
                         seed += workers;
                     }
@@ -594,9 +605,25 @@ fn simulation_seeds_keep_every_invariant() {
     });
     assert!(
         failures.is_empty(),
-        "{} of {seeds} seeds failed; the first:\n{}",
+        "{} of {count} seeds failed; the first:\n{}",
         failures.len(),
         failures[0]
+    );
+}
+
+#[test]
+fn simulation_seeds_keep_every_invariant() {
+    run_seeds(
+        TableKind::Model,
+        env_u64("TIDEMARK_SIM_SEEDS").unwrap_or(2000),
+    );
+}
+
+#[test]
+fn simulation_seeds_on_a_real_delta_table_keep_every_invariant() {
+    run_seeds(
+        TableKind::Delta,
+        env_u64("TIDEMARK_SIM_DELTA_SEEDS").unwrap_or(60),
     );
 }
 
@@ -605,7 +632,10 @@ fn regression_seeds_pass() {
     for &(seed, bug) in REGRESSION_SEEDS {
         let (result, trace) = run_seed(seed);
         if let Err(e) = result {
-            panic!("regression ({bug}):\n{}", failure_message(seed, &e, &trace));
+            panic!(
+                "regression ({bug}):\n{}",
+                failure_message(seed, TableKind::Model, &e, &trace)
+            );
         }
     }
 }
@@ -625,13 +655,15 @@ fn a_seed_replays_exactly() {
 }
 
 /// Prints the first line of each failing seed's error, for triage:
-/// `TIDEMARK_SIM_SEEDS=500 cargo test --test simulation triage -- --ignored --nocapture`.
+/// `TIDEMARK_SIM_SEEDS=500 cargo test --test simulation triage -- --ignored --nocapture`
+/// (with `TIDEMARK_SIM_TABLE=delta` for the Delta table).
 #[test]
 #[ignore = "a triage tool, not a check"]
 fn triage() {
     let seeds = env_u64("TIDEMARK_SIM_SEEDS").unwrap_or(2000);
+    let kind = chosen_table();
     for seed in 0..seeds {
-        if let (Err(e), _) = run_seed(seed) {
+        if let (Err(e), _) = run_seed_on(seed, kind) {
             println!("seed {seed}: {e}");
         }
     }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
-use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -14,15 +13,15 @@ use object_store::{
 
 use super::world::Actor;
 
-/// One actor's view of a shared in-memory bucket.
+/// One actor's view of a shared bucket (in memory, or the local disk).
 pub struct SimStore {
-    inner: Arc<InMemory>,
+    inner: Arc<dyn ObjectStore>,
     actor: Arc<Actor>,
     bucket: &'static str,
 }
 
 impl SimStore {
-    pub fn new(inner: Arc<InMemory>, actor: Arc<Actor>, bucket: &'static str) -> Self {
+    pub fn new(inner: Arc<dyn ObjectStore>, actor: Arc<Actor>, bucket: &'static str) -> Self {
         SimStore {
             inner,
             actor,
