@@ -102,6 +102,30 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// Sealed files were written under a partition spec that is no longer
+    /// the table's default: Iceberg appends files of the default spec only.
+    #[error(
+        "table `{table}`: data file `{path}` was written under partition spec {written} ({written_fields}), \
+         but the table's default spec is now {current} ({current_fields}). Iceberg appends only files of \
+         the default spec, so the sealed checkpoints cannot be committed as they are; nothing was committed. \
+         Way out: evolve the partition spec back to the fields of spec {written} (pyiceberg and Spark then \
+         reuse spec {written} as the default), run `tidemark gc` to commit the pending checkpoints, then \
+         evolve the spec again. To avoid this, run `tidemark gc` before changing a table's partitioning"
+    )]
+    PartitionSpecChanged {
+        /// The table.
+        table: String,
+        /// The first file of the old spec.
+        path: String,
+        /// The spec it was written under.
+        written: i32,
+        /// That spec's fields, e.g. `region=identity(region), id_bucket=bucket[4](id)`.
+        written_fields: String,
+        /// The table's default spec now.
+        current: i32,
+        /// Its fields.
+        current_fields: String,
+    },
 }
 
 /// Result alias of the Iceberg connector.
@@ -154,6 +178,20 @@ pub fn data_file_to_record(
     })
 }
 
+/// The partition spec id a file record was written under.
+pub fn recorded_spec_id(record: &FileRecord) -> Result<i32> {
+    record
+        .table_metadata
+        .body
+        .get("partition_spec_id")
+        .and_then(Value::as_i64)
+        .and_then(|id| i32::try_from(id).ok())
+        .ok_or_else(|| Error::NotADataFileRecord {
+            path: record.path.clone(),
+            reason: "no partition_spec_id".into(),
+        })
+}
+
 /// Decodes a file record made by [`data_file_to_record`] for a table whose
 /// current schema is `schema` and whose partition spec has `partition_type`.
 pub fn record_to_data_file(
@@ -172,12 +210,7 @@ pub fn record_to_data_file(
             metadata.format, metadata.version
         )));
     }
-    let spec_id = metadata
-        .body
-        .get("partition_spec_id")
-        .and_then(Value::as_i64)
-        .and_then(|id| i32::try_from(id).ok())
-        .ok_or_else(|| invalid("no partition_spec_id".into()))?;
+    let spec_id = recorded_spec_id(record)?;
     let data_file = metadata
         .body
         .get("data_file")

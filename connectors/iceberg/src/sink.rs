@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use iceberg::spec::TableProperties;
+use iceberg::spec::{TableMetadata, TableProperties};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, ErrorKind, Runtime, TableIdent};
@@ -36,9 +36,10 @@ use tidemark::commit::{
 };
 use tidemark::error::BoxError;
 use tidemark::gc::TableFiles;
+use tidemark::store::FileRecord;
 
 use crate::writer::{IcebergWriter, IcebergWriterOptions};
-use crate::{record_to_data_file, Error, Result};
+use crate::{record_to_data_file, recorded_spec_id, Error, Result};
 
 /// The table property holding a pipeline's last committed sequence.
 pub fn marker_property(pipeline_id: &str) -> String {
@@ -126,6 +127,7 @@ impl IcebergSink {
                 });
             }
             let metadata = table.metadata();
+            self.ensure_default_spec(metadata, &request.files)?;
             let schema = metadata.current_schema();
             let files = request
                 .files
@@ -178,6 +180,43 @@ impl IcebergSink {
             attempts: SINK_COMMIT_ATTEMPTS,
             last: last_error,
         })
+    }
+
+    /// Fails with [`Error::PartitionSpecChanged`] if a file was written
+    /// under a spec that is not the table's default (before any attempt:
+    /// Iceberg would refuse it on every one).
+    fn ensure_default_spec(&self, metadata: &TableMetadata, files: &[FileRecord]) -> Result<()> {
+        let current = metadata.default_partition_spec_id();
+        for file in files {
+            let written = recorded_spec_id(file)?;
+            if written != current {
+                let fields = |id: i32| match metadata.partition_spec_by_id(id) {
+                    Some(spec) if spec.fields().is_empty() => "unpartitioned".to_string(),
+                    Some(spec) => spec
+                        .fields()
+                        .iter()
+                        .map(|f| {
+                            let source = metadata
+                                .current_schema()
+                                .name_by_field_id(f.source_id)
+                                .unwrap_or("?");
+                            format!("{}={}({source})", f.name, f.transform)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    None => "no longer in the table".to_string(),
+                };
+                return Err(Error::PartitionSpecChanged {
+                    table: self.ident.to_string(),
+                    path: file.path.clone(),
+                    written,
+                    written_fields: fields(written),
+                    current,
+                    current_fields: fields(current),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn error(&self, context: &str, source: iceberg::Error) -> Error {

@@ -261,6 +261,36 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Evolves the partition spec with pyiceberg; returns the new default spec id.
+    fn evolve_spec(&self, action: &str, field: &str) -> i32 {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/pyiceberg_spec.py"
+        );
+        let output = Command::new("python3")
+            .args([
+                script,
+                &self.python_uri,
+                &self.warehouse,
+                &self.table_name(),
+                action,
+                field,
+            ])
+            .output()
+            .expect("run python3 (scripts/test-setup.sh installs pyiceberg)");
+        assert!(
+            output.status.success(),
+            "pyiceberg spec change failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
 struct Readout {
     pyiceberg_ids: Vec<i64>,
     duckdb_ids: Vec<i64>,
@@ -766,4 +796,55 @@ impl Catalog for FaultyCatalog {
             }
         }
     }
+}
+
+/// The partition spec changes between seal and commit (pyiceberg drops a
+/// partition field). Iceberg appends only files of the default spec, so the
+/// commit is refused before any attempt, naming both specs and the way out,
+/// and nothing lands; a retry says the same. The way out, taken with
+/// pyiceberg (the field added back: spec 0 is the default again), lets the
+/// pending checkpoint commit; the spec is then evolved again and later runs
+/// write and commit under the new spec.
+#[tokio::test]
+async fn a_partition_spec_changed_between_seal_and_commit_is_refused_with_the_way_out() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    process(&store, &fixture.sink().await, &range(0, 300)).await;
+    assert_eq!(fixture.evolve_spec("drop", "id_bucket"), 1);
+
+    let committer = Committer::new(store.clone(), fixture.sink().await, PIPELINE);
+    for _ in 0..2 {
+        let err = committer
+            .commit_pending()
+            .await
+            .expect_err("files of spec 0 after the default became spec 1");
+        let shown = format!("{err}: {:?}", std::error::Error::source(&err));
+        for expected in [
+            "partition spec 0 (region=identity(region), id_bucket=bucket[4](id))",
+            "default spec is now 1 (region=identity(region))",
+            "nothing was committed",
+            "evolve the partition spec back to the fields of spec 0",
+        ] {
+            assert!(shown.contains(expected), "{expected:?} not in: {shown}");
+        }
+        let readout = fixture.read();
+        readout.assert_each_once([]);
+        assert_eq!(readout.marker, None);
+    }
+
+    assert_eq!(fixture.evolve_spec("add", "id_bucket"), 0);
+    let report = committer.commit_pending().await.unwrap();
+    assert_eq!(report.rows_applied(), 300);
+    fixture.read().assert_each_once(range(0, 300));
+
+    assert_eq!(fixture.evolve_spec("drop", "id_bucket"), 1);
+    process(&store, &fixture.sink().await, &range(300, 400)).await;
+    let committer = Committer::new(store.clone(), fixture.sink().await, PIPELINE);
+    assert_eq!(
+        committer.commit_pending().await.unwrap().rows_applied(),
+        100
+    );
+    let readout = fixture.read();
+    readout.assert_each_once(range(0, 400));
+    assert_eq!(readout.marker, Some(2));
 }
