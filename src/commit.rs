@@ -29,7 +29,7 @@ use serde_json::json;
 
 use crate::error::{BoxError, Error, Result};
 use crate::redact::validate_pipeline_id;
-use crate::store::{CheckpointId, CheckpointStore, CommitIntent, FileRecord, Manifest};
+use crate::store::{CheckpointId, CheckpointStore, CommitIntent, Fence, FileRecord, Manifest};
 
 /// How many times in a row a committer may lose the race for an intent to
 /// another committer before it gives up.
@@ -138,6 +138,7 @@ pub struct Committer<S> {
     sink: S,
     pipeline_id: String,
     max_checkpoints_per_commit: usize,
+    fence: Option<Fence>,
 }
 
 impl<S> fmt::Debug for Committer<S> {
@@ -158,7 +159,18 @@ impl<S: CommitSink> Committer<S> {
             sink,
             pipeline_id: pipeline_id.into(),
             max_checkpoints_per_commit: DEFAULT_MAX_CHECKPOINTS_PER_COMMIT,
+            fence: None,
         }
+    }
+
+    /// Commits only while `fence` holds: before it claims a sequence and
+    /// before it asks the sink to commit, it fails with
+    /// [`Error::Fenced`] once a newer run took the lease over. Safety does
+    /// not depend on it (the table's marker decides what landed), but a
+    /// zombie stops at once instead of racing the run that replaced it.
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
     }
 
     /// Caps how many checkpoints one table commit carries (at least 1).
@@ -181,6 +193,12 @@ impl<S: CommitSink> Committer<S> {
     /// commit an earlier run left half done. Safe to run from several processes
     /// at once and to repeat after any failure.
     pub async fn commit_pending(&self) -> Result<CommitReport> {
+        self.commit_pending_under(self.fence.as_ref()).await
+    }
+
+    /// [`Self::commit_pending`] while `fence` (if any) holds: a pipeline
+    /// passes the lease of the run in progress.
+    pub(crate) async fn commit_pending_under(&self, fence: Option<&Fence>) -> Result<CommitReport> {
         validate_pipeline_id(&self.pipeline_id)?;
         let mut report = CommitReport::default();
         let mut lost_races = 0;
@@ -200,7 +218,9 @@ impl<S: CommitSink> Committer<S> {
             if let Some(intent) = &latest {
                 self.ensure_ours(intent)?;
                 if intent.checkpoints.iter().any(|id| pending.contains_key(id)) {
-                    report.commits.push(self.finish(intent, &pending).await?);
+                    report
+                        .commits
+                        .push(self.finish(intent, &pending, fence).await?);
                     continue;
                 }
             }
@@ -227,7 +247,7 @@ impl<S: CommitSink> Committer<S> {
                 return Ok(report);
             }
             let sequence = latest.as_ref().map_or(1, |i| i.sequence + 1);
-            if !self.claim(sequence, fresh).await? {
+            if !self.claim(sequence, fresh, fence).await? {
                 lost_races += 1;
                 if lost_races > MAX_LOST_RACES {
                     return Err(Error::ConcurrentChange {
@@ -241,7 +261,13 @@ impl<S: CommitSink> Committer<S> {
 
     /// Writes the intent for `sequence`. Returns `false` if another committer
     /// claimed that sequence first (its intent is resumed by the next round).
-    async fn claim(&self, sequence: u64, checkpoints: Vec<CheckpointId>) -> Result<bool> {
+    async fn claim(
+        &self,
+        sequence: u64,
+        checkpoints: Vec<CheckpointId>,
+        fence: Option<&Fence>,
+    ) -> Result<bool> {
+        ensure_not_fenced(fence, "claiming a commit sequence").await?;
         let marker = self.marker().await?;
         if marker.is_some_and(|m| m >= sequence) {
             // Either another committer just claimed and applied `sequence`, or
@@ -276,6 +302,7 @@ impl<S: CommitSink> Committer<S> {
         &self,
         intent: &CommitIntent,
         pending: &BTreeMap<CheckpointId, &Manifest>,
+        fence: Option<&Fence>,
     ) -> Result<CommitSummary> {
         let marker = self.marker().await?;
         let landed = marker.is_some_and(|m| m >= intent.sequence);
@@ -308,7 +335,7 @@ impl<S: CommitSink> Committer<S> {
                 table_version: json!(null),
             }
         } else {
-            self.apply(intent, marker, files).await?
+            self.apply(intent, marker, files, fence).await?
         };
         let commit = json!({
             "pipeline_id": self.pipeline_id,
@@ -347,6 +374,7 @@ impl<S: CommitSink> Committer<S> {
         intent: &CommitIntent,
         marker: Option<u64>,
         files: Vec<FileRecord>,
+        fence: Option<&Fence>,
     ) -> Result<CommitOutcome> {
         let sequence = intent.sequence;
         // Intents are checked on read to start at 1.
@@ -365,6 +393,7 @@ impl<S: CommitSink> Committer<S> {
                 ),
             ));
         }
+        ensure_not_fenced(fence, "committing to the table").await?;
         let request = CommitRequest {
             pipeline_id: self.pipeline_id.clone(),
             sequence,
@@ -412,5 +441,12 @@ impl<S: CommitSink> Committer<S> {
             store_sequence,
             why: why.to_string(),
         }
+    }
+}
+
+async fn ensure_not_fenced(fence: Option<&Fence>, operation: &'static str) -> Result<()> {
+    match fence {
+        Some(fence) => fence.ensure_current(operation).await,
+        None => Ok(()),
     }
 }

@@ -392,7 +392,10 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
     }
 
     async fn repair_under(&self, lease: &Lease) -> Result<RepairReport> {
-        let committed = self.committer.commit_pending().await?;
+        let committed = self
+            .committer
+            .commit_pending_under(Some(&lease.fence()))
+            .await?;
         let gc = collect_garbage(&self.store, self.committer.sink()).await?;
         Ok(RepairReport {
             lease: lease.claim().clone(),
@@ -507,19 +510,23 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             self.seal(open, writer, totals).await?;
             *open = self.open_checkpoint(lease, read.stats()).await?;
             if last_commit.elapsed() >= self.policy.commit_interval {
-                totals
-                    .committed
-                    .commits
-                    .extend(self.committer.commit_pending().await?.commits);
+                totals.committed.commits.extend(
+                    self.committer
+                        .commit_pending_under(Some(&lease.fence()))
+                        .await?
+                        .commits,
+                );
                 last_commit = Instant::now();
             }
             self.report_progress(read.stats(), totals, &open.writer);
         }
         self.seal(open, writer, totals).await?;
-        totals
-            .committed
-            .commits
-            .extend(self.committer.commit_pending().await?.commits);
+        totals.committed.commits.extend(
+            self.committer
+                .commit_pending_under(Some(&lease.fence()))
+                .await?
+                .commits,
+        );
         Ok(())
     }
 

@@ -14,6 +14,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arrow_array::{ArrayRef, Int64Array};
 use arrow_schema::DataType;
@@ -25,8 +26,10 @@ use support::FaultyStore;
 use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink, Committer};
 use tidemark::error::BoxError;
 use tidemark::store::{
-    CheckpointId, CheckpointStore, FileRecord, KeySchema, StoreLocation, TableFileMetadata,
+    CheckpointId, CheckpointStore, FileRecord, KeySchema, Lease, LeaseOptions, StoreLocation,
+    TableFileMetadata, PIPELINE_SCOPE,
 };
+use tidemark::Error;
 
 /// A table in memory: the pipeline's marker and the files appended, applied
 /// atomically. With `fail`, every commit fails (a committer that dies there).
@@ -160,4 +163,104 @@ async fn a_stale_committer_never_marks_unapplied_checkpoints_committed() {
         }
     }
     assert_eq!(in_table.len(), 2, "each file once: {in_table:?}");
+}
+
+/// A committer carrying the fence of a lease that a newer run took over
+/// claims no sequence and asks the table for nothing: it fails with
+/// `Fenced` before the intent, and, for an intent it claimed before the
+/// takeover, before the table commit. The new holder commits everything.
+#[tokio::test]
+async fn a_fenced_committer_neither_claims_nor_applies() {
+    let store = CheckpointStore::open_at(
+        StoreLocation::from_object_store(Arc::new(InMemory::new()), Path::from("store")),
+        keys(),
+    )
+    .await
+    .unwrap();
+    let options = LeaseOptions {
+        ttl: Duration::from_secs(60),
+        holder: "old".into(),
+    };
+    let table = MemoryTable::default();
+
+    // Claimed under the old lease, then the table commit failed.
+    seal(&store, vec![1, 2], "data/x.parquet").await;
+    let old = Lease::acquire(&store, PIPELINE_SCOPE, 1, options.clone())
+        .await
+        .unwrap();
+    let dying = MemoryTable {
+        state: table.state.clone(),
+        fail: true,
+    };
+    let err = Committer::new(store.clone(), dying, "races")
+        .with_fence(old.fence())
+        .commit_pending()
+        .await
+        .expect_err("the table commit fails");
+    assert!(matches!(err, Error::Sink { .. }), "{err}");
+    assert_eq!(
+        store
+            .latest_commit_intent()
+            .await
+            .unwrap()
+            .unwrap()
+            .sequence,
+        1
+    );
+    let fence = old.fence();
+    old.release().await.unwrap();
+    let new = Lease::acquire(&store, PIPELINE_SCOPE, 1, options)
+        .await
+        .unwrap();
+
+    // The old committer may neither apply intent 1 nor claim intent 2.
+    let zombie = Committer::new(store.clone(), table.clone(), "races").with_fence(fence);
+    let err = zombie.commit_pending().await.expect_err("fenced");
+    assert!(
+        matches!(
+            err,
+            Error::Fenced {
+                operation: "committing to the table",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        table.state.lock().unwrap().0,
+        None,
+        "nothing reached the table"
+    );
+
+    let current = Committer::new(store.clone(), table.clone(), "races").with_fence(new.fence());
+    current.commit_pending().await.unwrap();
+    seal(&store, vec![3], "data/y.parquet").await;
+    let err = zombie.commit_pending().await.expect_err("fenced");
+    assert!(
+        matches!(
+            err,
+            Error::Fenced {
+                operation: "claiming a commit sequence",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        store
+            .latest_commit_intent()
+            .await
+            .unwrap()
+            .unwrap()
+            .sequence,
+        1
+    );
+
+    current.commit_pending().await.unwrap();
+    let state = table.state.lock().unwrap().clone();
+    assert_eq!(state.0, Some(2));
+    assert_eq!(
+        state.1,
+        vec!["data/x.parquet".to_string(), "data/y.parquet".to_string()]
+    );
 }
