@@ -24,12 +24,15 @@
 //! data files, deletes) is gated too.
 //!
 //! `TIDEMARK_SIM_SEEDS=N` runs model seeds `0..N` (default 2000),
-//! `TIDEMARK_SIM_DELTA_SEEDS=N` Delta seeds (default 60);
+//! `TIDEMARK_SIM_DELTA_SEEDS=N` Delta seeds and `TIDEMARK_SIM_ICEBERG_SEEDS=N`
+//! Iceberg seeds (defaults 60 and 200);
 //! `TIDEMARK_SIM_SEED=S` runs seed `S` alone and prints its trace, on the
-//! table `TIDEMARK_SIM_TABLE` names (`model` or `delta`).
+//! table `TIDEMARK_SIM_TABLE` names (`model`, `delta` or `iceberg`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+#[path = "simulation/iceberg.rs"]
+mod iceberg;
 #[path = "simulation/lake.rs"]
 mod lake;
 #[path = "simulation/store.rs"]
@@ -326,6 +329,10 @@ enum TableKind {
     /// A real Delta table (the `tidemark-delta` sink and writer) on the local
     /// disk, every object store call gated.
     Delta,
+    /// A real Iceberg table (the `tidemark-iceberg` sink and writer) in
+    /// iceberg's memory catalog over the local disk, every catalog and writer
+    /// call gated.
+    Iceberg,
 }
 
 impl TableKind {
@@ -333,6 +340,7 @@ impl TableKind {
         match self {
             TableKind::Model => "",
             TableKind::Delta => "TIDEMARK_SIM_TABLE=delta ",
+            TableKind::Iceberg => "TIDEMARK_SIM_TABLE=iceberg ",
         }
     }
 }
@@ -361,6 +369,7 @@ fn run_seed_on(seed: u64, kind: TableKind) -> (Result<(), String>, Vec<String>) 
                 use tidemark::source::Source as _;
                 Lake::Delta(DeltaLake::create(&source.schema()).await)
             }
+            TableKind::Iceberg => Lake::Iceberg(iceberg::IcebergLake::create().await),
         };
         let shared = Arc::new(Shared {
             world: world.clone(),
@@ -463,7 +472,7 @@ async fn committed_checkpoints_are_in_the_table(
     let in_table: BTreeSet<String> = shared.lake.table_files().await?.into_iter().collect();
     for summary in state.checkpoints.iter().filter(|c| c.committed) {
         for file in &summary.manifest.files {
-            if !in_table.contains(&file.path) {
+            if !in_table.contains(&shared.lake.normalize(&file.path)) {
                 return Err(format!(
                     "checkpoint {} is marked committed, but its file {} is not in the table",
                     summary.manifest.checkpoint_id, file.path
@@ -556,8 +565,11 @@ fn failure_message(seed: u64, kind: TableKind, error: &str, trace: &[String]) ->
 fn chosen_table() -> TableKind {
     match std::env::var("TIDEMARK_SIM_TABLE").as_deref() {
         Ok("delta") => TableKind::Delta,
+        Ok("iceberg") => TableKind::Iceberg,
         Ok("model") | Err(_) => TableKind::Model,
-        Ok(other) => panic!("TIDEMARK_SIM_TABLE must be `model` or `delta`, not {other:?}"),
+        Ok(other) => {
+            panic!("TIDEMARK_SIM_TABLE must be `model`, `delta` or `iceberg`, not {other:?}")
+        }
     }
 }
 
@@ -624,6 +636,14 @@ fn simulation_seeds_on_a_real_delta_table_keep_every_invariant() {
     run_seeds(
         TableKind::Delta,
         env_u64("TIDEMARK_SIM_DELTA_SEEDS").unwrap_or(60),
+    );
+}
+
+#[test]
+fn simulation_seeds_on_a_real_iceberg_table_keep_every_invariant() {
+    run_seeds(
+        TableKind::Iceberg,
+        env_u64("TIDEMARK_SIM_ICEBERG_SEEDS").unwrap_or(200),
     );
 }
 

@@ -1,6 +1,7 @@
-//! The table a seed commits into: the model table, or a real Delta table on
+//! The table a seed commits into: the model table; a real Delta table on
 //! the local disk whose every object store call (log reads, the commit's
-//! put-if-absent, data files, deletes) passes the actor's gate.
+//! put-if-absent, data files, deletes) passes the actor's gate; or a real
+//! Iceberg table whose catalog calls and writer calls pass it (see `iceberg`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use tidemark::pipeline::DataWriter;
 use tidemark_delta::{DeltaSink, DeltaWriterOptions};
 use url::Url;
 
+use super::iceberg::{local_path, IcebergLake};
 use super::store::SimStore;
 use super::table::{decode_ids, ModelTable, ModelWriter, TableHandle};
 use super::world::Actor;
@@ -25,6 +27,7 @@ use super::world::Actor;
 pub enum Lake {
     Model(Arc<ModelTable>),
     Delta(DeltaLake),
+    Iceberg(IcebergLake),
 }
 
 /// A Delta table in a temporary directory.
@@ -56,6 +59,7 @@ impl DeltaLake {
 pub enum LakeSink {
     Model(TableHandle),
     Delta(DeltaSink),
+    Iceberg(tidemark_iceberg::IcebergSink),
 }
 
 fn delta_error(e: tidemark_delta::Error) -> Error {
@@ -79,6 +83,16 @@ impl Lake {
                     .map(LakeSink::Delta)
                     .map_err(delta_error)
             }
+            Lake::Iceberg(lake) => lake.open(actor).await.map(LakeSink::Iceberg),
+        }
+    }
+
+    /// A data file path as a writer recorded it, in the form of
+    /// [`Self::table_files`] and [`Self::stored_files`].
+    pub fn normalize(&self, recorded: &str) -> String {
+        match self {
+            Lake::Iceberg(_) => local_path(recorded),
+            _ => recorded.to_string(),
         }
     }
 
@@ -90,7 +104,14 @@ impl Lake {
                 .await
                 .map(|w| Box::new(w) as Box<dyn DataWriter>)
                 .map_err(delta_error),
-            (Lake::Delta(_), LakeSink::Model(_)) => unreachable!("a Delta lake has Delta sinks"),
+            (Lake::Iceberg(lake), LakeSink::Iceberg(sink)) => lake
+                .writer(sink, actor)
+                .await
+                .map(|w| Box::new(w) as Box<dyn DataWriter>),
+            _ => Err(Error::Sink {
+                table: "simulation".into(),
+                source: "a sink of another kind of table".into(),
+            }),
         }
     }
 
@@ -115,6 +136,7 @@ impl Lake {
                     })
                     .collect())
             }
+            Lake::Iceberg(lake) => lake.table_files().await,
         }
     }
 
@@ -132,8 +154,12 @@ impl Lake {
                     Err(e) => Err(e.to_string()),
                 }
             }
-            Lake::Delta(lake) => {
-                let file = std::fs::File::open(lake.root.join(path)).map_err(|e| e.to_string())?;
+            Lake::Delta(_) | Lake::Iceberg(_) => {
+                let local = match self {
+                    Lake::Delta(lake) => lake.root.join(path),
+                    _ => PathBuf::from(path),
+                };
+                let file = std::fs::File::open(local).map_err(|e| e.to_string())?;
                 let reader =
                     parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
                         .map_err(|e| e.to_string())?
@@ -187,6 +213,7 @@ impl Lake {
                 found.sort();
                 found
             }
+            Lake::Iceberg(lake) => lake.stored_files(),
         }
     }
 }
@@ -196,6 +223,7 @@ impl CommitSink for LakeSink {
         match self {
             LakeSink::Model(sink) => sink.table(),
             LakeSink::Delta(sink) => CommitSink::table(sink),
+            LakeSink::Iceberg(sink) => CommitSink::table(sink),
         }
     }
 
@@ -206,6 +234,7 @@ impl CommitSink for LakeSink {
         match self {
             LakeSink::Model(sink) => sink.committed_sequence(pipeline_id),
             LakeSink::Delta(sink) => sink.committed_sequence(pipeline_id),
+            LakeSink::Iceberg(sink) => sink.committed_sequence(pipeline_id),
         }
     }
 
@@ -216,6 +245,7 @@ impl CommitSink for LakeSink {
         match self {
             LakeSink::Model(sink) => sink.commit(request),
             LakeSink::Delta(sink) => sink.commit(request),
+            LakeSink::Iceberg(sink) => sink.commit(request),
         }
     }
 }
@@ -225,6 +255,7 @@ impl TableFiles for LakeSink {
         match self {
             LakeSink::Model(sink) => sink.delete_file(path),
             LakeSink::Delta(sink) => sink.delete_file(path),
+            LakeSink::Iceberg(sink) => sink.delete_file(path),
         }
     }
 
@@ -232,6 +263,7 @@ impl TableFiles for LakeSink {
         match self {
             LakeSink::Model(sink) => sink.delete_prefix(prefix),
             LakeSink::Delta(sink) => sink.delete_prefix(prefix),
+            LakeSink::Iceberg(sink) => sink.delete_prefix(prefix),
         }
     }
 }
