@@ -81,6 +81,12 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
          another shard count fenced, so its data file stayed an orphan",
     ),
     (
+        297,
+        "a committer that loaded the store state before the latest intent, and \
+         took partly marked checkpoints for a landed commit, claimed a sequence \
+         for checkpoints already committed: the pipeline was wedged",
+    ),
+    (
         210,
         "a frozen writer's data file landed after the new holder's gc had \
          deleted its path: an orphan no later gc finds",
