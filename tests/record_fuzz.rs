@@ -61,7 +61,7 @@ impl CommitSink for RecordingTable {
     ) -> BoxFuture<'a, Result<CommitOutcome, BoxError>> {
         Box::pin(async move {
             let mut state = self.state.lock().unwrap();
-            let applied = !state.0.is_some_and(|m| m >= request.sequence);
+            let applied = state.0.is_none_or(|m| m < request.sequence);
             if applied {
                 state.0 = Some(request.sequence);
                 state.1.extend(request.files.iter().map(|f| f.path.clone()));
@@ -109,8 +109,11 @@ fn open_on(bucket: Arc<InMemory>) -> StoreLocation {
     StoreLocation::from_object_store(bucket, Path::from("store"))
 }
 
+/// Every object of a store, and the data files its manifests carry.
+type Base = (Vec<(Path, Bytes)>, BTreeSet<String>);
+
 /// A store holding every kind of record, as `(path, bytes)`.
-async fn every_kind_of_record() -> (Vec<(Path, Bytes)>, BTreeSet<String>) {
+async fn every_kind_of_record() -> Base {
     let bucket = Arc::new(InMemory::new());
     let store = CheckpointStore::open_at(open_on(bucket.clone()), keys())
         .await
@@ -247,29 +250,51 @@ fn damage() -> impl Strategy<Value = Damage> {
 
 /// Replaces one leaf value of a JSON document; `None` if it is not JSON.
 fn replace_leaf(bytes: &[u8], at: prop::sample::Index, value: &JsonValue) -> Option<Vec<u8>> {
-    fn leaves(value: &mut serde_json::Value, out: &mut Vec<*mut serde_json::Value>) {
+    fn count(value: &serde_json::Value) -> usize {
         match value {
-            serde_json::Value::Object(map) => map.values_mut().for_each(|v| leaves(v, out)),
-            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| leaves(v, out)),
-            leaf => out.push(leaf as *mut _),
+            serde_json::Value::Object(map) => map.values().map(count).sum(),
+            serde_json::Value::Array(items) => items.iter().map(count).sum(),
+            _ => 1,
+        }
+    }
+    /// Replaces leaf number `n` (in document order); returns how many
+    /// leaves it passed.
+    fn replace(value: &mut serde_json::Value, n: usize, new: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Object(map) => {
+                let mut seen = 0;
+                for child in map.values_mut() {
+                    seen += replace(child, n.wrapping_sub(seen), new);
+                }
+                seen
+            }
+            serde_json::Value::Array(items) => {
+                let mut seen = 0;
+                for child in items.iter_mut() {
+                    seen += replace(child, n.wrapping_sub(seen), new);
+                }
+                seen
+            }
+            leaf => {
+                if n == 0 {
+                    *leaf = new.clone();
+                }
+                1
+            }
         }
     }
     let mut doc: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-    let mut found = Vec::new();
-    leaves(&mut doc, &mut found);
-    if found.is_empty() {
+    let leaves = count(&doc);
+    if leaves == 0 {
         return None;
     }
-    let target = found[at.index(found.len())];
     let new = match value {
         JsonValue::Number(n) => serde_json::json!(n),
         JsonValue::Big(n) => serde_json::json!(n),
         JsonValue::Text(t) => serde_json::json!(t),
         JsonValue::Null => serde_json::Value::Null,
     };
-    // SAFETY: `target` points into `doc`, which is alive and not otherwise
-    // borrowed here.
-    unsafe { *target = new };
+    replace(&mut doc, at.index(leaves), &new);
     serde_json::to_vec(&doc).ok()
 }
 
@@ -286,7 +311,7 @@ fn apply(damage: &Damage, bytes: &Bytes) -> Vec<u8> {
         }
         Damage::Overwrite(with) => with.clone(),
         Damage::JsonValue(at, value) => {
-            replace_leaf(bytes, at.clone(), value).unwrap_or_else(|| bytes.to_vec())
+            replace_leaf(bytes, *at, value).unwrap_or_else(|| bytes.to_vec())
         }
     }
 }
@@ -378,8 +403,7 @@ proptest! {
             .build()
             .unwrap();
         runtime.block_on(async {
-            static BASE: std::sync::OnceLock<(Vec<(Path, Bytes)>, BTreeSet<String>)> =
-                std::sync::OnceLock::new();
+            static BASE: std::sync::OnceLock<Base> = std::sync::OnceLock::new();
             let (objects, files) = match BASE.get() {
                 Some(base) => base.clone(),
                 None => {
