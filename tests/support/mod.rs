@@ -181,21 +181,43 @@ fn start_s3_server() -> S3Server {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the S3 test server: python3 with moto[server] must be installed (bash .ci/run installs it)");
-    let stdout = child.stdout.take().expect("server stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read server output");
-    assert_eq!(
-        line.trim(),
-        "READY",
-        "the S3 test server did not start (is moto[server] installed?)"
+    await_ready(
+        &mut child,
+        "S3 test server (moto; scripts/test-setup.sh installs moto[server])",
     );
     S3Server {
         endpoint: format!("http://127.0.0.1:{port}"),
         _stdin: child.stdin.take(),
         _child: Some(child),
     }
+}
+
+/// How long a test server may take to print `READY`.
+const SERVER_START_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits at most [`SERVER_START_LIMIT`] for `child` to print `READY` on its
+/// first line; otherwise kills it and fails, naming `what`. A server that
+/// never starts fails the test in a minute instead of hanging CI.
+fn await_ready(child: &mut Child, what: &str) {
+    let stdout = child.stdout.take().expect("the server's stdout is piped");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+        let _ = sender.send(read);
+    });
+    let outcome = receiver.recv_timeout(SERVER_START_LIMIT);
+    let failure = match outcome {
+        Ok(Ok(line)) if line.trim() == "READY" => return,
+        Ok(Ok(line)) => format!("printed {:?} instead of READY", line.trim()),
+        Ok(Err(e)) => format!("could not be read from: {e}"),
+        Err(_) => format!(
+            "did not print READY within {} s",
+            SERVER_START_LIMIT.as_secs()
+        ),
+    };
+    let _ = child.kill();
+    panic!("the {what} {failure}");
 }
 
 /// `tests/support/{name}`, found from whichever crate's tests run.
@@ -244,11 +266,7 @@ impl FaultProxy {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the S3 fault proxy (python3)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("proxy stdout"))
-            .read_line(&mut line)
-            .expect("read proxy output");
-        assert_eq!(line.trim(), "READY", "the S3 fault proxy did not start");
+        await_ready(&mut child, "S3 fault proxy");
         FaultProxy {
             endpoint: format!("http://127.0.0.1:{port}"),
             log,
@@ -293,25 +311,46 @@ pub enum Fault {
     CrashAfter,
 }
 
+/// The kind of object store call a fault rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Puts (plain and conditional) and multipart uploads.
+    Put,
+    /// Whole-object reads.
+    Get,
+    /// Existence checks (HEAD).
+    Head,
+    /// Listings (flat and by directory).
+    List,
+    /// Deletes, one call per object.
+    Delete,
+    /// Copies.
+    Copy,
+}
+
 struct Rule {
+    op: Op,
     path_contains: String,
     fault: Fault,
-    /// Matching puts let through before the fault fires.
+    /// Matching calls let through before the fault fires.
     skip: usize,
     remaining: usize,
 }
 
-/// Wraps an object store, counts requests, and injects faults into puts whose
-/// path contains a given text.
+/// Wraps an object store, counts requests, and injects faults into the calls
+/// a rule selects: by kind, by a text in the path, and by position (the Nth
+/// matching call). Once a crash fault fired, every later call of any kind
+/// fails, as calls of a dead process would.
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
-    rules: Mutex<Vec<Rule>>,
+    rules: Arc<Mutex<Vec<Rule>>>,
     pub gets: AtomicUsize,
     pub puts: AtomicUsize,
     pub lists: AtomicUsize,
     pub heads: AtomicUsize,
-    dead: std::sync::atomic::AtomicBool,
-    fired: AtomicUsize,
+    pub deletes: Arc<AtomicUsize>,
+    dead: Arc<std::sync::atomic::AtomicBool>,
+    fired: Arc<AtomicUsize>,
     /// Futures to run once before the first LIST whose prefix contains the text.
     list_hooks: Mutex<Vec<(String, futures::future::BoxFuture<'static, ()>)>>,
 }
@@ -320,13 +359,14 @@ impl FaultyStore {
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
         FaultyStore {
             inner,
-            rules: Mutex::new(Vec::new()),
+            rules: Arc::new(Mutex::new(Vec::new())),
             gets: AtomicUsize::new(0),
             puts: AtomicUsize::new(0),
             lists: AtomicUsize::new(0),
             heads: AtomicUsize::new(0),
-            dead: std::sync::atomic::AtomicBool::new(false),
-            fired: AtomicUsize::new(0),
+            deletes: Arc::new(AtomicUsize::new(0)),
+            dead: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            fired: Arc::new(AtomicUsize::new(0)),
             list_hooks: Mutex::new(Vec::new()),
         }
     }
@@ -352,7 +392,14 @@ impl FaultyStore {
 
     /// Like [`inject`](Self::inject), after letting `skip` matching puts through.
     pub fn inject_after(&self, path_contains: &str, fault: Fault, skip: usize, times: usize) {
+        self.inject_on(Op::Put, path_contains, fault, skip, times);
+    }
+
+    /// Injects `fault` into `times` calls of kind `op` whose path contains
+    /// `path_contains`, from the `skip + 1`-th such call on.
+    pub fn inject_on(&self, op: Op, path_contains: &str, fault: Fault, skip: usize, times: usize) {
         self.rules.lock().expect("rules").push(Rule {
+            op,
             path_contains: path_contains.to_string(),
             fault,
             skip,
@@ -365,33 +412,82 @@ impl FaultyStore {
         self.fired.load(Ordering::SeqCst)
     }
 
-    /// Requests made so far (get + head + put + list).
+    /// Whether a crash fault fired.
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    /// Requests made so far (get + head + put + list + delete).
     pub fn requests(&self) -> usize {
         self.gets.load(Ordering::SeqCst)
             + self.puts.load(Ordering::SeqCst)
             + self.lists.load(Ordering::SeqCst)
             + self.heads.load(Ordering::SeqCst)
+            + self.deletes.load(Ordering::SeqCst)
     }
 
     pub fn reset_counts(&self) {
         for c in [&self.gets, &self.puts, &self.lists, &self.heads] {
             c.store(0, Ordering::SeqCst);
         }
+        self.deletes.store(0, Ordering::SeqCst);
     }
 
-    /// Fails every request once a crash fault has fired.
-    fn check_alive(&self, path: &Path) -> object_store::Result<()> {
+    fn gate(&self) -> Gate {
+        Gate {
+            rules: self.rules.clone(),
+            dead: self.dead.clone(),
+            fired: self.fired.clone(),
+        }
+    }
+}
+
+/// What decides the fate of one call: the rules, the dead flag, the count of
+/// faults fired. Shared with the streams that deletes return.
+#[derive(Clone)]
+struct Gate {
+    rules: Arc<Mutex<Vec<Rule>>>,
+    dead: Arc<std::sync::atomic::AtomicBool>,
+    fired: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    /// Runs `call` under the rules: it may fail before, be applied and then
+    /// fail, or kill the process before or after it.
+    async fn run<T>(
+        &self,
+        op: Op,
+        path: &Path,
+        call: impl std::future::Future<Output = object_store::Result<T>>,
+    ) -> object_store::Result<T> {
         if self.dead.load(Ordering::SeqCst) {
             return Err(injected(path));
         }
-        Ok(())
+        match self.take_fault(op, path) {
+            None => call.await,
+            Some(Fault::FailBefore) => Err(injected(path)),
+            Some(Fault::LoseResponse) => {
+                call.await?;
+                Err(injected(path))
+            }
+            Some(Fault::CrashBefore) => {
+                self.dead.store(true, Ordering::SeqCst);
+                Err(injected(path))
+            }
+            Some(Fault::CrashAfter) => {
+                let result = call.await;
+                self.dead.store(true, Ordering::SeqCst);
+                result?;
+                Err(injected(path))
+            }
+        }
     }
 
-    fn take_fault(&self, path: &Path) -> Option<Fault> {
+    fn take_fault(&self, op: Op, path: &Path) -> Option<Fault> {
         let mut rules = self.rules.lock().expect("rules");
         let rule = rules
             .iter_mut()
-            .find(|r| r.remaining > 0 && path.as_ref().contains(&r.path_contains))?;
+            .find(|r| r.op == op && r.remaining > 0 && path.as_ref().contains(&r.path_contains))?;
         if rule.skip > 0 {
             rule.skip -= 1;
             return None;
@@ -430,25 +526,13 @@ impl ObjectStore for FaultyStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.puts.fetch_add(1, Ordering::SeqCst);
-        self.check_alive(location)?;
-        match self.take_fault(location) {
-            Some(Fault::FailBefore) => Err(injected(location)),
-            Some(Fault::LoseResponse) => {
-                self.inner.put_opts(location, payload, opts).await?;
-                Err(injected(location))
-            }
-            Some(Fault::CrashBefore) => {
-                self.dead.store(true, Ordering::SeqCst);
-                Err(injected(location))
-            }
-            Some(Fault::CrashAfter) => {
-                let result = self.inner.put_opts(location, payload, opts).await;
-                self.dead.store(true, Ordering::SeqCst);
-                result?;
-                Err(injected(location))
-            }
-            None => self.inner.put_opts(location, payload, opts).await,
-        }
+        self.gate()
+            .run(
+                Op::Put,
+                location,
+                self.inner.put_opts(location, payload, opts),
+            )
+            .await
     }
 
     async fn put_multipart_opts(
@@ -457,8 +541,13 @@ impl ObjectStore for FaultyStore {
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.puts.fetch_add(1, Ordering::SeqCst);
-        self.check_alive(location)?;
-        self.inner.put_multipart_opts(location, opts).await
+        self.gate()
+            .run(
+                Op::Put,
+                location,
+                self.inner.put_multipart_opts(location, opts),
+            )
+            .await
     }
 
     async fn get_opts(
@@ -466,28 +555,52 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        if options.head {
+        let op = if options.head {
             self.heads.fetch_add(1, Ordering::SeqCst);
+            Op::Head
         } else {
             self.gets.fetch_add(1, Ordering::SeqCst);
-        }
-        self.check_alive(location)?;
-        self.inner.get_opts(location, options).await
+            Op::Get
+        };
+        self.gate()
+            .run(op, location, self.inner.get_opts(location, options))
+            .await
     }
 
     fn delete_stream(
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
+        use futures::StreamExt as _;
+        let inner = self.inner.clone();
+        let gate = self.gate();
+        let deletes = self.deletes.clone();
+        locations
+            .then(move |location| {
+                let inner = inner.clone();
+                let gate = gate.clone();
+                let deletes = deletes.clone();
+                async move {
+                    let location = location?;
+                    deletes.fetch_add(1, Ordering::SeqCst);
+                    let one = location.clone();
+                    let shown = location.clone();
+                    gate.run(Op::Delete, &location, async move {
+                        inner
+                            .delete_stream(futures::stream::once(async move { Ok(one) }).boxed())
+                            .next()
+                            .await
+                            .unwrap_or_else(|| Err(injected(&shown)))
+                    })
+                    .await
+                }
+            })
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        use futures::StreamExt as _;
         self.lists.fetch_add(1, Ordering::SeqCst);
-        if self.dead.load(Ordering::SeqCst) {
-            let error = injected(prefix.unwrap_or(&Path::default()));
-            return Box::pin(futures::stream::once(async move { Err(error) }));
-        }
         let hook = prefix.and_then(|prefix| {
             let mut hooks = self.list_hooks.lock().expect("hooks");
             let at = hooks
@@ -495,23 +608,34 @@ impl ObjectStore for FaultyStore {
                 .position(|(text, _)| prefix.as_ref().contains(text.as_str()))?;
             Some(hooks.remove(at).1)
         });
-        match hook {
-            None => self.inner.list(prefix),
-            Some(hook) => {
-                use futures::StreamExt as _;
-                let inner = self.inner.clone();
-                let prefix = prefix.cloned();
-                Box::pin(
-                    futures::stream::once(hook).flat_map(move |()| inner.list(prefix.as_ref())),
-                )
+        let inner = self.inner.clone();
+        let gate = self.gate();
+        let prefix = prefix.cloned();
+        futures::stream::once(async move {
+            if let Some(hook) = hook {
+                hook.await;
             }
-        }
+            let at = prefix.clone().unwrap_or_default();
+            gate.run(Op::List, &at, async {
+                let listed: Vec<object_store::Result<ObjectMeta>> =
+                    inner.list(prefix.as_ref()).collect().await;
+                listed.into_iter().collect::<object_store::Result<Vec<_>>>()
+            })
+            .await
+        })
+        .flat_map(|listed| match listed {
+            Ok(items) => futures::stream::iter(items.into_iter().map(Ok)).boxed(),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        })
+        .boxed()
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         self.lists.fetch_add(1, Ordering::SeqCst);
-        self.check_alive(prefix.unwrap_or(&Path::default()))?;
-        self.inner.list_with_delimiter(prefix).await
+        let at = prefix.cloned().unwrap_or_default();
+        self.gate()
+            .run(Op::List, &at, self.inner.list_with_delimiter(prefix))
+            .await
     }
 
     async fn copy_opts(
@@ -520,8 +644,9 @@ impl ObjectStore for FaultyStore {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
-        self.check_alive(from)?;
-        self.inner.copy_opts(from, to, options).await
+        self.gate()
+            .run(Op::Copy, from, self.inner.copy_opts(from, to, options))
+            .await
     }
 }
 
