@@ -425,15 +425,40 @@ async fn filtered_rows_count_as_processed_and_crashed_runs_do_not(f: Fixture) {
     let mut read = CheckpointedRead::open(&store, f.source().await, options)
         .await
         .unwrap();
+    let even = tidemark::transform::Transform::new().filter(|batch| {
+        let payload = batch
+            .column_by_name("payload")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .expect("a payload column");
+        Ok(payload
+            .iter()
+            .map(|p| {
+                p.and_then(|p| p.strip_prefix("payload of Some("))
+                    .and_then(|p| p.strip_suffix(')'))
+                    .and_then(|id| id.parse::<i64>().ok())
+                    .map(|id| id % 2 == 0)
+            })
+            .collect())
+    });
     let mut writer = store.begin().await.unwrap();
-    let mut kept = 0;
+    let mut kept = Vec::new();
     while let Some(batch) = read.next_batch(&mut writer).await.unwrap() {
         assert_eq!(batch.num_columns(), 1);
         assert_eq!(batch.schema().field(0).name(), "payload");
-        kept += batch.num_rows() / 2;
+        let batch = even.apply(batch).unwrap();
+        let payload = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        kept.extend(payload.iter().map(|p| p.unwrap().to_string()));
     }
     assert_eq!(read.stats().rows_passed, 300);
-    assert_eq!(kept, 150);
+    let expected: Vec<String> = (0..300)
+        .step_by(2)
+        .map(|id| format!("payload of Some({id})"))
+        .collect();
+    assert_eq!(kept, expected, "the filter kept exactly the even ids");
     writer.seal().await.unwrap();
 
     let (batches, _) = f.run(&store).await;

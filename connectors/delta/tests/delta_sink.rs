@@ -540,3 +540,68 @@ async fn a_run_that_wrote_nothing_commits_nothing() {
     assert_eq!((seen.version, seen.txn), (0, None), "no new version");
     seen.assert_each_once([]);
 }
+
+/// Writes `ids` as one Parquet file `name` in `dir`.
+fn write_source_file(dir: &std::path::Path, name: &str, ids: &[i64]) {
+    let file = std::fs::File::create(dir.join(name)).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema(), None).unwrap();
+    writer.write(&batch(ids)).unwrap();
+    writer.close().unwrap();
+}
+
+/// A filter in the transform, through `Pipeline::run`: the table holds
+/// exactly the kept rows (as deltalake-py and DuckDB read them), and on the
+/// rerun over a grown source the dropped rows' keys count as processed: only
+/// the new file's rows are read into the map, and only its kept rows land.
+#[tokio::test]
+async fn rows_a_filter_drops_never_land_and_their_keys_count_as_processed() {
+    use tidemark::pipeline::{CheckpointPolicy, Pipeline};
+    use tidemark::source::{ParquetSource, ParquetSourceOptions};
+    use tidemark::transform::Transform;
+
+    let fixture = Fixture::new(Backend::local()).await;
+    let source_dir = tempfile::tempdir().unwrap();
+    write_source_file(source_dir.path(), "day-1.parquet", &range(0, 300));
+    let source_url = format!("file://{}", source_dir.path().display());
+    // Rows without a region (ids with id % 3 == 2) are dropped.
+    let with_region = Transform::new().filter(|batch| {
+        let region = batch.column_by_name("region").expect("a region column");
+        arrow::compute::is_not_null(region).map_err(|source| tidemark::Error::Arrow {
+            context: "filtering on region",
+            source,
+        })
+    });
+    let kept = |to: i64| -> Vec<i64> { (0..to).filter(|id| id % 3 != 2).collect() };
+
+    let run = |expected_read: u64, expected_written: u64| {
+        let fixture = &fixture;
+        let source_url = source_url.clone();
+        let with_region = with_region.clone();
+        async move {
+            let sink = fixture.sink().await;
+            let mut writer = sink.writer(DeltaWriterOptions::default()).await.unwrap();
+            let source = ParquetSource::open(&source_url, &ParquetSourceOptions::default())
+                .await
+                .unwrap();
+            let report = Pipeline::new(fixture.store().await, sink, PIPELINE)
+                .with_checkpoint_policy(CheckpointPolicy::once_per_run())
+                .run(Arc::new(source), &with_region, &mut writer)
+                .await
+                .unwrap();
+            assert_eq!(report.read.rows_passed, expected_read, "{report:?}");
+            assert_eq!(report.rows_written, expected_written, "{report:?}");
+            report
+        }
+    };
+    let first = run(300, 200).await;
+    assert_eq!(first.read.rows_skipped, 0);
+    fixture.read().assert_each_once(kept(300));
+
+    write_source_file(source_dir.path(), "day-2.parquet", &range(300, 330));
+    let second = run(30, 20).await;
+    assert_eq!(
+        second.read.rows_skipped, 300,
+        "the dropped rows' keys count too"
+    );
+    fixture.read().assert_each_once(kept(330));
+}
