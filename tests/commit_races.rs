@@ -13,68 +13,21 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::{ArrayRef, Int64Array};
 use arrow_schema::DataType;
-use futures::future::BoxFuture;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::ObjectStore;
-use support::FaultyStore;
-use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink, Committer};
-use tidemark::error::BoxError;
+use support::{FaultyStore, MemoryTable};
+use tidemark::commit::Committer;
 use tidemark::store::{
     CheckpointId, CheckpointStore, FileRecord, KeySchema, Lease, LeaseOptions, StoreLocation,
     TableFileMetadata, PIPELINE_SCOPE,
 };
 use tidemark::Error;
-
-/// A table in memory: the pipeline's marker and the files appended, applied
-/// atomically. With `fail`, every commit fails (a committer that dies there).
-#[derive(Clone, Default)]
-struct MemoryTable {
-    state: Arc<Mutex<(Option<u64>, Vec<String>)>>,
-    fail: bool,
-}
-
-impl CommitSink for MemoryTable {
-    fn table(&self) -> String {
-        "memory-table".into()
-    }
-
-    fn committed_sequence<'a>(
-        &'a self,
-        _pipeline_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>, BoxError>> {
-        Box::pin(async move { Ok(self.state.lock().unwrap().0) })
-    }
-
-    fn commit<'a>(
-        &'a self,
-        request: &'a CommitRequest,
-    ) -> BoxFuture<'a, Result<CommitOutcome, BoxError>> {
-        Box::pin(async move {
-            if self.fail {
-                return Err("the committer died before its table commit".into());
-            }
-            let mut state = self.state.lock().unwrap();
-            if state.0.is_some_and(|m| m >= request.sequence) {
-                return Ok(CommitOutcome {
-                    applied: false,
-                    table_version: serde_json::Value::Null,
-                });
-            }
-            state.0 = Some(request.sequence);
-            state.1.extend(request.files.iter().map(|f| f.path.clone()));
-            Ok(CommitOutcome {
-                applied: true,
-                table_version: serde_json::Value::Null,
-            })
-        })
-    }
-}
 
 fn keys() -> KeySchema {
     KeySchema::single("id", DataType::Int64).unwrap()
@@ -119,10 +72,7 @@ async fn a_stale_committer_never_marks_unapplied_checkpoints_committed() {
     // B, between A's reads: seals Y, claims an intent for X and Y, and dies
     // before its table commit.
     let table = MemoryTable::default();
-    let dying = MemoryTable {
-        state: table.state.clone(),
-        fail: true,
-    };
+    let dying = table.failing();
     let b_store = plain.clone();
     let hooked = Arc::new(FaultyStore::new(inner.clone()));
     hooked.before_list(
@@ -153,7 +103,7 @@ async fn a_stale_committer_never_marks_unapplied_checkpoints_committed() {
         })
         .collect();
     assert_eq!(committed.len(), 2, "both checkpoints end committed");
-    let in_table = table.state.lock().unwrap().1.clone();
+    let in_table = table.appended();
     for files in committed.values() {
         for file in files {
             assert!(
@@ -188,10 +138,7 @@ async fn a_fenced_committer_neither_claims_nor_applies() {
     let old = Lease::acquire(&store, PIPELINE_SCOPE, 1, options.clone())
         .await
         .unwrap();
-    let dying = MemoryTable {
-        state: table.state.clone(),
-        fail: true,
-    };
+    let dying = table.failing();
     let err = Committer::new(store.clone(), dying, "races")
         .with_fence(old.fence())
         .commit_pending()
@@ -226,11 +173,7 @@ async fn a_fenced_committer_neither_claims_nor_applies() {
         ),
         "{err}"
     );
-    assert_eq!(
-        table.state.lock().unwrap().0,
-        None,
-        "nothing reached the table"
-    );
+    assert_eq!(table.marker(), None, "nothing reached the table");
 
     let current = Committer::new(store.clone(), table.clone(), "races").with_fence(new.fence());
     current.commit_pending().await.unwrap();
@@ -257,10 +200,9 @@ async fn a_fenced_committer_neither_claims_nor_applies() {
     );
 
     current.commit_pending().await.unwrap();
-    let state = table.state.lock().unwrap().clone();
-    assert_eq!(state.0, Some(2));
+    assert_eq!(table.marker(), Some(2));
     assert_eq!(
-        state.1,
+        table.appended(),
         vec!["data/x.parquet".to_string(), "data/y.parquet".to_string()]
     );
 }

@@ -13,75 +13,18 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Int64Array};
 use arrow_schema::DataType;
-use futures::future::BoxFuture;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use support::{Fault, FaultyStore, Op};
-use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink, Committer};
-use tidemark::error::BoxError;
-use tidemark::gc::{collect_garbage, TableFiles};
+use support::{Fault, FaultyStore, MemoryTable, Op};
+use tidemark::commit::Committer;
+use tidemark::gc::collect_garbage;
 use tidemark::store::{
     CheckpointStore, CompactionOptions, FileRecord, KeySchema, StoreLocation, TableFileMetadata,
 };
 
 fn keys() -> KeySchema {
     KeySchema::single("id", DataType::Int64).unwrap()
-}
-
-/// A table whose data files live in `files`; commits always land.
-#[derive(Clone)]
-struct Table {
-    files: Arc<dyn ObjectStore>,
-    marker: Arc<std::sync::Mutex<Option<u64>>>,
-}
-
-impl CommitSink for Table {
-    fn table(&self) -> String {
-        "table".into()
-    }
-
-    fn committed_sequence<'a>(
-        &'a self,
-        _pipeline_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>, BoxError>> {
-        Box::pin(async move { Ok(*self.marker.lock().unwrap()) })
-    }
-
-    fn commit<'a>(
-        &'a self,
-        request: &'a CommitRequest,
-    ) -> BoxFuture<'a, Result<CommitOutcome, BoxError>> {
-        Box::pin(async move {
-            let mut marker = self.marker.lock().unwrap();
-            let applied = marker.is_none_or(|m| m < request.sequence);
-            if applied {
-                *marker = Some(request.sequence);
-            }
-            Ok(CommitOutcome {
-                applied,
-                table_version: serde_json::Value::Null,
-            })
-        })
-    }
-}
-
-impl TableFiles for Table {
-    fn delete_file<'a>(&'a self, path: &'a str) -> BoxFuture<'a, tidemark::Result<()>> {
-        Box::pin(async move {
-            match self.files.delete(&Path::from(path)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(tidemark::Error::Sink {
-                    table: "table".into(),
-                    source: Box::new(e),
-                }),
-            }
-        })
-    }
-
-    fn delete_prefix<'a>(&'a self, _prefix: &'a str) -> BoxFuture<'a, tidemark::Result<()>> {
-        Box::pin(async { Ok(()) })
-    }
 }
 
 fn file(path: &str) -> FileRecord {
@@ -107,10 +50,7 @@ async fn history(bucket: Arc<InMemory>, table_files: Arc<InMemory>, checkpoints:
     )
     .await
     .unwrap();
-    let table = Table {
-        files: table_files.clone(),
-        marker: Default::default(),
-    };
+    let table = MemoryTable::with_files(table_files.clone());
     for n in 0..checkpoints {
         let mut writer = store.begin().await.unwrap();
         writer
@@ -179,10 +119,7 @@ async fn compaction_killed_at_each_delete_loses_no_key_and_a_rerun_finishes() {
     let base = Arc::new(InMemory::new());
     let table_files = Arc::new(InMemory::new());
     history(base.clone(), table_files.clone(), 6).await;
-    let table = Table {
-        files: table_files,
-        marker: Default::default(),
-    };
+    let table = MemoryTable::with_files(table_files);
     // Count the deletes of a full gc and compaction.
     let counting = Arc::new(FaultyStore::new(copy(&base).await));
     let store = open(counting.clone()).await;
@@ -232,18 +169,12 @@ async fn gc_killed_at_each_delete_keeps_every_kept_file_and_a_rerun_finishes() {
             let faulty_files = Arc::new(FaultyStore::new(files.clone()));
             faulty_files.inject_on(Op::Delete, "orphan", fault, nth, 1);
             let store = open(bucket.clone()).await;
-            let table = Table {
-                files: faulty_files.clone(),
-                marker: Default::default(),
-            };
+            let table = MemoryTable::with_files(faulty_files.clone());
             assert!(
                 collect_garbage(&store, &table).await.is_err(),
                 "delete {nth} ({fault:?}) did not stop gc"
             );
-            let table = Table {
-                files: files.clone(),
-                marker: Default::default(),
-            };
+            let table = MemoryTable::with_files(files.clone());
             let report = collect_garbage(&store, &table).await.unwrap();
             assert!(report.files_deleted >= 1, "{report:?}");
             for n in 0..6 {

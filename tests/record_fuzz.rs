@@ -13,22 +13,23 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::{ArrayRef, Int64Array};
 use arrow_schema::DataType;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::StreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use proptest::prelude::*;
-use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink, Committer};
-use tidemark::error::BoxError;
-use tidemark::gc::{collect_garbage, TableFiles};
+use support::MemoryTable;
+use tidemark::commit::Committer;
+use tidemark::gc::collect_garbage;
 use tidemark::store::{
     CheckpointStore, CompactionOptions, FileRecord, KeySchema, Lease, LeaseOptions, StoreLocation,
     TableFileMetadata,
@@ -37,50 +38,10 @@ use tidemark::Error;
 
 const PIPELINE: &str = "fuzz";
 
-/// A table that records what commits carried.
-#[derive(Clone, Default)]
-struct RecordingTable {
-    state: Arc<Mutex<(Option<u64>, Vec<String>)>>,
-}
-
-impl CommitSink for RecordingTable {
-    fn table(&self) -> String {
-        "fuzz-table".into()
-    }
-
-    fn committed_sequence<'a>(
-        &'a self,
-        _pipeline_id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<u64>, BoxError>> {
-        Box::pin(async move { Ok(self.state.lock().unwrap().0) })
-    }
-
-    fn commit<'a>(
-        &'a self,
-        request: &'a CommitRequest,
-    ) -> BoxFuture<'a, Result<CommitOutcome, BoxError>> {
-        Box::pin(async move {
-            let mut state = self.state.lock().unwrap();
-            let applied = state.0.is_none_or(|m| m < request.sequence);
-            if applied {
-                state.0 = Some(request.sequence);
-                state.1.extend(request.files.iter().map(|f| f.path.clone()));
-            }
-            Ok(CommitOutcome {
-                applied,
-                table_version: serde_json::Value::Null,
-            })
-        })
-    }
-}
-
-impl TableFiles for RecordingTable {
-    fn delete_file<'a>(&'a self, _path: &'a str) -> BoxFuture<'a, tidemark::Result<()>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn delete_prefix<'a>(&'a self, _prefix: &'a str) -> BoxFuture<'a, tidemark::Result<()>> {
-        Box::pin(async { Ok(()) })
+fn lease_options() -> LeaseOptions {
+    LeaseOptions {
+        ttl: Duration::from_secs(60),
+        holder: "fuzz".into(),
     }
 }
 
@@ -118,7 +79,7 @@ async fn every_kind_of_record() -> Base {
     let store = CheckpointStore::open_at(open_on(bucket.clone()), keys())
         .await
         .unwrap();
-    let table = RecordingTable::default();
+    let table = MemoryTable::default();
     let mut files = BTreeSet::new();
     // Two checkpoints committed and compacted into the index.
     for n in 0..2 {
@@ -160,17 +121,9 @@ async fn every_kind_of_record() -> Base {
     collect_garbage(&store, &table).await.unwrap();
     // A lease (epoch, heartbeat, shard layout), and under it: one checkpoint
     // sealed but not committed, one left staged.
-    let lease = Lease::acquire(
-        &store,
-        "pipeline",
-        1,
-        LeaseOptions {
-            ttl: Duration::from_secs(60),
-            holder: "fuzz".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let lease = Lease::acquire(&store, "pipeline", 1, lease_options())
+        .await
+        .unwrap();
     let mut writer = store.begin_fenced(lease.fence()).await.unwrap();
     writer.stage_keys(&ids(30..40)).await.unwrap();
     writer
@@ -191,17 +144,9 @@ async fn every_kind_of_record() -> Base {
         .unwrap();
     lease.release().await.unwrap();
     // A newer epoch fences the staged checkpoint with a tombstone.
-    let lease = Lease::acquire(
-        &store,
-        "pipeline",
-        1,
-        LeaseOptions {
-            ttl: Duration::from_secs(60),
-            holder: "fuzz".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let lease = Lease::acquire(&store, "pipeline", 1, lease_options())
+        .await
+        .unwrap();
     lease.release().await.unwrap();
     let mut objects = Vec::new();
     let listed: Vec<_> = bucket.list(None).collect().await;
@@ -356,24 +301,21 @@ async fn read_everything(bucket: Arc<InMemory>, damaged: &Path, files: &BTreeSet
             check_error(&e, damaged);
         }
     }
-    let options = LeaseOptions {
-        ttl: Duration::from_secs(60),
-        holder: "fuzz".into(),
-    };
+    let options = lease_options();
     match Lease::acquire(&store, "pipeline", 1, options).await {
         Ok(lease) => {
             let _ = lease.release().await;
         }
         Err(e) => check_error(&e, damaged),
     }
-    let table = RecordingTable::default();
+    let table = MemoryTable::default();
     if let Err(e) = Committer::new(store.clone(), table.clone(), PIPELINE)
         .commit_pending()
         .await
     {
         check_error(&e, damaged);
     }
-    let committed = table.state.lock().unwrap().1.clone();
+    let committed = table.appended();
     let distinct: BTreeSet<&String> = committed.iter().collect();
     assert_eq!(
         distinct.len(),

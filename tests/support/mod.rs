@@ -650,6 +650,132 @@ impl ObjectStore for FaultyStore {
     }
 }
 
+/// A table in memory for protocol tests: the pipeline's marker and the paths
+/// of the files appended, changed atomically by one commit. With `fail`,
+/// every commit fails (a committer that dies there). Its data files, for gc,
+/// live in `files`.
+#[derive(Clone)]
+pub struct MemoryTable {
+    pub state: Arc<Mutex<(Option<u64>, Vec<String>)>>,
+    pub fail: bool,
+    pub files: Arc<dyn ObjectStore>,
+}
+
+impl Default for MemoryTable {
+    fn default() -> Self {
+        MemoryTable {
+            state: Arc::default(),
+            fail: false,
+            files: Arc::new(InMemory::new()),
+        }
+    }
+}
+
+impl MemoryTable {
+    /// A table whose data files live in `files`.
+    pub fn with_files(files: Arc<dyn ObjectStore>) -> Self {
+        MemoryTable {
+            files,
+            ..Self::default()
+        }
+    }
+
+    /// The same table, seen by a committer whose every commit fails.
+    pub fn failing(&self) -> Self {
+        MemoryTable {
+            fail: true,
+            ..self.clone()
+        }
+    }
+
+    /// The marker.
+    pub fn marker(&self) -> Option<u64> {
+        self.state.lock().unwrap().0
+    }
+
+    /// The files appended, in order.
+    pub fn appended(&self) -> Vec<String> {
+        self.state.lock().unwrap().1.clone()
+    }
+}
+
+impl tidemark::commit::CommitSink for MemoryTable {
+    fn table(&self) -> String {
+        "memory-table".into()
+    }
+
+    fn committed_sequence<'a>(
+        &'a self,
+        _pipeline_id: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<u64>, tidemark::error::BoxError>> {
+        Box::pin(async move { Ok(self.marker()) })
+    }
+
+    fn commit<'a>(
+        &'a self,
+        request: &'a tidemark::commit::CommitRequest,
+    ) -> futures::future::BoxFuture<
+        'a,
+        Result<tidemark::commit::CommitOutcome, tidemark::error::BoxError>,
+    > {
+        Box::pin(async move {
+            if self.fail {
+                return Err("the committer died before its table commit".into());
+            }
+            let mut state = self.state.lock().unwrap();
+            let applied = state.0.is_none_or(|m| m < request.sequence);
+            if applied {
+                state.0 = Some(request.sequence);
+                state.1.extend(request.files.iter().map(|f| f.path.clone()));
+            }
+            Ok(tidemark::commit::CommitOutcome {
+                applied,
+                table_version: serde_json::Value::Null,
+            })
+        })
+    }
+}
+
+impl tidemark::gc::TableFiles for MemoryTable {
+    fn delete_file<'a>(
+        &'a self,
+        path: &'a str,
+    ) -> futures::future::BoxFuture<'a, tidemark::Result<()>> {
+        Box::pin(async move {
+            use object_store::ObjectStoreExt as _;
+            match self.files.delete(&Path::from(path)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(tidemark::Error::Sink {
+                    table: "memory-table".into(),
+                    source: Box::new(e),
+                }),
+            }
+        })
+    }
+
+    fn delete_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> futures::future::BoxFuture<'a, tidemark::Result<()>> {
+        Box::pin(async move {
+            use futures::TryStreamExt as _;
+            let listed: Vec<ObjectMeta> = self
+                .files
+                .list(Some(&Path::from(prefix)))
+                .try_collect()
+                .await
+                .map_err(|e| tidemark::Error::Sink {
+                    table: "memory-table".into(),
+                    source: Box::new(e),
+                })?;
+            for meta in listed {
+                self.delete_file(meta.location.as_ref()).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
 struct Postgres {
     url: String,
     _dir: Option<TempDir>,
