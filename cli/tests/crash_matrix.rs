@@ -47,6 +47,12 @@ use support::{Backend, Fault, FaultProxy};
 const PIPELINE: &str = "crash-matrix";
 /// Small files, so one run writes several and a crash can fall between them.
 const TARGET_FILE_BYTES: usize = 4 << 10;
+/// Rows in the crash matrix's source (three files; the last repeats 100 keys).
+const SOURCE_ROWS: u64 = 1200;
+/// Distinct keys in it.
+const DISTINCT_KEYS: u64 = 1100;
+/// Data files one run writes into Delta at [`TARGET_FILE_BYTES`].
+const DELTA_FILES_PER_RUN: usize = 11;
 
 /// Where to kill the run: the first checkpoint-store write whose path
 /// contains `path` (after letting `skip` such writes through) gets `fault`.
@@ -55,72 +61,141 @@ struct Step {
     path: &'static str,
     fault: Fault,
     skip: usize,
+    /// What the rerun must find and do.
+    rerun: Expected,
 }
 
+/// What a rerun after a kill at one step does, as the step implies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Expected {
+    /// The killed run's checkpoint was unsealed: the rerun seals it empty
+    /// (1), and reads, maps and writes every row again (the source's 1 100
+    /// distinct keys). Otherwise it was sealed: nothing is fenced, nothing
+    /// is written again.
+    unsealed: bool,
+    /// Table commits the rerun's repair finishes (0 or 1).
+    repaired: usize,
+    /// Whether the repair's commit appends the files (`false`: the table
+    /// already held them, only the store's marks were missing).
+    applied_by_repair: bool,
+    /// Orphan paths (files for Delta, directories for Iceberg) the rerun's
+    /// gc deletes.
+    orphans: usize,
+}
+
+/// The kill points of a run, in the order the run reaches them. Each is
+/// named after the call it kills. A run writes its data files first
+/// (recording each in flight), then at its seal flushes the key file (keys
+/// are buffered until then), writes the seal, the commit intent, the table
+/// commit and the commit marks.
 fn steps(sink: SinkKind) -> Vec<Step> {
-    let step = |name, path, fault, skip| Step {
+    let step = |name, path, fault, skip, rerun| Step {
         name,
         path,
         fault,
         skip,
+        rerun,
     };
-    let mut steps = vec![
+    let unsealed = |orphans| Expected {
+        unsealed: true,
+        repaired: 0,
+        applied_by_repair: false,
+        orphans,
+    };
+    let sealed = |repaired, applied_by_repair| Expected {
+        unsealed: false,
+        repaired,
+        applied_by_repair,
+        orphans: 0,
+    };
+    // Iceberg records one directory per writer, Delta each file.
+    let written = match sink {
+        SinkKind::Iceberg => 1,
+        SinkKind::Delta => DELTA_FILES_PER_RUN,
+    };
+    let mut steps = vec![step(
+        "after recording the first in-flight write, before its data file",
+        "/inflight/",
+        Fault::CrashAfter,
+        0,
+        unsealed(1),
+    )];
+    if sink == SinkKind::Delta {
+        // The Delta writer records each file before writing it: dying at the
+        // third record leaves two complete data files that no manifest names.
+        steps.push(step(
+            "after writing two data files, before recording the third",
+            "/inflight/",
+            Fault::CrashBefore,
+            2,
+            unsealed(2),
+        ));
+    }
+    steps.extend([
         step(
-            "after reading, before staging keys",
+            "at the seal, before the key file (data files written)",
             "/keys/",
             Fault::CrashBefore,
             0,
+            unsealed(written),
         ),
-        step("after staging keys", "/keys/", Fault::CrashAfter, 0),
         step(
-            "after recording an in-flight write",
-            "/inflight/",
+            "at the seal, after the key file",
+            "/keys/",
             Fault::CrashAfter,
             0,
+            unsealed(written),
         ),
         step(
-            "before sealing (data files written)",
+            "before the seal (keys and data files written)",
             "sealed/",
             Fault::CrashBefore,
             0,
+            unsealed(written),
         ),
-        step("after sealing", "sealed/", Fault::CrashAfter, 0),
+        step(
+            "after the seal",
+            "sealed/",
+            Fault::CrashAfter,
+            0,
+            sealed(1, true),
+        ),
         step(
             "seal applied, response lost",
             "sealed/",
             Fault::LoseResponse,
             0,
+            sealed(1, true),
         ),
         step(
             "before the commit intent",
             "commits/",
             Fault::CrashBefore,
             0,
+            sealed(1, true),
         ),
         step(
             "after the commit intent, before the catalog commit",
             "commits/",
             Fault::CrashAfter,
             0,
+            sealed(1, true),
         ),
         step(
             "after the catalog commit, before mark-committed",
             "committed/",
             Fault::CrashBefore,
             0,
+            sealed(1, false),
         ),
-        step("after mark-committed", "committed/", Fault::CrashAfter, 0),
-    ];
-    if sink == SinkKind::Delta {
-        // The Delta writer records each file before writing it: dying at the
-        // third record leaves two complete data files that no manifest names.
-        steps.push(step(
-            "after writing two data files",
-            "/inflight/",
-            Fault::CrashBefore,
-            2,
-        ));
-    }
+        step(
+            "after mark-committed",
+            "committed/",
+            Fault::CrashAfter,
+            0,
+            sealed(0, false),
+        ),
+    ]);
     steps
 }
 
@@ -526,6 +601,23 @@ async fn crash_matrix(sink: SinkKind, backend: fn() -> Backend) {
             "{what}: a second rerun committed"
         );
         scenario.verify(&what).await;
+        let expected = step.rerun;
+        let found = Expected {
+            unsealed: rerun.fenced_checkpoints == 1 && rerun.rows_written == DISTINCT_KEYS,
+            repaired: rerun.repaired.commits.len(),
+            applied_by_repair: rerun.repaired.commits.iter().any(|c| c.applied_now),
+            orphans: rerun.gc.files_deleted + rerun.gc.prefixes_deleted,
+        };
+        assert_eq!(
+            found, expected,
+            "{what}: the rerun (fenced {}, wrote {} rows) did not do what the step implies",
+            rerun.fenced_checkpoints, rerun.rows_written
+        );
+        if !expected.unsealed {
+            assert_eq!(rerun.fenced_checkpoints, 0, "{what}");
+            assert_eq!(rerun.rows_written, 0, "{what}");
+            assert_eq!(rerun.read.rows_skipped, SOURCE_ROWS, "{what}");
+        }
         eprintln!(
             "PASS {what}: rerun wrote {} rows, repaired {} commit(s), fenced {}, deleted {} orphan file(s) + {} dir(s)",
             rerun.rows_written,
