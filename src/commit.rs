@@ -29,7 +29,9 @@ use serde_json::json;
 
 use crate::error::{BoxError, Error, Result};
 use crate::redact::validate_pipeline_id;
-use crate::store::{CheckpointId, CheckpointStore, CommitIntent, Fence, FileRecord, Manifest};
+use crate::store::{
+    ensure_not_fenced, CheckpointId, CheckpointStore, CommitIntent, Fence, FileRecord, Manifest,
+};
 
 /// How many times in a row a committer may lose the race for an intent to
 /// another committer before it gives up.
@@ -441,12 +443,5 @@ impl<S: CommitSink> Committer<S> {
             store_sequence,
             why: why.to_string(),
         }
-    }
-}
-
-async fn ensure_not_fenced(fence: Option<&Fence>, operation: &'static str) -> Result<()> {
-    match fence {
-        Some(fence) => fence.ensure_current(operation).await,
-        None => Ok(()),
     }
 }

@@ -535,14 +535,14 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
     /// holder's garbage collection would otherwise stay an orphan. Best
     /// effort: the run is failing anyway.
     async fn discard_writes(&self, checkpoint: &CheckpointWriter) {
-        let (files, prefixes) = checkpoint.recorded_writes();
+        let orphans = checkpoint.recorded_writes();
         let table = self.committer.sink();
-        for file in &files {
+        for file in &orphans.files {
             if let Err(e) = table.delete_file(file).await {
                 tracing::warn!(error = %e, file, "deleting a fenced run's data file failed");
             }
         }
-        for prefix in &prefixes {
+        for prefix in &orphans.prefixes {
             if let Err(e) = table.delete_prefix(prefix).await {
                 tracing::warn!(error = %e, prefix, "deleting a fenced run's data files failed");
             }

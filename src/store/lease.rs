@@ -324,15 +324,32 @@ fn validate_scope(scope: &str) -> Result<()> {
 }
 
 async fn latest_epoch(store: &CheckpointStore, scope: &str) -> Result<Option<u64>> {
-    let listed = io::list(
-        store.object_store(),
-        &store.layout().lease_epochs_dir(scope),
-    )
-    .await?;
+    latest_number(store, &store.layout().lease_epochs_dir(scope)).await
+}
+
+/// The highest number of a series of numbered records (`{n:020}.json`)
+/// under `dir`: lease epochs, shard layouts.
+async fn latest_number(
+    store: &CheckpointStore,
+    dir: &object_store::path::Path,
+) -> Result<Option<u64>> {
+    let listed = io::list(store.object_store(), dir).await?;
     Ok(listed
         .iter()
         .filter_map(|m| Layout::generation_of(&m.location))
         .max())
+}
+
+/// Fails with [`Error::Fenced`] if `fence` is given and a newer run took
+/// its lease over; writers and committers without a fence always pass.
+pub(crate) async fn ensure_not_fenced(
+    fence: Option<&Fence>,
+    operation: &'static str,
+) -> Result<()> {
+    match fence {
+        Some(fence) => fence.ensure_current(operation).await,
+        None => Ok(()),
+    }
 }
 
 async fn read_status(store: &CheckpointStore, scope: &str, epoch: u64) -> Result<LeaseStatus> {
@@ -406,15 +423,10 @@ async fn take_epoch(
 
 /// The current shard layout, if any run ever recorded one.
 async fn latest_layout(store: &CheckpointStore) -> Result<Option<ShardLayout>> {
-    let listed = io::list(store.object_store(), &store.layout().shard_layouts_dir()).await?;
-    let Some(latest) = listed
-        .iter()
-        .filter_map(|m| Layout::generation_of(&m.location))
-        .max()
-    else {
-        return Ok(None);
-    };
-    read_layout(store, latest).await.map(Some)
+    match latest_number(store, &store.layout().shard_layouts_dir()).await? {
+        Some(latest) => read_layout(store, latest).await.map(Some),
+        None => Ok(None),
+    }
 }
 
 async fn read_layout(store: &CheckpointStore, number: u64) -> Result<ShardLayout> {
@@ -455,16 +467,15 @@ async fn join_layout(
             if other == scope {
                 continue;
             }
-            let Some(epoch) = latest_epoch(store, &other).await? else {
+            let Some(status) = store.lease_status(&other).await? else {
                 continue;
             };
-            let status = read_status(store, &other, epoch).await?;
             if status.is_live(now) {
                 return Err(Error::ShardLayoutInUse {
                     shards,
                     current_shards: current.as_ref().map_or(1, |c| c.shards),
                     scope: other,
-                    epoch,
+                    epoch: status.record.claim.epoch,
                     expires_at: status.expires_at().to_rfc3339(),
                     holder: status.record.holder,
                 });

@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 pub use compaction::{CompactionOptions, CompactionReport};
 pub use keys::{canonical_key_type, KeyColumn, KeySchema};
+pub(crate) use lease::ensure_not_fenced;
 pub use lease::{Fence, Lease, LeaseOptions, LeaseStatus, MAX_LEASE_TTL, PIPELINE_SCOPE};
 pub use location::{
     StoreLocation, OPTION_MAX_RETRIES, OPTION_RETRY_TIMEOUT_SECS, URL_CREDENTIALS_REFUSED,

@@ -7,7 +7,8 @@ use arrow_array::{ArrayRef, RecordBatch};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::lease::Fence;
+use super::lease::{ensure_not_fenced, Fence};
+use super::orphans::Orphans;
 use super::records::{
     self, BeginMarker, CheckpointId, FileRecord, InFlightRecord, KeyFileRef, Manifest,
     FORMAT_VERSION,
@@ -75,7 +76,7 @@ impl CheckpointWriter {
         io::put(writer.store.object_store(), &path, encoded).await?;
         // After the marker: a takeover that did not see the marker has already
         // written its epoch, so this check sees it.
-        writer.ensure_not_fenced("beginning a checkpoint").await?;
+        ensure_not_fenced(writer.fence.as_ref(), "beginning a checkpoint").await?;
         Ok(writer)
     }
 
@@ -171,20 +172,25 @@ impl CheckpointWriter {
     }
 
     /// The data files this writer recorded in flight (staged or not), and the
-    /// directories it recorded: what to delete when its checkpoint can never
-    /// be sealed with them. Empty once this writer sealed: its files are
-    /// then the checkpoint's.
-    pub fn recorded_writes(&self) -> (Vec<String>, Vec<String>) {
-        if self.sealed.is_some() {
-            return (Vec::new(), Vec::new());
+    /// directories it recorded: the orphans its checkpoint leaves if it can
+    /// never be sealed with them. Empty once this writer sealed: its files
+    /// are then the checkpoint's.
+    pub fn recorded_writes(&self) -> Orphans {
+        let mut orphans = Orphans {
+            checkpoint: self.id,
+            files: Vec::new(),
+            prefixes: Vec::new(),
+        };
+        if self.sealed.is_none() {
+            orphans.files = self
+                .in_flight
+                .iter()
+                .cloned()
+                .chain(self.files.iter().map(|f| f.path.clone()))
+                .collect();
+            orphans.prefixes = self.in_flight_prefixes.keys().cloned().collect();
         }
-        let files = self
-            .in_flight
-            .iter()
-            .cloned()
-            .chain(self.files.iter().map(|f| f.path.clone()))
-            .collect();
-        (files, self.in_flight_prefixes.keys().cloned().collect())
+        orphans
     }
 
     /// Records that a data file is about to be written at `path`, before writing
@@ -212,7 +218,7 @@ impl CheckpointWriter {
 
     async fn put_in_flight(&mut self, path: &str, prefix: bool) -> Result<()> {
         self.ensure_unsealed().await?;
-        self.ensure_not_fenced("writing a data file").await?;
+        ensure_not_fenced(self.fence.as_ref(), "writing a data file").await?;
         let record_path =
             self.store
                 .layout()
@@ -267,7 +273,7 @@ impl CheckpointWriter {
             return Ok(manifest.clone());
         }
         self.flush_keys().await?;
-        self.ensure_not_fenced("sealing").await?;
+        ensure_not_fenced(self.fence.as_ref(), "sealing").await?;
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             checkpoint_id: self.id,
@@ -309,14 +315,6 @@ impl CheckpointWriter {
             Ok(existing)
         } else {
             Err(self.sealed_by_other(&existing, "sealing"))
-        }
-    }
-
-    /// Fails with [`Error::Fenced`] if this writer's lease was taken over.
-    async fn ensure_not_fenced(&self, operation: &'static str) -> Result<()> {
-        match &self.fence {
-            Some(fence) => fence.ensure_current(operation).await,
-            None => Ok(()),
         }
     }
 

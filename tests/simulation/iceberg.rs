@@ -192,33 +192,13 @@ impl DataWriter for GatedWriter {
         batch: &'a RecordBatch,
         checkpoint: &'a mut CheckpointWriter,
     ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let exit = self
-                .actor
-                .enter("iceberg write", "data")
-                .await
-                .map_err(gate_error)?;
-            let result = DataWriter::write(&mut self.inner, batch, checkpoint).await;
-            self.actor
-                .exit(exit, "iceberg write", "data", result.is_ok())
-                .map_err(gate_error)?;
-            result
-        })
+        let call = DataWriter::write(&mut self.inner, batch, checkpoint);
+        Box::pin(self.actor.call("iceberg write", "data", call, gate_error))
     }
 
     fn finish<'a>(&'a mut self, checkpoint: &'a mut CheckpointWriter) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let exit = self
-                .actor
-                .enter("iceberg close", "data")
-                .await
-                .map_err(gate_error)?;
-            let result = DataWriter::finish(&mut self.inner, checkpoint).await;
-            self.actor
-                .exit(exit, "iceberg close", "data", result.is_ok())
-                .map_err(gate_error)?;
-            result
-        })
+        let call = DataWriter::finish(&mut self.inner, checkpoint);
+        Box::pin(self.actor.call("iceberg close", "data", call, gate_error))
     }
 
     fn check_schema(&self, schema: &SchemaRef) -> Result<()> {
@@ -243,12 +223,7 @@ impl GatedCatalog {
         op: &str,
         call: impl std::future::Future<Output = iceberg::Result<T>>,
     ) -> iceberg::Result<T> {
-        let exit = self.actor.enter(op, "catalog").await.map_err(injected)?;
-        let result = call.await;
-        self.actor
-            .exit(exit, op, "catalog", result.is_ok())
-            .map_err(injected)?;
-        result
+        self.actor.call(op, "catalog", call, injected).await
     }
 }
 

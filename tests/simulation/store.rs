@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
@@ -65,13 +65,10 @@ impl ObjectStore for SimStore {
             PutMode::Create => "put-if-absent",
             _ => "put",
         };
-        let what = self.what(location);
-        let exit = self.actor.enter(op, &what).await.map_err(injected)?;
-        let result = self.inner.put_opts(location, payload, opts).await;
+        let call = self.inner.put_opts(location, payload, opts);
         self.actor
-            .exit(exit, op, &what, result.is_ok())
-            .map_err(injected)?;
-        result
+            .call(op, &self.what(location), call, injected)
+            .await
     }
 
     async fn put_multipart_opts(
@@ -79,17 +76,10 @@ impl ObjectStore for SimStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        let what = self.what(location);
-        let exit = self
-            .actor
-            .enter("multipart", &what)
-            .await
-            .map_err(injected)?;
-        let result = self.inner.put_multipart_opts(location, opts).await;
+        let call = self.inner.put_multipart_opts(location, opts);
         self.actor
-            .exit(exit, "multipart", &what, result.is_ok())
-            .map_err(injected)?;
-        result
+            .call("multipart", &self.what(location), call, injected)
+            .await
     }
 
     async fn get_opts(
@@ -98,13 +88,10 @@ impl ObjectStore for SimStore {
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
         let op = if options.head { "head" } else { "get" };
-        let what = self.what(location);
-        let exit = self.actor.enter(op, &what).await.map_err(injected)?;
-        let result = self.inner.get_opts(location, options).await;
+        let call = self.inner.get_opts(location, options);
         self.actor
-            .exit(exit, op, &what, result.is_ok())
-            .map_err(injected)?;
-        result
+            .call(op, &self.what(location), call, injected)
+            .await
     }
 
     fn delete_stream(
@@ -121,16 +108,14 @@ impl ObjectStore for SimStore {
                 async move {
                     let location = location?;
                     let what = format!("{bucket}/{location}");
-                    let exit = actor.enter("delete", &what).await.map_err(injected)?;
-                    let result = inner
-                        .delete_stream(stream::once(async { Ok(location) }).boxed())
-                        .next()
-                        .await
-                        .unwrap_or_else(|| Err(injected("delete returned nothing".into())));
-                    actor
-                        .exit(exit, "delete", &what, result.is_ok())
-                        .map_err(injected)?;
-                    result
+                    let call = async {
+                        inner
+                            .delete_stream(stream::once(async { Ok(location) }).boxed())
+                            .next()
+                            .await
+                            .unwrap_or_else(|| Err(injected("delete returned nothing".into())))
+                    };
+                    actor.call("delete", &what, call, injected).await
                 }
             })
             .boxed()
@@ -142,15 +127,11 @@ impl ObjectStore for SimStore {
         let prefix = prefix.cloned();
         let what = format!("{}/{}", self.bucket, prefix.clone().unwrap_or_default());
         stream::once(async move {
-            let exit = actor.enter("list", &what).await.map_err(injected)?;
-            let listed: Vec<object_store::Result<ObjectMeta>> =
-                inner.list(prefix.as_ref()).collect().await;
-            let ok = listed.iter().all(|m| m.is_ok());
-            actor.exit(exit, "list", &what, ok).map_err(injected)?;
-            Ok::<_, object_store::Error>(stream::iter(listed))
+            let call = inner.list(prefix.as_ref()).try_collect::<Vec<ObjectMeta>>();
+            actor.call("list", &what, call, injected).await
         })
         .map(|listed| match listed {
-            Ok(items) => items.boxed(),
+            Ok(items) => stream::iter(items.into_iter().map(Ok)).boxed(),
             Err(e) => stream::once(async move { Err(e) }).boxed(),
         })
         .flatten()
@@ -159,12 +140,8 @@ impl ObjectStore for SimStore {
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
         let what = format!("{}/{}", self.bucket, prefix.cloned().unwrap_or_default());
-        let exit = self.actor.enter("list/", &what).await.map_err(injected)?;
-        let result = self.inner.list_with_delimiter(prefix).await;
-        self.actor
-            .exit(exit, "list/", &what, result.is_ok())
-            .map_err(injected)?;
-        result
+        let call = self.inner.list_with_delimiter(prefix);
+        self.actor.call("list/", &what, call, injected).await
     }
 
     async fn copy_opts(
@@ -174,11 +151,7 @@ impl ObjectStore for SimStore {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         let what = format!("{} -> {}", self.what(from), self.what(to));
-        let exit = self.actor.enter("copy", &what).await.map_err(injected)?;
-        let result = self.inner.copy_opts(from, to, options).await;
-        self.actor
-            .exit(exit, "copy", &what, result.is_ok())
-            .map_err(injected)?;
-        result
+        let call = self.inner.copy_opts(from, to, options);
+        self.actor.call("copy", &what, call, injected).await
     }
 }

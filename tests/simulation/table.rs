@@ -68,19 +68,11 @@ impl CommitSink for TableHandle {
         &'a self,
         pipeline_id: &'a str,
     ) -> BoxFuture<'a, std::result::Result<Option<u64>, BoxError>> {
-        Box::pin(async move {
-            let exit = self.actor.enter("read marker", TABLE).await?;
-            let marker = self
-                .table
-                .state
-                .lock()
-                .expect("table")
-                .markers
-                .get(pipeline_id)
-                .copied();
-            self.actor.exit(exit, "read marker", TABLE, true)?;
-            Ok(marker)
-        })
+        let call = async move {
+            let state = self.table.state.lock().expect("table");
+            Ok(state.markers.get(pipeline_id).copied())
+        };
+        Box::pin(self.actor.call("read marker", TABLE, call, BoxError::from))
     }
 
     fn commit<'a>(
@@ -89,11 +81,10 @@ impl CommitSink for TableHandle {
     ) -> BoxFuture<'a, std::result::Result<CommitOutcome, BoxError>> {
         Box::pin(async move {
             let what = format!("{TABLE} sequence {}", request.sequence);
-            let exit = self.actor.enter("table commit", &what).await?;
-            let applied = {
+            let call = async {
                 let mut state = self.table.state.lock().expect("table");
                 let marker = state.markers.get(&request.pipeline_id).copied();
-                if marker.is_some_and(|m| m >= request.sequence) {
+                let applied = if marker.is_some_and(|m| m >= request.sequence) {
                     false
                 } else {
                     state
@@ -104,13 +95,15 @@ impl CommitSink for TableHandle {
                         .extend(request.files.iter().map(|f| f.path.clone()));
                     state.commits += 1;
                     true
-                }
+                };
+                Ok(CommitOutcome {
+                    applied,
+                    table_version: serde_json::Value::Null,
+                })
             };
-            self.actor.exit(exit, "table commit", &what, true)?;
-            Ok(CommitOutcome {
-                applied,
-                table_version: serde_json::Value::Null,
-            })
+            self.actor
+                .call("table commit", &what, call, BoxError::from)
+                .await
         })
     }
 }

@@ -182,8 +182,24 @@ impl Actor {
         self.dead.load(Ordering::SeqCst)
     }
 
+    /// Runs `call` through the gate: it may be delayed, fail before it is
+    /// applied, be applied and then fail, or kill the actor. `error` turns
+    /// the gate's message into the caller's error type.
+    pub async fn call<T, E>(
+        &self,
+        op: &str,
+        what: &str,
+        call: impl std::future::Future<Output = Result<T, E>>,
+        error: impl Fn(String) -> E,
+    ) -> Result<T, E> {
+        let exit = self.enter(op, what).await.map_err(&error)?;
+        let result = call.await;
+        self.exit(exit, op, what, result.is_ok()).map_err(&error)?;
+        result
+    }
+
     /// Before a call: `Err` if it fails without being applied.
-    pub async fn enter(&self, op: &str, what: &str) -> Result<Exit, String> {
+    async fn enter(&self, op: &str, what: &str) -> Result<Exit, String> {
         if self.is_dead() {
             return Err(format!("{} is dead", self.name));
         }
@@ -249,7 +265,7 @@ impl Actor {
 
     /// After the call was applied (successfully or not): `Err` if the caller
     /// must not see its result.
-    pub fn exit(&self, exit: Exit, op: &str, what: &str, ok: bool) -> Result<(), String> {
+    fn exit(&self, exit: Exit, op: &str, what: &str, ok: bool) -> Result<(), String> {
         let outcome = if exit.crash_after {
             self.dead.store(true, Ordering::SeqCst);
             "CRASH after applying"
