@@ -30,15 +30,29 @@ fn schema() -> SchemaRef {
     ]))
 }
 
+/// The region of row `id`: `eu`, `us/east` or none.
+fn region(id: i64) -> Option<&'static str> {
+    match id % 3 {
+        0 => Some("eu"),
+        1 => Some("us/east"),
+        _ => None,
+    }
+}
+
+/// The row the tests write for `id`: (`id`, `region`, `payload`).
+fn row(id: i64) -> Row {
+    (
+        id,
+        region(id).map(str::to_string),
+        Some(format!("payload of {id}")),
+    )
+}
+
+/// One row as the readers print it: `id`, `region`, `payload`.
+type Row = (i64, Option<String>, Option<String>);
+
 fn batch(ids: &[i64]) -> RecordBatch {
-    let regions: Vec<Option<&str>> = ids
-        .iter()
-        .map(|i| match i % 3 {
-            0 => Some("eu"),
-            1 => Some("us/east"),
-            _ => None,
-        })
-        .collect();
+    let regions: Vec<Option<&str>> = ids.iter().map(|i| region(*i)).collect();
     RecordBatch::try_new(
         schema(),
         vec![
@@ -139,6 +153,10 @@ impl Fixture {
             txn: value["txn"].as_i64(),
             deltalake_ids: ids("deltalake_ids").unwrap(),
             duckdb_ids: ids("duckdb_ids"),
+            rows: ["deltalake_rows", "duckdb_rows"]
+                .into_iter()
+                .filter_map(|key| Some((key, value.get(key)?.clone())))
+                .collect(),
         }
     }
 }
@@ -157,15 +175,28 @@ struct Readout {
     txn: Option<i64>,
     deltalake_ids: Vec<i64>,
     duckdb_ids: Option<Vec<i64>>,
+    /// Each reader's rows, all columns, as it printed them.
+    rows: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Readout {
-    /// Both readers see exactly `expected`, each key once.
+    /// Both readers see exactly `expected`, each key once, and every value
+    /// of its row (the region comes back from the partition values).
     fn assert_each_once(&self, expected: impl IntoIterator<Item = i64>) {
         let expected: Vec<i64> = expected.into_iter().collect();
         assert_eq!(self.deltalake_ids, expected, "deltalake reader");
         if let Some(duckdb) = &self.duckdb_ids {
             assert_eq!(duckdb, &expected, "duckdb reader");
+        }
+        let expected_rows: Vec<Row> = expected.iter().map(|id| row(*id)).collect();
+        for (reader, read) in &self.rows {
+            assert_eq!(
+                read["columns"],
+                serde_json::json!(["id", "region", "payload"]),
+                "{reader}'s columns"
+            );
+            let rows: Vec<Row> = serde_json::from_value(read["rows"].clone()).unwrap();
+            assert_eq!(rows, expected_rows, "{reader} sees every value");
         }
     }
 }

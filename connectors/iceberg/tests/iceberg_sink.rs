@@ -239,6 +239,10 @@ impl Fixture {
                 .as_str()
                 .map(|s| s.parse().unwrap()),
             summary: value["summary"].clone(),
+            rows: ["pyiceberg_rows", "duckdb_rows"]
+                .into_iter()
+                .map(|key| (key, value[key].clone()))
+                .collect(),
         }
     }
 
@@ -296,15 +300,52 @@ struct Readout {
     duckdb_ids: Vec<i64>,
     marker: Option<u64>,
     summary: serde_json::Value,
+    /// Each reader's rows, all columns, as it printed them.
+    rows: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Readout {
+    /// Both readers see exactly `expected`, each key once, and every value
+    /// of its row. (The reader itself checked each data file's bounds,
+    /// counts and partition values against its rows.)
     fn assert_each_once(&self, expected: impl IntoIterator<Item = i64>) {
         let mut expected: Vec<i64> = expected.into_iter().collect();
         expected.sort_unstable();
         assert_eq!(self.pyiceberg_ids, expected, "pyiceberg reader");
         assert_eq!(self.duckdb_ids, expected, "duckdb reader");
+        let expected_rows: Vec<Row> = expected.iter().map(|id| row(*id)).collect();
+        for (reader, read) in &self.rows {
+            assert_eq!(
+                read["columns"],
+                serde_json::json!(["id", "region", "payload"]),
+                "{reader}'s columns"
+            );
+            let rows: Vec<Row> = serde_json::from_value(read["rows"].clone()).unwrap();
+            assert_eq!(rows, expected_rows, "{reader} sees every value");
+        }
     }
+}
+
+/// The region of row `id`: `eu`, `us/east` or none (pyiceberg_append.py
+/// fills it by the same rule).
+fn region(id: i64) -> Option<&'static str> {
+    match id % 3 {
+        0 => Some("eu"),
+        1 => Some("us/east"),
+        _ => None,
+    }
+}
+
+/// One row as the readers print it: `id`, `region`, `payload`.
+type Row = (i64, Option<String>, Option<String>);
+
+/// The row the tests (and pyiceberg_append.py) write for `id`.
+fn row(id: i64) -> Row {
+    (
+        id,
+        region(id).map(str::to_string),
+        Some(format!("payload of {id}")),
+    )
 }
 
 fn batch(ids: &[i64]) -> RecordBatch {
@@ -313,14 +354,7 @@ fn batch(ids: &[i64]) -> RecordBatch {
         Field::new("region", DataType::Utf8, true),
         Field::new("payload", DataType::Utf8, true),
     ]));
-    let regions: Vec<Option<&str>> = ids
-        .iter()
-        .map(|i| match i % 3 {
-            0 => Some("eu"),
-            1 => Some("us/east"),
-            _ => None,
-        })
-        .collect();
+    let regions: Vec<Option<&str>> = ids.iter().map(|i| region(*i)).collect();
     RecordBatch::try_new(
         schema,
         vec![

@@ -3,7 +3,9 @@
 usage: pyiceberg_append.py CATALOG WAREHOUSE_DIR TABLE IDS_JSON
 CATALOG is a SQLite file path, an SQLAlchemy URI or a REST catalog's http URL.
 Creates namespace and table (id long, payload string) when missing; an
-existing table gets `id` and `payload` filled and its other columns null.
+existing table gets `id`, `payload` ("payload of ID") and `region` (by the
+tests' rule: "eu", "us/east" or null by id % 3) filled, its other columns
+null.
 """
 import json
 import sys
@@ -33,6 +35,7 @@ schema = table.schema().as_arrow()
 columns = {
     "id": pa.array(ids, pa.int64()),
     "payload": pa.array([f"payload of {i}" for i in ids], pa.string()),
+    "region": pa.array([{0: "eu", 1: "us/east"}.get(i % 3) for i in ids], pa.string()),
 }
 data = pa.table(
     [columns.get(f.name, pa.nulls(len(ids), f.type)).cast(f.type) for f in schema],
