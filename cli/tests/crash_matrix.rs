@@ -498,13 +498,18 @@ impl Scenario {
     }
 
     /// The rows the table must hold: the source's (`id`, `text`), the first
-    /// row of each key, in key order.
+    /// row of each key, in key order. The source is the `source` folder, and
+    /// the `drop` folder that some tests read before it.
     fn source_rows(&self) -> Vec<(i64, Option<String>)> {
-        let mut files: Vec<_> = std::fs::read_dir(self.dir.path().join("source"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
+        let mut files = Vec::new();
+        for folder in ["drop", "source"] {
+            let Ok(entries) = std::fs::read_dir(self.dir.path().join(folder)) else {
+                continue;
+            };
+            let mut listed: Vec<_> = entries.map(|e| e.unwrap().path()).collect();
+            listed.sort();
+            files.extend(listed);
+        }
         let mut rows = std::collections::BTreeMap::new();
         for path in files {
             let file = std::fs::File::open(&path).unwrap();
