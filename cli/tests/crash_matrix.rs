@@ -44,7 +44,7 @@ use tidemark::Error;
 use tidemark_delta::{DeltaSink, DeltaWriterOptions};
 use tidemark_iceberg::{IcebergSink, IcebergWriterOptions, ObjectStorageFactory};
 
-use support::{Backend, Fault, FaultProxy, Op};
+use support::{Backend, BoundedOutput, Fault, FaultProxy, Op};
 
 const PIPELINE: &str = "crash-matrix";
 /// Small files, so one run writes several and a crash can fall between them.
@@ -476,7 +476,7 @@ impl Scenario {
             }
         }
         let output = command
-            .output()
+            .bounded_output()
             .expect("python3 (bash .ci/run installs the readers)");
         assert!(
             output.status.success(),
@@ -559,7 +559,7 @@ impl Scenario {
         for (key, value) in options {
             command.args(["-o", &format!("{key}={value}")]);
         }
-        let output = command.output().unwrap();
+        let output = command.bounded_output().unwrap();
         let value = serde_json::from_slice(&output.stdout).map_err(|e| {
             format!(
                 "status printed no JSON ({e}): {}",
@@ -1018,7 +1018,7 @@ async fn killed_processes_are_repaired() {
     for sink in [SinkKind::Delta, SinkKind::Iceberg] {
         let timing = Scenario::new(sink, Backend::local(), 0).await;
         let started = std::time::Instant::now();
-        let output = timing.run_command().output().unwrap();
+        let output = timing.run_command().bounded_output().unwrap();
         assert!(
             output.status.success(),
             "{sink:?}: tidemark run failed: {}",
@@ -1040,7 +1040,7 @@ async fn killed_processes_are_repaired() {
             }
             let mut finished = false;
             for _ in 0..40 {
-                let output = scenario.run_command().output().unwrap();
+                let output = scenario.run_command().bounded_output().unwrap();
                 if output.status.success() {
                     finished = true;
                     break;
@@ -1147,7 +1147,7 @@ impl Scenario {
     async fn run_to_completion(&self, mut command: Command, what: &str) -> (u64, u64, u64) {
         command.stdout(std::process::Stdio::piped());
         for _ in 0..80 {
-            let output = command.output().unwrap();
+            let output = command.bounded_output().unwrap();
             let stdout = String::from_utf8_lossy(&output.stdout);
             let stderr = String::from_utf8_lossy(&output.stderr);
             if output.status.success() {

@@ -21,7 +21,7 @@ use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
-use support::{Backend, S3_BUCKET};
+use support::{Backend, BoundedOutput, S3_BUCKET};
 
 /// One `tidemark` invocation and what it printed.
 struct Invocation {
@@ -40,7 +40,7 @@ fn tidemark(what: &str, args: &[String], env: &[(&str, &str)]) -> Invocation {
     }
     Invocation {
         what: what.to_string(),
-        output: command.output().unwrap(),
+        output: command.bounded_output().unwrap(),
     }
 }
 
@@ -415,7 +415,7 @@ async fn a_profile_file_alone_reaches_a_delta_table_on_s3() {
         // Never leave this machine for the instance metadata service.
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1")
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(
         output.status.success(),
@@ -439,7 +439,7 @@ async fn a_profile_file_alone_reaches_a_delta_table_on_s3() {
             .to_string(),
         )
         .arg("profile")
-        .output()
+        .bounded_output()
         .unwrap();
     assert!(
         reader.status.success(),
@@ -490,7 +490,7 @@ fn bad_names_are_refused_before_any_work() {
             .args(["--sink", &sink])
             .arg("--store")
             .arg(&store)
-            .output()
+            .bounded_output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{pipeline:?} {sink}: accepted");

@@ -14,6 +14,7 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use support::BoundedOutput;
 
 use tempfile::TempDir;
 
@@ -22,7 +23,7 @@ fn tidemark(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tidemark"))
         .args(args)
         .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1")
-        .output()
+        .bounded_output()
         .unwrap()
 }
 
@@ -68,7 +69,7 @@ fn python(script: &str, args: &[&str]) -> String {
         .arg("-c")
         .arg(format!("{DUCKDB}\n{script}"))
         .args(args)
-        .output()
+        .bounded_output()
         .expect("python3 (scripts/test installs the readers)");
     assert!(
         output.status.success(),

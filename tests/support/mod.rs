@@ -29,6 +29,72 @@ use tidemark::store::StoreLocation;
 
 pub const S3_BUCKET: &str = "tidemark-test";
 
+/// The longest a test waits for a subprocess it runs to completion (the
+/// built `tidemark`, an independent reader, a pyiceberg or deltalake-py
+/// script). Each takes seconds; one that is still running after this is
+/// hung, and the test fails saying so instead of stalling CI.
+pub const SUBPROCESS_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `Command::output` with a time-out ([`SUBPROCESS_LIMIT`]).
+pub trait BoundedOutput {
+    /// Runs the command to completion, capturing stdout and stderr. A command
+    /// still running after [`SUBPROCESS_LIMIT`] is killed, and the result is
+    /// an error of kind `TimedOut` that names its program.
+    fn bounded_output(&mut self) -> std::io::Result<std::process::Output>;
+}
+
+impl BoundedOutput for Command {
+    fn bounded_output(&mut self) -> std::io::Result<std::process::Output> {
+        use std::io::Read;
+        let mut child = self.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                bytes
+            })
+        };
+        let stdout = drain(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let stderr = drain(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let deadline = std::time::Instant::now() + SUBPROCESS_LIMIT;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "`{}` was still running after {} s and was killed",
+                        self.get_program().to_string_lossy(),
+                        SUBPROCESS_LIMIT.as_secs()
+                    ),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        Ok(std::process::Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        })
+    }
+}
+
 /// A place to open stores on, and the way to open it again "from another process".
 pub struct Backend {
     pub name: &'static str,
@@ -896,12 +962,13 @@ fn start_postgres() -> Postgres {
         Command::new("psql")
             .arg(format!("{url}/postgres"))
             .args(["-q", "-c", "SELECT 1"])
+            .env("PGCONNECT_TIMEOUT", "2")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     });
-    assert!(ready, "the PostgreSQL test server did not start");
+    assert!(ready, "the PostgreSQL test server did not answer within 10 s");
     Postgres {
         url,
         _dir: Some(dir),

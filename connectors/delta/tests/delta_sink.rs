@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use object_store::ObjectStore;
-use support::{Backend, Fault, FaultyStore};
+use support::{Backend, BoundedOutput, Fault, FaultyStore};
 use tidemark::commit::Committer;
 use tidemark::store::{CheckpointId, CheckpointStore, KeySchema};
 use tidemark_delta::{DeltaSink, DeltaWriterOptions};
@@ -133,7 +133,7 @@ impl Fixture {
             .arg(self.url.as_str())
             .arg(serde_json::to_string(&storage).unwrap())
             .arg(PIPELINE)
-            .output()
+            .bounded_output()
             .expect("run python3 (bash .ci/run installs deltalake and duckdb)");
         assert!(
             output.status.success(),

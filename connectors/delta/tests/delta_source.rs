@@ -3,9 +3,13 @@
 //! keys, and partition columns come back with their values and types.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on failure by design
 
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
+use support::BoundedOutput;
 
 use arrow::array::{Array, Int64Array, StringArray};
 use arrow::datatypes::DataType;
@@ -23,7 +27,7 @@ fn append(table_dir: &std::path::Path, ids: &[i64]) {
         .arg(script)
         .arg(table_dir)
         .arg(serde_json::to_string(ids).unwrap())
-        .output()
+        .bounded_output()
         .expect("run python3 (bash .ci/run installs deltalake)");
     assert!(
         output.status.success(),

@@ -26,7 +26,7 @@ use iceberg::{
 };
 use iceberg_catalog_rest::{RestCatalogBuilder, REST_CATALOG_PROP_URI};
 use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
-use support::{Backend, Fault};
+use support::{Backend, BoundedOutput, Fault};
 use tidemark::commit::Committer;
 use tidemark::store::{CheckpointId, CheckpointStore, KeySchema};
 use tidemark_iceberg::sink::marker_property;
@@ -219,7 +219,7 @@ impl Fixture {
                 &self.table_name(),
             ])
             .args(self.s3_endpoint.iter())
-            .output()
+            .bounded_output()
             .expect("run python3 (bash .ci/run installs pyiceberg and duckdb)");
         assert!(
             output.status.success(),
@@ -255,7 +255,7 @@ impl Fixture {
         let output = Command::new("python3")
             .args([script, &self.python_uri, warehouse, &self.table_name()])
             .arg(serde_json::to_string(ids).unwrap())
-            .output()
+            .bounded_output()
             .unwrap();
         assert!(
             output.status.success(),
@@ -281,7 +281,7 @@ impl Fixture {
                 action,
                 field,
             ])
-            .output()
+            .bounded_output()
             .expect("run python3 (scripts/test-setup.sh installs pyiceberg)");
         assert!(
             output.status.success(),

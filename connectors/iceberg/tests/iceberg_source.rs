@@ -3,9 +3,13 @@
 //! new keys, including the int64 edge cases.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests panic on failure by design
 
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::Arc;
+use support::BoundedOutput;
 
 use arrow::array::{Array, Int64Array};
 use arrow::datatypes::DataType;
@@ -36,7 +40,7 @@ impl Warehouse {
             .arg(self.dir.path().join("warehouse"))
             .arg("pipeline.events")
             .arg(serde_json::to_string(ids).unwrap())
-            .output()
+            .bounded_output()
             .expect("run python3 (bash .ci/run installs pyiceberg)");
         assert!(
             output.status.success(),
