@@ -445,3 +445,17 @@ impl<S: CommitSink> Committer<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_backoff_starts_at_20_ms_doubles_and_stops_at_about_5_s() {
+        let pauses: Vec<u128> = (0..12).map(|a| retry_backoff(a).as_millis()).collect();
+        assert_eq!(
+            pauses,
+            [20, 40, 80, 160, 320, 640, 1280, 2560, 5120, 5120, 5120, 5120]
+        );
+    }
+}

@@ -87,10 +87,15 @@ async fn a_stale_committer_never_marks_unapplied_checkpoints_committed() {
         .await
         .unwrap();
     let a = Committer::new(a_store, table.clone(), "races");
-    a.commit_pending().await.unwrap();
+    let first = a.commit_pending().await.unwrap();
     // A finishes B's intent (or commits after it): either way, every
     // checkpoint marked committed has its files in the table.
-    a.commit_pending().await.unwrap();
+    let second = a.commit_pending().await.unwrap();
+    assert_eq!(
+        first.rows_applied() + second.rows_applied(),
+        4,
+        "the rows appended: both checkpoints' two rows, once"
+    );
 
     let state = plain.load().await.unwrap();
     let committed: HashMap<CheckpointId, Vec<String>> = state

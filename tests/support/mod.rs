@@ -968,7 +968,10 @@ fn start_postgres() -> Postgres {
             .status()
             .is_ok_and(|s| s.success())
     });
-    assert!(ready, "the PostgreSQL test server did not answer within 10 s");
+    assert!(
+        ready,
+        "the PostgreSQL test server did not answer within 10 s"
+    );
     Postgres {
         url,
         _dir: Some(dir),
