@@ -656,8 +656,10 @@ async fn crash_matrix(sink: SinkKind, backend: fn() -> Backend) {
         assert_eq!(faulty.faults_fired(), 1, "{what}: the fault never fired");
         assert!(crashed.is_err(), "{what}: the killed run reported success");
         let rerun = scenario.rerun().await;
+        scenario.collect_and_compact().await;
         let again = scenario.rerun().await;
         assert_eq!(again.rows_written, 0, "{what}: a second rerun wrote rows");
+        assert_eq!(again.read.rows_skipped, SOURCE_ROWS, "{what}: keys lost");
         assert!(
             again.committed.commits.is_empty(),
             "{what}: a second rerun committed"
@@ -1710,6 +1712,15 @@ impl Scenario {
         }
     }
 
+    /// gc, compaction and gc again, as a user's maintenance would run them.
+    async fn collect_and_compact(&self) {
+        let store = self.store_at(self.backend.location()).await;
+        let files = self.table_files().await;
+        collect_garbage(&store, files.as_ref()).await.unwrap();
+        store.compact(&CompactionOptions::default()).await.unwrap();
+        collect_garbage(&store, files.as_ref()).await.unwrap();
+    }
+
     /// The checkpoint store through `location`.
     async fn store_at(&self, location: StoreLocation) -> CheckpointStore {
         CheckpointStore::open_at(location, KeySchema::single("id", DataType::Int64).unwrap())
@@ -1914,11 +1925,7 @@ async fn maintenance_matrix(sink: SinkKind) {
             rerun.rows_written, step.rerun_rows,
             "{what}: rows the rerun wrote"
         );
-        let store = scenario.store_at(scenario.backend.location()).await;
-        let files = scenario.table_files().await;
-        collect_garbage(&store, files.as_ref()).await.unwrap();
-        store.compact(&CompactionOptions::default()).await.unwrap();
-        collect_garbage(&store, files.as_ref()).await.unwrap();
+        scenario.collect_and_compact().await;
         let again = scenario.rerun().await;
         assert_eq!(
             again.rows_written, 0,
