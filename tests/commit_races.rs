@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use arrow_array::{ArrayRef, Int64Array};
 use arrow_schema::DataType;
+use futures::StreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::ObjectStore;
@@ -209,5 +210,30 @@ async fn a_fenced_committer_neither_claims_nor_applies() {
     assert_eq!(
         table.appended(),
         vec!["data/x.parquet".to_string(), "data/y.parquet".to_string()]
+    );
+}
+
+/// A pipeline whose id is not a plain name is refused before it takes the
+/// lease: nothing is written to the store, and the error names the rule.
+#[tokio::test]
+async fn an_unsafe_pipeline_id_is_refused_before_the_lease() {
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let store = CheckpointStore::open_at(
+        StoreLocation::from_object_store(inner.clone(), Path::from("store")),
+        keys(),
+    )
+    .await
+    .unwrap();
+    let before = inner.list(None).count().await;
+    let pipeline = tidemark::pipeline::Pipeline::new(store, MemoryTable::default(), "../other");
+    let err = pipeline.repair().await.expect_err("an unsafe id");
+    assert!(
+        matches!(err, Error::InvalidPipelineId { .. }),
+        "refused for its id: {err}"
+    );
+    assert_eq!(
+        inner.list(None).count().await,
+        before,
+        "nothing written before the refusal"
     );
 }
