@@ -32,7 +32,8 @@ use crate::read::{CheckpointedRead, ReadOptions, ReadStats};
 use crate::redact::validate_pipeline_id;
 use crate::source::{Shard, Source};
 use crate::store::{
-    CheckpointId, CheckpointStore, CheckpointWriter, Lease, LeaseClaim, LeaseOptions,
+    CheckpointId, CheckpointStore, CheckpointWriter, CompactionOptions, CompactionReport, Lease,
+    LeaseClaim, LeaseOptions,
 };
 use crate::transform::Transform;
 
@@ -255,6 +256,11 @@ pub struct RunReport {
     /// (none if nothing was written). Each is one Iceberg snapshot or one
     /// Delta version.
     pub committed: CommitReport,
+    /// The compaction the run made at its end, when enough committed
+    /// checkpoints waited (see [`Pipeline::with_compaction`]). A compaction
+    /// that fails does not fail the run (its rows are committed): it is
+    /// logged, and the next run tries again.
+    pub compaction: Option<CompactionReport>,
 }
 
 /// What [`Pipeline::repair`] did.
@@ -280,6 +286,7 @@ pub struct Pipeline<S> {
     shard: Shard,
     map_workers: usize,
     policy: CheckpointPolicy,
+    compaction: Option<CompactionOptions>,
     progress: Option<Arc<Progress>>,
 }
 
@@ -295,6 +302,7 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             shard: Shard::all(),
             map_workers: 1,
             policy: CheckpointPolicy::default(),
+            compaction: Some(CompactionOptions::automatic()),
             progress: None,
         }
     }
@@ -303,6 +311,17 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
     /// [`CheckpointPolicy::default`]).
     pub fn with_checkpoint_policy(mut self, policy: CheckpointPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Sets the compaction a successful run makes at its end, under its
+    /// lease: by default [`CompactionOptions::automatic`], which folds the
+    /// committed checkpoints into the index once
+    /// [`AUTO_COMPACTION_CHECKPOINTS`](crate::store::AUTO_COMPACTION_CHECKPOINTS)
+    /// of them wait, so that a run's cost does not grow with the pipeline's
+    /// history. `None` leaves compaction to `tidemark compact`.
+    pub fn with_compaction(mut self, compaction: Option<CompactionOptions>) -> Self {
+        self.compaction = compaction;
         self
     }
 
@@ -438,6 +457,7 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             other => other?,
         }
         let stats = read.stats().clone();
+        let compaction = self.compact_at_end(lease).await;
         tracing::info!(
             rows_read = stats.rows_read,
             rows_skipped = stats.rows_skipped,
@@ -459,7 +479,25 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             files_written: totals.files_written,
             bytes_written: totals.bytes_written,
             committed: totals.committed,
+            compaction,
         })
+    }
+
+    /// The compaction at the end of a successful run, if one is set and the
+    /// lease is still this run's. Its failure is logged, not returned.
+    async fn compact_at_end(&self, lease: &Lease) -> Option<CompactionReport> {
+        let options = self.compaction.as_ref()?;
+        let compacted = async {
+            lease.fence().ensure_current("compacting").await?;
+            self.store.compact(options).await
+        };
+        match compacted.await {
+            Ok(report) => Some(report),
+            Err(error) => {
+                tracing::warn!(%error, "compaction at the end of the run failed; the next run tries again");
+                None
+            }
+        }
     }
 
     /// Reads, maps and writes until the source is exhausted, sealing and

@@ -679,6 +679,7 @@ async fn compaction_bounds_the_cost_of_a_load(backend: Backend) {
     let options = CompactionOptions {
         max_keys_per_file: 500,
         max_runs: 2,
+        min_checkpoints: 1,
     };
     let report = store.compact(&options).await.expect("compact");
     assert_eq!(report.checkpoints_compacted, checkpoints as usize);
@@ -722,17 +723,46 @@ async fn compaction_bounds_the_cost_of_a_load(backend: Backend) {
         .await
         .expect("idempotent");
 
-    // More history: a second run, then a merge back to one run when over max_runs.
+    let mut expected_extra = Vec::new();
+    // More history: a second run of 100 keys beside the first of 1 200 (more
+    // than twice the new keys: kept as it is).
     committed_checkpoint(&store, 200_000..200_100).await;
     assert_eq!(store.compact(&options).await.expect("compact").runs, 2);
     store
         .mark_committed(&[pending_id], &serde_json::json!({}))
         .await
         .expect("commit pending");
+    // A third would exceed max_runs: the newest run is merged with the 5 new
+    // keys, the oldest (larger) run stays.
     let report = store.compact(&options).await.expect("compact");
+    assert_eq!(report.runs, 2, "merged: {report:?}");
+    let run_sizes: Vec<u64> = store
+        .load()
+        .await
+        .expect("load")
+        .index
+        .expect("index")
+        .runs
+        .iter()
+        .map(|run| run.key_count())
+        .collect();
+    assert_eq!(
+        run_sizes,
+        [1_200, 105],
+        "the oldest run kept, the newest merged"
+    );
+    // With room for one run only, everything merges.
+    committed_checkpoint(&store, 300_000..300_010).await;
+    let one_run = CompactionOptions {
+        max_runs: 1,
+        ..options.clone()
+    };
+    let report = store.compact(&one_run).await.expect("compact");
     assert_eq!(report.runs, 1, "merged: {report:?}");
+    expected_extra.extend(300_000..300_010);
     let mut expected = before.clone();
     expected.extend(200_000..200_100);
+    expected.extend(expected_extra);
     expected.sort_unstable();
     assert_eq!(checkpointed_ids(&store).await, expected);
     assert!(store.load().await.expect("load").checkpoints.is_empty());

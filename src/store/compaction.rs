@@ -23,18 +23,60 @@ const READ_CONCURRENCY: usize = 8;
 pub struct CompactionOptions {
     /// Keys per index file (the last file of a run holds the rest).
     pub max_keys_per_file: usize,
-    /// When a compaction would leave more runs than this, it merges every run into
-    /// one. Merging holds all indexed keys in memory once.
+    /// The most runs the index keeps. A compaction merges the newest runs
+    /// with the new keys while each is at most twice the keys being merged
+    /// (size-tiered, as an LSM tree merges: a key is rewritten about log2 of
+    /// the history's size times), and always until at most this many remain.
+    /// A merge holds the keys it merges in memory once.
     pub max_runs: usize,
+    /// Committed checkpoints that must be waiting before a compaction does
+    /// anything (1: any). A run compacts by itself once
+    /// [`AUTO_COMPACTION_CHECKPOINTS`] wait, so that loading the store reads
+    /// at most that many checkpoints' key files beside the index's runs.
+    pub min_checkpoints: usize,
 }
+
+/// The checkpoints a pipeline run lets wait before it compacts them at its
+/// end ([`CompactionOptions::automatic`]).
+pub const AUTO_COMPACTION_CHECKPOINTS: usize = 8;
 
 impl Default for CompactionOptions {
     fn default() -> Self {
         CompactionOptions {
             max_keys_per_file: 1_000_000,
             max_runs: 8,
+            min_checkpoints: 1,
         }
     }
+}
+
+impl CompactionOptions {
+    /// The compaction a pipeline run makes at its end: once
+    /// [`AUTO_COMPACTION_CHECKPOINTS`] committed checkpoints wait.
+    pub fn automatic() -> Self {
+        CompactionOptions {
+            min_checkpoints: AUTO_COMPACTION_CHECKPOINTS,
+            ..Default::default()
+        }
+    }
+}
+
+/// How many of the oldest runs of `previous` a compaction keeps as they are;
+/// it merges the others (the newest) with `new_keys` keys into one run. See
+/// [`CompactionOptions::max_runs`].
+fn runs_kept(previous: &[KeyRun], new_keys: u64, max_runs: usize) -> usize {
+    let mut keep = previous.len();
+    let mut merging = new_keys;
+    while let Some(newest) = keep.checked_sub(1).and_then(|i| previous.get(i)) {
+        let size = newest.key_count();
+        let too_many = keep + 1 > max_runs.max(1);
+        if !too_many && size > merging.saturating_mul(2) {
+            break;
+        }
+        merging = merging.saturating_add(size);
+        keep -= 1;
+    }
+    keep
 }
 
 /// What a compaction did.
@@ -80,30 +122,29 @@ impl CheckpointStore {
                 waiting_for_gc += 1;
             }
         }
-        let previous_runs = state.index.as_ref().map_or(0, |i| i.runs.len());
-        if targets.is_empty() && previous_runs <= options.max_runs {
+        let previous_runs: &[KeyRun] = state.index.as_ref().map_or(&[], |i| &i.runs);
+        let too_few = targets.len() < options.min_checkpoints.max(1);
+        if too_few && previous_runs.len() <= options.max_runs {
             return Ok(CompactionReport {
-                runs: previous_runs,
+                runs: previous_runs.len(),
                 waiting_for_gc,
                 ..Default::default()
             });
         }
         let generation = state.index.as_ref().map_or(1, |i| i.generation + 1);
-        let merge_all = previous_runs + 1 > options.max_runs;
+        let keys_compacted = targets.iter().map(|m| m.key_count()).sum();
+        let kept = runs_kept(previous_runs, keys_compacted, options.max_runs);
 
         let mut sources: Vec<KeyFileRef> = targets
             .iter()
             .flat_map(|m| m.key_files.iter().cloned())
             .collect();
-        let mut runs: Vec<KeyRun> = Vec::new();
-        if let Some(index) = &state.index {
-            if merge_all {
-                sources.extend(index.key_files().cloned());
-            } else {
-                runs.extend(index.runs.iter().cloned());
-            }
-        }
-        let keys_compacted = targets.iter().map(|m| m.key_count()).sum();
+        sources.extend(
+            previous_runs[kept..]
+                .iter()
+                .flat_map(|run| run.key_files.iter().cloned()),
+        );
+        let mut runs: Vec<KeyRun> = previous_runs[..kept].to_vec();
         let new_run = self
             .write_sorted_run(generation, &sources, options.max_keys_per_file)
             .await?;

@@ -151,6 +151,10 @@ impl Layout {
         self.join(&["layouts", &format!("{layout:020}.json")])
     }
 
+    pub(crate) fn lease_heartbeats_dir(&self, scope: &str) -> Path {
+        self.join(&["lease", scope, "heartbeats"])
+    }
+
     pub(crate) fn lease_heartbeat(&self, scope: &str, epoch: u64) -> Path {
         self.join(&["lease", scope, "heartbeats", &format!("{epoch:020}.json")])
     }

@@ -28,6 +28,11 @@
 //! whatever its scope. A writer's fence fails once a newer epoch of its scope
 //! or a newer layout exists, so a frozen run of an old layout that wakes up
 //! is refused exactly as a frozen run of its own scope is.
+//!
+//! A new holder deletes the epochs (and heartbeats) of its scope older than
+//! the [`KEPT_LEASE_EPOCHS`] before its own, oldest first, so the epochs that
+//! exist are always a contiguous newest range. A fence whose own epoch is gone
+//! was therefore overtaken, and fails like one that sees the next epoch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -48,6 +53,12 @@ use crate::error::{Error, ObjectKind, Result};
 
 /// Attempts at taking an epoch when other contenders keep winning it.
 const ACQUIRE_ATTEMPTS: u32 = 5;
+
+/// Epochs of a scope kept below the current one, with their heartbeats, for
+/// diagnosis (`tidemark status` shows the latest). Older ones are deleted
+/// when a run takes the lease, so a pipeline's lease costs a bounded number
+/// of objects however many runs it had.
+pub const KEPT_LEASE_EPOCHS: u64 = 4;
 
 /// The lease scope of a pipeline that is not sharded.
 pub const PIPELINE_SCOPE: &str = "pipeline";
@@ -139,12 +150,14 @@ impl Fence {
     }
 
     /// Fails with [`Error::Fenced`] if a newer epoch of the scope or a newer
-    /// shard layout exists. Two HEAD requests.
+    /// shard layout exists, or if this epoch was pruned (only newer holders
+    /// prune). Three HEAD requests.
     pub async fn ensure_current(&self, operation: &'static str) -> Result<()> {
         let shared = &self.shared;
         let claim = &shared.claim;
         let store = shared.store.object_store();
         let layout = shared.store.layout();
+        let own_epoch = layout.lease_epoch(&claim.scope, claim.epoch);
         let next_epoch = layout.lease_epoch(&claim.scope, claim.epoch + 1);
         let next_layout = layout.shard_layout(claim.layout + 1);
         let by = if shared.lost.load(Ordering::Relaxed) {
@@ -154,6 +167,11 @@ impl Fence {
                 .await?
                 .unwrap_or(claim.epoch + 1);
             Some(format!("epoch {newer} of lease `{}`", claim.scope))
+        } else if !io::exists(store, &own_epoch).await? {
+            Some(format!(
+                "a newer run of lease `{}` (it pruned epoch {})",
+                claim.scope, claim.epoch
+            ))
         } else if io::exists(store, &next_layout).await? {
             Some(match latest_layout(&shared.store).await? {
                 Some(newer) => format!(
@@ -230,6 +248,7 @@ impl Lease {
         });
         write_heartbeat(&shared, false).await?;
         let fenced_checkpoints = fence_older_writers(store, &shared.claim, owner).await?;
+        prune_old_epochs(store, &shared.claim).await;
         if fenced_checkpoints > 0 {
             tracing::warn!(
                 scope,
@@ -419,6 +438,55 @@ async fn take_epoch(
         operation: "taking the lease (other runs kept taking it first)",
         attempts: ACQUIRE_ATTEMPTS,
     })
+}
+
+/// Deletes the epochs of `claim`'s scope older than the
+/// [`KEPT_LEASE_EPOCHS`] below it, each heartbeat before its epoch, oldest
+/// first; stops at the first failure, so the epochs left are always the
+/// newest, contiguous. Best effort: a failure is logged, the run goes on.
+async fn prune_old_epochs(store: &CheckpointStore, claim: &LeaseClaim) {
+    let Some(below) = claim.epoch.checked_sub(KEPT_LEASE_EPOCHS) else {
+        return;
+    };
+    let layout = store.layout();
+    let object_store = store.object_store();
+    let numbers = |dir| async move {
+        io::list(object_store, &dir).await.map(|listed| {
+            let mut numbers: Vec<u64> = listed
+                .iter()
+                .filter_map(|m| Layout::generation_of(&m.location))
+                .filter(|n| *n < below)
+                .collect();
+            numbers.sort_unstable();
+            numbers
+        })
+    };
+    let pruned = async {
+        let heartbeats = numbers(layout.lease_heartbeats_dir(&claim.scope)).await?;
+        let epochs = numbers(layout.lease_epochs_dir(&claim.scope)).await?;
+        let mut doomed: Vec<object_store::path::Path> = heartbeats
+            .iter()
+            .filter(|n| !epochs.contains(n))
+            .map(|n| layout.lease_heartbeat(&claim.scope, *n))
+            .collect();
+        for epoch in &epochs {
+            doomed.push(layout.lease_heartbeat(&claim.scope, *epoch));
+            doomed.push(layout.lease_epoch(&claim.scope, *epoch));
+        }
+        for path in &doomed {
+            io::delete(object_store, path).await?;
+        }
+        Ok::<usize, Error>(epochs.len())
+    };
+    match pruned.await {
+        Ok(0) => {}
+        Ok(epochs) => tracing::debug!(scope = claim.scope, epochs, "pruned old lease epochs"),
+        Err(error) => tracing::warn!(
+            scope = claim.scope,
+            %error,
+            "pruning old lease epochs failed; the next run retries"
+        ),
+    }
 }
 
 /// The current shard layout, if any run ever recorded one.

@@ -30,10 +30,12 @@ use arrow_array::RecordBatch;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use compaction::{CompactionOptions, CompactionReport};
+pub use compaction::{CompactionOptions, CompactionReport, AUTO_COMPACTION_CHECKPOINTS};
 pub use keys::{canonical_key_type, KeyColumn, KeySchema};
 pub(crate) use lease::ensure_not_fenced;
-pub use lease::{Fence, Lease, LeaseOptions, LeaseStatus, MAX_LEASE_TTL, PIPELINE_SCOPE};
+pub use lease::{
+    Fence, Lease, LeaseOptions, LeaseStatus, KEPT_LEASE_EPOCHS, MAX_LEASE_TTL, PIPELINE_SCOPE,
+};
 pub use location::{
     StoreLocation, OPTION_MAX_RETRIES, OPTION_RETRY_TIMEOUT_SECS, URL_CREDENTIALS_REFUSED,
 };

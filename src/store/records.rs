@@ -350,6 +350,13 @@ pub struct KeyRun {
     pub key_files: Vec<KeyFileRef>,
 }
 
+impl KeyRun {
+    /// Keys in the run.
+    pub fn key_count(&self) -> u64 {
+        self.key_files.iter().map(|f| f.row_count).sum()
+    }
+}
+
 /// Encodes a record as JSON.
 pub(crate) fn encode<T: Serialize>(kind: ObjectKind, path: &str, record: &T) -> Result<Bytes> {
     serde_json::to_vec_pretty(record)

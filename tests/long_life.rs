@@ -1,0 +1,188 @@
+//! A pipeline that lives for hundreds of runs. Each run appends 10 new keys
+//! from its own source folder, so every run reads the same amount; the
+//! pipeline compacts by itself (no `tidemark compact`). The store must stay
+//! bounded: a run reads a bounded number of key runs, lease epochs are
+//! pruned, and after gc and a compaction the store holds a constant number
+//! of objects however many runs came before.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::{ArrayRef, Int64Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+use futures::TryStreamExt;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use support::{MemoryTable, MemoryWriter};
+use tidemark::gc::collect_garbage;
+use tidemark::pipeline::Pipeline;
+use tidemark::source::{ParquetSource, ParquetSourceOptions};
+use tidemark::store::{
+    CheckpointStore, CompactionOptions, KeySchema, StoreLocation, AUTO_COMPACTION_CHECKPOINTS,
+    KEPT_LEASE_EPOCHS,
+};
+use tidemark::transform::Transform;
+
+const KEYS_PER_RUN: i64 = 10;
+
+/// Runs in the test (`TIDEMARK_LONG_LIFE_RUNS` sets another number).
+fn runs() -> i64 {
+    std::env::var("TIDEMARK_LONG_LIFE_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500)
+}
+
+fn write_source(folder: &std::path::Path, ids: std::ops::Range<i64>) {
+    std::fs::create_dir_all(folder).unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(Int64Array::from_iter_values(ids)) as ArrayRef],
+    )
+    .unwrap();
+    let file = std::fs::File::create(folder.join("part-0.parquet")).unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+/// Objects in the store, by their first path segment below the root.
+async fn objects_by_kind(bucket: &InMemory) -> BTreeMap<String, usize> {
+    let listed: Vec<object_store::ObjectMeta> = bucket
+        .list(Some(&Path::from("store")))
+        .try_collect()
+        .await
+        .unwrap();
+    let mut counts = BTreeMap::new();
+    for meta in listed {
+        let kind = meta.location.parts().nth(1).unwrap().as_ref().to_string();
+        *counts.entry(kind).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_runs_leave_a_bounded_store() {
+    let runs = runs();
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = Arc::new(InMemory::new());
+    let keys = KeySchema::single("id", DataType::Int64).unwrap();
+    let store = CheckpointStore::open_at(
+        StoreLocation::from_object_store(bucket.clone(), Path::from("store")),
+        keys,
+    )
+    .await
+    .unwrap();
+    let table = MemoryTable::default();
+    let mut run_times = Vec::new();
+    for run in 0..runs {
+        let folder = dir.path().join(format!("run-{run:05}"));
+        write_source(&folder, run * KEYS_PER_RUN..(run + 1) * KEYS_PER_RUN);
+        let source = ParquetSource::open(
+            &format!("file://{}/", folder.display()),
+            &ParquetSourceOptions::default(),
+        )
+        .await
+        .unwrap();
+        let started = Instant::now();
+        let report = Pipeline::new(store.clone(), table.clone(), "long-life")
+            .run(
+                Arc::new(source),
+                &Transform::new(),
+                &mut MemoryWriter {
+                    table: table.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        run_times.push(started.elapsed());
+        assert_eq!(report.rows_written, KEYS_PER_RUN as u64, "run {run}");
+        // What the next run reads: the index's runs and the checkpoints not
+        // yet folded into it, both bounded.
+        let state = store.load().await.unwrap();
+        let waiting = state.checkpoints.len();
+        let index_runs = state.index.as_ref().map_or(0, |i| i.runs.len());
+        assert!(
+            waiting < AUTO_COMPACTION_CHECKPOINTS,
+            "run {run}: {waiting} checkpoints wait for compaction"
+        );
+        assert!(
+            index_runs <= CompactionOptions::default().max_runs,
+            "run {run}: {index_runs} index runs"
+        );
+    }
+
+    // A rerun of the first folder finds every key processed.
+    let first = ParquetSource::open(
+        &format!("file://{}/", dir.path().join("run-00000").display()),
+        &ParquetSourceOptions::default(),
+    )
+    .await
+    .unwrap();
+    let again = Pipeline::new(store.clone(), table.clone(), "long-life")
+        .run(
+            Arc::new(first),
+            &Transform::new(),
+            &mut MemoryWriter {
+                table: table.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.rows_written, 0, "the first run's keys were lost");
+
+    collect_garbage(&store, &table).await.unwrap();
+    store.compact(&CompactionOptions::default()).await.unwrap();
+    collect_garbage(&store, &table).await.unwrap();
+
+    // The table holds every run's files once.
+    let appended = table.appended();
+    let distinct: BTreeSet<&String> = appended.iter().collect();
+    assert_eq!(distinct.len(), appended.len(), "a file appended twice");
+    let mut rows = 0;
+    for path in &appended {
+        let bytes = table.files.get(&Path::from(path.as_str())).await.unwrap();
+        let content = bytes.bytes().await.unwrap();
+        rows += std::str::from_utf8(&content)
+            .unwrap()
+            .parse::<i64>()
+            .unwrap();
+    }
+    assert_eq!(rows, runs * KEYS_PER_RUN, "rows in the table");
+
+    let objects = objects_by_kind(&bucket).await;
+    let total: usize = objects.values().sum();
+    let lease = objects.get("lease").copied().unwrap_or(0);
+    let kept_epochs = KEPT_LEASE_EPOCHS as usize + 1;
+    eprintln!("after {runs} runs, gc and compact: {total} objects {objects:?}");
+    assert_eq!(lease, 2 * kept_epochs, "lease epochs and heartbeats kept");
+    // The descriptor, one shard layout, the latest commit intent, the index
+    // (current and previous generation, each at most `max_runs` runs of one
+    // file here), the lease, and the staged objects (begin marker, key file,
+    // in-flight records) of at most one compaction's checkpoints.
+    let max_runs = CompactionOptions::default().max_runs;
+    let bound = 3 + 2 * (1 + max_runs) + 2 * kept_epochs + 4 * AUTO_COMPACTION_CHECKPOINTS;
+    assert!(
+        total <= bound,
+        "{total} objects after {runs} runs (bound {bound}): {objects:?}"
+    );
+
+    let median = |times: &[Duration]| {
+        let mut sorted = times.to_vec();
+        sorted.sort();
+        sorted[sorted.len() / 2]
+    };
+    let window = 20.min(run_times.len());
+    eprintln!(
+        "median run time: runs 1-{window} {:?}, the last {window} {:?}",
+        median(&run_times[..window]),
+        median(&run_times[run_times.len() - window..])
+    );
+}
