@@ -237,3 +237,95 @@ async fn an_unsafe_pipeline_id_is_refused_before_the_lease() {
         "nothing written before the refusal"
     );
 }
+
+/// A store in memory, and its object store.
+async fn memory_store() -> (Arc<dyn ObjectStore>, CheckpointStore) {
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let store = CheckpointStore::open_at(
+        StoreLocation::from_object_store(inner.clone(), Path::from("store")),
+        keys(),
+    )
+    .await
+    .unwrap();
+    (inner, store)
+}
+
+/// A checkpoint without files (every row filtered out) is marked committed
+/// without a table commit: nothing stays pending, and the table has no empty
+/// commit.
+#[tokio::test]
+async fn an_empty_checkpoint_is_marked_committed_without_a_table_commit() {
+    let (_, store) = memory_store().await;
+    let mut writer = store.begin().await.unwrap();
+    writer
+        .stage_keys(&[Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef])
+        .await
+        .unwrap();
+    let id = writer.seal().await.unwrap().checkpoint_id;
+    let table = MemoryTable::default();
+    let report = Committer::new(store.clone(), table.clone(), "races")
+        .commit_pending()
+        .await
+        .unwrap();
+    assert!(report.commits.is_empty(), "no table commit: {report:?}");
+    assert_eq!(table.marker(), None);
+    assert!(store.load().await.unwrap().pending_commit().is_empty());
+    assert_eq!(
+        store.checkpoint_state(id).await.unwrap(),
+        tidemark::store::CheckpointState::Committed
+    );
+}
+
+/// More checkpoints than one commit may carry are committed in rounds of
+/// the cap, every file once.
+#[tokio::test]
+async fn many_checkpoints_commit_in_rounds_of_the_cap() {
+    let (_, store) = memory_store().await;
+    for n in 0..40 {
+        seal(&store, vec![n], &format!("data/{n}.parquet")).await;
+    }
+    let table = MemoryTable::default();
+    let report = Committer::new(store.clone(), table.clone(), "races")
+        .with_max_checkpoints_per_commit(2)
+        .commit_pending()
+        .await
+        .unwrap();
+    assert_eq!(report.commits.len(), 20, "commits of 2 checkpoints");
+    assert_eq!(table.marker(), Some(20));
+    let appended: std::collections::BTreeSet<String> = table.appended().into_iter().collect();
+    assert_eq!(appended.len(), 40, "every file once");
+    assert_eq!(table.appended().len(), 40);
+}
+
+/// Two committers claim the same sequence: the one whose intent lands
+/// second loses the race, finishes the winner's intent and commits nothing
+/// twice.
+#[tokio::test]
+async fn a_committer_that_loses_the_claim_finishes_the_winners_commit() {
+    let (inner, store) = memory_store().await;
+    seal(&store, vec![1, 2], "data/x.parquet").await;
+    let table = MemoryTable::default();
+    // B commits everything between A's marker read and A's intent.
+    let b = Committer::new(store.clone(), table.clone(), "races");
+    let hooked = Arc::new(FaultyStore::new(inner.clone()));
+    hooked.before_put(
+        "commits/",
+        Box::pin(async move {
+            b.commit_pending().await.unwrap();
+        }),
+    );
+    let a_store = CheckpointStore::open_at(
+        StoreLocation::from_object_store(hooked, Path::from("store")),
+        keys(),
+    )
+    .await
+    .unwrap();
+    let report = Committer::new(a_store, table.clone(), "races")
+        .commit_pending()
+        .await
+        .unwrap();
+    assert_eq!(report.rows_applied(), 0, "A applied nothing: {report:?}");
+    assert_eq!(table.appended(), ["data/x.parquet"], "the file once");
+    assert_eq!(table.marker(), Some(1));
+    assert!(store.load().await.unwrap().pending_commit().is_empty());
+}

@@ -419,6 +419,8 @@ pub struct FaultyStore {
     fired: Arc<AtomicUsize>,
     /// Futures to run once before the first LIST whose prefix contains the text.
     list_hooks: Mutex<Vec<(String, futures::future::BoxFuture<'static, ()>)>>,
+    /// Futures to run once before the first PUT whose path contains the text.
+    put_hooks: Mutex<Vec<(String, futures::future::BoxFuture<'static, ()>)>>,
 }
 
 impl FaultyStore {
@@ -434,7 +436,26 @@ impl FaultyStore {
             dead: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             fired: Arc::new(AtomicUsize::new(0)),
             list_hooks: Mutex::new(Vec::new()),
+            put_hooks: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Runs `hook` once, before the first PUT whose path contains
+    /// `path_contains` is forwarded.
+    pub fn before_put(&self, path_contains: &str, hook: futures::future::BoxFuture<'static, ()>) {
+        self.put_hooks
+            .lock()
+            .expect("hooks")
+            .push((path_contains.to_string(), hook));
+    }
+
+    /// The hook waiting for a PUT of `location`, if any (taken: it runs once).
+    fn put_hook(&self, location: &Path) -> Option<futures::future::BoxFuture<'static, ()>> {
+        let mut hooks = self.put_hooks.lock().expect("hooks");
+        let at = hooks
+            .iter()
+            .position(|(text, _)| location.as_ref().contains(text.as_str()))?;
+        Some(hooks.remove(at).1)
     }
 
     /// Runs `hook` once, before the first LIST whose prefix contains
@@ -592,6 +613,9 @@ impl ObjectStore for FaultyStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.puts.fetch_add(1, Ordering::SeqCst);
+        if let Some(hook) = self.put_hook(location) {
+            hook.await;
+        }
         self.gate()
             .run(
                 Op::Put,
