@@ -124,6 +124,14 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     if report.committed.commits.is_empty() {
         say!("nothing new to commit");
     }
+    if let Some(compaction) = report.compaction.filter(|c| c.generation.is_some()) {
+        say!(
+            "compacted {} checkpoint(s) ({} keys) into the index: {} run(s)",
+            compaction.checkpoints_compacted,
+            compaction.keys_compacted,
+            compaction.runs
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
