@@ -2,6 +2,7 @@
 //! crates. A source is a fixed snapshot split into units (files), each read as a
 //! stream of Arrow batches in a deterministic order.
 
+mod evolve;
 mod glob;
 mod parquet;
 mod shard;

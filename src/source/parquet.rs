@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow_schema::{Schema, SchemaRef};
+use arrow_schema::SchemaRef;
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -12,7 +12,7 @@ use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 
-use super::glob;
+use super::{evolve, glob};
 use super::{BatchStream, Source, SourceUnit};
 use crate::error::{BoxError, Error, Result};
 use crate::store::StoreLocation;
@@ -38,7 +38,8 @@ impl Default for ParquetSourceOptions {
     }
 }
 
-/// A fixed set of Parquet files with one schema.
+/// A fixed set of Parquet files, read as the union of their columns by name
+/// (see [`super::evolve`]: a column a file lacks is null in its rows).
 #[derive(Debug, Clone)]
 pub struct ParquetSource {
     files: Vec<ParquetFile>,
@@ -122,21 +123,13 @@ impl ParquetSource {
             .buffered(options.open_parallelism.max(1))
             .try_collect()
             .await?;
-        let schema = strip_metadata(files[0].reader_metadata.schema());
-        for file in &files[1..] {
-            let other = strip_metadata(file.reader_metadata.schema());
-            if !same_columns(&schema, &other) {
-                return Err(Error::InvalidSource {
-                    location: file.meta.location.to_string(),
-                    reason: format!(
-                        "its columns ({}) differ from those of `{}` ({})",
-                        describe(&other),
-                        files[0].meta.location,
-                        describe(&schema)
-                    ),
-                });
-            }
-        }
+        let names: Vec<String> = files.iter().map(|f| f.meta.location.to_string()).collect();
+        let schema = evolve::unify(
+            names
+                .iter()
+                .zip(&files)
+                .map(|(name, f)| (name.as_str(), f.reader_metadata.schema().clone())),
+        )?;
         let units = files
             .iter()
             .map(|f| SourceUnit {
@@ -177,6 +170,28 @@ impl Source for ParquetSource {
                 reason: "no such unit".into(),
             })?;
             let name = file.meta.location.to_string();
+            // The source's columns asked for, as indices of its unified schema.
+            let wanted: Vec<usize> = match &projection {
+                Some(columns) => columns
+                    .iter()
+                    .map(|column| {
+                        schema.index_of(column).map_err(|_| Error::InvalidSource {
+                            location: name.clone(),
+                            reason: format!("no column `{column}`"),
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+                None => (0..schema.fields().len()).collect(),
+            };
+            // The file's own columns among them, by name (a file may order its
+            // columns differently, or lack some).
+            let file_schema = file.reader_metadata.schema().clone();
+            let mut roots: Vec<usize> = wanted
+                .iter()
+                .filter_map(|&i| file_schema.index_of(schema.field(i).name()).ok())
+                .collect();
+            roots.sort_unstable();
+            roots.dedup();
             let reader = ParquetObjectReader::new(file.store.clone(), file.meta.location.clone())
                 .with_file_size(file.meta.size);
             let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
@@ -184,40 +199,12 @@ impl Source for ParquetSource {
                 file.reader_metadata.clone(),
             )
             .with_batch_size(batch_size);
-            let mut reorder = None;
-            if let Some(columns) = &projection {
-                let mut indices = Vec::with_capacity(columns.len());
-                for column in columns {
-                    indices.push(schema.index_of(column).map_err(|_| Error::InvalidSource {
-                        location: name.clone(),
-                        reason: format!("no column `{column}`"),
-                    })?);
-                }
-                let mut sorted = indices.clone();
-                sorted.sort_unstable();
-                sorted.dedup();
-                // Parquet yields projected columns in file order; put them back
-                // in the order asked for.
-                let order: Vec<usize> = indices
-                    .iter()
-                    .filter_map(|i| sorted.binary_search(i).ok())
-                    .collect();
-                if order.iter().enumerate().any(|(at, &i)| at != i) || order.len() != sorted.len() {
-                    reorder = Some(order);
-                }
-                let mask = ProjectionMask::roots(builder.parquet_schema(), sorted);
-                builder = builder.with_projection(mask);
-            }
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            builder = builder.with_projection(mask);
             let stream = builder.build().map_err(|e| source_error(&name, e))?;
             let batches = stream.map(move |batch| {
                 let batch = batch.map_err(|e| source_error(&name, e))?;
-                match &reorder {
-                    Some(order) => batch.project(order).map_err(|source| Error::Arrow {
-                        context: "ordering projected columns",
-                        source,
-                    }),
-                    None => Ok(batch),
-                }
+                evolve::adapt(&batch, &schema, &wanted, &name)
             });
             Ok(batches.boxed())
         })
@@ -276,32 +263,6 @@ fn relative_parts(location: &Path, prefix: &Path) -> Vec<String> {
         .prefix_match(prefix)
         .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
         .unwrap_or_default()
-}
-
-fn strip_metadata(schema: &SchemaRef) -> SchemaRef {
-    let fields: Vec<_> = schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone().with_metadata(HashMap::new()))
-        .collect();
-    Arc::new(Schema::new(fields))
-}
-
-fn same_columns(a: &Schema, b: &Schema) -> bool {
-    a.fields().len() == b.fields().len()
-        && a.fields()
-            .iter()
-            .zip(b.fields())
-            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
-}
-
-fn describe(schema: &Schema) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| format!("{}: {}", f.name(), f.data_type()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn source_error(location: &str, e: impl Into<BoxError>) -> Error {
