@@ -30,7 +30,8 @@ use serde_json::json;
 use crate::error::{BoxError, Error, Result};
 use crate::redact::validate_pipeline_id;
 use crate::store::{
-    ensure_not_fenced, CheckpointId, CheckpointStore, CommitIntent, Fence, FileRecord, Manifest,
+    ensure_not_fenced, CheckpointId, CheckpointState, CheckpointStore, CommitIntent, Fence,
+    FileRecord, Manifest,
 };
 
 /// How many times in a row a committer may lose the race for an intent to
@@ -72,6 +73,98 @@ pub trait CommitSink: Send + Sync {
         &'a self,
         request: &'a CommitRequest,
     ) -> BoxFuture<'a, std::result::Result<CommitOutcome, BoxError>>;
+
+    /// Whether the table's current state still carries the pipeline's latest
+    /// commit, as its history shows (Iceberg: the snapshots that are
+    /// ancestors of the current one; Delta: the log since that commit, for a
+    /// restore). Maintenance (compaction, expiry, checkpoints) carries it.
+    /// [`Lineage::Unknown`] when the history in reach cannot tell.
+    fn lineage<'a>(
+        &'a self,
+        pipeline_id: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<Lineage, BoxError>>;
+}
+
+/// What a table's history says about a pipeline's latest commit
+/// ([`CommitSink::lineage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lineage {
+    /// The current state carries the commit of this sequence, the latest of
+    /// the pipeline that the current state carries.
+    Carries(u64),
+    /// The history in reach shows no commit of the pipeline (expired, or
+    /// never made): nothing to compare.
+    Unknown,
+    /// The current state carries the pipeline's commits up to `carried`
+    /// only (none: `None`), because of what `why` says (a rollback to a
+    /// snapshot, a restore to a version).
+    RolledBack {
+        /// The latest commit sequence the current state carries.
+        carried: Option<u64>,
+        /// What happened, as the table's history tells it.
+        why: String,
+    },
+}
+
+/// The store and the table compared ([`Committer::check_table`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableCheck {
+    /// The table.
+    pub table: String,
+    /// The latest commit sequence the store marked committed.
+    pub store_committed: Option<u64>,
+    /// The table's marker for the pipeline.
+    pub marker: Option<u64>,
+    /// What the table's history says.
+    pub lineage: Lineage,
+}
+
+impl TableCheck {
+    /// The commits the table lost and why, if it lost any: its marker is
+    /// below what the store committed (the table was dropped and recreated,
+    /// replaced, or its marker expired), or its current state no longer
+    /// carries commits its marker names (rolled back or restored).
+    pub fn lost(&self) -> Option<(String, String)> {
+        let range = |from: u64, to: u64| {
+            if from == to {
+                from.to_string()
+            } else {
+                format!("{from}..={to}")
+            }
+        };
+        let marker = self.marker.unwrap_or(0);
+        if let Some(committed) = self.store_committed.filter(|c| *c > marker) {
+            let why = match self.marker {
+                Some(m) => format!(
+                    "its marker says commit {m}, the store committed up to {committed} (the table \
+                     was replaced or recreated, or its marker expired)"
+                ),
+                None => format!(
+                    "it has no marker for the pipeline, the store committed up to {committed} (the \
+                     table was dropped and recreated or replaced, or its marker expired)"
+                ),
+            };
+            return Some((range(marker + 1, committed), why));
+        }
+        match &self.lineage {
+            Lineage::RolledBack { carried, why } if carried.unwrap_or(0) < marker => Some((
+                range(carried.unwrap_or(0) + 1, marker),
+                format!(
+                    "its marker says commit {marker}, but its current state carries the \
+                     pipeline's commits up to {}: {why}",
+                    carried.map_or("none".to_string(), |c| c.to_string())
+                ),
+            )),
+            Lineage::Carries(carried) if *carried < marker => Some((
+                range(carried + 1, marker),
+                format!(
+                    "its marker says commit {marker}, but its current state carries the \
+                     pipeline's commits up to {carried}"
+                ),
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// What one table commit carries.
@@ -295,6 +388,59 @@ impl<S: CommitSink> Committer<S> {
             created_at: self.store.now(),
         };
         self.store.put_commit_intent(&intent).await
+    }
+
+    /// Compares the store with the table: the store's latest committed
+    /// sequence, the table's marker, and what the table's history says about
+    /// the pipeline's latest commit.
+    pub async fn check_table(&self) -> Result<TableCheck> {
+        let store_committed = match self.store.latest_commit_intent().await? {
+            None => None,
+            Some(intent) => {
+                let first = intent.checkpoints.first().copied();
+                let committed = match first {
+                    Some(id) => {
+                        self.store.checkpoint_state(id).await? == CheckpointState::Committed
+                    }
+                    None => false,
+                };
+                if committed {
+                    Some(intent.sequence)
+                } else {
+                    intent.sequence.checked_sub(1).filter(|s| *s > 0)
+                }
+            }
+        };
+        let marker = self.marker().await?;
+        let lineage = self
+            .sink
+            .lineage(&self.pipeline_id)
+            .await
+            .map_err(|source| Error::Sink {
+                table: self.sink.table(),
+                source,
+            })?;
+        Ok(TableCheck {
+            table: self.sink.table(),
+            store_committed,
+            marker,
+            lineage,
+        })
+    }
+
+    /// Fails with [`Error::TableDiverged`] if the table lost commits the
+    /// store made ([`TableCheck::lost`]).
+    pub async fn ensure_table_agrees(&self) -> Result<TableCheck> {
+        let check = self.check_table().await?;
+        match check.lost() {
+            Some((lost, why)) => Err(Error::TableDiverged {
+                table: check.table,
+                pipeline: self.pipeline_id.clone(),
+                lost,
+                why,
+            }),
+            None => Ok(check),
+        }
     }
 
     /// Applies (or recognises as applied) the table commit of `intent`, then

@@ -309,6 +309,28 @@ pub enum Error {
         why: String,
     },
 
+    /// The table no longer holds commits the store made: it was rolled back,
+    /// restored, dropped and recreated, or replaced. A run refuses before it
+    /// reads, because the keys of those commits count as processed while
+    /// their rows are gone.
+    #[error(
+        "table `{table}` no longer holds commits {lost} of pipeline `{pipeline}`: {why}. \
+         Their keys count as processed, so a run would never write those rows again; \
+         nothing was read or written. Restore the table to a state that holds them, or \
+         accept the table as it is with `--accept-table-state` (`Pipeline::with_accepted_table_state`): \
+         those keys then stay processed"
+    )]
+    TableDiverged {
+        /// The table.
+        table: String,
+        /// The pipeline.
+        pipeline: String,
+        /// The commit sequences the table lost (`3` or `3..=5`).
+        lost: String,
+        /// What the table shows.
+        why: String,
+    },
+
     /// Another run holds the lease: two runs of one pipeline (or shard) must
     /// not process the same keys at once.
     #[error("lease `{scope}` is held by {holder} (epoch {epoch}) until {expires_at}; another run of this pipeline is active. Wait for it, or for the lease to expire if it died")]

@@ -287,6 +287,7 @@ pub struct Pipeline<S> {
     map_workers: usize,
     policy: CheckpointPolicy,
     compaction: Option<CompactionOptions>,
+    accept_table_state: bool,
     progress: Option<Arc<Progress>>,
 }
 
@@ -303,6 +304,7 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             map_workers: 1,
             policy: CheckpointPolicy::default(),
             compaction: Some(CompactionOptions::automatic()),
+            accept_table_state: false,
             progress: None,
         }
     }
@@ -322,6 +324,16 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
     /// history. `None` leaves compaction to `tidemark compact`.
     pub fn with_compaction(mut self, compaction: Option<CompactionOptions>) -> Self {
         self.compaction = compaction;
+        self
+    }
+
+    /// With `true`, a table that lost commits of this pipeline (rolled back,
+    /// restored, recreated: see [`Committer::ensure_table_agrees`]) is
+    /// accepted as it is: the run goes on, the keys of the lost commits stay
+    /// processed, and the acceptance is logged as a warning. By default such
+    /// a run fails with [`Error::TableDiverged`] before it reads.
+    pub fn with_accepted_table_state(mut self, accept: bool) -> Self {
+        self.accept_table_state = accept;
         self
     }
 
@@ -411,6 +423,23 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
     }
 
     async fn repair_under(&self, lease: &Lease) -> Result<RepairReport> {
+        match self.committer.ensure_table_agrees().await {
+            Err(Error::TableDiverged {
+                table,
+                pipeline,
+                lost,
+                why,
+            }) if self.accept_table_state => tracing::warn!(
+                table,
+                pipeline,
+                lost,
+                why,
+                "the table lost commits of this pipeline; accepted as it is (their keys stay processed)"
+            ),
+            other => {
+                other?;
+            }
+        }
         let committed = self
             .committer
             .commit_pending_under(Some(&lease.fence()))

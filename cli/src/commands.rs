@@ -53,6 +53,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             ..Default::default()
         })
         .with_map_workers(args.map_workers)
+        .with_accepted_table_state(args.accept_table_state)
         .with_checkpoint_policy(checkpoint_policy(&args))
         .with_progress(progress.clone());
     let bar = progress_bar(args.quiet, source.row_count());

@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_rest::{RestCatalogBuilder, REST_CATALOG_PROP_URI};
 use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
-use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink};
+use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink, Lineage};
 use tidemark::error::BoxError;
 use tidemark::gc::TableFiles;
 use tidemark::pipeline::DataWriter;
@@ -461,6 +461,13 @@ impl CommitSink for AnySink {
         match self {
             AnySink::Iceberg(sink) => sink.commit(request),
             AnySink::Delta(sink) => sink.commit(request),
+        }
+    }
+
+    fn lineage<'a>(&'a self, pipeline_id: &'a str) -> BoxFuture<'a, Result<Lineage, BoxError>> {
+        match self {
+            AnySink::Iceberg(sink) => sink.lineage(pipeline_id),
+            AnySink::Delta(sink) => sink.lineage(pipeline_id),
         }
     }
 }

@@ -904,3 +904,170 @@ DeltaTable.create(sys.argv[1], schema=schema)
         ])
     );
 }
+
+/// Two runs load day 1 and day 2 into Delta; deltalake-py's maintenance
+/// (optimize, vacuum, a log checkpoint) is not taken for a rollback. A third
+/// run loads day 3, then deltalake-py restores the version its optimize made
+/// (which undoes day 3) and vacuums: the next run refuses before it reads, naming the
+/// lost commit and the restore, and writes nothing. With
+/// `--accept-table-state` it goes on, and day 3's keys stay processed.
+#[test]
+fn a_delta_table_restored_behind_the_pipeline_is_refused_before_the_read() {
+    let lake = Lake::new();
+    let table = lake.p("restored");
+    let sink = format!("delta+file://{table}");
+    let src = lake.source("src", "pa.table({'id': pa.array([1, 2], pa.int64())})");
+    succeeded(
+        lake.run(&[&src], &sink, &["--key", "id", "--create"]),
+        "day 1",
+    );
+    lake.source("src", "pa.table({'id': pa.array([3, 4], pa.int64())})");
+    succeeded(lake.run(&[&src], &sink, &["--key", "id"]), "day 2");
+    python(
+        r#"
+import sys
+from deltalake import DeltaTable
+DeltaTable(sys.argv[1]).optimize.compact()
+DeltaTable(sys.argv[1]).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+DeltaTable(sys.argv[1]).create_checkpoint()
+"#,
+        &[&table],
+    );
+    let out = succeeded(
+        lake.run(&[&src], &sink, &["--key", "id"]),
+        "a run after maintenance",
+    );
+    assert!(out.contains("nothing new to commit"), "{out}");
+    lake.source("src", "pa.table({'id': pa.array([5, 6], pa.int64())})");
+    succeeded(lake.run(&[&src], &sink, &["--key", "id"]), "day 3");
+    python(
+        r#"
+import sys
+from deltalake import DeltaTable
+dt = DeltaTable(sys.argv[1])
+dt.restore(next(h["version"] for h in dt.history() if h["operation"] == "OPTIMIZE"))
+DeltaTable(sys.argv[1]).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+"#,
+        &[&table],
+    );
+    let stderr = failed(
+        lake.run(&[&src], &sink, &["--key", "id"]),
+        "after a restore",
+    );
+    assert!(
+        stderr.contains("no longer holds commits 3") && stderr.contains("restored to version"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--accept-table-state"), "{stderr}");
+    let before_day_3 = expected((1..=4).map(|id| format!("{{'id': {id}}}")));
+    assert_eq!(delta_rows(&table, "id"), before_day_3, "nothing written");
+    let out = succeeded(
+        lake.run(&[&src], &sink, &["--key", "id", "--accept-table-state"]),
+        "accepted",
+    );
+    assert!(out.contains("skipped 6 already processed"), "{out}");
+    assert_eq!(delta_rows(&table, "id"), before_day_3);
+}
+
+/// Iceberg: another writer's append and snapshot expiry between runs are
+/// not taken for a rollback; pyiceberg's `rollback_to_snapshot` to the
+/// snapshot of commit 1 is, and the next run refuses before it reads.
+#[test]
+fn an_iceberg_table_rolled_back_behind_the_pipeline_is_refused_before_the_read() {
+    // Maintenance and another writer: not a rollback.
+    let lake = Lake::new();
+    let catalog = SqliteCatalog::in_lake(&lake);
+    let (uri, warehouse, sink) = (&catalog.uri, &catalog.warehouse, &catalog.sink);
+    let day1 = lake.source("src", "pa.table({'id': pa.array([1, 2], pa.int64())})");
+    succeeded(
+        lake.run(&[&day1], sink, &["--key", "id", "--create"]),
+        "day 1",
+    );
+    lake.source("src", "pa.table({'id': pa.array([3, 4], pa.int64())})");
+    succeeded(lake.run(&[&day1], sink, &["--key", "id"]), "day 2");
+    python(
+        r#"
+import sys, datetime, pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+table = SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2]).load_table("lake.t")
+table.append(pa.table({"id": pa.array([100], pa.int64())}, schema=table.schema().as_arrow()))
+table = table.refresh()
+table.maintenance.expire_snapshots().older_than(datetime.datetime.now(datetime.timezone.utc)).commit()
+assert len(table.refresh().snapshots()) == 1, table.refresh().snapshots()
+"#,
+        &[uri, warehouse],
+    );
+    let out = succeeded(
+        lake.run(&[&day1], sink, &["--key", "id"]),
+        "a run after another writer and expiry",
+    );
+    assert!(out.contains("nothing new to commit"), "{out}");
+
+    // A rollback.
+    let lake = Lake::new();
+    let catalog = SqliteCatalog::in_lake(&lake);
+    let (uri, warehouse, sink) = (&catalog.uri, &catalog.warehouse, &catalog.sink);
+    let day1 = lake.source("src", "pa.table({'id': pa.array([1, 2], pa.int64())})");
+    succeeded(
+        lake.run(&[&day1], sink, &["--key", "id", "--create"]),
+        "day 1",
+    );
+    lake.source("src", "pa.table({'id': pa.array([3, 4], pa.int64())})");
+    succeeded(lake.run(&[&day1], sink, &["--key", "id"]), "day 2");
+    python(
+        r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+table = SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2]).load_table("lake.t")
+first = next(
+    s.snapshot_id for s in table.snapshots()
+    if s.summary.additional_properties.get("tidemark.commit-sequence") == "1"
+)
+table.manage_snapshots().rollback_to_snapshot(first).commit()
+"#,
+        &[uri, warehouse],
+    );
+    let stderr = failed(
+        lake.run(&[&day1], sink, &["--key", "id"]),
+        "after a rollback",
+    );
+    assert!(
+        stderr.contains("no longer holds commits 2")
+            && stderr.contains("carries the pipeline's commits up to 1"),
+        "{stderr}"
+    );
+    assert_eq!(
+        catalog.rows("id"),
+        expected(["{'id': 1}".into(), "{'id': 2}".into()]),
+        "nothing written"
+    );
+    let out = succeeded(
+        lake.run(&[&day1], sink, &["--key", "id", "--accept-table-state"]),
+        "accepted",
+    );
+    assert!(out.contains("skipped 4 already processed"), "{out}");
+}
+
+/// A Delta table dropped and made again under the same path: the store
+/// committed sequence 1 and the new table has no marker. Refused before the
+/// read.
+#[test]
+fn a_recreated_delta_table_is_refused_before_the_read() {
+    let lake = Lake::new();
+    let table = lake.p("recreated");
+    let sink = format!("delta+file://{table}");
+    let day1 = lake.source("src", "pa.table({'id': pa.array([1, 2], pa.int64())})");
+    succeeded(
+        lake.run(&[&day1], &sink, &["--key", "id", "--create"]),
+        "day 1",
+    );
+    std::fs::remove_dir_all(&table).unwrap();
+    let stderr = failed(
+        lake.run(&[&day1], &sink, &["--key", "id", "--create"]),
+        "into the recreated table",
+    );
+    assert!(
+        stderr.contains("no longer holds commits 1") && stderr.contains("no marker"),
+        "{stderr}"
+    );
+}

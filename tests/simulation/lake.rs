@@ -11,7 +11,7 @@ use arrow_array::{Array, Int64Array};
 use futures::future::BoxFuture;
 use object_store::local::LocalFileSystem;
 use object_store::ObjectStore;
-use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink};
+use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink, Lineage};
 use tidemark::error::{BoxError, Error, Result};
 use tidemark::gc::TableFiles;
 use tidemark::pipeline::DataWriter;
@@ -246,6 +246,17 @@ impl CommitSink for LakeSink {
             LakeSink::Model(sink) => sink.commit(request),
             LakeSink::Delta(sink) => sink.commit(request),
             LakeSink::Iceberg(sink) => sink.commit(request),
+        }
+    }
+
+    fn lineage<'a>(
+        &'a self,
+        pipeline_id: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<Lineage, BoxError>> {
+        match self {
+            LakeSink::Model(sink) => sink.lineage(pipeline_id),
+            LakeSink::Delta(sink) => sink.lineage(pipeline_id),
+            LakeSink::Iceberg(sink) => sink.lineage(pipeline_id),
         }
     }
 }

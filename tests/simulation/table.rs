@@ -12,7 +12,7 @@ use futures::stream::{self, StreamExt};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink};
+use tidemark::commit::{CommitOutcome, CommitRequest, CommitSink, Lineage};
 use tidemark::environment::Environment;
 use tidemark::error::{BoxError, Error, Result};
 use tidemark::gc::TableFiles;
@@ -62,6 +62,21 @@ impl TableHandle {
 impl CommitSink for TableHandle {
     fn table(&self) -> String {
         TABLE.to_string()
+    }
+
+    /// The model table is never rolled back: it carries its marker's commit.
+    fn lineage<'a>(
+        &'a self,
+        pipeline_id: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<Lineage, BoxError>> {
+        let call = async move {
+            let state = self.table.state.lock().expect("table");
+            Ok(match state.markers.get(pipeline_id) {
+                Some(marker) => Lineage::Carries(*marker),
+                None => Lineage::Unknown,
+            })
+        };
+        Box::pin(self.actor.call("read lineage", TABLE, call, BoxError::from))
     }
 
     fn committed_sequence<'a>(

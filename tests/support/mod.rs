@@ -794,6 +794,20 @@ impl tidemark::commit::CommitSink for MemoryTable {
         "memory-table".into()
     }
 
+    /// Never rolled back: the table carries its marker's commit.
+    fn lineage<'a>(
+        &'a self,
+        _pipeline_id: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<tidemark::commit::Lineage, tidemark::error::BoxError>>
+    {
+        Box::pin(async move {
+            Ok(match self.marker() {
+                Some(marker) => tidemark::commit::Lineage::Carries(marker),
+                None => tidemark::commit::Lineage::Unknown,
+            })
+        })
+    }
+
     fn committed_sequence<'a>(
         &'a self,
         _pipeline_id: &'a str,

@@ -21,13 +21,13 @@ use std::sync::Arc;
 use arrow_schema::Schema;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
-use deltalake::kernel::{Action, StructType, Transaction};
+use deltalake::kernel::{Action, CommitInfo, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore};
 use futures::future::BoxFuture;
 use serde_json::json;
 use tidemark::commit::{
-    retry_backoff, CommitOutcome, CommitRequest, CommitSink, SINK_COMMIT_ATTEMPTS,
+    retry_backoff, CommitOutcome, CommitRequest, CommitSink, Lineage, SINK_COMMIT_ATTEMPTS,
 };
 use tidemark::error::BoxError;
 use tidemark::gc::TableFiles;
@@ -301,6 +301,137 @@ impl CommitSink for DeltaSink {
     ) -> BoxFuture<'a, std::result::Result<CommitOutcome, BoxError>> {
         Box::pin(async move { Ok(self.commit_request(request).await?) })
     }
+
+    fn lineage<'a>(
+        &'a self,
+        pipeline_id: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<Lineage, BoxError>> {
+        Box::pin(async move {
+            let mut table = self.table.lock().await;
+            self.refresh(&mut table).await?;
+            // The latest commit is usually a few versions back: read a few
+            // first, and more only when they do not tell.
+            let mut found = Lineage::Unknown;
+            for limit in LINEAGE_HISTORY {
+                let history: Vec<CommitInfo> = table
+                    .history(Some(limit))
+                    .await
+                    .map_err(|e| Error::delta(self.url.as_str(), "reading the table's history", e))?
+                    .collect();
+                let current = table.version().and_then(|v| i64::try_from(v).ok());
+                found = lineage(&history, current, pipeline_id);
+                let settled = !matches!(
+                    found,
+                    Lineage::Unknown | Lineage::RolledBack { carried: None, .. }
+                );
+                if settled || history.len() < limit {
+                    break;
+                }
+            }
+            Ok(found)
+        })
+    }
+}
+
+/// Versions of the log read, newest first, to find the pipeline's latest
+/// commit and any restore after it: a few, then more.
+const LINEAGE_HISTORY: [usize; 2] = [16, 1_000];
+
+/// A number in a commit's JSON, written as a number or a string.
+fn json_number(value: Option<&serde_json::Value>) -> Option<i64> {
+    match value? {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// What a restore went back to.
+#[derive(Debug)]
+enum RestoreTarget {
+    Version(i64),
+    /// Milliseconds since the epoch.
+    Timestamp(i64),
+}
+
+/// The pipeline's latest commit that the current state still carries, from
+/// the commit infos of the log, newest first, the first of them at version
+/// `current`: a `RESTORE` to a version (or a time) before a commit undoes
+/// it. Optimize, vacuum and checkpoints do not.
+fn lineage(history: &[CommitInfo], current: Option<i64>, pipeline_id: &str) -> Lineage {
+    let mut restores: Vec<RestoreTarget> = Vec::new();
+    let mut undone: Vec<i64> = Vec::new();
+    for (back, info) in history.iter().enumerate() {
+        // Writers need not record the version they read, so a commit's version
+        // is its place in the log (every commit of delta-rs and Spark has a
+        // commit info).
+        let position = current.map(|v| v - back as i64);
+        if info.operation.as_deref() == Some("RESTORE") {
+            let parameters = info.operation_parameters.as_ref();
+            let target = parameters
+                .and_then(|p| json_number(p.get("version")))
+                .map(RestoreTarget::Version)
+                .or_else(|| {
+                    parameters
+                        .and_then(|p| json_number(p.get("datetime")))
+                        .map(RestoreTarget::Timestamp)
+                });
+            if let Some(target) = target {
+                restores.push(target);
+            }
+            continue;
+        }
+        let ours = info.info.get("tidemark.pipeline").and_then(|v| v.as_str()) == Some(pipeline_id);
+        let Some(sequence) =
+            json_number(info.info.get("tidemark.commit-sequence")).filter(|_| ours)
+        else {
+            continue;
+        };
+        let version = info.read_version.map(|v| v as i64 + 1).or(position);
+        let is_undone = restores.iter().any(|target| match target {
+            RestoreTarget::Version(to) => version.is_some_and(|v| v > *to),
+            RestoreTarget::Timestamp(to) => info.timestamp.is_some_and(|t| t > *to),
+        });
+        if !is_undone {
+            let carried = u64::try_from(sequence).ok();
+            return match (undone.is_empty(), carried) {
+                (true, Some(carried)) => Lineage::Carries(carried),
+                (true, None) => Lineage::Unknown,
+                (false, carried) => Lineage::RolledBack {
+                    carried,
+                    why: restored(&restores, &undone),
+                },
+            };
+        }
+        undone.push(sequence);
+    }
+    if undone.is_empty() {
+        Lineage::Unknown
+    } else {
+        Lineage::RolledBack {
+            carried: None,
+            why: restored(&restores, &undone),
+        }
+    }
+}
+
+/// "restored to version 3, which undid commit(s) 4, 5".
+fn restored(restores: &[RestoreTarget], undone: &[i64]) -> String {
+    let targets: Vec<String> = restores
+        .iter()
+        .map(|t| match t {
+            RestoreTarget::Version(v) => format!("version {v}"),
+            RestoreTarget::Timestamp(ms) => format!("the table as of {ms} ms since the epoch"),
+        })
+        .collect();
+    let mut undone: Vec<i64> = undone.to_vec();
+    undone.sort_unstable();
+    let undone: Vec<String> = undone.iter().map(i64::to_string).collect();
+    format!(
+        "the table was restored to {}, which undid its commit(s) {}",
+        targets.join(", then "),
+        undone.join(", ")
+    )
 }
 
 async fn marker(url: &Url, table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {

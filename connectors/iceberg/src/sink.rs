@@ -32,7 +32,7 @@ use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{Catalog, ErrorKind, Runtime, TableIdent};
 use serde_json::json;
 use tidemark::commit::{
-    retry_backoff, CommitOutcome, CommitRequest, CommitSink, SINK_COMMIT_ATTEMPTS,
+    retry_backoff, CommitOutcome, CommitRequest, CommitSink, Lineage, SINK_COMMIT_ATTEMPTS,
 };
 use tidemark::error::BoxError;
 use tidemark::gc::TableFiles;
@@ -242,6 +242,42 @@ impl CommitSink for IcebergSink {
     ) -> BoxFuture<'a, std::result::Result<CommitOutcome, BoxError>> {
         Box::pin(async move { Ok(self.commit_request(request).await?) })
     }
+
+    fn lineage<'a>(
+        &'a self,
+        pipeline_id: &'a str,
+    ) -> BoxFuture<'a, std::result::Result<Lineage, BoxError>> {
+        Box::pin(async move {
+            let table = self.load().await?;
+            Ok(lineage(&table, pipeline_id))
+        })
+    }
+}
+
+/// The latest commit of `pipeline_id` among the current snapshot and its
+/// ancestors (as far as they are kept): its snapshot summary names the
+/// pipeline and the commit sequence. A rollback to an older snapshot leaves
+/// the later commits' snapshots out of this chain; compactions, manifest
+/// rewrites and expiry keep it (they add snapshots without the pipeline's
+/// summary, or drop ancestors older than the commit).
+fn lineage(table: &Table, pipeline_id: &str) -> Lineage {
+    let metadata = table.metadata();
+    let mut next = metadata.current_snapshot().cloned();
+    while let Some(snapshot) = next {
+        let properties = &snapshot.summary().additional_properties;
+        if properties.get("tidemark.pipeline").map(String::as_str) == Some(pipeline_id) {
+            if let Some(sequence) = properties
+                .get("tidemark.commit-sequence")
+                .and_then(|s| s.parse().ok())
+            {
+                return Lineage::Carries(sequence);
+            }
+        }
+        next = snapshot
+            .parent_snapshot_id()
+            .and_then(|id| metadata.snapshot_by_id(id).cloned());
+    }
+    Lineage::Unknown
 }
 
 fn marker(table: &Table, pipeline_id: &str) -> Result<Option<u64>> {
