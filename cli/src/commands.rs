@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use text::format_status;
+use tidemark::commit::{Committer, Lineage};
 use tidemark::pipeline::{CheckpointPolicy, Pipeline, Progress};
 use tidemark::read::ReadOptions;
 use tidemark::source::{Shard, Source, UnionSource};
@@ -14,7 +15,7 @@ use tidemark::transform::Transform;
 
 use crate::shown::say;
 use crate::targets::{open_source, parse_location, parse_table, AnySink};
-use crate::{CliError, CompactArgs, RunArgs, SinkArgs, StatusArgs, StoreArgs};
+use crate::{CliError, CompactArgs, RunArgs, SinkArgs, StatusArgs, StoreArgs, VerifyArgs};
 
 /// Exit code of `status` when work is pending (unsealed, uncommitted or orphans).
 const EXIT_PENDING: u8 = 3;
@@ -180,6 +181,58 @@ pub(crate) async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_PENDING)
+    })
+}
+
+/// `tidemark verify`'s exit code when the store and the table disagree.
+const EXIT_DIVERGED: u8 = 4;
+
+pub(crate) async fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
+    let target = args.target;
+    parse_table(&target.sink)?;
+    let options = target.store.options();
+    let store = open_store(&target.store, None).await?;
+    let sink = AnySink::open(&target.sink, &options, None).await?;
+    let committer = Committer::new(store, sink, target.pipeline.clone());
+    let check = committer.check_table().await?;
+    let lost = check.lost();
+    let number = |n: Option<u64>| n.map_or(serde_json::Value::Null, serde_json::Value::from);
+    let (lineage, carried) = match &check.lineage {
+        Lineage::Carries(sequence) => ("carries", Some(*sequence)),
+        Lineage::Unknown => ("unknown", None),
+        Lineage::RolledBack { carried, .. } => ("rolled back", *carried),
+    };
+    if args.json {
+        let report = serde_json::json!({
+            "table": check.table,
+            "pipeline": target.pipeline,
+            "store_committed": number(check.store_committed),
+            "table_marker": number(check.marker),
+            "table_carries": number(carried),
+            "lineage": lineage,
+            "agree": lost.is_none(),
+            "lost_commits": lost.as_ref().map(|(range, _)| range.clone()),
+            "why": lost.as_ref().map(|(_, why)| why.clone()),
+        });
+        say!("{report}");
+    } else {
+        let shown = |n: Option<u64>| n.map_or("none".to_string(), |n| n.to_string());
+        say!("table {} for pipeline {}", check.table, target.pipeline);
+        say!("store: committed up to {}", shown(check.store_committed));
+        say!(
+            "table: marker {}, history {lineage} (carries {})",
+            shown(check.marker),
+            shown(carried)
+        );
+        match &lost {
+            None => say!("the store and the table agree"),
+            Some((range, why)) => say!("the table no longer holds commits {range}: {why}"),
+        }
+    }
+    Ok(if lost.is_none() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DIVERGED)
     })
 }
 

@@ -91,6 +91,20 @@ enum Command {
     /// commit intents, so reads stay fast after thousands of runs. With a sink,
     /// collects garbage first.
     Compact(CompactArgs),
+    /// Checks the store and the table against each other: the store's last
+    /// committed sequence, the table's marker, and whether the table's
+    /// current state still carries the pipeline's commits (not rolled back,
+    /// restored or recreated). Exits 4 when they disagree.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    target: SinkArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where the checkpoints are.
@@ -261,6 +275,7 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run(args).await,
             Command::Status(args) => commands::status(args).await,
             Command::Gc(args) => commands::gc(args).await,
+            Command::Verify(args) => commands::verify(args).await,
             Command::Compact(args) => commands::compact(args).await,
         }
     });

@@ -174,6 +174,16 @@ async fn no_secret_reaches_output_store_table_or_catalog() {
         ),
         tidemark("gc", &maintenance("gc", &delta_sink), &[]),
         tidemark("compact", &maintenance("compact", &delta_sink), &[]),
+        tidemark("verify", &maintenance("verify", &delta_sink), &[]),
+        tidemark(
+            "verify --json",
+            &{
+                let mut args = maintenance("verify", &delta_sink);
+                args.push("--json".into());
+                args
+            },
+            &[],
+        ),
     ];
     // Credentials from the environment alone: no `-o` at all.
     let (env_store, _) = backend.data_url("env-store");

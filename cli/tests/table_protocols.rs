@@ -938,6 +938,20 @@ DeltaTable(sys.argv[1]).create_checkpoint()
         "a run after maintenance",
     );
     assert!(out.contains("nothing new to commit"), "{out}");
+    let store = lake.p("store");
+    let out = succeeded(
+        tidemark(&[
+            "verify",
+            "--store",
+            &store,
+            "--sink",
+            &sink,
+            "--pipeline",
+            "p",
+        ]),
+        "verify after maintenance",
+    );
+    assert!(out.contains("the store and the table agree"), "{out}");
     lake.source("src", "pa.table({'id': pa.array([5, 6], pa.int64())})");
     succeeded(lake.run(&[&src], &sink, &["--key", "id"]), "day 3");
     python(
@@ -959,6 +973,25 @@ DeltaTable(sys.argv[1]).vacuum(retention_hours=0, enforce_retention_duration=Fal
         "{stderr}"
     );
     assert!(stderr.contains("--accept-table-state"), "{stderr}");
+    // `verify` reports the same, and exits 4.
+    let store = lake.p("store");
+    let verify = tidemark(&[
+        "verify",
+        "--store",
+        &store,
+        "--sink",
+        &sink,
+        "--pipeline",
+        "p",
+        "--json",
+    ]);
+    assert_eq!(verify.status.code(), Some(4), "{}", text(&verify));
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(report["agree"], false, "{report}");
+    assert_eq!(report["lost_commits"], "3", "{report}");
+    assert_eq!(report["store_committed"], 3, "{report}");
+    assert_eq!(report["table_marker"], 3, "{report}");
+    assert_eq!(report["table_carries"], 2, "{report}");
     let before_day_3 = expected((1..=4).map(|id| format!("{{'id': {id}}}")));
     assert_eq!(delta_rows(&table, "id"), before_day_3, "nothing written");
     let out = succeeded(
