@@ -596,6 +596,57 @@ impl<S: CommitSink> Committer<S> {
 mod tests {
     use super::*;
 
+    fn check(store_committed: Option<u64>, marker: Option<u64>, lineage: Lineage) -> TableCheck {
+        TableCheck {
+            table: "t".into(),
+            store_committed,
+            marker,
+            lineage,
+        }
+    }
+
+    #[test]
+    fn a_table_that_carries_the_marker_s_commit_agrees() {
+        assert_eq!(check(Some(3), Some(3), Lineage::Carries(3)).lost(), None);
+        // A commit applied but not yet marked in the store.
+        assert_eq!(check(Some(2), Some(3), Lineage::Carries(3)).lost(), None);
+        // History out of reach cannot tell.
+        assert_eq!(check(Some(3), Some(3), Lineage::Unknown).lost(), None);
+        assert_eq!(check(None, None, Lineage::Unknown).lost(), None);
+    }
+
+    #[test]
+    fn a_marker_below_the_store_s_commits_loses_them() {
+        let (lost, why) = check(Some(4), Some(2), Lineage::Carries(2)).lost().unwrap();
+        assert_eq!(lost, "3..=4");
+        assert!(why.contains("marker says commit 2"), "{why}");
+        let (lost, why) = check(Some(1), None, Lineage::Unknown).lost().unwrap();
+        assert_eq!(lost, "1");
+        assert!(why.contains("no marker"), "{why}");
+    }
+
+    #[test]
+    fn a_rolled_back_table_loses_the_commits_after_what_it_carries() {
+        let (lost, why) = check(Some(3), Some(3), Lineage::Carries(1)).lost().unwrap();
+        assert_eq!(lost, "2..=3");
+        assert!(why.contains("up to 1"), "{why}");
+        let restored = Lineage::RolledBack {
+            carried: Some(2),
+            why: "restored".into(),
+        };
+        let (lost, why) = check(Some(3), Some(3), restored).lost().unwrap();
+        assert_eq!(lost, "3");
+        assert!(why.ends_with("restored"), "{why}");
+        let everything = Lineage::RolledBack {
+            carried: None,
+            why: "restored".into(),
+        };
+        assert_eq!(
+            check(Some(2), Some(2), everything).lost().unwrap().0,
+            "1..=2"
+        );
+    }
+
     #[test]
     fn the_retry_backoff_starts_at_20_ms_doubles_and_stops_at_about_5_s() {
         let pauses: Vec<u128> = (0..12).map(|a| retry_backoff(a).as_millis()).collect();

@@ -329,3 +329,87 @@ async fn a_committer_that_loses_the_claim_finishes_the_winners_commit() {
     assert_eq!(table.marker(), Some(1));
     assert!(store.load().await.unwrap().pending_commit().is_empty());
 }
+
+/// A table whose marker is ahead of every commit this store made (another
+/// store committed into it) is refused: committing would skip or repeat.
+#[tokio::test]
+async fn a_table_marked_by_another_store_is_refused() {
+    let (_, store) = memory_store().await;
+    let table = MemoryTable::default();
+    seal(&store, vec![1], "data/1.parquet").await;
+    Committer::new(store.clone(), table.clone(), "races")
+        .commit_pending()
+        .await
+        .unwrap();
+    table.state.lock().unwrap().0 = Some(5);
+    seal(&store, vec![2], "data/2.parquet").await;
+    let err = Committer::new(store.clone(), table.clone(), "races")
+        .commit_pending()
+        .await
+        .expect_err("a marker this store never wrote");
+    assert!(matches!(err, Error::MarkerMismatch { .. }), "{err}");
+    assert_eq!(table.appended(), ["data/1.parquet"], "nothing appended");
+}
+
+/// A commit whose checkpoints were partly marked (the committer died between
+/// two marks) and whose table commit then left the table (rolled back): the
+/// rest is not committed again on its own, the committer refuses.
+#[tokio::test]
+async fn a_partly_marked_commit_that_left_the_table_is_refused() {
+    let (inner, store) = memory_store().await;
+    seal(&store, vec![1], "data/1.parquet").await;
+    seal(&store, vec![2], "data/2.parquet").await;
+    let table = MemoryTable::default();
+    let dying = Arc::new(FaultyStore::new(inner.clone()));
+    dying.inject_after("committed/", support::Fault::CrashBefore, 1, 1);
+    let dying_store = CheckpointStore::open_at(
+        StoreLocation::from_object_store(dying, Path::from("store")),
+        keys(),
+    )
+    .await
+    .unwrap();
+    Committer::new(dying_store, table.clone(), "races")
+        .commit_pending()
+        .await
+        .expect_err("died between the two marks");
+    assert_eq!(table.marker(), Some(1));
+    // The table is rolled back to before that commit.
+    *table.state.lock().unwrap() = (None, Vec::new());
+    let err = Committer::new(store.clone(), table.clone(), "races")
+        .commit_pending()
+        .await
+        .expect_err("the commit left the table");
+    assert!(matches!(err, Error::MarkerMismatch { .. }), "{err}");
+    assert!(table.appended().is_empty(), "nothing appended");
+}
+
+/// An unfinished intent of another pipeline, or of another table, is never
+/// finished by this committer.
+#[tokio::test]
+async fn intents_of_another_pipeline_or_table_are_refused() {
+    let (_, store) = memory_store().await;
+    seal(&store, vec![1], "data/1.parquet").await;
+    let table = MemoryTable::default();
+    Committer::new(store.clone(), table.failing(), "races")
+        .commit_pending()
+        .await
+        .expect_err("the first committer dies before its table commit");
+    let other_pipeline = Committer::new(store.clone(), table.clone(), "other")
+        .commit_pending()
+        .await
+        .expect_err("another pipeline's intent");
+    assert!(
+        matches!(other_pipeline, Error::CommitTargetMismatch { .. }),
+        "{other_pipeline}"
+    );
+    let other_table = MemoryTable {
+        name: "another-table".into(),
+        ..table.clone()
+    };
+    let err = Committer::new(store.clone(), other_table, "races")
+        .commit_pending()
+        .await
+        .expect_err("another table's intent");
+    assert!(matches!(err, Error::CommitTargetMismatch { .. }), "{err}");
+    assert!(table.appended().is_empty(), "nothing appended");
+}

@@ -749,6 +749,8 @@ pub struct MemoryTable {
     pub state: Arc<Mutex<(Option<u64>, Vec<String>)>>,
     pub fail: bool,
     pub files: Arc<dyn ObjectStore>,
+    /// The table's name, recorded in commit intents.
+    pub name: String,
 }
 
 impl Default for MemoryTable {
@@ -757,6 +759,7 @@ impl Default for MemoryTable {
             state: Arc::default(),
             fail: false,
             files: Arc::new(InMemory::new()),
+            name: "memory-table".into(),
         }
     }
 }
@@ -791,7 +794,7 @@ impl MemoryTable {
 
 impl tidemark::commit::CommitSink for MemoryTable {
     fn table(&self) -> String {
-        "memory-table".into()
+        self.name.clone()
     }
 
     /// Never rolled back: the table carries its marker's commit.

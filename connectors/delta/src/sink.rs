@@ -532,3 +532,74 @@ impl DeltaSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit of pipeline `p` with `sequence`.
+    fn ours(sequence: i64) -> CommitInfo {
+        CommitInfo {
+            operation: Some("WRITE".into()),
+            info: [
+                ("tidemark.pipeline".to_string(), json!("p")),
+                ("tidemark.commit-sequence".to_string(), json!(sequence)),
+            ]
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    fn operation(name: &str, parameters: serde_json::Value) -> CommitInfo {
+        CommitInfo {
+            operation: Some(name.into()),
+            operation_parameters: serde_json::from_value(parameters).ok(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn maintenance_after_the_latest_commit_carries_it() {
+        // Newest first: versions 4 (vacuum), 3 (optimize), 2 (commit 2), 1, 0.
+        let history = [
+            operation("VACUUM END", json!({})),
+            operation("OPTIMIZE", json!({})),
+            ours(2),
+            ours(1),
+            operation("CREATE TABLE", json!({})),
+        ];
+        assert_eq!(lineage(&history, Some(4), "p"), Lineage::Carries(2));
+        assert_eq!(lineage(&history, Some(4), "other"), Lineage::Unknown);
+    }
+
+    #[test]
+    fn a_restore_before_a_commit_undoes_it() {
+        // Versions 5 (restore to 3), 4 (commit 3), 3 (optimize), 2 (commit 2).
+        let history = [
+            operation("RESTORE", json!({ "version": "3" })),
+            ours(3),
+            operation("OPTIMIZE", json!({})),
+            ours(2),
+        ];
+        match lineage(&history, Some(5), "p") {
+            Lineage::RolledBack { carried, why } => {
+                assert_eq!(carried, Some(2));
+                assert!(
+                    why.contains("restored to version 3") && why.ends_with('3'),
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Restoring to the version of the latest commit undoes nothing.
+        let history = [operation("RESTORE", json!({ "version": 4 })), ours(3)];
+        assert_eq!(lineage(&history, Some(5), "p"), Lineage::Carries(3));
+        // A commit after the restore is carried.
+        let history = [
+            ours(4),
+            operation("RESTORE", json!({ "version": 1 })),
+            ours(3),
+        ];
+        assert_eq!(lineage(&history, Some(3), "p"), Lineage::Carries(4));
+    }
+}
