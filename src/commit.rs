@@ -594,6 +594,8 @@ impl<S: CommitSink> Committer<S> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn check(store_committed: Option<u64>, marker: Option<u64>, lineage: Lineage) -> TableCheck {
