@@ -1104,3 +1104,87 @@ fn a_recreated_delta_table_is_refused_before_the_read() {
         "{stderr}"
     );
 }
+
+/// Another writer compacts a Delta table in a loop (deltalake-py
+/// `optimize.compact`, then `vacuum`) while `tidemark run` commits a new
+/// file's rows five times: every run's commit lands within its retries,
+/// every key is in the table once, and no data file path appears twice.
+#[test]
+fn delta_commits_land_beside_an_optimize_loop() {
+    let lake = Lake::new();
+    let table = lake.p("busy");
+    let sink = format!("delta+file://{table}");
+    let src = lake.source("src", "pa.table({'id': pa.array([0], pa.int64())})");
+    succeeded(
+        lake.run(&[&src], &sink, &["--key", "id", "--create"]),
+        "the first run",
+    );
+    let stop = lake.path("stop");
+    let optimizer = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import os, sys, time
+from deltalake import DeltaTable
+table, stop = sys.argv[1], sys.argv[2]
+rounds = 0
+deadline = time.time() + 120  # never outlive a failed test for long
+while not os.path.exists(stop) and time.time() < deadline:
+    try:
+        DeltaTable(table).optimize.compact()
+        DeltaTable(table).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+        rounds += 1
+    except Exception as e:  # a conflict with a tidemark commit: try again
+        print("conflict:", e, file=sys.stderr)
+    time.sleep(0.05)
+print(rounds)
+"#,
+        )
+        .args([&table, &stop.display().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for run in 1..=5 {
+        let ids: Vec<String> = (run * 10..run * 10 + 10).map(|i| i.to_string()).collect();
+        lake.source(
+            "src",
+            &format!(
+                "pa.table({{'id': pa.array([{}], pa.int64())}})",
+                ids.join(", ")
+            ),
+        );
+        let out = succeeded(
+            lake.run(&[&src], &sink, &["--key", "id"]),
+            &format!("run {run} beside the optimizer"),
+        );
+        assert!(out.contains("made 1 table commit(s)"), "run {run}: {out}");
+    }
+    std::fs::write(&stop, "").unwrap();
+    let output = optimizer.wait_with_output().unwrap();
+    let rounds: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(rounds > 0, "the optimizer never ran");
+    // Every key once (delta_rows also checks that no unreferenced file is
+    // left and that DuckDB reads the same rows).
+    let keys = std::iter::once(0).chain((1..=5).flat_map(|run| run * 10..run * 10 + 10));
+    let mut keys: Vec<i64> = keys.collect();
+    keys.sort_by_key(|k| k.to_string());
+    assert_eq!(
+        delta_rows(&table, "id"),
+        expected(keys.iter().map(|k| format!("{{'id': {k}}}")))
+    );
+    let paths = python(
+        r#"
+import sys
+from deltalake import DeltaTable
+uris = DeltaTable(sys.argv[1]).file_uris()
+assert len(uris) == len(set(uris)), uris
+print(len(uris))
+"#,
+        &[&table],
+    );
+    assert!(paths.trim().parse::<usize>().unwrap() > 0);
+    eprintln!("{rounds} optimize rounds beside 5 runs");
+}
