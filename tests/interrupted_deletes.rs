@@ -199,3 +199,31 @@ async fn a_failed_listing_is_an_error_naming_the_prefix() {
     assert!(err.to_string().contains("store/sealed"), "{err}");
     store.load().await.unwrap();
 }
+
+/// The reports of gc and compaction count what they did: checkpoints
+/// waiting for gc, orphans deleted, and the runs of an index that a
+/// compaction with nothing to do leaves as it is.
+#[tokio::test]
+async fn reports_count_what_gc_and_compaction_did() {
+    let base = Arc::new(InMemory::new());
+    let table_files = Arc::new(InMemory::new());
+    // Six checkpoints, gc and compaction after the fourth: the fifth and
+    // sixth have one orphan each.
+    history(base.clone(), table_files.clone(), 6).await;
+    let table = MemoryTable::with_files(table_files);
+    let store = open(copy(&base).await).await;
+    let before_gc = store.compact(&CompactionOptions::default()).await.unwrap();
+    assert_eq!(before_gc.waiting_for_gc, 2, "{before_gc:?}");
+    assert_eq!(before_gc.generation, None, "{before_gc:?}");
+    assert_eq!(
+        before_gc.runs, 1,
+        "the index's run, left as it is: {before_gc:?}"
+    );
+    let gc = collect_garbage(&store, &table).await.unwrap();
+    assert_eq!(gc.checkpoints, 2, "{gc:?}");
+    assert_eq!(gc.files_deleted, 2, "{gc:?}");
+    assert_eq!(gc.prefixes_deleted, 0, "{gc:?}");
+    let compacted = store.compact(&CompactionOptions::default()).await.unwrap();
+    assert_eq!(compacted.checkpoints_compacted, 2, "{compacted:?}");
+    assert_eq!(compacted.waiting_for_gc, 0, "{compacted:?}");
+}
