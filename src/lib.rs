@@ -29,6 +29,7 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(demo()).unwrap();
 //! ```
 
+pub mod adopt;
 pub mod commit;
 pub mod conform;
 pub mod environment;

@@ -263,6 +263,19 @@ pub struct RunReport {
     pub compaction: Option<CompactionReport>,
 }
 
+/// What [`Pipeline::adopt`] did.
+#[derive(Debug, Clone)]
+pub struct AdoptReport {
+    /// The lease held while adopting.
+    pub lease: LeaseClaim,
+    /// Keys read from the table, now processed (a key the table holds twice
+    /// counts twice).
+    pub keys_adopted: u64,
+    /// The checkpoint that holds them: sealed with no data files, and
+    /// committed without a table commit.
+    pub checkpoint: CheckpointId,
+}
+
 /// What [`Pipeline::repair`] did.
 #[derive(Debug, Clone)]
 pub struct RepairReport {
@@ -386,6 +399,40 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
     pub async fn repair(&self) -> Result<RepairReport> {
         let lease = self.acquire().await?;
         let result = self.repair_under(&lease).await;
+        release(lease, result.is_ok()).await;
+        result
+    }
+
+    /// Records the keys of the rows `table` already holds as processed, so
+    /// that runs do not process them again: for a table written before
+    /// tidemark, or by another tool. `table` is the sink's table read as a
+    /// source (it must have the store's key columns). Takes the lease and
+    /// repairs first, like a run; then reads only the key columns, a key
+    /// file per [`ADOPT_KEYS_PER_FILE`](crate::adopt::ADOPT_KEYS_PER_FILE)
+    /// keys (memory stays bounded for any table size), seals them as one
+    /// checkpoint without data files and commits it without a table commit.
+    /// Adopting again adds the keys again, which is harmless.
+    pub async fn adopt(&self, table: Arc<dyn Source>) -> Result<AdoptReport> {
+        let lease = self.acquire().await?;
+        let result = async {
+            self.repair_under(&lease).await?;
+            let (checkpoint, keys_adopted) = crate::adopt::stage_table_keys(
+                &self.store,
+                lease.fence(),
+                table.as_ref(),
+                &self.committer.sink().table(),
+            )
+            .await?;
+            self.committer
+                .commit_pending_under(Some(&lease.fence()))
+                .await?;
+            Ok(AdoptReport {
+                lease: lease.claim().clone(),
+                keys_adopted,
+                checkpoint,
+            })
+        }
+        .await;
         release(lease, result.is_ok()).await;
         result
     }

@@ -15,7 +15,9 @@ use tidemark::transform::Transform;
 
 use crate::shown::say;
 use crate::targets::{open_source, parse_location, parse_table, AnySink};
-use crate::{CliError, CompactArgs, RunArgs, SinkArgs, StatusArgs, StoreArgs, VerifyArgs};
+use crate::{
+    AdoptArgs, CliError, CompactArgs, RunArgs, SinkArgs, StatusArgs, StoreArgs, VerifyArgs,
+};
 
 /// Exit code of `status` when work is pending (unsealed, uncommitted or orphans).
 const EXIT_PENDING: u8 = 3;
@@ -182,6 +184,29 @@ pub(crate) async fn status(args: StatusArgs) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::from(EXIT_PENDING)
     })
+}
+
+pub(crate) async fn adopt(args: AdoptArgs) -> Result<ExitCode, CliError> {
+    let target = args.target;
+    parse_table(&target.sink)?;
+    let options = target.store.options();
+    let table = open_source(&target.sink, &options).await?;
+    let key_names: Vec<&str> = args.key.iter().map(String::as_str).collect();
+    let keys = KeySchema::from_source(&table.schema(), &key_names)?;
+    let store = open_store(&target.store, Some(keys)).await?;
+    let sink = AnySink::open(&target.sink, &options, None).await?;
+    let report = Pipeline::new(store, sink, target.pipeline.clone())
+        .adopt(table)
+        .await?;
+    say!(
+        "lease {} epoch {}: adopted {} key(s) of {} as processed (checkpoint {})",
+        report.lease.scope,
+        report.lease.epoch,
+        report.keys_adopted,
+        tidemark::redact::redact_url(&target.sink),
+        report.checkpoint
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `tidemark verify`'s exit code when the store and the table disagree.

@@ -96,6 +96,19 @@ enum Command {
     /// current state still carries the pipeline's commits (not rolled back,
     /// restored or recreated). Exits 4 when they disagree.
     Verify(VerifyArgs),
+    /// Records the keys of the rows a table already holds as processed, so
+    /// that runs do not process them again (a table written before tidemark,
+    /// or by another tool). Reads only the key columns; memory stays bounded.
+    Adopt(AdoptArgs),
+}
+
+#[derive(Debug, Args)]
+struct AdoptArgs {
+    #[command(flatten)]
+    target: SinkArgs,
+    /// The key column (repeat for a composite key), as `run --key`.
+    #[arg(long, required = true)]
+    key: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +289,7 @@ fn main() -> ExitCode {
             Command::Status(args) => commands::status(args).await,
             Command::Gc(args) => commands::gc(args).await,
             Command::Verify(args) => commands::verify(args).await,
+            Command::Adopt(args) => commands::adopt(args).await,
             Command::Compact(args) => commands::compact(args).await,
         }
     });

@@ -1188,3 +1188,93 @@ print(len(uris))
     assert!(paths.trim().parse::<usize>().unwrap() > 0);
     eprintln!("{rounds} optimize rounds beside 5 runs");
 }
+
+/// A table that deltalake-py (Delta) or pyiceberg (Iceberg) filled before
+/// tidemark ran: `tidemark adopt` records its keys as processed, and a run
+/// over a source that repeats some of them writes only the new ones. The
+/// independent readers see every key once, with the first writer's values.
+#[test]
+fn adopting_a_table_written_by_another_tool_skips_its_rows() {
+    // Delta.
+    let lake = Lake::new();
+    let table = lake.p("adopted");
+    python(
+        r#"
+import sys, pyarrow as pa
+from deltalake import write_deltalake
+write_deltalake(sys.argv[1], pa.table({"id": pa.array([1, 2, 3, 4, 5], pa.int64()), "text": ["old"] * 5}))
+"#,
+        &[&table],
+    );
+    let sink = format!("delta+file://{table}");
+    let store = lake.p("store");
+    let out = succeeded(
+        tidemark(&[
+            "adopt",
+            "--store",
+            &store,
+            "--sink",
+            &sink,
+            "--pipeline",
+            "p",
+            "--key",
+            "id",
+        ]),
+        "adopt",
+    );
+    assert!(out.contains("adopted 5 key(s)"), "{out}");
+    let src = lake.source(
+        "src",
+        "pa.table({'id': pa.array([3, 4, 5, 6, 7, 8], pa.int64()), 'text': ['new'] * 6})",
+    );
+    let out = succeeded(lake.run(&[&src], &sink, &["--key", "id"]), "a run");
+    assert!(out.contains("skipped 3 already processed"), "{out}");
+    assert!(out.contains("wrote 3 rows"), "{out}");
+    let rows = (1..=8).map(|id| {
+        let text = if id <= 5 { "old" } else { "new" };
+        format!("{{'id': {id}, 'text': '{text}'}}")
+    });
+    assert_eq!(delta_rows(&table, "id,text"), expected(rows));
+
+    // Iceberg.
+    let lake = Lake::new();
+    let catalog = SqliteCatalog::in_lake(&lake);
+    python(
+        r#"
+import sys, pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+catalog = SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2])
+catalog.create_namespace("lake")
+data = pa.table({"id": pa.array([1, 2, 3, 4, 5], pa.int64()), "text": ["old"] * 5})
+catalog.create_table("lake.t", schema=data.schema).append(data)
+"#,
+        &[&catalog.uri, &catalog.warehouse],
+    );
+    let store = lake.p("store");
+    let out = succeeded(
+        tidemark(&[
+            "adopt",
+            "--store",
+            &store,
+            "--sink",
+            &catalog.sink,
+            "--pipeline",
+            "p",
+            "--key",
+            "id",
+        ]),
+        "adopt",
+    );
+    assert!(out.contains("adopted 5 key(s)"), "{out}");
+    let src = lake.source(
+        "src",
+        "pa.table({'id': pa.array([3, 4, 5, 6, 7, 8], pa.int64()), 'text': ['new'] * 6})",
+    );
+    let out = succeeded(lake.run(&[&src], &catalog.sink, &["--key", "id"]), "a run");
+    assert!(out.contains("skipped 3 already processed"), "{out}");
+    let rows = (1..=8).map(|id| {
+        let text = if id <= 5 { "old" } else { "new" };
+        format!("{{'id': {id}, 'text': '{text}'}}")
+    });
+    assert_eq!(catalog.rows("id,text"), expected(rows));
+}
