@@ -119,12 +119,50 @@ pub struct TableCheck {
     pub lineage: Lineage,
 }
 
+/// Commits a table lost ([`TableCheck::lost`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostCommits {
+    /// The commit sequences (`3` or `3..=5`).
+    pub commits: String,
+    /// What the table shows.
+    pub why: String,
+    /// Whether a run may accept the table as it is
+    /// ([`crate::pipeline::Pipeline::with_accepted_table_state`]): the
+    /// table's marker is intact, so later commits continue from it. Not when
+    /// the marker itself is behind the store (a recreated or replaced table).
+    pub acceptable: bool,
+}
+
+impl LostCommits {
+    /// What the user can do about it.
+    pub fn way_out(&self) -> &'static str {
+        if self.acceptable {
+            "Restore the table to a state that holds them, or accept the table as it is with \
+             `tidemark run --accept-table-state` (`Pipeline::with_accepted_table_state`): those \
+             keys then stay processed"
+        } else {
+            "Restore the table that holds them, or start over on this table: a new store (or a \
+             new pipeline id), then `tidemark adopt` to record the rows the table holds now as \
+             processed"
+        }
+    }
+}
+
 impl TableCheck {
     /// The commits the table lost and why, if it lost any: its marker is
     /// below what the store committed (the table was dropped and recreated,
     /// replaced, or its marker expired), or its current state no longer
     /// carries commits its marker names (rolled back or restored).
-    pub fn lost(&self) -> Option<(String, String)> {
+    pub fn lost(&self) -> Option<LostCommits> {
+        self.lost_commits()
+            .map(|(commits, why, acceptable)| LostCommits {
+                commits,
+                why,
+                acceptable,
+            })
+    }
+
+    fn lost_commits(&self) -> Option<(String, String, bool)> {
         let range = |from: u64, to: u64| {
             if from == to {
                 from.to_string()
@@ -144,7 +182,7 @@ impl TableCheck {
                      table was dropped and recreated or replaced, or its marker expired)"
                 ),
             };
-            return Some((range(marker + 1, committed), why));
+            return Some((range(marker + 1, committed), why, false));
         }
         match &self.lineage {
             Lineage::RolledBack { carried, why } if carried.unwrap_or(0) < marker => Some((
@@ -154,6 +192,7 @@ impl TableCheck {
                      pipeline's commits up to {}: {why}",
                     carried.map_or("none".to_string(), |c| c.to_string())
                 ),
+                true,
             )),
             Lineage::Carries(carried) if *carried < marker => Some((
                 range(carried + 1, marker),
@@ -161,6 +200,7 @@ impl TableCheck {
                     "its marker says commit {marker}, but its current state carries the \
                      pipeline's commits up to {carried}"
                 ),
+                true,
             )),
             _ => None,
         }
@@ -397,6 +437,7 @@ impl<S: CommitSink> Committer<S> {
         let store_committed = match self.store.latest_commit_intent().await? {
             None => None,
             Some(intent) => {
+                self.ensure_ours(&intent)?;
                 let first = intent.checkpoints.first().copied();
                 let committed = match first {
                     Some(id) => {
@@ -429,15 +470,27 @@ impl<S: CommitSink> Committer<S> {
     }
 
     /// Fails with [`Error::TableDiverged`] if the table lost commits the
-    /// store made ([`TableCheck::lost`]).
-    pub async fn ensure_table_agrees(&self) -> Result<TableCheck> {
+    /// store made ([`TableCheck::lost`]), unless `accept` and the loss is
+    /// [acceptable](LostCommits::acceptable): then it is logged as a warning.
+    pub async fn ensure_table_agrees(&self, accept: bool) -> Result<TableCheck> {
         let check = self.check_table().await?;
         match check.lost() {
-            Some((lost, why)) => Err(Error::TableDiverged {
+            Some(lost) if accept && lost.acceptable => {
+                tracing::warn!(
+                    table = check.table,
+                    pipeline = self.pipeline_id,
+                    commits = lost.commits,
+                    why = lost.why,
+                    "the table lost commits of this pipeline; accepted as it is (their keys stay processed)"
+                );
+                Ok(check)
+            }
+            Some(lost) => Err(Error::TableDiverged {
                 table: check.table,
                 pipeline: self.pipeline_id.clone(),
-                lost,
-                why,
+                way_out: lost.way_out().to_string(),
+                lost: lost.commits,
+                why: lost.why,
             }),
             None => Ok(check),
         }
@@ -619,32 +672,37 @@ mod tests {
 
     #[test]
     fn a_marker_below_the_store_s_commits_loses_them() {
-        let (lost, why) = check(Some(4), Some(2), Lineage::Carries(2)).lost().unwrap();
-        assert_eq!(lost, "3..=4");
-        assert!(why.contains("marker says commit 2"), "{why}");
-        let (lost, why) = check(Some(1), None, Lineage::Unknown).lost().unwrap();
-        assert_eq!(lost, "1");
-        assert!(why.contains("no marker"), "{why}");
+        let lost = check(Some(4), Some(2), Lineage::Carries(2)).lost().unwrap();
+        assert_eq!(lost.commits, "3..=4");
+        assert!(lost.why.contains("marker says commit 2"), "{lost:?}");
+        assert!(
+            !lost.acceptable,
+            "a marker behind the store cannot continue"
+        );
+        let lost = check(Some(1), None, Lineage::Unknown).lost().unwrap();
+        assert_eq!(lost.commits, "1");
+        assert!(lost.why.contains("no marker"), "{lost:?}");
     }
 
     #[test]
     fn a_rolled_back_table_loses_the_commits_after_what_it_carries() {
-        let (lost, why) = check(Some(3), Some(3), Lineage::Carries(1)).lost().unwrap();
-        assert_eq!(lost, "2..=3");
-        assert!(why.contains("up to 1"), "{why}");
+        let lost = check(Some(3), Some(3), Lineage::Carries(1)).lost().unwrap();
+        assert_eq!(lost.commits, "2..=3");
+        assert!(lost.why.contains("up to 1"), "{lost:?}");
+        assert!(lost.acceptable, "the marker is intact");
         let restored = Lineage::RolledBack {
             carried: Some(2),
             why: "restored".into(),
         };
-        let (lost, why) = check(Some(3), Some(3), restored).lost().unwrap();
-        assert_eq!(lost, "3");
-        assert!(why.ends_with("restored"), "{why}");
+        let lost = check(Some(3), Some(3), restored).lost().unwrap();
+        assert_eq!(lost.commits, "3");
+        assert!(lost.why.ends_with("restored"), "{lost:?}");
         let everything = Lineage::RolledBack {
             carried: None,
             why: "restored".into(),
         };
         assert_eq!(
-            check(Some(2), Some(2), everything).lost().unwrap().0,
+            check(Some(2), Some(2), everything).lost().unwrap().commits,
             "1..=2"
         );
     }

@@ -316,9 +316,7 @@ pub enum Error {
     #[error(
         "table `{table}` no longer holds commits {lost} of pipeline `{pipeline}`: {why}. \
          Their keys count as processed, so a run would never write those rows again; \
-         nothing was read or written. Restore the table to a state that holds them, or \
-         accept the table as it is with `--accept-table-state` (`Pipeline::with_accepted_table_state`): \
-         those keys then stay processed"
+         nothing was read or written. {way_out}"
     )]
     TableDiverged {
         /// The table.
@@ -329,6 +327,8 @@ pub enum Error {
         lost: String,
         /// What the table shows.
         why: String,
+        /// What the user can do.
+        way_out: String,
     },
 
     /// Another run holds the lease: two runs of one pipeline (or shard) must

@@ -340,11 +340,14 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
         self
     }
 
-    /// With `true`, a table that lost commits of this pipeline (rolled back,
-    /// restored, recreated: see [`Committer::ensure_table_agrees`]) is
-    /// accepted as it is: the run goes on, the keys of the lost commits stay
-    /// processed, and the acceptance is logged as a warning. By default such
-    /// a run fails with [`Error::TableDiverged`] before it reads.
+    /// With `true`, a table that lost commits of this pipeline while its
+    /// marker stayed (rolled back or restored: see
+    /// [`Committer::ensure_table_agrees`]) is accepted as it is: the run goes
+    /// on, the keys of the lost commits stay processed, and the acceptance is
+    /// logged as a warning. A table whose marker is behind the store
+    /// (recreated, replaced) cannot be accepted: later commits could not
+    /// continue its marker. By default such a run fails with
+    /// [`Error::TableDiverged`] before it reads.
     pub fn with_accepted_table_state(mut self, accept: bool) -> Self {
         self.accept_table_state = accept;
         self
@@ -411,7 +414,8 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
     /// file per [`ADOPT_KEYS_PER_FILE`](crate::adopt::ADOPT_KEYS_PER_FILE)
     /// keys (memory stays bounded for any table size), seals them as one
     /// checkpoint without data files and commits it without a table commit.
-    /// Adopting again adds the keys again, which is harmless.
+    /// Adopting again stages the keys again: no row is processed twice, but
+    /// the store holds and loads them twice until a compaction.
     pub async fn adopt(&self, table: Arc<dyn Source>) -> Result<AdoptReport> {
         let lease = self.acquire().await?;
         let result = async {
@@ -470,23 +474,9 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
     }
 
     async fn repair_under(&self, lease: &Lease) -> Result<RepairReport> {
-        match self.committer.ensure_table_agrees().await {
-            Err(Error::TableDiverged {
-                table,
-                pipeline,
-                lost,
-                why,
-            }) if self.accept_table_state => tracing::warn!(
-                table,
-                pipeline,
-                lost,
-                why,
-                "the table lost commits of this pipeline; accepted as it is (their keys stay processed)"
-            ),
-            other => {
-                other?;
-            }
-        }
+        self.committer
+            .ensure_table_agrees(self.accept_table_state)
+            .await?;
         let committed = self
             .committer
             .commit_pending_under(Some(&lease.fence()))

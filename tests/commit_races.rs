@@ -21,7 +21,7 @@ use arrow_schema::DataType;
 use futures::StreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use support::{FaultyStore, MemoryTable};
 use tidemark::commit::Committer;
 use tidemark::store::{
@@ -412,4 +412,62 @@ async fn intents_of_another_pipeline_or_table_are_refused() {
         .expect_err("another table's intent");
     assert!(matches!(err, Error::CommitTargetMismatch { .. }), "{err}");
     assert!(table.appended().is_empty(), "nothing appended");
+}
+
+/// A contender that stalls between reading the latest lease epoch and
+/// writing the next one can find that epoch pruned by newer holders, and win
+/// it. It must notice the newer epochs, give the stale one back and take the
+/// next free epoch, never hold an epoch below another holder's.
+#[tokio::test]
+async fn a_stalled_contender_never_holds_a_pruned_epoch() {
+    let (inner, store) = memory_store().await;
+    let options = LeaseOptions {
+        ttl: Duration::from_secs(30),
+        ..Default::default()
+    };
+    Lease::acquire(&store, PIPELINE_SCOPE, 1, options.clone())
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    // While A is about to write epoch 2, six runs take and release the lease
+    // (epochs 2 to 7; the last prunes epochs below 3).
+    let others = store.clone();
+    let others_options = options.clone();
+    let stalled = Arc::new(FaultyStore::new(inner.clone()));
+    stalled.before_put(
+        "epochs/00000000000000000002",
+        Box::pin(async move {
+            for _ in 0..6 {
+                Lease::acquire(&others, PIPELINE_SCOPE, 1, others_options.clone())
+                    .await
+                    .unwrap()
+                    .release()
+                    .await
+                    .unwrap();
+            }
+        }),
+    );
+    let a_store = CheckpointStore::open_at(
+        StoreLocation::from_object_store(stalled, Path::from("store")),
+        keys(),
+    )
+    .await
+    .unwrap();
+    let lease = Lease::acquire(&a_store, PIPELINE_SCOPE, 1, options)
+        .await
+        .unwrap();
+    assert_eq!(
+        lease.claim().epoch,
+        8,
+        "the next free epoch, not the pruned 2"
+    );
+    let stale = inner
+        .head(&Path::from(
+            "store/lease/pipeline/epochs/00000000000000000002.json",
+        ))
+        .await;
+    assert!(stale.is_err(), "the stale epoch was given back");
+    lease.fence().ensure_current("checking").await.unwrap();
 }

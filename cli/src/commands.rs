@@ -236,8 +236,9 @@ pub(crate) async fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
             "table_carries": number(carried),
             "lineage": lineage,
             "agree": lost.is_none(),
-            "lost_commits": lost.as_ref().map(|(range, _)| range.clone()),
-            "why": lost.as_ref().map(|(_, why)| why.clone()),
+            "lost_commits": lost.as_ref().map(|l| l.commits.clone()),
+            "why": lost.as_ref().map(|l| l.why.clone()),
+            "way_out": lost.as_ref().map(|l| l.way_out()),
         });
         say!("{report}");
     } else {
@@ -251,7 +252,14 @@ pub(crate) async fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
         );
         match &lost {
             None => say!("the store and the table agree"),
-            Some((range, why)) => say!("the table no longer holds commits {range}: {why}"),
+            Some(lost) => {
+                say!(
+                    "the table no longer holds commits {}: {}",
+                    lost.commits,
+                    lost.why
+                );
+                say!("{}", lost.way_out());
+            }
         }
     }
     Ok(if lost.is_none() {

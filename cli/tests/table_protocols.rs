@@ -1079,6 +1079,40 @@ table.manage_snapshots().rollback_to_snapshot(first).commit()
         "accepted",
     );
     assert!(out.contains("skipped 4 already processed"), "{out}");
+
+    // A rollback to the snapshot another writer made before the pipeline's
+    // first commit: no ancestor left is a commit of the pipeline.
+    let lake = Lake::new();
+    let catalog = SqliteCatalog::in_lake(&lake);
+    let (uri, warehouse, sink) = (&catalog.uri, &catalog.warehouse, &catalog.sink);
+    python(
+        r#"
+import sys, pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+catalog = SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2])
+catalog.create_namespace("lake")
+data = pa.table({"id": pa.array([100], pa.int64())})
+catalog.create_table("lake.t", schema=data.schema).append(data)
+"#,
+        &[uri, warehouse],
+    );
+    let day1 = lake.source("src", "pa.table({'id': pa.array([1, 2], pa.int64())})");
+    succeeded(lake.run(&[&day1], sink, &["--key", "id"]), "day 1");
+    python(
+        r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+table = SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2]).load_table("lake.t")
+first = min(table.snapshots(), key=lambda s: s.sequence_number)
+table.manage_snapshots().rollback_to_snapshot(first.snapshot_id).commit()
+"#,
+        &[uri, warehouse],
+    );
+    let stderr = failed(
+        lake.run(&[&day1], sink, &["--key", "id"]),
+        "after a rollback to before the first commit",
+    );
+    assert!(stderr.contains("no longer holds commits 1"), "{stderr}");
 }
 
 /// A Delta table dropped and made again under the same path: the store
@@ -1103,6 +1137,14 @@ fn a_recreated_delta_table_is_refused_before_the_read() {
         stderr.contains("no longer holds commits 1") && stderr.contains("no marker"),
         "{stderr}"
     );
+    // Accepting cannot help: the new table's marker cannot continue the
+    // store's. The way out is a new store and `adopt`.
+    assert!(stderr.contains("tidemark adopt"), "{stderr}");
+    let stderr = failed(
+        lake.run(&[&day1], &sink, &["--key", "id", "--accept-table-state"]),
+        "accepting a recreated table",
+    );
+    assert!(stderr.contains("no longer holds commits 1"), "{stderr}");
 }
 
 /// Another writer compacts a Delta table in a loop (deltalake-py

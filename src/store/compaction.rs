@@ -104,7 +104,9 @@ pub struct CompactionReport {
 }
 
 impl CheckpointStore {
-    /// Folds every committed checkpoint into the index. Checkpoints that are only
+    /// Folds every committed checkpoint into the index, once at least
+    /// [`CompactionOptions::min_checkpoints`] of them wait (or the index holds
+    /// more runs than allowed). Checkpoints that are only
     /// sealed stay as they are: their files still wait for a commit. Never loses a
     /// key: the new index is published (put-if-not-exists) before anything is
     /// deleted, and a concurrent compaction that publishes first makes this one

@@ -425,14 +425,20 @@ async fn take_epoch(
         };
         let path = store.layout().lease_epoch(scope, claim.epoch);
         let encoded = records::encode(ObjectKind::Lease, path.as_ref(), &record)?;
-        if io::put_if_absent(store.object_store(), &path, encoded).await? {
-            return Ok(claim);
+        let won = io::put_if_absent(store.object_store(), &path, encoded).await?
+            // Taken: by us if a retried request landed twice, else by a contender.
+            || read_status(store, scope, claim.epoch).await?.record.owner == owner;
+        if !won {
+            continue;
         }
-        // Taken: by us if a retried request landed twice, else by a contender.
-        let winner = read_status(store, scope, claim.epoch).await?;
-        if winner.record.owner == owner {
-            return Ok(claim);
+        // A contender that stalled between reading the latest epoch and its
+        // put can win an epoch that newer holders already pruned. A newer
+        // epoch then exists: give the stale one back and look again.
+        if latest_epoch(store, scope).await?.unwrap_or(0) > claim.epoch {
+            io::delete(store.object_store(), &path).await?;
+            continue;
         }
+        return Ok(claim);
     }
     Err(Error::ConcurrentChange {
         operation: "taking the lease (other runs kept taking it first)",

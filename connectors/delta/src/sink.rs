@@ -347,26 +347,47 @@ fn json_number(value: Option<&serde_json::Value>) -> Option<i64> {
 }
 
 /// What a restore went back to.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 enum RestoreTarget {
     Version(i64),
     /// Milliseconds since the epoch.
     Timestamp(i64),
 }
 
+impl RestoreTarget {
+    /// Whether the version restored to is older than a commit at `version`
+    /// (or `timestamp`): the restore undid that commit.
+    fn undoes(self, version: Option<i64>, timestamp: Option<i64>) -> bool {
+        match self {
+            RestoreTarget::Version(to) => version.is_some_and(|v| v > to),
+            RestoreTarget::Timestamp(to) => timestamp.is_some_and(|t| t > to),
+        }
+    }
+}
+
 /// The pipeline's latest commit that the current state still carries, from
 /// the commit infos of the log, newest first, the first of them at version
-/// `current`: a `RESTORE` to a version (or a time) before a commit undoes
-/// it. Optimize, vacuum and checkpoints do not.
+/// `current`. Walking back, a `RESTORE` sets a ceiling: the commits above the
+/// version (or time) it restored are not in the current state, and neither
+/// is anything they did (an older restore that a newer one undid counts for
+/// nothing). Optimize, vacuum and checkpoints change no ceiling. A restore
+/// whose target cannot be read makes the answer a rollback of unknown
+/// extent, so the run stops and asks.
 fn lineage(history: &[CommitInfo], current: Option<i64>, pipeline_id: &str) -> Lineage {
-    let mut restores: Vec<RestoreTarget> = Vec::new();
+    let mut ceiling: Option<RestoreTarget> = None;
+    let mut restored_to: Vec<String> = Vec::new();
     let mut undone: Vec<i64> = Vec::new();
     for (back, info) in history.iter().enumerate() {
         // Writers need not record the version they read, so a commit's version
         // is its place in the log (every commit of delta-rs and Spark has a
         // commit info).
         let position = current.map(|v| v - back as i64);
+        let version = position.or(info.read_version.map(|v| v as i64 + 1));
+        let hidden = ceiling.is_some_and(|c| c.undoes(version, info.timestamp));
         if info.operation.as_deref() == Some("RESTORE") {
+            if hidden {
+                continue;
+            }
             let parameters = info.operation_parameters.as_ref();
             let target = parameters
                 .and_then(|p| json_number(p.get("version")))
@@ -376,9 +397,25 @@ fn lineage(history: &[CommitInfo], current: Option<i64>, pipeline_id: &str) -> L
                         .and_then(|p| json_number(p.get("datetime")))
                         .map(RestoreTarget::Timestamp)
                 });
-            if let Some(target) = target {
-                restores.push(target);
-            }
+            let Some(target) = target else {
+                return Lineage::RolledBack {
+                    carried: None,
+                    why: format!(
+                        "the table was restored (version {}) to a point this check cannot read \
+                         ({:?})",
+                        version.map_or("?".to_string(), |v| v.to_string()),
+                        parameters
+                    ),
+                };
+            };
+            restored_to.push(match target {
+                RestoreTarget::Version(v) => format!("version {v}"),
+                RestoreTarget::Timestamp(ms) => {
+                    format!("the table as of {ms} ms since the epoch")
+                }
+            });
+            // Restores only lower the ceiling as the walk goes back.
+            ceiling = Some(target);
             continue;
         }
         let ours = info.info.get("tidemark.pipeline").and_then(|v| v.as_str()) == Some(pipeline_id);
@@ -387,49 +424,38 @@ fn lineage(history: &[CommitInfo], current: Option<i64>, pipeline_id: &str) -> L
         else {
             continue;
         };
-        let version = info.read_version.map(|v| v as i64 + 1).or(position);
-        let is_undone = restores.iter().any(|target| match target {
-            RestoreTarget::Version(to) => version.is_some_and(|v| v > *to),
-            RestoreTarget::Timestamp(to) => info.timestamp.is_some_and(|t| t > *to),
-        });
-        if !is_undone {
-            let carried = u64::try_from(sequence).ok();
-            return match (undone.is_empty(), carried) {
-                (true, Some(carried)) => Lineage::Carries(carried),
-                (true, None) => Lineage::Unknown,
-                (false, carried) => Lineage::RolledBack {
-                    carried,
-                    why: restored(&restores, &undone),
-                },
-            };
+        if hidden {
+            undone.push(sequence);
+            continue;
         }
-        undone.push(sequence);
+        let carried = u64::try_from(sequence).ok();
+        return match (undone.is_empty(), carried) {
+            (true, Some(carried)) => Lineage::Carries(carried),
+            (true, None) => Lineage::Unknown,
+            (false, carried) => Lineage::RolledBack {
+                carried,
+                why: restored(&restored_to, &undone),
+            },
+        };
     }
     if undone.is_empty() {
         Lineage::Unknown
     } else {
         Lineage::RolledBack {
             carried: None,
-            why: restored(&restores, &undone),
+            why: restored(&restored_to, &undone),
         }
     }
 }
 
-/// "restored to version 3, which undid commit(s) 4, 5".
-fn restored(restores: &[RestoreTarget], undone: &[i64]) -> String {
-    let targets: Vec<String> = restores
-        .iter()
-        .map(|t| match t {
-            RestoreTarget::Version(v) => format!("version {v}"),
-            RestoreTarget::Timestamp(ms) => format!("the table as of {ms} ms since the epoch"),
-        })
-        .collect();
+/// "the table was restored to version 3, which undid its commit(s) 4, 5".
+fn restored(restored_to: &[String], undone: &[i64]) -> String {
     let mut undone: Vec<i64> = undone.to_vec();
     undone.sort_unstable();
     let undone: Vec<String> = undone.iter().map(i64::to_string).collect();
     format!(
         "the table was restored to {}, which undid its commit(s) {}",
-        targets.join(", then "),
+        restored_to.join(", then "),
         undone.join(", ")
     )
 }
@@ -594,6 +620,24 @@ mod tests {
         // Restoring to the version of the latest commit undoes nothing.
         let history = [operation("RESTORE", json!({ "version": 4 })), ours(3)];
         assert_eq!(lineage(&history, Some(5), "p"), Lineage::Carries(3));
+        // Restored to version 3, then to version 4 (commit 3's): the newer
+        // restore decides, and commit 3 is carried again.
+        let history = [
+            operation("RESTORE", json!({ "version": 4 })),
+            operation("RESTORE", json!({ "version": 3 })),
+            ours(3),
+            ours(2),
+        ];
+        assert_eq!(lineage(&history, Some(6), "p"), Lineage::Carries(3));
+        // A restore whose target cannot be read stops the run.
+        let history = [
+            operation("RESTORE", json!({ "timestamp": "2026-12-01 00:00:00" })),
+            ours(3),
+        ];
+        assert!(matches!(
+            lineage(&history, Some(5), "p"),
+            Lineage::RolledBack { carried: None, .. }
+        ));
         // A commit after the restore is carried.
         let history = [
             ours(4),

@@ -260,6 +260,10 @@ impl CommitSink for IcebergSink {
 /// the later commits' snapshots out of this chain; compactions, manifest
 /// rewrites and expiry keep it (they add snapshots without the pipeline's
 /// summary, or drop ancestors older than the commit).
+///
+/// A chain that ends at the table's first snapshot (or a table with no
+/// current snapshot) without a commit of the pipeline carries none of them;
+/// a chain cut by expiry cannot tell.
 fn lineage(table: &Table, pipeline_id: &str) -> Lineage {
     let metadata = table.metadata();
     let mut next = metadata.current_snapshot().cloned();
@@ -273,11 +277,27 @@ fn lineage(table: &Table, pipeline_id: &str) -> Lineage {
                 return Lineage::Carries(sequence);
             }
         }
-        next = snapshot
-            .parent_snapshot_id()
-            .and_then(|id| metadata.snapshot_by_id(id).cloned());
+        let Some(parent) = snapshot.parent_snapshot_id() else {
+            // A root. Expiry can leave a later snapshot without its parent:
+            // only the table's first snapshot (sequence number 1; 0 in
+            // format 1, which cannot tell) ends the history for sure.
+            if snapshot.sequence_number() != 1 {
+                return Lineage::Unknown;
+            }
+            break;
+        };
+        match metadata.snapshot_by_id(parent) {
+            Some(parent) => next = Some(parent.clone()),
+            // Expired: the history in reach cannot tell.
+            None => return Lineage::Unknown,
+        }
     }
-    Lineage::Unknown
+    Lineage::RolledBack {
+        carried: None,
+        why: "none of the current snapshot's ancestors, back to the table's first snapshot, \
+              is a commit of the pipeline"
+            .to_string(),
+    }
 }
 
 fn marker(table: &Table, pipeline_id: &str) -> Result<Option<u64>> {

@@ -60,6 +60,8 @@ def check_file(table, task):
         field_id = (field.metadata or {}).get(b"PARQUET:field_id")
         if field_id is not None:
             by_id[int(field_id)] = rows.column(index)
+    if not by_id:
+        problems.append(f"{where}: no column carries an Iceberg field id, nothing could be checked")
     for field in schema.fields:
         column = by_id.get(field.field_id)
         if column is None or not field.field_type.is_primitive:
