@@ -226,4 +226,9 @@ async fn reports_count_what_gc_and_compaction_did() {
     let compacted = store.compact(&CompactionOptions::default()).await.unwrap();
     assert_eq!(compacted.checkpoints_compacted, 2, "{compacted:?}");
     assert_eq!(compacted.waiting_for_gc, 0, "{compacted:?}");
+    // Intents 1 to 3 went with the first compaction; 4 and 5 go now, the
+    // latest (6) stays.
+    assert_eq!(compacted.intents_pruned, 2, "{compacted:?}");
+    let index = store.load().await.unwrap().index.unwrap();
+    assert_eq!(index.committed_rows, 60, "6 checkpoints of one 10-row file");
 }
