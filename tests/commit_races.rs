@@ -241,13 +241,19 @@ async fn an_unsafe_pipeline_id_is_refused_before_the_lease() {
 /// A store in memory, and its object store.
 async fn memory_store() -> (Arc<dyn ObjectStore>, CheckpointStore) {
     let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let store = CheckpointStore::open_at(
-        StoreLocation::from_object_store(inner.clone(), Path::from("store")),
+    let store = store_on(inner.clone()).await;
+    (inner, store)
+}
+
+/// The store at `store/` of `objects` (the memory store, or a faulty or
+/// hooked view of it).
+async fn store_on(objects: Arc<dyn ObjectStore>) -> CheckpointStore {
+    CheckpointStore::open_at(
+        StoreLocation::from_object_store(objects, Path::from("store")),
         keys(),
     )
     .await
-    .unwrap();
-    (inner, store)
+    .unwrap()
 }
 
 /// A checkpoint without files (every row filtered out) is marked committed
@@ -314,12 +320,7 @@ async fn a_committer_that_loses_the_claim_finishes_the_winners_commit() {
             b.commit_pending().await.unwrap();
         }),
     );
-    let a_store = CheckpointStore::open_at(
-        StoreLocation::from_object_store(hooked, Path::from("store")),
-        keys(),
-    )
-    .await
-    .unwrap();
+    let a_store = store_on(hooked).await;
     let report = Committer::new(a_store, table.clone(), "races")
         .commit_pending()
         .await
@@ -362,12 +363,7 @@ async fn a_partly_marked_commit_that_left_the_table_is_refused() {
     let table = MemoryTable::default();
     let dying = Arc::new(FaultyStore::new(inner.clone()));
     dying.inject_after("committed/", support::Fault::CrashBefore, 1, 1);
-    let dying_store = CheckpointStore::open_at(
-        StoreLocation::from_object_store(dying, Path::from("store")),
-        keys(),
-    )
-    .await
-    .unwrap();
+    let dying_store = store_on(dying).await;
     Committer::new(dying_store, table.clone(), "races")
         .commit_pending()
         .await
@@ -449,12 +445,7 @@ async fn a_stalled_contender_never_holds_a_pruned_epoch() {
             }
         }),
     );
-    let a_store = CheckpointStore::open_at(
-        StoreLocation::from_object_store(stalled, Path::from("store")),
-        keys(),
-    )
-    .await
-    .unwrap();
+    let a_store = store_on(stalled).await;
     let lease = Lease::acquire(&a_store, PIPELINE_SCOPE, 1, options)
         .await
         .unwrap();

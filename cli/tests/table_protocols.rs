@@ -1249,34 +1249,8 @@ write_deltalake(sys.argv[1], pa.table({"id": pa.array([1, 2, 3, 4, 5], pa.int64(
         &[&table],
     );
     let sink = format!("delta+file://{table}");
-    let store = lake.p("store");
-    let out = succeeded(
-        tidemark(&[
-            "adopt",
-            "--store",
-            &store,
-            "--sink",
-            &sink,
-            "--pipeline",
-            "p",
-            "--key",
-            "id",
-        ]),
-        "adopt",
-    );
-    assert!(out.contains("adopted 5 key(s)"), "{out}");
-    let src = lake.source(
-        "src",
-        "pa.table({'id': pa.array([3, 4, 5, 6, 7, 8], pa.int64()), 'text': ['new'] * 6})",
-    );
-    let out = succeeded(lake.run(&[&src], &sink, &["--key", "id"]), "a run");
-    assert!(out.contains("skipped 3 already processed"), "{out}");
-    assert!(out.contains("wrote 3 rows"), "{out}");
-    let rows = (1..=8).map(|id| {
-        let text = if id <= 5 { "old" } else { "new" };
-        format!("{{'id': {id}, 'text': '{text}'}}")
-    });
-    assert_eq!(delta_rows(&table, "id,text"), expected(rows));
+    adopt_then_run(&lake, &sink);
+    assert_eq!(delta_rows(&table, "id,text"), adopted_rows());
 
     // Iceberg.
     let lake = Lake::new();
@@ -1292,6 +1266,13 @@ catalog.create_table("lake.t", schema=data.schema).append(data)
 "#,
         &[&catalog.uri, &catalog.warehouse],
     );
+    adopt_then_run(&lake, &catalog.sink);
+    assert_eq!(catalog.rows("id,text"), adopted_rows());
+}
+
+/// `tidemark adopt` of a table holding ids 1 to 5, then a run over ids 3 to
+/// 8: 3 skipped, 3 written.
+fn adopt_then_run(lake: &Lake, sink: &str) {
     let store = lake.p("store");
     let out = succeeded(
         tidemark(&[
@@ -1299,7 +1280,7 @@ catalog.create_table("lake.t", schema=data.schema).append(data)
             "--store",
             &store,
             "--sink",
-            &catalog.sink,
+            sink,
             "--pipeline",
             "p",
             "--key",
@@ -1312,11 +1293,15 @@ catalog.create_table("lake.t", schema=data.schema).append(data)
         "src",
         "pa.table({'id': pa.array([3, 4, 5, 6, 7, 8], pa.int64()), 'text': ['new'] * 6})",
     );
-    let out = succeeded(lake.run(&[&src], &catalog.sink, &["--key", "id"]), "a run");
+    let out = succeeded(lake.run(&[&src], sink, &["--key", "id"]), "a run");
     assert!(out.contains("skipped 3 already processed"), "{out}");
-    let rows = (1..=8).map(|id| {
+    assert!(out.contains("wrote 3 rows"), "{out}");
+}
+
+/// Ids 1 to 5 with the adopted table's text, 6 to 8 with the run's.
+fn adopted_rows() -> String {
+    expected((1..=8).map(|id| {
         let text = if id <= 5 { "old" } else { "new" };
         format!("{{'id': {id}, 'text': '{text}'}}")
-    });
-    assert_eq!(catalog.rows("id,text"), expected(rows));
+    }))
 }
