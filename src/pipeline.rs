@@ -411,8 +411,8 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
     /// tidemark, or by another tool. `table` is the sink's table read as a
     /// source (it must have the store's key columns). Takes the lease and
     /// repairs first, like a run; then reads only the key columns, a key
-    /// file per [`ADOPT_KEYS_PER_FILE`](crate::adopt::ADOPT_KEYS_PER_FILE)
-    /// keys (memory stays bounded for any table size), seals them as one
+    /// file per [`KEY_FILE_ROWS`](crate::store::KEY_FILE_ROWS) keys (memory
+    /// stays bounded for any table size), seals them as one
     /// checkpoint without data files and commits it without a table commit.
     /// Adopting again stages the keys again: no row is processed twice, but
     /// the store holds and loads them twice until a compaction.
