@@ -457,10 +457,7 @@ impl<S: CommitSink> Committer<S> {
             .sink
             .lineage(&self.pipeline_id)
             .await
-            .map_err(|source| Error::Sink {
-                table: self.sink.table(),
-                source,
-            })?;
+            .map_err(|source| self.sink_error(source))?;
         Ok(TableCheck {
             table: self.sink.table(),
             store_committed,
@@ -604,20 +601,22 @@ impl<S: CommitSink> Committer<S> {
         self.sink
             .commit(&request)
             .await
-            .map_err(|source| Error::Sink {
-                table: self.sink.table(),
-                source,
-            })
+            .map_err(|source| self.sink_error(source))
+    }
+
+    /// A failure the sink reported, named with its table.
+    fn sink_error(&self, source: BoxError) -> Error {
+        Error::Sink {
+            table: self.sink.table(),
+            source,
+        }
     }
 
     async fn marker(&self) -> Result<Option<u64>> {
         self.sink
             .committed_sequence(&self.pipeline_id)
             .await
-            .map_err(|source| Error::Sink {
-                table: self.sink.table(),
-                source,
-            })
+            .map_err(|source| self.sink_error(source))
     }
 
     fn ensure_ours(&self, intent: &CommitIntent) -> Result<()> {
