@@ -128,36 +128,82 @@ pub(crate) fn unify<'a>(
     Ok(Arc::new(Schema::new(fields)))
 }
 
-/// `batch`, read from `file`, as the columns `wanted` of the source's
-/// unified `schema`: each column found by name and cast to the unified type
-/// when the file's is narrower, or all null when the file lacks it.
-pub(crate) fn adapt(
-    batch: &RecordBatch,
-    schema: &Schema,
-    wanted: &[usize],
-    file: &str,
-) -> Result<RecordBatch> {
-    let mut fields = Vec::with_capacity(wanted.len());
-    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(wanted.len());
-    for &index in wanted {
-        let field = schema.field(index);
-        let array = match batch.column_by_name(field.name()) {
-            Some(array) if array.data_type() == field.data_type() => array.clone(),
-            Some(array) => {
-                arrow_cast::cast(array, field.data_type()).map_err(|e| Error::Source {
-                    location: file.to_string(),
-                    source: Box::new(e),
-                })?
-            }
-            None => new_null_array(field.data_type(), batch.num_rows()),
-        };
-        fields.push(field.clone());
-        arrays.push(array);
+/// How the batches of one file become columns of the source's unified
+/// schema, worked out once per file read: for each column asked for, its
+/// place in the file's projected batches (cast to the unified type when the
+/// file's is narrower), or none (all null: the file lacks it).
+pub(crate) struct FileAdapter {
+    file: String,
+    schema: SchemaRef,
+    columns: Vec<Option<usize>>,
+}
+
+impl FileAdapter {
+    /// The adapter for `file` read with the projection `roots` (indices of
+    /// its own columns, ascending, as the Parquet reader yields them), giving
+    /// the columns `wanted` (indices of `unified`).
+    pub(crate) fn new(
+        file: &str,
+        unified: &Schema,
+        wanted: &[usize],
+        file_schema: &Schema,
+        roots: &[usize],
+    ) -> Self {
+        let fields: Vec<Field> = wanted.iter().map(|&i| unified.field(i).clone()).collect();
+        let columns = fields
+            .iter()
+            .map(|field| {
+                let own = file_schema.index_of(field.name()).ok()?;
+                roots.binary_search(&own).ok()
+            })
+            .collect();
+        FileAdapter {
+            file: file.to_string(),
+            schema: Arc::new(Schema::new(fields)),
+            columns,
+        }
     }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|source| Error::Arrow {
-        context: "reading a file as the source's unified columns",
-        source,
-    })
+
+    /// The file's own column indices to read, ascending: the projection to
+    /// give the Parquet reader for `wanted`.
+    pub(crate) fn roots(unified: &Schema, wanted: &[usize], file_schema: &Schema) -> Vec<usize> {
+        let mut roots: Vec<usize> = wanted
+            .iter()
+            .filter_map(|&i| file_schema.index_of(unified.field(i).name()).ok())
+            .collect();
+        roots.sort_unstable();
+        roots.dedup();
+        roots
+    }
+
+    /// One batch of the file as the unified columns.
+    pub(crate) fn adapt(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.columns.len());
+        for (field, column) in self.schema.fields().iter().zip(&self.columns) {
+            let array = match column {
+                None => new_null_array(field.data_type(), batch.num_rows()),
+                Some(at) => {
+                    let array = batch.columns().get(*at).ok_or_else(|| Error::Source {
+                        location: self.file.clone(),
+                        source: format!("the reader yielded no column {at}").into(),
+                    })?;
+                    if array.data_type() == field.data_type() {
+                        array.clone()
+                    } else {
+                        arrow_cast::cast(array, field.data_type()).map_err(|e| Error::Source {
+                            location: self.file.clone(),
+                            source: Box::new(e),
+                        })?
+                    }
+                }
+            };
+            arrays.push(array);
+        }
+        RecordBatch::try_new(self.schema.clone(), arrays).map_err(|source| Error::Arrow {
+            context: "reading a file as the source's unified columns",
+            source,
+        })
+    }
 }
 
 #[cfg(test)]

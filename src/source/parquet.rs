@@ -185,13 +185,9 @@ impl Source for ParquetSource {
             };
             // The file's own columns among them, by name (a file may order its
             // columns differently, or lack some).
-            let file_schema = file.reader_metadata.schema().clone();
-            let mut roots: Vec<usize> = wanted
-                .iter()
-                .filter_map(|&i| file_schema.index_of(schema.field(i).name()).ok())
-                .collect();
-            roots.sort_unstable();
-            roots.dedup();
+            let file_schema = file.reader_metadata.schema();
+            let roots = evolve::FileAdapter::roots(&schema, &wanted, file_schema);
+            let adapter = evolve::FileAdapter::new(&name, &schema, &wanted, file_schema, &roots);
             let reader = ParquetObjectReader::new(file.store.clone(), file.meta.location.clone())
                 .with_file_size(file.meta.size);
             let mut builder = ParquetRecordBatchStreamBuilder::new_with_metadata(
@@ -204,7 +200,7 @@ impl Source for ParquetSource {
             let stream = builder.build().map_err(|e| source_error(&name, e))?;
             let batches = stream.map(move |batch| {
                 let batch = batch.map_err(|e| source_error(&name, e))?;
-                evolve::adapt(&batch, &schema, &wanted, &name)
+                adapter.adapt(&batch)
             });
             Ok(batches.boxed())
         })
