@@ -1157,3 +1157,41 @@ impl tidemark::pipeline::DataWriter for MemoryWriter {
         Box::pin(async { Ok(()) })
     }
 }
+
+/// The region of row `id` in the sink tests' tables: `eu`, `us/east` or none
+/// (pyiceberg_append.py fills it by the same rule).
+pub fn region(id: i64) -> Option<&'static str> {
+    match id % 3 {
+        0 => Some("eu"),
+        1 => Some("us/east"),
+        _ => None,
+    }
+}
+
+/// One row of the sink tests' tables as the readers print it: `id`,
+/// `region`, `payload`.
+pub type Row = (i64, Option<String>, Option<String>);
+
+/// The row the sink tests (and pyiceberg_append.py) write for `id`.
+pub fn row(id: i64) -> Row {
+    (
+        id,
+        region(id).map(str::to_string),
+        Some(format!("payload of {id}")),
+    )
+}
+
+/// Each reader's rows (as `*_read.py` prints them) are exactly the rows of
+/// `ids`, in order, every value.
+pub fn assert_rows(readers: &[(&'static str, serde_json::Value)], ids: &[i64]) {
+    let expected: Vec<Row> = ids.iter().map(|id| row(*id)).collect();
+    for (reader, read) in readers {
+        assert_eq!(
+            read["columns"],
+            serde_json::json!(["id", "region", "payload"]),
+            "{reader}'s columns"
+        );
+        let rows: Vec<Row> = serde_json::from_value(read["rows"].clone()).unwrap();
+        assert_eq!(rows, expected, "{reader} sees every value");
+    }
+}

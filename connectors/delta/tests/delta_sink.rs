@@ -14,7 +14,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use object_store::ObjectStore;
-use support::{Backend, BoundedOutput, Fault, FaultyStore};
+use support::{assert_rows, region, Backend, BoundedOutput, Fault, FaultyStore};
 use tidemark::commit::Committer;
 use tidemark::store::{CheckpointId, CheckpointStore, KeySchema};
 use tidemark_delta::{DeltaSink, DeltaWriterOptions};
@@ -29,27 +29,6 @@ fn schema() -> SchemaRef {
         Field::new("payload", DataType::Utf8, true),
     ]))
 }
-
-/// The region of row `id`: `eu`, `us/east` or none.
-fn region(id: i64) -> Option<&'static str> {
-    match id % 3 {
-        0 => Some("eu"),
-        1 => Some("us/east"),
-        _ => None,
-    }
-}
-
-/// The row the tests write for `id`: (`id`, `region`, `payload`).
-fn row(id: i64) -> Row {
-    (
-        id,
-        region(id).map(str::to_string),
-        Some(format!("payload of {id}")),
-    )
-}
-
-/// One row as the readers print it: `id`, `region`, `payload`.
-type Row = (i64, Option<String>, Option<String>);
 
 fn batch(ids: &[i64]) -> RecordBatch {
     let regions: Vec<Option<&str>> = ids.iter().map(|i| region(*i)).collect();
@@ -188,16 +167,7 @@ impl Readout {
         if let Some(duckdb) = &self.duckdb_ids {
             assert_eq!(duckdb, &expected, "duckdb reader");
         }
-        let expected_rows: Vec<Row> = expected.iter().map(|id| row(*id)).collect();
-        for (reader, read) in &self.rows {
-            assert_eq!(
-                read["columns"],
-                serde_json::json!(["id", "region", "payload"]),
-                "{reader}'s columns"
-            );
-            let rows: Vec<Row> = serde_json::from_value(read["rows"].clone()).unwrap();
-            assert_eq!(rows, expected_rows, "{reader} sees every value");
-        }
+        assert_rows(&self.rows, &expected);
     }
 }
 

@@ -26,7 +26,7 @@ use iceberg::{
 };
 use iceberg_catalog_rest::{RestCatalogBuilder, REST_CATALOG_PROP_URI};
 use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
-use support::{Backend, BoundedOutput, Fault};
+use support::{assert_rows, region, Backend, BoundedOutput, Fault};
 use tidemark::commit::Committer;
 use tidemark::store::{CheckpointId, CheckpointStore, KeySchema};
 use tidemark_iceberg::sink::marker_property;
@@ -313,39 +313,8 @@ impl Readout {
         expected.sort_unstable();
         assert_eq!(self.pyiceberg_ids, expected, "pyiceberg reader");
         assert_eq!(self.duckdb_ids, expected, "duckdb reader");
-        let expected_rows: Vec<Row> = expected.iter().map(|id| row(*id)).collect();
-        for (reader, read) in &self.rows {
-            assert_eq!(
-                read["columns"],
-                serde_json::json!(["id", "region", "payload"]),
-                "{reader}'s columns"
-            );
-            let rows: Vec<Row> = serde_json::from_value(read["rows"].clone()).unwrap();
-            assert_eq!(rows, expected_rows, "{reader} sees every value");
-        }
+        assert_rows(&self.rows, &expected);
     }
-}
-
-/// The region of row `id`: `eu`, `us/east` or none (pyiceberg_append.py
-/// fills it by the same rule).
-fn region(id: i64) -> Option<&'static str> {
-    match id % 3 {
-        0 => Some("eu"),
-        1 => Some("us/east"),
-        _ => None,
-    }
-}
-
-/// One row as the readers print it: `id`, `region`, `payload`.
-type Row = (i64, Option<String>, Option<String>);
-
-/// The row the tests (and pyiceberg_append.py) write for `id`.
-fn row(id: i64) -> Row {
-    (
-        id,
-        region(id).map(str::to_string),
-        Some(format!("payload of {id}")),
-    )
 }
 
 fn batch(ids: &[i64]) -> RecordBatch {
