@@ -1765,20 +1765,12 @@ impl Scenario {
             ttl: Duration::from_secs(30),
             ..Default::default()
         };
-        for _ in 0..40 {
-            match Lease::acquire(&store, PIPELINE_SCOPE, 1, options.clone()).await {
-                Ok(lease) => {
-                    assert_eq!(lease.fenced_checkpoints(), 1, "setup: the fence");
-                    lease.release().await.unwrap();
-                    return;
-                }
-                Err(Error::LeaseHeld { .. }) => {
-                    tokio::time::sleep(Duration::from_millis(250)).await
-                }
-                Err(e) => panic!("setup: fencing: {e}"),
-            }
-        }
-        panic!("setup: the killed run's lease never expired");
+        // `killed_run` waited for the dead run's lease to expire.
+        let lease = Lease::acquire(&store, PIPELINE_SCOPE, 1, options)
+            .await
+            .unwrap_or_else(|e| panic!("setup: fencing: {e}"));
+        assert_eq!(lease.fenced_checkpoints(), 1, "setup: the fence");
+        lease.release().await.unwrap();
     }
 
     /// Runs (to completion) that seal and commit a checkpoint per source
