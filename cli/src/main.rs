@@ -195,9 +195,10 @@ struct RunArgs {
     /// Batches mapped at once.
     #[arg(long, default_value_t = 1)]
     map_workers: usize,
-    /// Run although the table lost commits of this pipeline (rolled back,
-    /// restored, recreated): their keys stay processed, and their rows are
-    /// not written again. Without it such a run is refused before it reads.
+    /// Run although the table lost commits of this pipeline (rolled back or
+    /// restored): their keys stay processed, and their rows are not written
+    /// again. Without it such a run is refused before it reads. A recreated
+    /// or replaced table cannot be accepted (use a new store and `adopt`).
     #[arg(long)]
     accept_table_state: bool,
     /// No progress bar.
