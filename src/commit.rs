@@ -30,8 +30,8 @@ use serde_json::json;
 use crate::error::{BoxError, Error, Result};
 use crate::redact::validate_pipeline_id;
 use crate::store::{
-    ensure_not_fenced, CheckpointId, CheckpointState, CheckpointStore, CommitIntent, Fence,
-    FileRecord, Manifest,
+    ensure_not_fenced, AcceptanceRecord, CheckpointId, CheckpointState, CheckpointStore,
+    CommitIntent, Fence, FileRecord, Manifest,
 };
 
 /// How many times in a row a committer may lose the race for an intent to
@@ -117,6 +117,9 @@ pub struct TableCheck {
     pub marker: Option<u64>,
     /// What the table's history says.
     pub lineage: Lineage,
+    /// The user's acceptance of the table state with this marker, if one is
+    /// recorded in the store.
+    pub accepted: Option<AcceptanceRecord>,
 }
 
 /// Commits a table lost ([`TableCheck::lost`]).
@@ -153,13 +156,34 @@ impl TableCheck {
     /// below what the store committed (the table was dropped and recreated,
     /// replaced, or its marker expired), or its current state no longer
     /// carries commits its marker names (rolled back or restored).
+    /// A loss the user accepted ([`TableCheck::accepted`]) is not one, as
+    /// long as the table lost no more since.
     pub fn lost(&self) -> Option<LostCommits> {
         self.lost_commits()
+            .filter(|(_, _, acceptable)| !(*acceptable && self.acceptance_covers()))
             .map(|(commits, why, acceptable)| LostCommits {
                 commits,
                 why,
                 acceptable,
             })
+    }
+
+    /// The latest commit of the pipeline that the table's current state
+    /// carries, as far as its history tells.
+    pub fn carried(&self) -> Option<u64> {
+        match &self.lineage {
+            Lineage::Carries(sequence) => Some(*sequence),
+            Lineage::RolledBack { carried, .. } => *carried,
+            Lineage::Unknown => None,
+        }
+    }
+
+    /// Whether the recorded acceptance is of this table state: the same
+    /// marker, and the current state carries at least what it carried then.
+    fn acceptance_covers(&self) -> bool {
+        self.accepted
+            .as_ref()
+            .is_some_and(|a| Some(a.marker) == self.marker && self.carried() >= a.carried)
     }
 
     fn lost_commits(&self) -> Option<(String, String, bool)> {
@@ -458,28 +482,45 @@ impl<S: CommitSink> Committer<S> {
             .lineage(&self.pipeline_id)
             .await
             .map_err(|source| self.sink_error(source))?;
+        let accepted = match marker {
+            Some(marker) => self.store.acceptance(marker).await?,
+            None => None,
+        };
         Ok(TableCheck {
             table: self.sink.table(),
             store_committed,
             marker,
             lineage,
+            accepted,
         })
     }
 
     /// Fails with [`Error::TableDiverged`] if the table lost commits the
     /// store made ([`TableCheck::lost`]), unless `accept` and the loss is
-    /// [acceptable](LostCommits::acceptable): then it is logged as a warning.
+    /// [acceptable](LostCommits::acceptable): then the acceptance is
+    /// recorded in the store (later checks of the same table state pass
+    /// without `accept`) and logged as a warning.
     pub async fn ensure_table_agrees(&self, accept: bool) -> Result<TableCheck> {
-        let check = self.check_table().await?;
+        let mut check = self.check_table().await?;
         match check.lost() {
             Some(lost) if accept && lost.acceptable => {
+                let record = AcceptanceRecord {
+                    format_version: crate::store::FORMAT_VERSION,
+                    marker: check.marker.unwrap_or(0),
+                    carried: check.carried(),
+                    commits: lost.commits.clone(),
+                    why: lost.why.clone(),
+                    accepted_at: self.store.now(),
+                };
+                self.store.record_acceptance(&record).await?;
                 tracing::warn!(
                     table = check.table,
                     pipeline = self.pipeline_id,
                     commits = lost.commits,
                     why = lost.why,
-                    "the table lost commits of this pipeline; accepted as it is (their keys stay processed)"
+                    "the table lost commits of this pipeline; accepted as it is (their keys stay processed), and recorded in the store"
                 );
+                check.accepted = Some(record);
                 Ok(check)
             }
             Some(lost) => Err(Error::TableDiverged {
@@ -584,9 +625,8 @@ impl<S: CommitSink> Committer<S> {
                 &format!(
                     "the table should show commit {previous} of this pipeline; without it, \
                      whether commit {sequence} landed cannot be told and committing again \
-                     could duplicate rows. A Delta table forgets transaction ids older than \
-                     `delta.setTransactionRetentionDuration`: finish pending commits well \
-                     within it. Inspect the table for the files of checkpoints {:?}",
+                     could duplicate rows. The table was rolled back, restored or replaced \
+                     since. Inspect the table for the files of checkpoints {:?}",
                     intent.checkpoints
                 ),
             ));
@@ -656,7 +696,59 @@ mod tests {
             store_committed,
             marker,
             lineage,
+            accepted: None,
         }
+    }
+
+    fn acceptance(marker: u64, carried: Option<u64>) -> AcceptanceRecord {
+        AcceptanceRecord {
+            format_version: 1,
+            marker,
+            carried,
+            commits: "lost".into(),
+            why: "restored".into(),
+            accepted_at: chrono::DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn an_accepted_loss_passes_until_the_table_loses_more() {
+        let restored = |carried| Lineage::RolledBack {
+            carried,
+            why: "restored".into(),
+        };
+        let accepted = |lineage, record| TableCheck {
+            accepted: Some(record),
+            ..check(Some(3), Some(3), lineage)
+        };
+        assert_eq!(
+            accepted(restored(Some(2)), acceptance(3, Some(2))).lost(),
+            None
+        );
+        assert_eq!(
+            accepted(Lineage::Carries(1), acceptance(3, Some(1))).lost(),
+            None
+        );
+        assert_eq!(accepted(restored(None), acceptance(3, None)).lost(), None);
+        // Restored further back than what was accepted.
+        let lost = accepted(restored(Some(1)), acceptance(3, Some(2)))
+            .lost()
+            .unwrap();
+        assert_eq!(lost.commits, "2..=3");
+        let lost = accepted(restored(None), acceptance(3, Some(1)))
+            .lost()
+            .unwrap();
+        assert_eq!(lost.commits, "1..=3");
+        // An acceptance of another marker.
+        assert!(accepted(restored(Some(2)), acceptance(2, Some(2)))
+            .lost()
+            .is_some());
+        // A marker behind the store cannot be accepted, recorded or not.
+        let recreated = TableCheck {
+            accepted: Some(acceptance(2, Some(2))),
+            ..check(Some(4), Some(2), Lineage::Carries(2))
+        };
+        assert_eq!(recreated.lost().unwrap().commits, "3..=4");
     }
 
     #[test]

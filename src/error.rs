@@ -36,6 +36,8 @@ pub enum ObjectKind {
     ShardLayout,
     /// A garbage collection record (`collected/{id}.json`).
     Collected,
+    /// A table state the user accepted (`accepted/{marker}.json`).
+    Acceptance,
 }
 
 impl fmt::Display for ObjectKind {
@@ -53,6 +55,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::LeaseHeartbeat => "lease heartbeat",
             ObjectKind::ShardLayout => "shard layout",
             ObjectKind::Collected => "garbage collection record",
+            ObjectKind::Acceptance => "table acceptance record",
         };
         f.write_str(name)
     }

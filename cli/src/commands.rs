@@ -10,14 +10,13 @@ use tidemark::commit::{Committer, Lineage};
 use tidemark::pipeline::{CheckpointPolicy, Pipeline, Progress};
 use tidemark::read::ReadOptions;
 use tidemark::source::{Shard, Source, UnionSource};
-use tidemark::store::{CheckpointStore, CompactionOptions, KeySchema, LeaseOptions, StoreLocation};
+use tidemark::store::{CheckpointStore, CompactionOptions, KeySchema, StoreLocation};
 use tidemark::transform::Transform;
+use tidemark_iceberg::SnapshotExpiry;
 
 use crate::shown::say;
-use crate::targets::{open_source, parse_location, parse_table, AnySink};
-use crate::{
-    AdoptArgs, CliError, CompactArgs, RunArgs, SinkArgs, StatusArgs, StoreArgs, VerifyArgs,
-};
+use crate::targets::{open_source, parse_location, parse_table, AnySink, TableUrl};
+use crate::{AdoptArgs, CliError, CompactArgs, GcArgs, RunArgs, StatusArgs, StoreArgs, VerifyArgs};
 
 /// Exit code of `status` when work is pending (unsealed, uncommitted or orphans).
 const EXIT_PENDING: u8 = 3;
@@ -51,10 +50,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             memory_budget_bytes: args.memory_mib << 20,
             ..Default::default()
         })
-        .with_lease_options(LeaseOptions {
-            ttl: Duration::from_secs(args.lease_ttl_secs.max(1)),
-            ..Default::default()
-        })
+        .with_lease_options(args.lease.options())
         .with_map_workers(args.map_workers)
         .with_accepted_table_state(args.accept_table_state)
         .with_checkpoint_policy(checkpoint_policy(&args))
@@ -196,6 +192,7 @@ pub(crate) async fn adopt(args: AdoptArgs) -> Result<ExitCode, CliError> {
     let store = open_store(&target.store, Some(keys)).await?;
     let sink = AnySink::open(&target.sink, &options, None).await?;
     let report = Pipeline::new(store, sink, target.pipeline.clone())
+        .with_lease_options(args.lease.options())
         .adopt(table)
         .await?;
     say!(
@@ -227,6 +224,11 @@ pub(crate) async fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
         Lineage::Unknown => ("unknown", None),
         Lineage::RolledBack { carried, .. } => ("rolled back", *carried),
     };
+    // A loss the user accepted earlier, which the table still shows.
+    let accepted = check
+        .accepted
+        .as_ref()
+        .filter(|_| lost.is_none() && carried < check.marker);
     if args.json {
         let report = serde_json::json!({
             "table": check.table,
@@ -239,6 +241,11 @@ pub(crate) async fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
             "lost_commits": lost.as_ref().map(|l| l.commits.clone()),
             "why": lost.as_ref().map(|l| l.why.clone()),
             "way_out": lost.as_ref().map(|l| l.way_out()),
+            "accepted": accepted.map(|a| serde_json::json!({
+                "commits": a.commits,
+                "why": a.why,
+                "accepted_at": a.accepted_at,
+            })),
         });
         say!("{report}");
     } else {
@@ -251,7 +258,15 @@ pub(crate) async fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
             shown(carried)
         );
         match &lost {
-            None => say!("the store and the table agree"),
+            None => match accepted {
+                Some(a) => say!(
+                    "the store and the table agree: the table lost commits {} ({}), accepted as it is on {}",
+                    a.commits,
+                    a.why,
+                    a.accepted_at
+                ),
+                None => say!("the store and the table agree"),
+            },
             Some(lost) => {
                 say!(
                     "the table no longer holds commits {}: {}",
@@ -269,12 +284,16 @@ pub(crate) async fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
     })
 }
 
-pub(crate) async fn gc(args: SinkArgs) -> Result<ExitCode, CliError> {
-    parse_table(&args.sink)?;
-    let options = args.store.options();
-    let store = open_store(&args.store, None).await?;
-    let sink = AnySink::open(&args.sink, &options, None).await?;
-    let report = Pipeline::new(store, sink, args.pipeline).repair().await?;
+pub(crate) async fn gc(args: GcArgs) -> Result<ExitCode, CliError> {
+    let target = args.target;
+    parse_table(&target.sink)?;
+    let options = target.store.options();
+    let store = open_store(&target.store, None).await?;
+    let sink = AnySink::open(&target.sink, &options, None).await?;
+    let report = Pipeline::new(store, sink, target.pipeline)
+        .with_lease_options(args.lease.options())
+        .repair()
+        .await?;
     say!(
         "lease {} epoch {}: sealed {} stale checkpoint(s) empty, committed {} pending commit(s), deleted {} orphan file(s) and {} director(ies)",
         report.lease.scope,
@@ -289,20 +308,38 @@ pub(crate) async fn gc(args: SinkArgs) -> Result<ExitCode, CliError> {
 
 pub(crate) async fn compact(args: CompactArgs) -> Result<ExitCode, CliError> {
     if let Some(sink) = &args.sink {
-        parse_table(sink)?;
+        let table = parse_table(sink)?;
+        if args.expire_snapshots_older_than_hours.is_some() && matches!(table, TableUrl::Delta(_)) {
+            return Err(CliError::usage(
+                "--expire-snapshots-older-than-hours applies to Iceberg tables; a Delta table \
+                 cleans up its own log (delta.logRetentionDuration, at each log checkpoint)"
+                    .to_string(),
+            ));
+        }
     }
     let options = args.store.options();
     let store = open_store(&args.store, None).await?;
     if let (Some(sink), Some(pipeline)) = (&args.sink, &args.pipeline) {
         let sink = AnySink::open(sink, &options, None).await?;
-        let report = Pipeline::new(store.clone(), sink, pipeline.clone())
-            .repair()
-            .await?;
+        let pipeline = Pipeline::new(store.clone(), sink, pipeline.clone())
+            .with_lease_options(args.lease.options());
+        let report = pipeline.repair().await?;
         say!(
             "gc: deleted {} orphan file(s) and {} director(ies)",
             report.gc.files_deleted,
             report.gc.prefixes_deleted
         );
+        if let (Some(hours), AnySink::Iceberg(table)) =
+            (args.expire_snapshots_older_than_hours, pipeline.sink())
+        {
+            let expired = table
+                .expire_snapshots(SnapshotExpiry {
+                    older_than: Duration::from_secs(hours.saturating_mul(3600)),
+                    retain_last: args.retain_snapshots,
+                })
+                .await?;
+            say!("expired {expired} snapshot(s) of the table");
+        }
     }
     let report = store
         .compact(&CompactionOptions {

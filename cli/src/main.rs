@@ -86,7 +86,7 @@ enum Command {
     Status(StatusArgs),
     /// Finishes what dead runs left: seals their checkpoints empty, commits
     /// sealed ones and deletes orphan data files.
-    Gc(SinkArgs),
+    Gc(GcArgs),
     /// Folds committed checkpoints into the sorted key index and prunes old
     /// commit intents, so reads stay fast after thousands of runs. With a sink,
     /// collects garbage first.
@@ -103,9 +103,37 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
+struct GcArgs {
+    #[command(flatten)]
+    target: SinkArgs,
+    #[command(flatten)]
+    lease: LeaseArgs,
+}
+
+/// How long the pipeline's lease outlives a process that dies holding it.
+#[derive(Debug, Args)]
+struct LeaseArgs {
+    /// Seconds a dead process keeps the pipeline's lease before another
+    /// may take over.
+    #[arg(long, default_value_t = 30)]
+    lease_ttl_secs: u64,
+}
+
+impl LeaseArgs {
+    fn options(&self) -> tidemark::store::LeaseOptions {
+        tidemark::store::LeaseOptions {
+            ttl: std::time::Duration::from_secs(self.lease_ttl_secs.max(1)),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
 struct AdoptArgs {
     #[command(flatten)]
     target: SinkArgs,
+    #[command(flatten)]
+    lease: LeaseArgs,
     /// The key column (repeat for a composite key), as `run --key`.
     #[arg(long, required = true)]
     key: Vec<String>,
@@ -171,9 +199,8 @@ struct RunArgs {
     /// Memory budget of the key filter in MiB; above it keys spill to disk.
     #[arg(long, default_value_t = 1024)]
     memory_mib: usize,
-    /// Seconds a dead run keeps the lease before another run may take over.
-    #[arg(long, default_value_t = 30)]
-    lease_ttl_secs: u64,
+    #[command(flatten)]
+    lease: LeaseArgs,
     /// Seal a checkpoint after this many rows reached the map. A kill loses at
     /// most one checkpoint's rows.
     #[arg(long)]
@@ -228,6 +255,20 @@ struct CompactArgs {
     /// Keys per index file.
     #[arg(long, default_value_t = 1_000_000)]
     keys_per_file: usize,
+    /// With an Iceberg --sink: after gc, expire the table's snapshots older
+    /// than this many hours (metadata only; the marker stays), keeping the
+    /// latest --retain-snapshots.
+    #[arg(long, requires = "sink")]
+    expire_snapshots_older_than_hours: Option<u64>,
+    /// Snapshots kept by --expire-snapshots-older-than-hours whatever their age.
+    #[arg(
+        long,
+        default_value_t = 1,
+        requires = "expire_snapshots_older_than_hours"
+    )]
+    retain_snapshots: usize,
+    #[command(flatten)]
+    lease: LeaseArgs,
 }
 
 fn parse_option(text: &str) -> Result<(String, String), String> {

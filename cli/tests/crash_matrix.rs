@@ -984,11 +984,9 @@ async fn lost_s3_responses_are_repaired() {
 }
 
 impl Scenario {
-    /// `tidemark run` for this scenario's source, store and table, as a
-    /// child process.
-    fn run_command(&self) -> Command {
-        let (store, options) = self.backend.url();
-        let sink = match self.sink {
+    /// The table, as the CLI's `--sink` names it.
+    fn sink_arg(&self) -> String {
+        match self.sink {
             SinkKind::Iceberg => format!(
                 "iceberg+sqlite://{}?warehouse={}#{}.docs",
                 self.sqlite_path(),
@@ -996,7 +994,14 @@ impl Scenario {
                 self.namespace
             ),
             SinkKind::Delta => format!("delta+{}", self.table_url),
-        };
+        }
+    }
+
+    /// `tidemark run` for this scenario's source, store and table, as a
+    /// child process.
+    fn run_command(&self) -> Command {
+        let (store, options) = self.backend.url();
+        let sink = self.sink_arg();
         let mut command = Command::new(env!("CARGO_BIN_EXE_tidemark"));
         command.args(["run", "--quiet", "--key", "id", "--lease-ttl-secs", "2"]);
         command.args(["--pipeline", PIPELINE, "--store", store, "--sink", &sink]);
@@ -1728,6 +1733,42 @@ impl Scenario {
             .unwrap()
     }
 
+    /// After a kill: a rerun that writes `rerun_rows` rows, gc, compact and
+    /// gc, a further run that writes nothing, and every check of
+    /// [`Scenario::verify`].
+    async fn recover(&self, what: &str, rerun_rows: u64) {
+        let rerun = self.rerun().await;
+        assert_eq!(
+            rerun.rows_written, rerun_rows,
+            "{what}: rows the rerun wrote"
+        );
+        self.collect_and_compact().await;
+        let again = self.rerun().await;
+        assert_eq!(
+            again.rows_written, 0,
+            "{what}: a run after compaction wrote rows"
+        );
+        assert_eq!(again.read.rows_skipped, SOURCE_ROWS, "{what}: keys lost");
+        self.verify(what).await;
+        eprintln!("PASS {what}: the rerun wrote {} rows", rerun.rows_written);
+    }
+
+    /// Leaves the store as `setup` says.
+    async fn prepare(&self, setup: Setup) {
+        match setup {
+            Setup::Fresh => {}
+            Setup::Unsealed { fenced } => {
+                self.killed_run("/keys/", Fault::CrashBefore).await;
+                if fenced {
+                    self.fence().await;
+                }
+            }
+            Setup::SealedUncommitted => self.killed_run("commits/", Fault::CrashBefore).await,
+            Setup::CommittedUnmarked => self.killed_run("committed/", Fault::CrashBefore).await,
+            Setup::History => self.history().await,
+        }
+    }
+
     /// One run killed at `path` (`fault`), as a setup.
     async fn killed_run(&self, path: &str, fault: Fault) {
         let (location, faulty) = self.backend.faulty();
@@ -1823,23 +1864,12 @@ impl Scenario {
 /// and gc, and a further run that finds nothing to do. The independent
 /// readers see every source row once, with its values, no referenced file
 /// is missing, no orphan is left and `tidemark status` reports clean.
-async fn maintenance_matrix(sink: SinkKind) {
+async fn maintenance_matrix(sink: SinkKind, backend: fn() -> Backend) {
     let steps = maintenance_steps(sink);
     for (index, step) in steps.iter().enumerate() {
-        let scenario = Scenario::new(sink, Backend::local(), 100 + index).await;
-        let what = format!("{sink:?}: {}", step.name);
-        match step.setup {
-            Setup::Fresh => {}
-            Setup::Unsealed { fenced } => {
-                scenario.killed_run("/keys/", Fault::CrashBefore).await;
-                if fenced {
-                    scenario.fence().await;
-                }
-            }
-            Setup::SealedUncommitted => scenario.killed_run("commits/", Fault::CrashBefore).await,
-            Setup::CommittedUnmarked => scenario.killed_run("committed/", Fault::CrashBefore).await,
-            Setup::History => scenario.history().await,
-        }
+        let scenario = Scenario::new(sink, backend(), 100 + index).await;
+        let what = format!("{sink:?} on {}: {}", scenario.backend.name, step.name);
+        scenario.prepare(step.setup).await;
         let (location, faulty) = scenario.backend.faulty();
         if !step.table {
             faulty.inject_on(step.op, step.path, step.fault, step.skip, 1);
@@ -1912,30 +1942,288 @@ async fn maintenance_matrix(sink: SinkKind) {
             "{what}: the killed command reported success"
         );
 
-        let rerun = scenario.rerun().await;
-        assert_eq!(
-            rerun.rows_written, step.rerun_rows,
-            "{what}: rows the rerun wrote"
-        );
-        scenario.collect_and_compact().await;
-        let again = scenario.rerun().await;
-        assert_eq!(
-            again.rows_written, 0,
-            "{what}: a run after compaction wrote rows"
-        );
-        assert_eq!(again.read.rows_skipped, SOURCE_ROWS, "{what}: keys lost");
-        scenario.verify(&what).await;
-        eprintln!("PASS {what}: the rerun wrote {} rows", rerun.rows_written);
+        scenario.recover(&what, step.rerun_rows).await;
     }
     eprintln!("{sink:?}: {} maintenance kills passed", steps.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn iceberg_maintenance() {
-    maintenance_matrix(SinkKind::Iceberg).await;
+async fn iceberg_maintenance_local() {
+    maintenance_matrix(SinkKind::Iceberg, Backend::local).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delta_maintenance() {
-    maintenance_matrix(SinkKind::Delta).await;
+async fn iceberg_maintenance_s3() {
+    maintenance_matrix(SinkKind::Iceberg, Backend::s3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_maintenance_local() {
+    maintenance_matrix(SinkKind::Delta, Backend::local).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_maintenance_s3() {
+    maintenance_matrix(SinkKind::Delta, Backend::s3).await;
+}
+
+/// A `tidemark gc` or `tidemark compact` process SIGKILLed while the S3
+/// proxy holds one of its requests.
+struct ProcessKill {
+    name: &'static str,
+    setup: Setup,
+    killed: Killed,
+    /// The held request: its method, and where it goes: the table's storage
+    /// (`table`) or the store, below `path` there.
+    method: &'static str,
+    table: bool,
+    path: &'static str,
+    /// Matching requests let through first.
+    skip: usize,
+    /// Whether the server applied the held request before the kill.
+    applied: bool,
+    /// Rows the first run after the kill writes.
+    rerun_rows: u64,
+}
+
+/// Kills of real gc and compaction processes, each at a call where dying
+/// leaves the store and the table's storage half changed.
+fn process_kills(sink: SinkKind) -> Vec<ProcessKill> {
+    let kill = |name, setup, killed, method, table, path, skip, applied, rerun_rows| ProcessKill {
+        name,
+        setup,
+        killed,
+        method,
+        table,
+        path,
+        skip,
+        applied,
+        rerun_rows,
+    };
+    let fenced = Setup::Unsealed { fenced: true };
+    let all = DISTINCT_KEYS;
+    use Killed::{Compact, Gc};
+    use Setup::{History, SealedUncommitted};
+    let mut kills = vec![
+        kill(
+            "gc: after its first orphan delete",
+            fenced,
+            Gc,
+            "DELETE",
+            true,
+            "",
+            0,
+            true,
+            all,
+        ),
+        kill(
+            "gc: before recording the orphans collected",
+            fenced,
+            Gc,
+            "PUT",
+            false,
+            "collected/",
+            0,
+            false,
+            all,
+        ),
+        kill(
+            "gc: after its repair's table commit, before mark-committed",
+            SealedUncommitted,
+            Gc,
+            "PUT",
+            false,
+            "committed/",
+            0,
+            false,
+            0,
+        ),
+        kill(
+            "compact: after the index key file",
+            History,
+            Compact,
+            "PUT",
+            false,
+            "index-keys/",
+            0,
+            true,
+            0,
+        ),
+        kill(
+            "compact: after publishing the index",
+            History,
+            Compact,
+            "PUT",
+            false,
+            "index/",
+            0,
+            true,
+            0,
+        ),
+        kill(
+            "compact: after four deletes",
+            History,
+            Compact,
+            "DELETE",
+            false,
+            "",
+            3,
+            true,
+            0,
+        ),
+    ];
+    if sink == SinkKind::Delta {
+        // Delta's orphans are files (11 here); Iceberg's are one directory.
+        kills.push(kill(
+            "gc: holding the fifth orphan delete",
+            fenced,
+            Gc,
+            "DELETE",
+            true,
+            "",
+            4,
+            false,
+            all,
+        ));
+    }
+    kills
+}
+
+/// `tidemark gc` and `tidemark compact` as real processes on S3, each
+/// killed with SIGKILL while the proxy in front of the S3 server holds the
+/// request of a chosen step: no destructor, no release of the lease, no
+/// error path runs. After each kill: a rerun, gc, compact and gc, a further
+/// run that finds nothing to do, and every check of [`Scenario::verify`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_maintenance_processes_are_repaired() {
+    for sink in [SinkKind::Delta, SinkKind::Iceberg] {
+        let kills = process_kills(sink);
+        for (index, kill) in kills.iter().enumerate() {
+            let scenario = Scenario::new(sink, Backend::s3(), 200 + index).await;
+            let what = format!("{sink:?} on S3, SIGKILL {}", kill.name);
+            scenario.prepare(kill.setup).await;
+            let below = if kill.table {
+                scenario.table_url.as_str()
+            } else {
+                scenario.backend.url().0
+            };
+            // The object key below the bucket: what a request's path and a
+            // bulk delete's body both name.
+            let key = below.trim_start_matches("s3://").split_once('/').unwrap().1;
+            let part = format!("{key}/{}", kill.path);
+            let when = if kill.applied { "after" } else { "before" };
+            let skip = kill.skip.to_string();
+            let proxy = FaultProxy::start(&["--hold", kill.method, &part, &skip, when]);
+            let mut child = scenario
+                .maintenance_command(kill.killed, &proxy)
+                .spawn()
+                .unwrap();
+            let held = proxy.await_held(&mut child, &what);
+            child.kill().unwrap();
+            let status = child.wait().unwrap();
+            assert!(!status.success(), "{what}: the command finished");
+            eprintln!("{what}: killed at `{held}`");
+            scenario.recover(&what, kill.rerun_rows).await;
+        }
+        eprintln!(
+            "{sink:?}: {} killed maintenance processes repaired",
+            kills.len()
+        );
+    }
+}
+
+impl Scenario {
+    /// `tidemark gc` (lease time-to-live 2 s) or `tidemark compact` on this
+    /// scenario's store, reaching S3 through `proxy`.
+    fn maintenance_command(&self, killed: Killed, proxy: &FaultProxy) -> Command {
+        let (store, options) = self.backend.url();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        match killed {
+            Killed::Gc => command
+                .args(["gc", "--pipeline", PIPELINE, "--lease-ttl-secs", "2"])
+                .args(["--sink", &self.sink_arg()]),
+            Killed::Compact => command.arg("compact"),
+            Killed::Run | Killed::RunAtRenewal => panic!("not a maintenance command"),
+        };
+        command.args(["--store", store]);
+        for (key, value) in proxy.through(options) {
+            command.args(["-o", &format!("{key}={value}")]);
+        }
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        command
+    }
+}
+
+/// Other tools' maintenance between a crash after the table commit and its
+/// recovery. The run died after its commit landed, before it marked it in
+/// the store. Then, for Delta, deltalake-py compacts the table (`optimize`:
+/// the commit's 11 files become one), vacuums the replaced files and writes
+/// a log checkpoint; for Iceberg, pyiceberg expires every snapshot but the
+/// current one. The rerun still finds the commit by the table's marker and
+/// marks it without appending again; the readers see every key once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_between_a_crash_and_its_recovery() {
+    for sink in [SinkKind::Delta, SinkKind::Iceberg] {
+        let scenario = Scenario::new(sink, Backend::local(), 300).await;
+        let what = format!("{sink:?}: maintenance between a crash and its recovery");
+        scenario.prepare(Setup::CommittedUnmarked).await;
+        scenario.other_tools_maintenance(&what);
+        let rerun = scenario.rerun().await;
+        assert_eq!(rerun.rows_written, 0, "{what}: rows the rerun wrote");
+        let repaired = &rerun.repaired.commits;
+        assert_eq!(repaired.len(), 1, "{what}: commits the rerun repaired");
+        assert!(
+            !repaired[0].applied_now,
+            "{what}: the repair appended the commit again"
+        );
+        scenario.collect_and_compact().await;
+        let again = scenario.rerun().await;
+        assert_eq!(again.rows_written, 0, "{what}: a later run wrote rows");
+        scenario.verify(&what).await;
+        eprintln!("PASS {what}");
+    }
+}
+
+impl Scenario {
+    /// Maintenance by the format's Python library: Delta optimize, vacuum
+    /// (retention 0) and a log checkpoint; Iceberg expiry of every snapshot
+    /// but the current one.
+    fn other_tools_maintenance(&self, what: &str) {
+        let script = match self.sink {
+            SinkKind::Delta => {
+                r#"
+import sys
+from deltalake import DeltaTable
+table = DeltaTable(sys.argv[1])
+table.optimize.compact()
+table = DeltaTable(sys.argv[1])
+table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+DeltaTable(sys.argv[1]).create_checkpoint()
+assert len(DeltaTable(sys.argv[1]).file_uris()) == 1
+"#
+            }
+            SinkKind::Iceberg => {
+                r#"
+import sys, datetime
+from pyiceberg.catalog.sql import SqlCatalog
+catalog = SqlCatalog("default", uri="sqlite:///" + sys.argv[2], warehouse=sys.argv[1])
+table = catalog.load_table(sys.argv[3])
+table.maintenance.expire_snapshots().older_than(datetime.datetime.now(datetime.timezone.utc)).commit()
+assert len(catalog.load_table(sys.argv[3]).snapshots()) == 1
+"#
+            }
+        };
+        let output = Command::new("python3")
+            .args(["-c", script, &self.table_url, &self.sqlite_path()])
+            .arg(format!("{}.docs", self.namespace))
+            .bounded_output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{what}: the maintenance failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

@@ -1000,6 +1000,36 @@ DeltaTable(sys.argv[1]).vacuum(retention_hours=0, enforce_retention_duration=Fal
     );
     assert!(out.contains("skipped 6 already processed"), "{out}");
     assert_eq!(delta_rows(&table, "id"), before_day_3);
+    // The acceptance is recorded: the next run and `verify` go on without
+    // being told again.
+    let out = succeeded(
+        lake.run(&[&src], &sink, &["--key", "id"]),
+        "a run after the acceptance",
+    );
+    assert!(out.contains("skipped 6 already processed"), "{out}");
+    let verify = tidemark(&[
+        "verify",
+        "--store",
+        &store,
+        "--sink",
+        &sink,
+        "--pipeline",
+        "p",
+        "--json",
+    ]);
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(report["agree"], true, "{report}");
+    assert_eq!(report["accepted"]["commits"], "3", "{report}");
+    // Once a later commit moves the marker past it, compaction deletes it.
+    let accepted = std::path::Path::new(&store).join("accepted");
+    assert_eq!(std::fs::read_dir(&accepted).unwrap().count(), 1);
+    lake.source("src", "pa.table({'id': pa.array([7], pa.int64())})");
+    succeeded(lake.run(&[&src], &sink, &["--key", "id"]), "day 4");
+    succeeded(tidemark(&["compact", "--store", &store]), "compact");
+    assert_eq!(std::fs::read_dir(&accepted).unwrap().count(), 0);
+    let ids = [1, 2, 3, 4, 7].map(|id| format!("{{'id': {id}}}"));
+    assert_eq!(delta_rows(&table, "id"), expected(ids));
 }
 
 /// Iceberg: another writer's append and snapshot expiry between runs are
@@ -1079,6 +1109,11 @@ table.manage_snapshots().rollback_to_snapshot(first).commit()
         "accepted",
     );
     assert!(out.contains("skipped 4 already processed"), "{out}");
+    let out = succeeded(
+        lake.run(&[&day1], sink, &["--key", "id"]),
+        "a run after the acceptance",
+    );
+    assert!(out.contains("skipped 4 already processed"), "{out}");
 
     // A rollback to the snapshot another writer made before the pipeline's
     // first commit: no ancestor left is a commit of the pipeline.
@@ -1113,6 +1148,194 @@ table.manage_snapshots().rollback_to_snapshot(first.snapshot_id).commit()
         "after a rollback to before the first commit",
     );
     assert!(stderr.contains("no longer holds commits 1"), "{stderr}");
+}
+
+/// tidemark's commits write Delta log checkpoints at the table's
+/// `delta.checkpointInterval` (delta-rs's post-commit hook: after versions 4
+/// and 9 at an interval of 5) and clean up the log before the latest one
+/// (`delta.logRetentionDuration` of 0 s). The sink reads the log from that
+/// checkpoint: a run still finds its marker, skips what earlier runs wrote,
+/// commits, and `verify` agrees.
+/// The marker also survives `delta.setTransactionRetentionDuration` of 0 s
+/// at every checkpoint: tidemark's `txn` actions carry no `lastUpdated`, and
+/// Delta expires only those that do.
+#[test]
+fn delta_log_checkpoints_come_at_the_table_s_interval() {
+    let lake = Lake::new();
+    let table = lake.p("checkpointed");
+    let sink = format!("delta+file://{table}");
+    let src = lake.source("src", "pa.table({'id': pa.array([0], pa.int64())})");
+    succeeded(
+        lake.run(&[&src], &sink, &["--key", "id", "--create"]),
+        "run 0",
+    );
+    python(
+        r#"
+import sys
+from deltalake import DeltaTable
+DeltaTable(sys.argv[1]).alter.set_table_properties(
+    {
+        "delta.checkpointInterval": "5",
+        "delta.logRetentionDuration": "interval 0 seconds",
+        "delta.setTransactionRetentionDuration": "interval 0 seconds",
+    }
+)
+"#,
+        &[&table],
+    );
+    // Version 0 made the table, 1 was run 0's commit, 2 the properties; runs
+    // 1 to 11 commit versions 3 to 13.
+    for run in 1..=11 {
+        lake.source(
+            "src",
+            &format!("pa.table({{'id': pa.array([{run}], pa.int64())}})"),
+        );
+        let out = succeeded(lake.run(&[&src], &sink, &["--key", "id"]), "a run");
+        assert!(
+            out.contains(&format!("skipped {run} already processed")),
+            "{out}"
+        );
+    }
+    let log = std::path::Path::new(&table).join("_delta_log");
+    let mut listed: Vec<String> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    listed.sort();
+    // The checkpoint after version 9, and nothing older: the hook's cleanup
+    // (a retention of 0 s) removed the commits and checkpoint before it.
+    let first_kept = listed.iter().find(|name| name.ends_with(".json"));
+    assert_eq!(
+        first_kept.map(String::as_str),
+        Some("00000000000000000009.json"),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&format!("{:020}.checkpoint.parquet", 9)),
+        "no log checkpoint after version 9: {listed:?}"
+    );
+    let last: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(log.join("_last_checkpoint")).unwrap()).unwrap();
+    assert_eq!(last["version"], 9, "{last}");
+    // A checkpoint of the latest version: the marker is read from it now,
+    // and the transaction retention of 0 s applied when it was written.
+    python(
+        r#"
+import sys
+from deltalake import DeltaTable
+DeltaTable(sys.argv[1]).create_checkpoint()
+"#,
+        &[&table],
+    );
+    lake.source("src", "pa.table({'id': pa.array([12], pa.int64())})");
+    let out = succeeded(
+        lake.run(&[&src], &sink, &["--key", "id"]),
+        "a run after the cleanup",
+    );
+    assert!(out.contains("skipped 12 already processed"), "{out}");
+    let store = lake.p("store");
+    succeeded(
+        tidemark(&[
+            "verify",
+            "--store",
+            &store,
+            "--sink",
+            &sink,
+            "--pipeline",
+            "p",
+        ]),
+        "verify after the cleanup",
+    );
+    let mut ids: Vec<i64> = (0..=12).collect();
+    ids.sort_by_key(|id| id.to_string());
+    let ids = ids.iter().map(|id| format!("{{'id': {id}}}"));
+    assert_eq!(delta_rows(&table, "id"), expected(ids));
+}
+
+/// `tidemark compact --expire-snapshots-older-than-hours 0
+/// --retain-snapshots 2` on an Iceberg table after five runs: pyiceberg
+/// then sees two snapshots and every row; the marker (a table property)
+/// stays, so a further run skips every key, commits the new one, and
+/// `verify` agrees. Asked of a Delta table, it is refused before any work.
+#[test]
+fn iceberg_snapshots_expire_and_the_pipeline_goes_on() {
+    let lake = Lake::new();
+    let catalog = SqliteCatalog::in_lake(&lake);
+    let (uri, warehouse, sink) = (&catalog.uri, &catalog.warehouse, &catalog.sink);
+    let src = lake.source("src", "pa.table({'id': pa.array([0], pa.int64())})");
+    succeeded(
+        lake.run(&[&src], sink, &["--key", "id", "--create"]),
+        "run 0",
+    );
+    for run in 1..5 {
+        lake.source(
+            "src",
+            &format!("pa.table({{'id': pa.array([{run}], pa.int64())}})"),
+        );
+        succeeded(lake.run(&[&src], sink, &["--key", "id"]), "a run");
+    }
+    let store = lake.p("store");
+    let expire = [
+        "--expire-snapshots-older-than-hours",
+        "0",
+        "--retain-snapshots",
+        "2",
+    ];
+    let mut args = vec![
+        "compact",
+        "--store",
+        &store,
+        "--sink",
+        sink,
+        "--pipeline",
+        "p",
+    ];
+    args.extend(expire);
+    let out = succeeded(tidemark(&args), "compact with snapshot expiry");
+    assert!(out.contains("expired 3 snapshot(s)"), "{out}");
+    let snapshots = python(
+        r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+print(len(SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2]).load_table("lake.t").snapshots()))
+"#,
+        &[uri, warehouse],
+    );
+    assert_eq!(snapshots.trim(), "2");
+    lake.source("src", "pa.table({'id': pa.array([5], pa.int64())})");
+    let out = succeeded(
+        lake.run(&[&src], sink, &["--key", "id"]),
+        "a run after the expiry",
+    );
+    assert!(out.contains("skipped 5 already processed"), "{out}");
+    succeeded(
+        tidemark(&[
+            "verify",
+            "--store",
+            &store,
+            "--sink",
+            sink,
+            "--pipeline",
+            "p",
+        ]),
+        "verify after the expiry",
+    );
+    let ids = (0..=5).map(|id| format!("{{'id': {id}}}"));
+    assert_eq!(catalog.rows("id"), expected(ids));
+
+    let delta = format!("delta+file://{}", lake.p("delta"));
+    let mut args = vec![
+        "compact",
+        "--store",
+        &store,
+        "--sink",
+        &delta,
+        "--pipeline",
+        "p",
+    ];
+    args.extend(expire);
+    let stderr = failed(tidemark(&args), "snapshot expiry asked of Delta");
+    assert!(stderr.contains("applies to Iceberg tables"), "{stderr}");
 }
 
 /// A Delta table dropped and made again under the same path: the store
@@ -1229,6 +1452,95 @@ print(len(uris))
     );
     assert!(paths.trim().parse::<usize>().unwrap() > 0);
     eprintln!("{rounds} optimize rounds beside 5 runs");
+}
+
+/// pyiceberg, on a PostgreSQL catalog, appends rows of its own and expires
+/// every snapshot but the current one in a loop while `tidemark run`
+/// commits a new file's rows five times: every run's commit lands within its
+/// retries, and pyiceberg and DuckDB see each key of both writers once.
+#[test]
+fn iceberg_commits_land_beside_another_writer_and_expiry() {
+    let lake = Lake::new();
+    let warehouse = format!("file://{}", lake.p("warehouse"));
+    let postgres = support::postgres_database();
+    let uri = postgres.replacen("postgres://", "postgresql+psycopg://", 1);
+    let sink = format!("iceberg+{postgres}?warehouse={warehouse}#lake.t");
+    let src = lake.source("src", "pa.table({'id': pa.array([0], pa.int64())})");
+    succeeded(
+        lake.run(&[&src], &sink, &["--key", "id", "--create"]),
+        "the first run",
+    );
+    let stop = lake.path("stop");
+    let other = Command::new("python3")
+        .arg("-c")
+        .arg(
+            r#"
+import os, sys, time, datetime, pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+uri, warehouse, stop = sys.argv[1:4]
+catalog = SqlCatalog("default", uri=uri, warehouse=warehouse)
+appended, expiries = [], 0
+deadline = time.time() + 120  # never outlive a failed test for long
+while not os.path.exists(stop) and time.time() < deadline:
+    key = 100000 + len(appended)
+    try:
+        table = catalog.load_table("lake.t")
+        table.append(pa.table({"id": pa.array([key], pa.int64())}))
+        appended.append(key)
+    except Exception as e:  # a conflict with a tidemark commit: try again
+        print("append conflict:", e, file=sys.stderr)
+    try:
+        table = catalog.load_table("lake.t")
+        table.maintenance.expire_snapshots().older_than(datetime.datetime.now(datetime.timezone.utc)).commit()
+        expiries += 1
+    except Exception as e:
+        print("expiry conflict:", e, file=sys.stderr)
+    time.sleep(0.05)
+print(expiries, " ".join(map(str, appended)))
+"#,
+        )
+        .args([&uri, &warehouse, &stop.display().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for run in 1..=5 {
+        let ids: Vec<String> = (run * 10..run * 10 + 10).map(|i| i.to_string()).collect();
+        lake.source(
+            "src",
+            &format!(
+                "pa.table({{'id': pa.array([{}], pa.int64())}})",
+                ids.join(", ")
+            ),
+        );
+        let out = succeeded(
+            lake.run(&[&src], &sink, &["--key", "id"]),
+            &format!("run {run} beside the other writer"),
+        );
+        assert!(out.contains("made 1 table commit(s)"), "run {run}: {out}");
+    }
+    std::fs::write(&stop, "").unwrap();
+    let output = other.wait_with_output().unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).to_string();
+    let mut words = printed.split_whitespace();
+    let expiries: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let appended: Vec<i64> = words.map(|w| w.parse().unwrap()).collect();
+    assert!(
+        expiries > 0 && !appended.is_empty(),
+        "the other writer never ran: {printed}"
+    );
+    let mut keys: Vec<i64> = std::iter::once(0)
+        .chain((1..=5).flat_map(|run| run * 10..run * 10 + 10))
+        .chain(appended.iter().copied())
+        .collect();
+    keys.sort_by_key(|k| k.to_string());
+    assert_eq!(
+        iceberg_rows(&uri, "default", &warehouse, "id"),
+        expected(keys.iter().map(|k| format!("{{'id': {k}}}")))
+    );
+    eprintln!(
+        "{} appends and {expiries} expiries beside 5 runs",
+        appended.len()
+    );
 }
 
 /// A table that deltalake-py (Delta) or pyiceberg (Iceberg) filled before

@@ -93,7 +93,8 @@ pub struct CompactionReport {
     /// Index key files written.
     pub key_files_written: usize,
     /// Objects deleted: markers of the compacted checkpoints, staged objects of
-    /// those compacted by the previous generation, and superseded index files.
+    /// those compacted by the previous generation, superseded index files, and
+    /// acceptances of table states that a later commit moved past.
     pub objects_deleted: usize,
     /// Commit intents deleted: all but the latest, once every checkpoint they
     /// carry is compacted.
@@ -187,8 +188,11 @@ impl CheckpointStore {
             });
         }
 
-        let objects_deleted = self.delete_superseded(&index, state.index.as_ref()).await?;
-        let intents_pruned = self.prune_commit_intents(&index).await?;
+        let mut objects_deleted = self.delete_superseded(&index, state.index.as_ref()).await?;
+        let (intents_pruned, compacted_sequence) = self.prune_commit_intents(&index).await?;
+        if let Some(sequence) = compacted_sequence {
+            objects_deleted += self.prune_acceptances_below(sequence).await?;
+        }
         Ok(CompactionReport {
             generation: Some(generation),
             checkpoints_compacted: newly_compacted.len(),
@@ -203,8 +207,10 @@ impl CheckpointStore {
 
     /// Deletes the commit intents below the latest whose checkpoints are all in
     /// `index`. The latest stays: the committer numbers the next commit from
-    /// it, and resumes it if it is unfinished.
-    async fn prune_commit_intents(&self, index: &IndexGeneration) -> Result<usize> {
+    /// it, and resumes it if it is unfinished. Returns how many it deleted,
+    /// and the highest sequence whose checkpoints are all in `index` (so
+    /// committed), if any.
+    async fn prune_commit_intents(&self, index: &IndexGeneration) -> Result<(usize, Option<u64>)> {
         let store = self.object_store();
         let mut sequences: Vec<u64> = io::list(store, &self.layout().commit_intents_dir())
             .await?
@@ -212,19 +218,23 @@ impl CheckpointStore {
             .filter_map(|m| Layout::sequence_of(&m.location))
             .collect();
         sequences.sort_unstable();
-        sequences.pop();
+        let latest = sequences.last().copied();
         let compacted: BTreeSet<CheckpointId> = index.checkpoints.iter().copied().collect();
         let mut pruned = 0;
+        let mut highest_compacted = None;
         for sequence in sequences {
             let Some(intent) = self.commit_intent(sequence).await? else {
                 continue;
             };
             if intent.checkpoints.iter().all(|id| compacted.contains(id)) {
-                io::delete(store, &self.layout().commit_intent(sequence)).await?;
-                pruned += 1;
+                highest_compacted = Some(sequence);
+                if Some(sequence) != latest {
+                    io::delete(store, &self.layout().commit_intent(sequence)).await?;
+                    pruned += 1;
+                }
             }
         }
-        Ok(pruned)
+        Ok((pruned, highest_compacted))
     }
 
     /// Reads `sources`, sorts all their keys and writes them as one run.

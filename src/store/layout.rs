@@ -14,6 +14,8 @@
 //! lease/{scope}/epochs/{epoch}.json               who took the lease at each epoch
 //! lease/{scope}/heartbeats/{epoch}.json           the holder's latest renewal
 //! collected/{checkpoint}.json                     orphan data files deleted by gc
+//! accepted/{marker}.json                          a table state that lost commits,
+//!                                                 accepted by the user
 //! ```
 
 use object_store::path::Path;
@@ -161,6 +163,14 @@ impl Layout {
 
     pub(crate) fn collected(&self, id: CheckpointId) -> Path {
         self.join(&["collected", &format!("{id}.json")])
+    }
+
+    pub(crate) fn acceptances_dir(&self) -> Path {
+        self.join(&["accepted"])
+    }
+
+    pub(crate) fn acceptance(&self, marker: u64) -> Path {
+        self.join(&["accepted", &format!("{marker:020}.json")])
     }
 
     /// The checkpoint and writer of a `staging/{checkpoint}/{writer}/...` object.

@@ -9,6 +9,7 @@
 //!   a commit marker. Its keys stay skipped; [`CheckpointStore::compact`] folds it
 //!   into the sorted key index so reads stay cheap as history grows.
 
+mod acceptances;
 mod compaction;
 mod intents;
 mod io;
@@ -41,9 +42,10 @@ pub use location::{
 };
 pub use orphans::Orphans;
 pub use records::{
-    BeginMarker, CheckpointId, CollectedRecord, CommitIntent, CommitMarker, Descriptor, FileRecord,
-    InFlightRecord, IndexGeneration, KeyFileRef, KeyRun, LeaseClaim, LeaseHeartbeat, LeaseRecord,
-    Manifest, ShardLayout, TableFileMetadata, FORMAT_VERSION, MIN_FORMAT_VERSION,
+    AcceptanceRecord, BeginMarker, CheckpointId, CollectedRecord, CommitIntent, CommitMarker,
+    Descriptor, FileRecord, InFlightRecord, IndexGeneration, KeyFileRef, KeyRun, LeaseClaim,
+    LeaseHeartbeat, LeaseRecord, Manifest, ShardLayout, TableFileMetadata, FORMAT_VERSION,
+    MIN_FORMAT_VERSION,
 };
 pub use state::{CheckpointState, CheckpointSummary, StoreState};
 pub use status::{LastCommit, StagedCheckpoint, StoreStatus};

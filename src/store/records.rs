@@ -299,6 +299,27 @@ pub struct CollectedRecord {
     pub collected_at: DateTime<Utc>,
 }
 
+/// `accepted/{marker}.json`: the user accepted a table that lost commits of
+/// the pipeline (rolled back or restored) as it is: the lost commits' keys
+/// stay processed. Later checks of the same table state go on without being
+/// told again; a table that loses more is refused again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptanceRecord {
+    /// Encoding version.
+    pub format_version: u32,
+    /// The table's marker for the pipeline when it was accepted.
+    pub marker: u64,
+    /// The latest commit of the pipeline that the table's current state
+    /// carried then (`None`: none).
+    pub carried: Option<u64>,
+    /// The commits accepted as lost (`3` or `3..=5`).
+    pub commits: String,
+    /// What the table showed.
+    pub why: String,
+    /// When it was accepted.
+    pub accepted_at: DateTime<Utc>,
+}
+
 /// `tidemark.json`: what every checkpoint of the store has in common.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Descriptor {

@@ -351,8 +351,46 @@ impl FaultProxy {
         options
     }
 
+    /// `options` with the server's endpoint replaced by the proxy's: a
+    /// process given them reaches the server through the proxy.
+    pub fn through(&self, options: &HashMap<String, String>) -> HashMap<String, String> {
+        let mut options = options.clone();
+        if options.get("aws_endpoint") == Some(&s3_endpoint()) {
+            options.insert("aws_endpoint".into(), self.endpoint.clone());
+        }
+        options
+    }
+
+    /// Waits until the proxy holds the request its `--hold` chose, and
+    /// returns it (`held DELETE /bucket/key`). Fails, with the child's
+    /// standard error, if `child` exits first or 120 s pass.
+    pub fn await_held(&self, child: &mut Child, what: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            if let Some(held) = self.faults().into_iter().find(|f| f.starts_with("held ")) {
+                return held;
+            }
+            if let Some(status) = child.try_wait().expect("poll the child") {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
+                panic!(
+                    "{what}: the command exited ({status}) before its request was held: \
+                     {stderr}; the proxy's log: {:?}",
+                    self.faults()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: no request was held within 120 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// The faults injected so far, one line each: `503 PUT /bucket/key`,
-    /// `stall GET ...`, `lost PUT ...`.
+    /// `stall GET ...`, `lost PUT ...`, `held DELETE ...`.
     pub fn faults(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()

@@ -3,6 +3,7 @@
 Usage:
     python3 s3_fault_proxy.py PORT UPSTREAM LOG
         [--unavailable-every N] [--stall-every N] [--lose-every N] [--stall-seconds S]
+        [--hold METHOD PATH_PART SKIP before|after]
 
 Every request is forwarded to UPSTREAM (http://host:port) unchanged, except:
 
@@ -12,15 +13,23 @@ Every request is forwarded to UPSTREAM (http://host:port) unchanged, except:
   its connection is closed: the client times out before the request was served;
 - every N-th PUT, POST or DELETE (--lose-every) reaches the server and is
   applied, then its answer is withheld for S seconds and the connection closed:
-  a lost response, the client cannot know whether it landed.
+  a lost response, the client cannot know whether it landed;
+- with --hold, the request of METHOD whose path (with its query) or body
+  contains PATH_PART, after SKIP such requests were let through, is held
+  (METHOD DELETE also matches bulk deletes, `POST ?delete`): never
+  answered, and with `before` never forwarded either, with `after` forwarded
+  and applied first. The test then kills its client, which dies at that
+  call, before or after the server applied it.
 
-Each fault is appended to LOG as one line (`503 PUT /bucket/key`). Prints
+Each fault is appended to LOG as one line (`503 PUT /bucket/key`,
+`held DELETE /bucket/key`), a hold's once the request is held. Prints
 READY once listening, then serves until standard input closes (the test
 process that started it exited).
 """
 
 import argparse
 import http.client
+import re
 import sys
 import threading
 import time
@@ -43,9 +52,19 @@ class Schedule:
         self.all = 0
         self.reads = 0
         self.writes = 0
+        self.hold_matches = 0
 
-    def fault(self, method):
+    def fault(self, method, path, body):
         with self.lock:
+            if self.args.hold:
+                hold_method, part, skip, when = self.args.hold
+                # A bulk delete (POST ?delete) names its keys in its body.
+                bulk_delete = method == "POST" and "?delete" in path
+                kind = "DELETE" if bulk_delete else method
+                if kind == hold_method and (part in path or part.encode() in body):
+                    self.hold_matches += 1
+                    if self.hold_matches == int(skip) + 1:
+                        return "hold-" + when
             self.all += 1
             if self.args.unavailable_every and self.all % self.args.unavailable_every == 0:
                 return "503"
@@ -64,9 +83,10 @@ def make_handler(args, schedule, log):
     upstream = urllib.parse.urlsplit(args.upstream)
     log_lock = threading.Lock()
 
-    def record(fault, method, path):
+    def record(fault, method, path, detail=""):
         with log_lock:
-            log.write(f"{fault} {method} {urllib.parse.urlsplit(path).path}\n")
+            line = f"{fault} {method} {urllib.parse.urlsplit(path).path} {detail}".strip()
+            log.write(line + "\n")
             log.flush()
 
     class Handler(BaseHTTPRequestHandler):
@@ -90,7 +110,17 @@ def make_handler(args, schedule, log):
 
         def handle_any(self):
             body = self.read_body()
-            fault = schedule.fault(self.command)
+            fault = schedule.fault(self.command, self.path, body)
+            if fault in ("hold-before", "hold-after"):
+                if fault == "hold-after":
+                    self.forward(body)
+                keys = re.findall(rb"<Key>([^<]*)</Key>", body)
+                named = " ".join(k.decode() for k in keys)
+                record("held", self.command, self.path, named)
+                # Held until the killed client's connection is gone.
+                time.sleep(3600)
+                self.close_connection = True
+                return
             if fault == "503":
                 record(fault, self.command, self.path)
                 self.send_response(503)
@@ -148,7 +178,10 @@ def main() -> None:
     parser.add_argument("--stall-every", type=int, default=0)
     parser.add_argument("--lose-every", type=int, default=0)
     parser.add_argument("--stall-seconds", type=float, default=3.0)
+    parser.add_argument("--hold", nargs=4, metavar=("METHOD", "PATH_PART", "SKIP", "WHEN"))
     args = parser.parse_args()
+    if args.hold and args.hold[3] not in ("before", "after"):
+        parser.error("--hold's last value is `before` or `after`")
     log = open(args.log, "a", encoding="utf-8")
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args, Schedule(args), log))
     server.daemon_threads = True

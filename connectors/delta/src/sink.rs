@@ -8,12 +8,13 @@
 //! and the marker read again before the next attempt. A commit whose response
 //! was lost therefore shows up as "already applied", never as a second version.
 //!
-//! `delta.setTransactionRetentionDuration`: when set, Delta forgets `txn`
-//! entries older than the duration at checkpoint time. A pipeline's marker then
-//! disappears after that long without a commit. New commits are unaffected, but
-//! a commit left unfinished for longer than the duration can no longer be told
-//! apart from one that never landed; [`tidemark::commit::Committer`] then
-//! refuses to resume it (`MarkerMismatch`) rather than risk a duplicate.
+//! `delta.setTransactionRetentionDuration`: Delta forgets a `txn` entry older
+//! than the duration at checkpoint time only when the entry carries
+//! `lastUpdated`. This sink's entries carry none, so a pipeline's marker stays
+//! for as long as the table does, however long the pipeline goes without a
+//! commit (`cli/tests/table_protocols.rs` checkpoints a table with a
+//! retention of 0 s and commits again; with `lastUpdated` set, that test
+//! fails).
 
 use std::collections::HashMap;
 use std::sync::Arc;

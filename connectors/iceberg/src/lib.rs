@@ -18,7 +18,7 @@ pub mod source;
 pub mod storage;
 pub mod writer;
 
-pub use sink::IcebergSink;
+pub use sink::{IcebergSink, SnapshotExpiry};
 pub use source::IcebergSource;
 pub use storage::{ObjectStorage, ObjectStorageFactory};
 pub use writer::{IcebergWriter, IcebergWriterOptions};

@@ -46,6 +46,15 @@ pub fn marker_property(pipeline_id: &str) -> String {
     format!("tidemark.pipeline.{pipeline_id}.commit-sequence")
 }
 
+/// Which snapshots [`IcebergSink::expire_snapshots`] expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotExpiry {
+    /// Snapshots older than this expire...
+    pub older_than: std::time::Duration,
+    /// ...except the latest this many of each branch (at least 1).
+    pub retain_last: usize,
+}
+
 /// An Iceberg table, through its catalog, that pipelines append to idempotently.
 pub struct IcebergSink {
     catalog: Arc<dyn Catalog>,
@@ -87,6 +96,38 @@ impl IcebergSink {
     /// A writer of data files for the table's current schema and spec.
     pub async fn writer(&self, options: IcebergWriterOptions) -> Result<IcebergWriter> {
         IcebergWriter::new(&self.load().await?, options)
+    }
+
+    /// Expires the table's snapshots older than `expiry.older_than`, keeping
+    /// the latest `expiry.retain_last` (at least 1), so that the table's
+    /// metadata stops growing by one snapshot per commit. Only metadata
+    /// changes: the files of expired snapshots stay where they are (an
+    /// append-only table's data files are all still current). The pipeline's
+    /// marker is a table property and stays; the history that
+    /// [`CommitSink::lineage`] walks then ends at the oldest kept snapshot,
+    /// which it reads as out of reach, not as a rollback. Returns how many
+    /// snapshots expired.
+    pub async fn expire_snapshots(&self, expiry: SnapshotExpiry) -> Result<usize> {
+        let table = self.load().await?;
+        let before = table.metadata().snapshots().count();
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(expiry.older_than)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |since| {
+                i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+            });
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .expire_snapshots()
+            .expire_older_than_ms(cutoff)
+            .retain_last(expiry.retain_last.max(1))
+            .apply(tx)
+            .map_err(|e| self.error("preparing the snapshot expiry", e))?;
+        let table = tx
+            .commit(self.catalog.as_ref())
+            .await
+            .map_err(|e| self.error("expiring snapshots", e))?;
+        Ok(before.saturating_sub(table.metadata().snapshots().count()))
     }
 
     /// The pipeline's last committed sequence, from the table's properties.
