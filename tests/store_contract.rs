@@ -630,6 +630,35 @@ async fn corrupt_objects_are_reported(backend: Backend) {
         .await
         .expect_err("huge ttl");
     assert!(matches!(err, Error::InvalidLeaseTtl { .. }), "{err}");
+    // From 1 s to a week is accepted (a pipeline run weekly may hold its
+    // lease for days); zero and a second more than a week are not.
+    let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    for ttl in [std::time::Duration::from_secs(1), week] {
+        let options = LeaseOptions {
+            ttl,
+            ..Default::default()
+        };
+        let lease = Lease::acquire(&store, "ttl-scope", 1, options)
+            .await
+            .unwrap_or_else(|e| panic!("a time to live of {ttl:?}: {e}"));
+        lease.release().await.expect("release");
+    }
+    for ttl in [
+        std::time::Duration::ZERO,
+        week + std::time::Duration::from_secs(1),
+    ] {
+        let options = LeaseOptions {
+            ttl,
+            ..Default::default()
+        };
+        let err = Lease::acquire(&store, "ttl-scope", 1, options)
+            .await
+            .expect_err("a time to live out of range");
+        assert!(
+            matches!(err, Error::InvalidLeaseTtl { .. }),
+            "{ttl:?}: {err}"
+        );
+    }
 
     // Corrupt descriptor.
     put_raw(
