@@ -1,5 +1,7 @@
 //! Committers racing on one store, with the interleaving forced at an object
 //! store call (a hook of the test store runs the other committer's steps): a regression test for a data loss of the commit protocol.
+//! Also the committer's check of a table rolled back behind it, and the
+//! acceptance it records.
 //!
 //! Committer A used to load the store state before it read the latest commit
 //! intent. Committer B could then, in between, seal a new checkpoint, claim an
@@ -461,4 +463,51 @@ async fn a_stalled_contender_never_holds_a_pruned_epoch() {
         .await;
     assert!(stale.is_err(), "the stale epoch was given back");
     lease.fence().ensure_current("checking").await.unwrap();
+}
+
+/// A table rolled back behind the store is refused; accepted, the
+/// acceptance is recorded in the store, and later checks of the same table
+/// state pass without being told again. Rolled back further, it is refused
+/// again. Once a later commit moved the marker on, compaction deletes the
+/// record.
+#[tokio::test]
+async fn an_accepted_rollback_is_recorded_until_the_marker_moves_on() {
+    let (_, store) = memory_store().await;
+    let table = MemoryTable::default();
+    let committer = Committer::new(store.clone(), table.clone(), "races");
+    for n in 0..3 {
+        seal(&store, vec![n], &format!("data/{n}.parquet")).await;
+        committer.commit_pending().await.unwrap();
+    }
+    assert_eq!(table.marker(), Some(3));
+    table.roll_back_to(1);
+    let lost = |result: tidemark::Result<tidemark::commit::TableCheck>| match result {
+        Err(Error::TableDiverged { lost, .. }) => lost,
+        other => panic!("not refused: {other:?}"),
+    };
+    assert_eq!(lost(committer.ensure_table_agrees(false).await), "2..=3");
+    let accepted = committer.ensure_table_agrees(true).await.unwrap();
+    assert_eq!(accepted.lost(), None);
+    let record = store.acceptance(3).await.unwrap().expect("recorded");
+    assert_eq!((record.marker, record.carried), (3, Some(1)));
+    assert_eq!(record.commits, "2..=3");
+    assert!(store.acceptance(2).await.unwrap().is_none());
+    // The same state again, without accepting: it goes on.
+    let check = committer.ensure_table_agrees(false).await.unwrap();
+    assert_eq!(check.accepted, Some(record));
+    // Rolled back further than what was accepted.
+    table.roll_back_to(0);
+    assert_eq!(lost(committer.ensure_table_agrees(false).await), "1..=3");
+    table.roll_back_to(1);
+    // A commit on top moves the marker; a compaction then drops the record.
+    seal(&store, vec![3], "data/3.parquet").await;
+    committer.commit_pending().await.unwrap();
+    assert_eq!(table.marker(), Some(4));
+    committer.ensure_table_agrees(false).await.unwrap();
+    assert!(store.acceptance(3).await.unwrap().is_some());
+    store
+        .compact(&tidemark::store::CompactionOptions::default())
+        .await
+        .unwrap();
+    assert!(store.acceptance(3).await.unwrap().is_none(), "pruned");
 }

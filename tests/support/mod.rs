@@ -789,6 +789,10 @@ pub struct MemoryTable {
     pub files: Arc<dyn ObjectStore>,
     /// The table's name, recorded in commit intents.
     pub name: String,
+    /// Set by [`MemoryTable::roll_back_to`]: the latest commit the current
+    /// state carries, below the marker (the marker stays, as a rollback
+    /// leaves a table property or a Delta `txn` in place).
+    pub rolled_back_to: Arc<Mutex<Option<u64>>>,
 }
 
 impl Default for MemoryTable {
@@ -798,6 +802,7 @@ impl Default for MemoryTable {
             fail: false,
             files: Arc::new(InMemory::new()),
             name: "memory-table".into(),
+            rolled_back_to: Arc::default(),
         }
     }
 }
@@ -819,6 +824,13 @@ impl MemoryTable {
         }
     }
 
+    /// Rolls the table back behind the pipeline: its current state carries
+    /// commits up to `carried` only (0: none), its marker stays. The next
+    /// commit lands on top of that state.
+    pub fn roll_back_to(&self, carried: u64) {
+        *self.rolled_back_to.lock().unwrap() = Some(carried);
+    }
+
     /// The marker.
     pub fn marker(&self) -> Option<u64> {
         self.state.lock().unwrap().0
@@ -835,16 +847,21 @@ impl tidemark::commit::CommitSink for MemoryTable {
         self.name.clone()
     }
 
-    /// Never rolled back: the table carries its marker's commit.
+    /// The table carries its marker's commit, unless rolled back.
     fn lineage<'a>(
         &'a self,
         _pipeline_id: &'a str,
     ) -> futures::future::BoxFuture<'a, Result<tidemark::commit::Lineage, tidemark::error::BoxError>>
     {
         Box::pin(async move {
-            Ok(match self.marker() {
-                Some(marker) => tidemark::commit::Lineage::Carries(marker),
-                None => tidemark::commit::Lineage::Unknown,
+            let rolled_back_to = *self.rolled_back_to.lock().unwrap();
+            Ok(match (rolled_back_to, self.marker()) {
+                (Some(carried), _) => tidemark::commit::Lineage::RolledBack {
+                    carried: (carried > 0).then_some(carried),
+                    why: format!("rolled back to commit {carried}"),
+                },
+                (None, Some(marker)) => tidemark::commit::Lineage::Carries(marker),
+                (None, None) => tidemark::commit::Lineage::Unknown,
             })
         })
     }
@@ -872,6 +889,7 @@ impl tidemark::commit::CommitSink for MemoryTable {
             if applied {
                 state.0 = Some(request.sequence);
                 state.1.extend(request.files.iter().map(|f| f.path.clone()));
+                *self.rolled_back_to.lock().unwrap() = None;
             }
             Ok(tidemark::commit::CommitOutcome {
                 applied,
