@@ -178,6 +178,16 @@ impl TableCheck {
         }
     }
 
+    /// Whether the table's current state carries its marker's commit (so a
+    /// recorded acceptance of a loss is out of date).
+    fn carries_marker(&self) -> bool {
+        matches!(
+            self.lineage,
+            Lineage::Carries(_) | Lineage::RolledBack { .. }
+        ) && self.marker.is_some()
+            && self.carried() >= self.marker
+    }
+
     /// Whether the recorded acceptance is of this table state: the same
     /// marker, and the current state carries at least what it carried then.
     fn acceptance_covers(&self) -> bool {
@@ -530,7 +540,16 @@ impl<S: CommitSink> Committer<S> {
                 lost: lost.commits,
                 why: lost.why,
             }),
-            None => Ok(check),
+            None => {
+                // The table carries its marker again (restored to a state
+                // that holds the lost commits): the acceptance is out of
+                // date, and a later loss must be refused again.
+                if let (Some(accepted), true) = (&check.accepted, check.carries_marker()) {
+                    self.store.remove_acceptance(accepted.marker).await?;
+                    check.accepted = None;
+                }
+                Ok(check)
+            }
         }
     }
 
@@ -626,7 +645,9 @@ impl<S: CommitSink> Committer<S> {
                     "the table should show commit {previous} of this pipeline; without it, \
                      whether commit {sequence} landed cannot be told and committing again \
                      could duplicate rows. The table was rolled back, restored or replaced \
-                     since. Inspect the table for the files of checkpoints {:?}",
+                     since, or (Delta) a checkpoint by Spark under \
+                     `delta.setTransactionRetentionDuration` dropped the marker. Inspect the \
+                     table for the files of checkpoints {:?}",
                     intent.checkpoints
                 ),
             ));

@@ -344,7 +344,8 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
     /// marker stayed (rolled back or restored: see
     /// [`Committer::ensure_table_agrees`]) is accepted as it is: the run goes
     /// on, the keys of the lost commits stay processed, and the acceptance is
-    /// logged as a warning. A table whose marker is behind the store
+    /// logged as a warning and recorded in the store, so later runs pass the
+    /// same table state without it. A table whose marker is behind the store
     /// (recreated, replaced) cannot be accepted: later commits could not
     /// continue its marker. By default such a run fails with
     /// [`Error::TableDiverged`] before it reads.

@@ -506,7 +506,15 @@ async fn an_accepted_rollback_is_recorded_until_the_marker_moves_on() {
     // Rolled back further than what was accepted.
     table.roll_back_to(0);
     assert_eq!(lost(committer.ensure_table_agrees(false).await), "1..=3");
+    // Restored to a state that holds commit 3 again: the acceptance is out
+    // of date and goes, so the same rollback later is refused again.
+    table.restore();
+    let check = committer.ensure_table_agrees(false).await.unwrap();
+    assert_eq!(check.accepted, None);
+    assert!(store.acceptance(3).await.unwrap().is_none(), "out of date");
     table.roll_back_to(1);
+    assert_eq!(lost(committer.ensure_table_agrees(false).await), "2..=3");
+    committer.ensure_table_agrees(true).await.unwrap();
     // A commit on top moves the marker; a compaction then drops the record.
     seal(&store, vec![3], "data/3.parquet").await;
     committer.commit_pending().await.unwrap();

@@ -224,11 +224,12 @@ pub(crate) async fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
         Lineage::Unknown => ("unknown", None),
         Lineage::RolledBack { carried, .. } => ("rolled back", *carried),
     };
-    // A loss the user accepted earlier, which the table still shows.
+    // A loss the user accepted earlier, which the table's history still
+    // shows.
     let accepted = check
         .accepted
         .as_ref()
-        .filter(|_| lost.is_none() && carried < check.marker);
+        .filter(|_| lost.is_none() && lineage != "unknown" && carried < check.marker);
     if args.json {
         let report = serde_json::json!({
             "table": check.table,
@@ -319,27 +320,26 @@ pub(crate) async fn compact(args: CompactArgs) -> Result<ExitCode, CliError> {
     }
     let options = args.store.options();
     let store = open_store(&args.store, None).await?;
+    let mut expire_hours = None;
+    let mut expiring = None;
     if let (Some(sink), Some(pipeline)) = (&args.sink, &args.pipeline) {
         let sink = AnySink::open(sink, &options, None).await?;
+        if let (Some(hours), AnySink::Iceberg(table)) =
+            (args.expire_snapshots_older_than_hours, &sink)
+        {
+            // Refused before any work if the table forbids it.
+            table.ensure_snapshots_can_expire().await?;
+            expire_hours = Some(hours);
+        }
         let pipeline = Pipeline::new(store.clone(), sink, pipeline.clone())
-            .with_lease_options(args.lease.options());
+            .with_lease_options(crate::lease_options(args.lease_ttl_secs));
         let report = pipeline.repair().await?;
         say!(
             "gc: deleted {} orphan file(s) and {} director(ies)",
             report.gc.files_deleted,
             report.gc.prefixes_deleted
         );
-        if let (Some(hours), AnySink::Iceberg(table)) =
-            (args.expire_snapshots_older_than_hours, pipeline.sink())
-        {
-            let expired = table
-                .expire_snapshots(SnapshotExpiry {
-                    older_than: Duration::from_secs(hours.saturating_mul(3600)),
-                    retain_last: args.retain_snapshots,
-                })
-                .await?;
-            say!("expired {expired} snapshot(s) of the table");
-        }
+        expiring = expire_hours.map(|hours| (hours, pipeline));
     }
     let report = store
         .compact(&CompactionOptions {
@@ -363,6 +363,17 @@ pub(crate) async fn compact(args: CompactArgs) -> Result<ExitCode, CliError> {
             "{} committed checkpoint(s) wait for garbage collection: run `tidemark gc`",
             report.waiting_for_gc
         );
+    }
+    if let Some((hours, pipeline)) = expiring {
+        if let AnySink::Iceberg(table) = pipeline.sink() {
+            let expired = table
+                .expire_snapshots(SnapshotExpiry {
+                    older_than: Duration::from_secs(hours.saturating_mul(3600)),
+                    retain_last: args.retain_snapshots,
+                })
+                .await?;
+            say!("expired {expired} snapshot(s) of the table");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -114,17 +114,33 @@ struct GcArgs {
 #[derive(Debug, Args)]
 struct LeaseArgs {
     /// Seconds a dead process keeps the pipeline's lease before another
-    /// may take over.
-    #[arg(long, default_value_t = 30)]
+    /// may take over (1 to 604800, a week).
+    #[arg(long, default_value_t = 30, value_parser = parse_lease_ttl)]
     lease_ttl_secs: u64,
 }
 
 impl LeaseArgs {
     fn options(&self) -> tidemark::store::LeaseOptions {
-        tidemark::store::LeaseOptions {
-            ttl: std::time::Duration::from_secs(self.lease_ttl_secs.max(1)),
-            ..Default::default()
-        }
+        lease_options(self.lease_ttl_secs)
+    }
+}
+
+/// The lease options of a time to live in seconds (checked by
+/// [`parse_lease_ttl`]).
+fn lease_options(ttl_secs: u64) -> tidemark::store::LeaseOptions {
+    tidemark::store::LeaseOptions {
+        ttl: std::time::Duration::from_secs(ttl_secs),
+        ..Default::default()
+    }
+}
+
+fn parse_lease_ttl(text: &str) -> Result<u64, String> {
+    let max = tidemark::store::MAX_LEASE_TTL.as_secs();
+    match text.parse::<u64>() {
+        Ok(secs) if (1..=max).contains(&secs) => Ok(secs),
+        _ => Err(format!(
+            "`{text}` is not a number of seconds from 1 to {max}"
+        )),
     }
 }
 
@@ -224,8 +240,10 @@ struct RunArgs {
     map_workers: usize,
     /// Run although the table lost commits of this pipeline (rolled back or
     /// restored): their keys stay processed, and their rows are not written
-    /// again. Without it such a run is refused before it reads. A recreated
-    /// or replaced table cannot be accepted (use a new store and `adopt`).
+    /// again. Without it such a run is refused before it reads. The
+    /// acceptance is recorded in the store: later runs pass the same table
+    /// state without the flag. A recreated or replaced table cannot be
+    /// accepted (use a new store and `adopt`).
     #[arg(long)]
     accept_table_state: bool,
     /// No progress bar.
@@ -255,9 +273,9 @@ struct CompactArgs {
     /// Keys per index file.
     #[arg(long, default_value_t = 1_000_000)]
     keys_per_file: usize,
-    /// With an Iceberg --sink: after gc, expire the table's snapshots older
-    /// than this many hours (metadata only; the marker stays), keeping the
-    /// latest --retain-snapshots.
+    /// With an Iceberg --sink: after gc and compaction, expire the table's
+    /// snapshots older than this many hours (metadata only; the marker
+    /// stays), keeping the latest --retain-snapshots.
     #[arg(long, requires = "sink")]
     expire_snapshots_older_than_hours: Option<u64>,
     /// Snapshots kept by --expire-snapshots-older-than-hours whatever their age.
@@ -267,8 +285,10 @@ struct CompactArgs {
         requires = "expire_snapshots_older_than_hours"
     )]
     retain_snapshots: usize,
-    #[command(flatten)]
-    lease: LeaseArgs,
+    /// With --sink: seconds a dead gc keeps the pipeline's lease before
+    /// another process may take over (1 to 604800).
+    #[arg(long, default_value_t = 30, value_parser = parse_lease_ttl, requires = "sink")]
+    lease_ttl_secs: u64,
 }
 
 fn parse_option(text: &str) -> Result<(String, String), String> {

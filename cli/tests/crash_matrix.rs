@@ -1735,8 +1735,8 @@ impl Scenario {
 
     /// After a kill: a rerun that writes `rerun_rows` rows, gc, compact and
     /// gc, a further run that writes nothing, and every check of
-    /// [`Scenario::verify`].
-    async fn recover(&self, what: &str, rerun_rows: u64) {
+    /// [`Scenario::verify`]. Returns the rerun's report.
+    async fn recover(&self, what: &str, rerun_rows: u64) -> RunReport {
         let rerun = self.rerun().await;
         assert_eq!(
             rerun.rows_written, rerun_rows,
@@ -1751,6 +1751,7 @@ impl Scenario {
         assert_eq!(again.read.rows_skipped, SOURCE_ROWS, "{what}: keys lost");
         self.verify(what).await;
         eprintln!("PASS {what}: the rerun wrote {} rows", rerun.rows_written);
+        rerun
     }
 
     /// Leaves the store as `setup` says.
@@ -2123,7 +2124,13 @@ async fn killed_maintenance_processes_are_repaired() {
             let status = child.wait().unwrap();
             assert!(!status.success(), "{what}: the command finished");
             eprintln!("{what}: killed at `{held}`");
-            scenario.recover(&what, kill.rerun_rows).await;
+            let rerun = scenario.recover(&what, kill.rerun_rows).await;
+            if kill.path == "committed/" {
+                // The killed gc's table commit landed: the rerun only marks it.
+                let repaired = &rerun.repaired.commits;
+                assert_eq!(repaired.len(), 1, "{what}: commits the rerun repaired");
+                assert!(!repaired[0].applied_now, "{what}: appended again");
+            }
         }
         eprintln!(
             "{sink:?}: {} killed maintenance processes repaired",
@@ -2157,17 +2164,25 @@ impl Scenario {
 }
 
 /// Other tools' maintenance between a crash after the table commit and its
-/// recovery. The run died after its commit landed, before it marked it in
-/// the store. Then, for Delta, deltalake-py compacts the table (`optimize`:
-/// the commit's 11 files become one), vacuums the replaced files and writes
-/// a log checkpoint; for Iceberg, pyiceberg expires every snapshot but the
-/// current one. The rerun still finds the commit by the table's marker and
-/// marks it without appending again; the readers see every key once.
+/// recovery. A first run commits the first two source files; a second run
+/// commits the third and dies before it marks its commit in the store.
+/// Then, for Delta, deltalake-py compacts the table (`optimize`: the files
+/// of both commits become one), vacuums the replaced files and writes a log
+/// checkpoint; for Iceberg, pyiceberg expires every snapshot but the current
+/// one (two to one). The rerun still finds the commit by the table's marker
+/// and marks it without appending again; the readers see every key once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintenance_between_a_crash_and_its_recovery() {
     for sink in [SinkKind::Delta, SinkKind::Iceberg] {
         let scenario = Scenario::new(sink, Backend::local(), 300).await;
         let what = format!("{sink:?}: maintenance between a crash and its recovery");
+        let source = scenario.dir.path().join("source");
+        let held = scenario.dir.path().join("held");
+        std::fs::create_dir_all(&held).unwrap();
+        std::fs::rename(source.join("part-2.parquet"), held.join("part-2.parquet")).unwrap();
+        let first = scenario.rerun().await;
+        assert_eq!(first.rows_written, 800, "{what}: the first two files");
+        std::fs::rename(held.join("part-2.parquet"), source.join("part-2.parquet")).unwrap();
         scenario.prepare(Setup::CommittedUnmarked).await;
         scenario.other_tools_maintenance(&what);
         let rerun = scenario.rerun().await;
@@ -2197,6 +2212,7 @@ impl Scenario {
 import sys
 from deltalake import DeltaTable
 table = DeltaTable(sys.argv[1])
+assert len(table.file_uris()) > 1, table.file_uris()
 table.optimize.compact()
 table = DeltaTable(sys.argv[1])
 table.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
@@ -2210,6 +2226,7 @@ import sys, datetime
 from pyiceberg.catalog.sql import SqlCatalog
 catalog = SqlCatalog("default", uri="sqlite:///" + sys.argv[2], warehouse=sys.argv[1])
 table = catalog.load_table(sys.argv[3])
+assert len(table.snapshots()) == 2, table.snapshots()
 table.maintenance.expire_snapshots().older_than(datetime.datetime.now(datetime.timezone.utc)).commit()
 assert len(catalog.load_table(sys.argv[3]).snapshots()) == 1
 "#

@@ -1455,7 +1455,8 @@ print(len(uris))
 }
 
 /// pyiceberg, on a PostgreSQL catalog, appends rows of its own and expires
-/// every snapshot but the current one in a loop while `tidemark run`
+/// every snapshot but the current one in a loop (about twice a second)
+/// while `tidemark run`
 /// commits a new file's rows five times: every run's commit lands within its
 /// retries, and pyiceberg and DuckDB see each key of both writers once.
 #[test]
@@ -1471,13 +1472,14 @@ fn iceberg_commits_land_beside_another_writer_and_expiry() {
         "the first run",
     );
     let stop = lake.path("stop");
+    let progress = lake.p("progress");
     let other = Command::new("python3")
         .arg("-c")
         .arg(
             r#"
 import os, sys, time, datetime, pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
-uri, warehouse, stop = sys.argv[1:4]
+uri, warehouse, stop, progress = sys.argv[1:5]
 catalog = SqlCatalog("default", uri=uri, warehouse=warehouse)
 appended, expiries = [], 0
 deadline = time.time() + 120  # never outlive a failed test for long
@@ -1495,14 +1497,38 @@ while not os.path.exists(stop) and time.time() < deadline:
         expiries += 1
     except Exception as e:
         print("expiry conflict:", e, file=sys.stderr)
-    time.sleep(0.05)
+    with open(progress + ".tmp", "w") as f:
+        f.write(str(len(appended)))
+    os.replace(progress + ".tmp", progress)
+    # Two commits about every half second: beside a writer that commits ten
+    # times a second, tidemark's commits lost every attempt here (the
+    # window between iceberg-rust's reload and its catalog commit includes
+    # the duplicate-file check, which reads every manifest).
+    time.sleep(0.4)
 print(expiries, " ".join(map(str, appended)))
 "#,
         )
         .args([&uri, &warehouse, &stop.display().to_string()])
+        .arg(&progress)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Rows the other writer has appended so far.
+    let appended_so_far = || -> u64 {
+        std::fs::read_to_string(&progress)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while appended_so_far() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other writer appended nothing within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let before_runs = appended_so_far();
     for run in 1..=5 {
         let ids: Vec<String> = (run * 10..run * 10 + 10).map(|i| i.to_string()).collect();
         lake.source(
@@ -1518,8 +1544,14 @@ print(expiries, " ".join(map(str, appended)))
         );
         assert!(out.contains("made 1 table commit(s)"), "run {run}: {out}");
     }
+    // The other writer kept appending while the runs committed.
+    let after_runs = appended_so_far();
     std::fs::write(&stop, "").unwrap();
     let output = other.wait_with_output().unwrap();
+    assert!(
+        after_runs > before_runs,
+        "no append of the other writer fell between the runs ({before_runs} before, {after_runs} after)"
+    );
     let printed = String::from_utf8_lossy(&output.stdout).to_string();
     let mut words = printed.split_whitespace();
     let expiries: u64 = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);

@@ -29,6 +29,12 @@ impl CheckpointStore {
         }
     }
 
+    /// Deletes the acceptance of the table state whose marker is `marker`
+    /// (there may be none).
+    pub async fn remove_acceptance(&self, marker: u64) -> Result<()> {
+        io::delete(self.object_store(), &self.layout().acceptance(marker)).await
+    }
+
     /// Deletes the acceptances of markers below `sequence`: once commit
     /// `sequence` is in the table, its marker has moved past them. Returns
     /// how many it deleted.

@@ -831,6 +831,12 @@ impl MemoryTable {
         *self.rolled_back_to.lock().unwrap() = Some(carried);
     }
 
+    /// Undoes [`MemoryTable::roll_back_to`]: the table carries its marker's
+    /// commit again.
+    pub fn restore(&self) {
+        *self.rolled_back_to.lock().unwrap() = None;
+    }
+
     /// The marker.
     pub fn marker(&self) -> Option<u64> {
         self.state.lock().unwrap().0

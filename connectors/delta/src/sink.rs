@@ -8,13 +8,15 @@
 //! and the marker read again before the next attempt. A commit whose response
 //! was lost therefore shows up as "already applied", never as a second version.
 //!
-//! `delta.setTransactionRetentionDuration`: Delta forgets a `txn` entry older
-//! than the duration at checkpoint time only when the entry carries
-//! `lastUpdated`. This sink's entries carry none, so a pipeline's marker stays
-//! for as long as the table does, however long the pipeline goes without a
-//! commit (`cli/tests/table_protocols.rs` checkpoints a table with a
+//! `delta.setTransactionRetentionDuration`: delta-rs (through delta-kernel)
+//! forgets a `txn` entry older than the duration at checkpoint time only when
+//! the entry carries `lastUpdated`. This sink's entries carry none, so under
+//! delta-rs a pipeline's marker stays however long the pipeline goes without
+//! a commit (`cli/tests/table_protocols.rs` checkpoints a table with a
 //! retention of 0 s and commits again; with `lastUpdated` set, that test
-//! fails).
+//! fails). Delta Spark keeps only entries whose `lastUpdated` is recent, so a
+//! checkpoint that Spark writes on a table that sets the property drops the
+//! marker: on such tables leave the property unset (its default).
 
 use std::collections::HashMap;
 use std::sync::Arc;

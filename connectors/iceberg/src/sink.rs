@@ -98,11 +98,29 @@ impl IcebergSink {
         IcebergWriter::new(&self.load().await?, options)
     }
 
+    /// Fails with [`Error::InvalidTable`] if the table forbids expiring its
+    /// snapshots (`gc.enabled=false`), so that a caller can refuse before
+    /// any other work.
+    pub async fn ensure_snapshots_can_expire(&self) -> Result<()> {
+        let table = self.load().await?;
+        let gc = table.metadata().properties().get("gc.enabled");
+        if gc.is_some_and(|v| v.eq_ignore_ascii_case("false")) {
+            return Err(Error::InvalidTable {
+                table: self.ident.to_string(),
+                reason: "its property gc.enabled is false, which forbids expiring snapshots: \
+                         set it to true, or leave snapshot expiry out"
+                    .to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Expires the table's snapshots older than `expiry.older_than`, keeping
     /// the latest `expiry.retain_last` (at least 1), so that the table's
     /// metadata stops growing by one snapshot per commit. Only metadata
-    /// changes: the files of expired snapshots stay where they are (an
-    /// append-only table's data files are all still current). The pipeline's
+    /// changes: files that only expired snapshots referenced (their manifest
+    /// lists, and data files other writers replaced) stay in storage until an
+    /// orphan-file cleanup of another engine deletes them. The pipeline's
     /// marker is a table property and stays; the history that
     /// [`CommitSink::lineage`] walks then ends at the oldest kept snapshot,
     /// which it reads as out of reach, not as a rollback. Returns how many
