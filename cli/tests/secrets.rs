@@ -528,3 +528,61 @@ fn bad_names_are_refused_before_any_work() {
         assert!(!store.exists(), "{pipeline:?} {sink}: a store was made");
     }
 }
+
+/// A lease time to live out of range, and one given to `compact` without a
+/// table, are refused by the argument parser before any work: no store is
+/// created.
+#[test]
+fn bad_lease_times_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    write_source(&source, 10);
+    let store = dir.path().join("store");
+    let store_arg = store.display().to_string();
+    let sink = format!("delta+file://{}/table", dir.path().display());
+    let source_arg = source.display().to_string();
+    let run = |ttl: &str| -> Vec<String> {
+        [
+            "run",
+            "--create",
+            "--key",
+            "id",
+            "--pipeline",
+            "p",
+            "--source",
+            &source_arg,
+        ]
+        .iter()
+        .chain(&[
+            "--sink",
+            &sink,
+            "--store",
+            &store_arg,
+            "--lease-ttl-secs",
+            ttl,
+        ])
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (run("0"), "from 1 to 604800"),
+        (run("604801"), "from 1 to 604800"),
+        (run("soon"), "from 1 to 604800"),
+        (
+            ["compact", "--store", &store_arg, "--lease-ttl-secs", "5"]
+                .map(String::from)
+                .to_vec(),
+            "--sink",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .args(&args)
+            .bounded_output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}: accepted");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!store.exists(), "{args:?}: a store was made");
+    }
+}
