@@ -20,8 +20,9 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use support::{Backend, Fault};
 use tidemark::store::{
-    canonical_key_type, CheckpointId, CheckpointState, CheckpointStore, CompactionOptions,
-    FileRecord, KeyColumn, KeySchema, Lease, LeaseOptions, StoreLocation, TableFileMetadata,
+    canonical_key_type, CheckpointId, CheckpointState, CheckpointStore, CommitIntent,
+    CompactionOptions, FileRecord, KeyColumn, KeySchema, Lease, LeaseOptions, StoreLocation,
+    TableFileMetadata,
 };
 use tidemark::Error;
 
@@ -473,6 +474,48 @@ async fn concurrent_sealers_exactly_one_wins(backend: Backend) {
     assert_eq!(store.manifest(id).await.expect("manifest"), winner);
 }
 
+/// Committers racing to claim one commit sequence, each through its own
+/// handle: exactly one claim wins, and the intent stored is the winner's.
+async fn concurrent_claims_of_a_sequence_exactly_one_wins(backend: Backend) {
+    let store = open(backend.location()).await;
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        handles.push(open(backend.location()).await);
+    }
+    let intents: Vec<CommitIntent> = (0..6)
+        .map(|n| CommitIntent {
+            format_version: tidemark::store::FORMAT_VERSION,
+            sequence: 1,
+            pipeline_id: "p".into(),
+            table: format!("table-{n}"),
+            checkpoints: vec![CheckpointId::new()],
+            created_at: chrono::DateTime::UNIX_EPOCH,
+        })
+        .collect();
+    let claims = join_all(
+        handles
+            .iter()
+            .zip(&intents)
+            .map(|(handle, intent)| handle.put_commit_intent(intent)),
+    )
+    .await;
+    let won: Vec<usize> = claims
+        .iter()
+        .enumerate()
+        .filter(|(_, claim)| *claim.as_ref().expect("claim"))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(won.len(), 1, "exactly one claim wins: {claims:?}");
+    let stored = store.commit_intent(1).await.expect("read").expect("stored");
+    assert_eq!(stored, intents[won[0]], "the winner's intent is stored");
+    assert_eq!(
+        store.latest_commit_intent().await.expect("latest"),
+        Some(stored.clone())
+    );
+    // A later claim of the same sequence loses too.
+    assert!(!store.put_commit_intent(&intents[0]).await.expect("claim"));
+}
+
 async fn lost_seal_response_is_recovered(backend: Backend) {
     let (location, faulty) = backend.faulty();
     let store = open(location).await;
@@ -831,6 +874,7 @@ macro_rules! contract_suite {
                 unknown_and_unsealed_checkpoints_are_errors,
                 abandoned_in_flight_writes_are_recorded,
                 concurrent_sealers_exactly_one_wins,
+                concurrent_claims_of_a_sequence_exactly_one_wins,
                 lost_seal_response_is_recovered,
                 corrupt_objects_are_reported,
                 compaction_bounds_the_cost_of_a_load,
