@@ -83,6 +83,13 @@ pub trait CommitSink: Send + Sync {
         &'a self,
         pipeline_id: &'a str,
     ) -> BoxFuture<'a, std::result::Result<Lineage, BoxError>>;
+
+    /// A setting of the table that can drop a pipeline's marker, named for
+    /// the user when the marker is behind the store (Delta:
+    /// `delta.setTransactionRetentionDuration`). `None` when there is none.
+    /// Required of every sink (no default), so that a wrapper cannot hide
+    /// the hint of the sink it wraps.
+    fn marker_risk(&self) -> BoxFuture<'_, std::result::Result<Option<String>, BoxError>>;
 }
 
 /// What a table's history says about a pipeline's latest commit
@@ -120,6 +127,9 @@ pub struct TableCheck {
     /// The user's acceptance of the table state with this marker, if one is
     /// recorded in the store.
     pub accepted: Option<AcceptanceRecord>,
+    /// A table setting that can drop the marker ([`CommitSink::marker_risk`]),
+    /// read when the marker is behind the store.
+    pub marker_risk: Option<String>,
 }
 
 /// Commits a table lost ([`TableCheck::lost`]).
@@ -206,7 +216,7 @@ impl TableCheck {
         };
         let marker = self.marker.unwrap_or(0);
         if let Some(committed) = self.store_committed.filter(|c| *c > marker) {
-            let why = match self.marker {
+            let mut why = match self.marker {
                 Some(m) => format!(
                     "its marker says commit {m}, the store committed up to {committed} (the table \
                      was replaced or recreated, or its marker expired)"
@@ -216,6 +226,9 @@ impl TableCheck {
                      table was dropped and recreated or replaced, or its marker expired)"
                 ),
             };
+            if let Some(risk) = &self.marker_risk {
+                why = format!("{why}; {risk}");
+            }
             return Some((range(marker + 1, committed), why, false));
         }
         match &self.lineage {
@@ -496,12 +509,21 @@ impl<S: CommitSink> Committer<S> {
             Some(marker) => self.store.acceptance(marker).await?,
             None => None,
         };
+        let marker_risk = if store_committed.is_some_and(|c| c > marker.unwrap_or(0)) {
+            self.sink
+                .marker_risk()
+                .await
+                .map_err(|source| self.sink_error(source))?
+        } else {
+            None
+        };
         Ok(TableCheck {
             table: self.sink.table(),
             store_committed,
             marker,
             lineage,
             accepted,
+            marker_risk,
         })
     }
 
@@ -718,6 +740,7 @@ mod tests {
             marker,
             lineage,
             accepted: None,
+            marker_risk: None,
         }
     }
 
@@ -794,6 +817,16 @@ mod tests {
         let lost = check(Some(1), None, Lineage::Unknown).lost().unwrap();
         assert_eq!(lost.commits, "1");
         assert!(lost.why.contains("no marker"), "{lost:?}");
+        // A table setting that can drop the marker is named.
+        let risky = TableCheck {
+            marker_risk: Some("the table sets delta.setTransactionRetentionDuration".into()),
+            ..check(Some(1), None, Lineage::Unknown)
+        };
+        let why = risky.lost().unwrap().why;
+        assert!(
+            why.contains("no marker") && why.ends_with("delta.setTransactionRetentionDuration"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -470,6 +470,13 @@ impl CommitSink for AnySink {
             AnySink::Delta(sink) => sink.lineage(pipeline_id),
         }
     }
+
+    fn marker_risk(&self) -> BoxFuture<'_, Result<Option<String>, BoxError>> {
+        match self {
+            AnySink::Iceberg(sink) => sink.marker_risk(),
+            AnySink::Delta(sink) => sink.marker_risk(),
+        }
+    }
 }
 
 impl TableFiles for AnySink {

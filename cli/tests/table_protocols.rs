@@ -1368,6 +1368,34 @@ fn a_recreated_delta_table_is_refused_before_the_read() {
         "accepting a recreated table",
     );
     assert!(stderr.contains("no longer holds commits 1"), "{stderr}");
+    assert!(
+        !stderr.contains("setTransactionRetentionDuration"),
+        "{stderr}"
+    );
+    // A table that sets the transaction retention is named as a possible
+    // cause: Spark's log checkpoints drop markers under it.
+    std::fs::remove_dir_all(&table).unwrap();
+    python(
+        r#"
+import sys, pyarrow as pa
+from deltalake import write_deltalake
+write_deltalake(
+    sys.argv[1],
+    pa.table({"id": pa.array([1], pa.int64())}),
+    configuration={"delta.setTransactionRetentionDuration": "interval 7 days"},
+)
+"#,
+        &[&table],
+    );
+    let stderr = failed(
+        lake.run(&[&day1], &sink, &["--key", "id"]),
+        "into a table that sets the transaction retention",
+    );
+    assert!(
+        stderr.contains("no longer holds commits 1")
+            && stderr.contains("delta.setTransactionRetentionDuration = interval 7 days"),
+        "{stderr}"
+    );
 }
 
 /// Another writer compacts a Delta table in a loop (deltalake-py

@@ -259,6 +259,14 @@ impl CommitSink for LakeSink {
             LakeSink::Iceberg(sink) => sink.lineage(pipeline_id),
         }
     }
+
+    fn marker_risk(&self) -> BoxFuture<'_, std::result::Result<Option<String>, BoxError>> {
+        match self {
+            LakeSink::Model(sink) => sink.marker_risk(),
+            LakeSink::Delta(sink) => sink.marker_risk(),
+            LakeSink::Iceberg(sink) => sink.marker_risk(),
+        }
+    }
 }
 
 impl TableFiles for LakeSink {

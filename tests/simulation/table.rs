@@ -79,6 +79,11 @@ impl CommitSink for TableHandle {
         Box::pin(self.actor.call("read lineage", TABLE, call, BoxError::from))
     }
 
+    /// The model table's markers are never dropped.
+    fn marker_risk(&self) -> BoxFuture<'_, std::result::Result<Option<String>, BoxError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     fn committed_sequence<'a>(
         &'a self,
         pipeline_id: &'a str,

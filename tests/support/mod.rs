@@ -872,6 +872,13 @@ impl tidemark::commit::CommitSink for MemoryTable {
         })
     }
 
+    /// Nothing drops the memory table's marker.
+    fn marker_risk(
+        &self,
+    ) -> futures::future::BoxFuture<'_, Result<Option<String>, tidemark::error::BoxError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     fn committed_sequence<'a>(
         &'a self,
         _pipeline_id: &'a str,

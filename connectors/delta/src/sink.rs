@@ -334,11 +334,37 @@ impl CommitSink for DeltaSink {
             Ok(found)
         })
     }
+
+    fn marker_risk(&self) -> BoxFuture<'_, std::result::Result<Option<String>, BoxError>> {
+        Box::pin(async move {
+            let mut table = self.table.lock().await;
+            self.refresh(&mut table).await?;
+            let snapshot = table
+                .snapshot()
+                .map_err(|e| Error::delta(self.url.as_str(), "reading the table's state", e))?;
+            let duration = snapshot.metadata().configuration().get(TXN_RETENTION);
+            Ok(duration.map(|d| txn_retention_risk(d)))
+        })
+    }
 }
 
 /// Versions of the log read, newest first, to find the pipeline's latest
 /// commit and any restore after it: a few, then more.
 const LINEAGE_HISTORY: [usize; 2] = [16, 1_000];
+
+/// The Delta table property under which Spark's log checkpoints drop `txn`
+/// entries without a recent `lastUpdated`, this sink's markers included.
+const TXN_RETENTION: &str = "delta.setTransactionRetentionDuration";
+
+/// What [`CommitSink::marker_risk`] says of a table whose properties set
+/// [`TXN_RETENTION`] to `duration`.
+fn txn_retention_risk(duration: &str) -> String {
+    format!(
+        "the table sets {TXN_RETENTION} = {duration}, under which a log checkpoint written by \
+         Spark drops the pipeline's marker (tidemark's `txn` entries carry no lastUpdated); \
+         unset it on tables that Spark checkpoints"
+    )
+}
 
 /// A number in a commit's JSON, written as a number or a string.
 fn json_number(value: Option<&serde_json::Value>) -> Option<i64> {

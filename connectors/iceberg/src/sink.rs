@@ -288,6 +288,11 @@ impl CommitSink for IcebergSink {
         format!("iceberg:{}", self.ident)
     }
 
+    /// The marker is a table property: no expiry or maintenance drops it.
+    fn marker_risk(&self) -> BoxFuture<'_, std::result::Result<Option<String>, BoxError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     fn committed_sequence<'a>(
         &'a self,
         pipeline_id: &'a str,
