@@ -516,6 +516,48 @@ async fn concurrent_claims_of_a_sequence_exactly_one_wins(backend: Backend) {
     assert!(!store.put_commit_intent(&intents[0]).await.expect("claim"));
 }
 
+/// A lease held by a live run is refused to a second contender, and taken
+/// at once after its holder released it: what `status` calls live, and what
+/// keeps two runs of a pipeline apart.
+async fn a_held_lease_is_refused_until_released(backend: Backend) {
+    let store = open(backend.location()).await;
+    let options = || LeaseOptions {
+        ttl: std::time::Duration::from_secs(60),
+        ..Default::default()
+    };
+    let first = Lease::acquire(&store, "held", 1, options())
+        .await
+        .expect("first");
+    let status = store
+        .lease_status("held")
+        .await
+        .expect("status")
+        .expect("a lease");
+    assert!(
+        !status.released() && status.is_live(store.now()),
+        "{status:?}"
+    );
+    let second = open(backend.location()).await;
+    let err = Lease::acquire(&second, "held", 1, options())
+        .await
+        .expect_err("a second holder");
+    assert!(matches!(err, Error::LeaseHeld { .. }), "{err}");
+    first.release().await.expect("release");
+    let status = store
+        .lease_status("held")
+        .await
+        .expect("status")
+        .expect("a lease");
+    assert!(
+        status.released() && !status.is_live(store.now()),
+        "{status:?}"
+    );
+    let taken = Lease::acquire(&second, "held", 1, options())
+        .await
+        .expect("taken at once after the release");
+    taken.release().await.expect("release");
+}
+
 async fn lost_seal_response_is_recovered(backend: Backend) {
     let (location, faulty) = backend.faulty();
     let store = open(location).await;
@@ -875,6 +917,7 @@ macro_rules! contract_suite {
                 abandoned_in_flight_writes_are_recorded,
                 concurrent_sealers_exactly_one_wins,
                 concurrent_claims_of_a_sequence_exactly_one_wins,
+                a_held_lease_is_refused_until_released,
                 lost_seal_response_is_recovered,
                 corrupt_objects_are_reported,
                 compaction_bounds_the_cost_of_a_load,
