@@ -521,10 +521,7 @@ async fn concurrent_claims_of_a_sequence_exactly_one_wins(backend: Backend) {
 /// keeps two runs of a pipeline apart.
 async fn a_held_lease_is_refused_until_released(backend: Backend) {
     let store = open(backend.location()).await;
-    let options = || LeaseOptions {
-        ttl: std::time::Duration::from_secs(60),
-        ..Default::default()
-    };
+    let options = || lease_for(std::time::Duration::from_secs(60));
     let first = Lease::acquire(&store, "held", 1, options())
         .await
         .expect("first");
@@ -556,6 +553,14 @@ async fn a_held_lease_is_refused_until_released(backend: Backend) {
         .await
         .expect("taken at once after the release");
     taken.release().await.expect("release");
+}
+
+/// Lease options with time to live `ttl`.
+fn lease_for(ttl: std::time::Duration) -> LeaseOptions {
+    LeaseOptions {
+        ttl,
+        ..Default::default()
+    }
 }
 
 async fn lost_seal_response_is_recovered(backend: Backend) {
@@ -719,11 +724,7 @@ async fn corrupt_objects_are_reported(backend: Backend) {
     // lease for days); zero and a second more than a week are not.
     let week = std::time::Duration::from_secs(7 * 24 * 3600);
     for ttl in [std::time::Duration::from_secs(1), week] {
-        let options = LeaseOptions {
-            ttl,
-            ..Default::default()
-        };
-        let lease = Lease::acquire(&store, "ttl-scope", 1, options)
+        let lease = Lease::acquire(&store, "ttl-scope", 1, lease_for(ttl))
             .await
             .unwrap_or_else(|e| panic!("a time to live of {ttl:?}: {e}"));
         lease.release().await.expect("release");
@@ -732,11 +733,7 @@ async fn corrupt_objects_are_reported(backend: Backend) {
         std::time::Duration::ZERO,
         week + std::time::Duration::from_secs(1),
     ] {
-        let options = LeaseOptions {
-            ttl,
-            ..Default::default()
-        };
-        let err = Lease::acquire(&store, "ttl-scope", 1, options)
+        let err = Lease::acquire(&store, "ttl-scope", 1, lease_for(ttl))
             .await
             .expect_err("a time to live out of range");
         assert!(

@@ -1006,14 +1006,20 @@ impl Scenario {
         command.args(["run", "--quiet", "--key", "id", "--lease-ttl-secs", "2"]);
         command.args(["--pipeline", PIPELINE, "--store", store, "--sink", &sink]);
         command.arg("--source").arg(self.dir.path().join("source"));
-        for (key, value) in options {
-            command.args(["-o", &format!("{key}={value}")]);
-        }
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        command
+        with_options(command, options)
     }
+}
+
+/// `command` with each of `options` as `-o KEY=VALUE`, its output dropped
+/// and its standard error piped.
+fn with_options(mut command: Command, options: &HashMap<String, String>) -> Command {
+    for (key, value) in options {
+        command.args(["-o", &format!("{key}={value}")]);
+    }
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    command
 }
 
 /// `tidemark run` is killed with SIGKILL at points spread over a run's
@@ -2153,13 +2159,7 @@ impl Scenario {
             Killed::Run | Killed::RunAtRenewal => panic!("not a maintenance command"),
         };
         command.args(["--store", store]);
-        for (key, value) in proxy.through(options) {
-            command.args(["-o", &format!("{key}={value}")]);
-        }
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        command
+        with_options(command, &proxy.through(options))
     }
 }
 
