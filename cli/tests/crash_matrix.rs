@@ -1023,9 +1023,11 @@ fn with_options(mut command: Command, options: &HashMap<String, String>) -> Comm
 }
 
 /// `tidemark run` is killed with SIGKILL at points spread over a run's
-/// length (measured first on a throwaway table), then run again as a new
-/// process until it finishes: every key lands once and the store is clean.
-/// At least one kill must have left unfinished work behind.
+/// length (measured first on a throwaway table), and once as soon as the
+/// store holds its first in-flight record (a kill that timing cannot make
+/// miss on a loaded machine), then run again as a new process until it
+/// finishes: every key lands once and the store is clean. At least one kill
+/// must have left unfinished work behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_processes_are_repaired() {
     for sink in [SinkKind::Delta, SinkKind::Iceberg] {
@@ -1039,17 +1041,35 @@ async fn killed_processes_are_repaired() {
         );
         let full = started.elapsed();
         let mut interrupted = 0;
-        for (index, fraction) in [0.2, 0.3, 0.4, 0.5, 0.6, 0.75].into_iter().enumerate() {
+        // `None`: at the first in-flight record.
+        let kills = [
+            Some(0.2),
+            Some(0.3),
+            Some(0.4),
+            Some(0.5),
+            Some(0.6),
+            Some(0.75),
+            None,
+        ];
+        for (index, fraction) in kills.into_iter().enumerate() {
             let scenario = Scenario::new(sink, Backend::local(), index + 1).await;
-            let what = format!("{sink:?}, killed at {:.0}% of a run", fraction * 100.0);
+            let what = match fraction {
+                Some(fraction) => format!("{sink:?}, killed at {:.0}% of a run", fraction * 100.0),
+                None => format!("{sink:?}, killed at its first in-flight record"),
+            };
             let mut child = scenario.run_command().spawn().unwrap();
-            std::thread::sleep(full.mul_f64(fraction));
+            match fraction {
+                Some(fraction) => std::thread::sleep(full.mul_f64(fraction)),
+                None => scenario.await_in_flight(&mut child, &what).await,
+            }
             let _ = child.kill();
             let exited = child.wait().unwrap();
             // A kill before the run made its store leaves nothing to repair.
             let pending = scenario.try_status().is_ok_and(|(code, _)| code != 0);
             if !exited.success() && pending {
                 interrupted += 1;
+            } else {
+                assert!(fraction.is_some(), "{what}: it left no unfinished work");
             }
             let mut finished = false;
             for _ in 0..40 {
@@ -1073,7 +1093,10 @@ async fn killed_processes_are_repaired() {
             interrupted > 0,
             "{sink:?}: no kill left unfinished work (a full run took {full:?})"
         );
-        eprintln!("{sink:?}: {interrupted}/6 kills left unfinished work; all repaired");
+        eprintln!(
+            "{sink:?}: {interrupted}/{} kills left unfinished work; all repaired",
+            kills.len()
+        );
     }
 }
 
@@ -1090,6 +1113,37 @@ impl Scenario {
             write_parquet(&source.join(format!("part-{n:03}.parquet")), ids, text);
         }
         self.keys = files * rows;
+    }
+
+    /// Waits until the store holds an in-flight record of `child`'s run
+    /// (polling every millisecond, for at most 60 s), while `child` runs.
+    async fn await_in_flight(&self, child: &mut std::process::Child, what: &str) {
+        let location = self.backend.location();
+        let prefix = location.prefix.clone().join("staging");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let listed: Vec<object_store::ObjectMeta> = location
+                .object_store
+                .list(Some(&prefix))
+                .try_collect()
+                .await
+                .unwrap_or_default();
+            if listed
+                .iter()
+                .any(|m| m.location.as_ref().contains("/inflight/"))
+            {
+                return;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{what}: the run ended before its first in-flight record was seen"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: no in-flight record within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Sealed checkpoints in the store, listed straight from the backend.
