@@ -93,9 +93,11 @@ pub struct CompactionReport {
     /// Index key files written.
     pub key_files_written: usize,
     /// Objects deleted: markers of the compacted checkpoints, staged objects of
-    /// those compacted by the previous generation, superseded index files, and
-    /// acceptances of table states that a later commit moved past.
+    /// those compacted by the previous generation, and superseded index files.
     pub objects_deleted: usize,
+    /// Acceptances deleted ([`crate::store::AcceptanceRecord`]): those of
+    /// table states that a compacted commit moved the marker past.
+    pub acceptances_pruned: usize,
     /// Commit intents deleted: all but the latest, once every checkpoint they
     /// carry is compacted.
     pub intents_pruned: usize,
@@ -188,11 +190,12 @@ impl CheckpointStore {
             });
         }
 
-        let mut objects_deleted = self.delete_superseded(&index, state.index.as_ref()).await?;
+        let objects_deleted = self.delete_superseded(&index, state.index.as_ref()).await?;
         let (intents_pruned, compacted_sequence) = self.prune_commit_intents(&index).await?;
-        if let Some(sequence) = compacted_sequence {
-            objects_deleted += self.prune_acceptances_below(sequence).await?;
-        }
+        let acceptances_pruned = match compacted_sequence {
+            Some(sequence) => self.prune_acceptances_below(sequence).await?,
+            None => 0,
+        };
         Ok(CompactionReport {
             generation: Some(generation),
             checkpoints_compacted: newly_compacted.len(),
@@ -200,6 +203,7 @@ impl CheckpointStore {
             runs: index.runs.len(),
             key_files_written,
             objects_deleted,
+            acceptances_pruned,
             intents_pruned,
             waiting_for_gc,
         })
