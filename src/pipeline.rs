@@ -612,7 +612,8 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             if exhausted {
                 break;
             }
-            self.seal(open, writer, totals).await?;
+            self.seal(open, read.take_finished_units(), writer, totals)
+                .await?;
             *open = self.open_checkpoint(lease, read.stats()).await?;
             if last_commit.elapsed() >= self.policy.commit_interval {
                 totals.committed.commits.extend(
@@ -625,7 +626,8 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             }
             self.report_progress(read.stats(), totals, &open.writer);
         }
-        self.seal(open, writer, totals).await?;
+        self.seal(open, read.take_finished_units(), writer, totals)
+            .await?;
         totals.committed.commits.extend(
             self.committer
                 .commit_pending_under(Some(&lease.fence()))
@@ -668,14 +670,18 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
         })
     }
 
-    /// Closes the checkpoint's data files and seals it.
+    /// Closes the checkpoint's data files and seals it, with the source units
+    /// whose last rows it holds (`finished_units`: every batch read into it is
+    /// written by now, so later runs may skip them).
     async fn seal(
         &self,
         open: &mut OpenCheckpoint,
+        finished_units: Vec<String>,
         writer: &mut dyn DataWriter,
         totals: &mut RunTotals,
     ) -> Result<()> {
         writer.finish(&mut open.writer).await?;
+        open.writer.record_finished_units(finished_units);
         let file_count = open.writer.staged_files().len() as u64;
         totals.files_written += file_count;
         totals.bytes_written += open.writer.staged_bytes();

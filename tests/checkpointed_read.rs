@@ -88,9 +88,11 @@ impl Fixture {
     fn expected_mode(&self, stats: &ReadStats) {
         match (self.budget, stats.mode) {
             (IN_MEMORY, FilterMode::InMemory) | (PARTITIONED, FilterMode::Partitioned { .. }) => {}
-            // With nothing checkpointed and no duplicates to track, nothing is held.
+            // With nothing checkpointed and no duplicates to track, or no unit
+            // left to read, nothing is held.
             (PARTITIONED, FilterMode::InMemory)
-                if stats.checkpointed_keys == 0 && stats.peak_filter_bytes == 0 => {}
+                if (stats.checkpointed_keys == 0 || stats.rows_read == 0)
+                    && stats.peak_filter_bytes == 0 => {}
             (budget, mode) => panic!("budget {budget} ran in mode {mode:?}"),
         }
     }
@@ -116,6 +118,29 @@ impl Fixture {
         writer.seal().await?;
         self.expected_mode(read.stats());
         Ok((batches, read.stats().clone()))
+    }
+
+    /// One run as the pipeline makes it: the units read to their end are
+    /// recorded in the checkpoint, so later runs skip them.
+    async fn run_recording(&self, store: &CheckpointStore) -> (Vec<RecordBatch>, ReadStats) {
+        let options = self.options(DuplicatePolicy::KeepFirst);
+        let mut read = CheckpointedRead::open(store, self.source().await, options)
+            .await
+            .unwrap();
+        let mut writer = store.begin().await.unwrap();
+        let mut batches = Vec::new();
+        while let Some(batch) = read.next_batch(&mut writer).await.unwrap() {
+            batches.push(batch);
+        }
+        writer.record_finished_units(read.take_finished_units());
+        let manifest = writer.seal().await.unwrap();
+        assert_eq!(
+            manifest.finished_units.len() as u64,
+            read.stats().units_finished,
+            "every unit read to its end is recorded"
+        );
+        self.expected_mode(read.stats());
+        (batches, read.stats().clone())
     }
 }
 
@@ -174,6 +199,76 @@ async fn rerun_yields_nothing_and_growth_yields_new_keys(f: Fixture) {
 
     let (batches, _) = f.run(&store).await;
     assert!(ids(&batches).is_empty());
+}
+
+/// Units read to their end are recorded at the seal and not opened again; a
+/// unit read in part, a new file, and a file replaced in place are read.
+async fn finished_units_are_skipped_unopened(f: Fixture) {
+    let store = f.store(int_keys()).await;
+    f.write("a.parquet", &int_batch(&some(0..700))).await;
+    f.write("b.parquet", &int_batch(&some(700..1000))).await;
+
+    // A run that stops after its first batch (100 rows of a) finished no unit.
+    let options = f.options(DuplicatePolicy::KeepFirst);
+    let mut read = CheckpointedRead::open(&store, f.source().await, options)
+        .await
+        .unwrap();
+    let mut writer = store.begin().await.unwrap();
+    let first = read.next_batch(&mut writer).await.unwrap().unwrap();
+    assert_eq!(ids(&[first]), some(0..100));
+    assert!(read.take_finished_units().is_empty());
+    writer.seal().await.unwrap();
+
+    let (batches, stats) = f.run_recording(&store).await;
+    assert_eq!(ids(&batches), some(100..1000));
+    assert_eq!((stats.units_skipped, stats.units_finished), (0, 2));
+
+    // Both units are finished: nothing is opened, no key is loaded.
+    let (batches, stats) = f.run_recording(&store).await;
+    assert!(batches.is_empty());
+    assert_eq!(
+        (stats.units_skipped, stats.rows_read, stats.rows_skipped),
+        (2, 0, 1000)
+    );
+    assert_eq!(
+        (stats.checkpointed_keys, stats.peak_filter_bytes),
+        (1000, 0)
+    );
+
+    // The source grows by a file that overlaps the old keys: only it is read.
+    f.write("c.parquet", &int_batch(&some(900..1500))).await;
+    let (batches, stats) = f.run_recording(&store).await;
+    assert_eq!(ids(&batches), some(1000..1500));
+    assert_eq!(
+        (stats.units_skipped, stats.rows_read, stats.rows_skipped),
+        (2, 600, 1100)
+    );
+
+    // b is replaced in place with other keys: it is read again, a and c are not.
+    f.write("b.parquet", &int_batch(&some(2000..2300))).await;
+    let (batches, stats) = f.run_recording(&store).await;
+    assert_eq!(ids(&batches), some(2000..2300));
+    assert_eq!((stats.units_skipped, stats.rows_read), (2, 300));
+
+    // Once the checkpoints are committed and compacted, the index keeps them.
+    let state = store.load().await.unwrap();
+    let ids_sealed: Vec<_> = state
+        .checkpoints
+        .iter()
+        .map(|c| c.manifest.checkpoint_id)
+        .collect();
+    store
+        .mark_committed(&ids_sealed, &serde_json::json!({"sequence": 1}))
+        .await
+        .unwrap();
+    store.compact(&Default::default()).await.unwrap();
+    let state = store.load().await.unwrap();
+    assert!(state.checkpoints.is_empty(), "all compacted");
+    // a, c, and b before and after its replacement.
+    assert_eq!(state.index.as_ref().unwrap().finished_units.len(), 4);
+    let (batches, stats) = f.run_recording(&store).await;
+    assert!(batches.is_empty());
+    assert_eq!((stats.units_skipped, stats.rows_read), (3, 0));
 }
 
 async fn edge_keys_are_exact(f: Fixture) {
@@ -529,6 +624,7 @@ macro_rules! read_suite {
             use super::*;
             read_suite!(@cases $backend, $budget;
                 rerun_yields_nothing_and_growth_yields_new_keys,
+                finished_units_are_skipped_unopened,
                 edge_keys_are_exact,
                 composite_and_string_keys_are_exact,
                 uuid_string_keys,

@@ -275,9 +275,10 @@ impl Shared {
                 };
                 let report = self.run(store, actor, *shard, policy).await?;
                 Ok(format!(
-                    "read {} skipped {} wrote {} sealed {} commits {} repaired {} fenced {}",
+                    "read {} skipped {} units skipped {} wrote {} sealed {} commits {} repaired {} fenced {}",
                     report.read.rows_read,
                     report.read.rows_skipped,
+                    report.read.units_skipped,
                     report.rows_written,
                     report.checkpoints.len(),
                     report.committed.commits.len(),
@@ -582,6 +583,14 @@ fn chosen_table() -> TableKind {
 /// Runs seeds `0..count` on `kind` over every core (or the one seed of
 /// `TIDEMARK_SIM_SEED`, printing its trace, when `kind` is the chosen table),
 /// and fails with the first failing seed.
+/// The units a run skipped unopened, from its trace line (0 for other lines).
+fn skipped_units(line: &str) -> u64 {
+    line.split_once("units skipped ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn run_seeds(kind: TableKind, count: u64) {
     if let Some(seed) = env_u64("TIDEMARK_SIM_SEED") {
         if kind != chosen_table() {
@@ -597,9 +606,11 @@ fn run_seeds(kind: TableKind, count: u64) {
         return;
     }
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let skipping_seeds = std::sync::atomic::AtomicU64::new(0);
     let failures: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|worker| {
+                let skipping_seeds = &skipping_seeds;
                 scope.spawn(move || {
                     let mut failures = Vec::new();
                     let mut seed = worker;
@@ -607,6 +618,9 @@ fn run_seeds(kind: TableKind, count: u64) {
                         let (result, trace) = run_seed_on(seed, kind);
                         if let Err(e) = result {
                             failures.push((seed, failure_message(seed, kind, &e, &trace)));
+                        }
+                        if trace.iter().any(|line| skipped_units(line) > 0) {
+                            skipping_seeds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         seed += workers;
                     }
@@ -626,6 +640,14 @@ fn run_seeds(kind: TableKind, count: u64) {
         "{} of {count} seeds failed; the first:\n{}",
         failures.len(),
         failures[0]
+    );
+    // Reruns over units that an earlier run read to their end skip them; the
+    // seeds must reach that path, or they prove nothing about it.
+    let skipping = skipping_seeds.into_inner();
+    println!("{kind:?}: {skipping} of {count} seeds skipped finished units");
+    assert!(
+        count < 50 || skipping > 0,
+        "no seed skipped a finished unit"
     );
 }
 

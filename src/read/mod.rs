@@ -13,6 +13,15 @@
 //!
 //! Both modes are exact, keep the source's row order, and apply the same
 //! [`DuplicatePolicy`] to keys that appear more than once in the source.
+//!
+//! Before either, whole units are skipped: a unit that an earlier sealed
+//! checkpoint recorded as read to its end ([`CheckpointedRead::take_finished_units`],
+//! [`CheckpointWriter::record_finished_units`]) under the same content id
+//! ([`SourceUnit::content_id`](crate::source::SourceUnit::content_id)) holds
+//! only checkpointed keys, so it is not opened at all. A rerun over a source
+//! that only grew reads only the new units; when no unit is left, the
+//! checkpointed keys are not even loaded. The anti-join stays the check for
+//! units read in part, changed, or without a content id.
 
 mod partitioned;
 
@@ -28,7 +37,7 @@ use crate::filter::codec::KeyCodec;
 use crate::filter::key_set::KeySet;
 use crate::filter::{check_source, filter_rows, key_columns, KeyFilter};
 use crate::source::{read_units, Source};
-use crate::store::{CheckpointStore, CheckpointWriter, KeySchema, StoreState};
+use crate::store::{unit_digest, CheckpointStore, CheckpointWriter, KeySchema, StoreState};
 use partitioned::Verdicts;
 
 /// What to do with a key that appears more than once in one run's source.
@@ -95,8 +104,11 @@ pub struct ReadStats {
     pub checkpointed_keys: u64,
     /// Source rows read.
     pub rows_read: u64,
-    /// Rows dropped because their key was checkpointed.
+    /// Rows dropped because their key was checkpointed, including the rows
+    /// of skipped units (when the source knows their count).
     pub rows_skipped: u64,
+    /// Units not opened: an earlier run read them to their end.
+    pub units_skipped: u64,
     /// Rows dropped as repeats of a key earlier in this run.
     pub duplicates_dropped: u64,
     /// Rows returned (their keys are staged).
@@ -136,6 +148,10 @@ pub struct CheckpointedRead {
     unit_names: Vec<String>,
     /// The unit of the latest batch read.
     current_unit: Option<usize>,
+    /// Digests of the units' content ids, by unit.
+    unit_digests: Vec<Option<String>>,
+    /// Digests of units read to their end, not yet taken.
+    finished_units: Vec<String>,
     stats: ReadStats,
 }
 
@@ -176,19 +192,38 @@ impl CheckpointedRead {
         let state = store.load().await?;
         let checkpointed_keys = state.key_count();
         let unit_names = source.units().iter().map(|u| u.name.clone()).collect();
+        let unit_digests: Vec<Option<String>> = source
+            .units()
+            .iter()
+            .map(|u| u.content_id.as_deref().map(unit_digest))
+            .collect();
         let codec = KeyCodec::new(&key_schema)?;
+        let finished = state.finished_units();
+        let (skipped, units): (Vec<usize>, Vec<usize>) = units.into_iter().partition(|&u| {
+            unit_digests
+                .get(u)
+                .and_then(Option::as_deref)
+                .is_some_and(|digest| finished.contains(digest))
+        });
 
         let mut stats = ReadStats {
             mode: FilterMode::InMemory,
             checkpointed_keys,
             rows_read: 0,
-            rows_skipped: 0,
+            rows_skipped: skipped
+                .iter()
+                .filter_map(|&u| source.units().get(u).and_then(|unit| unit.row_count))
+                .sum(),
+            units_skipped: skipped.len() as u64,
             duplicates_dropped: 0,
             rows_passed: 0,
             peak_filter_bytes: 0,
             units_finished: 0,
         };
-        let in_memory = if fits_in_memory(&codec, &state, source.as_ref(), &options) {
+        let in_memory = if units.is_empty() {
+            // Nothing to read: the checkpointed keys are not needed.
+            Some(KeyFilter::new(key_schema.clone())?)
+        } else if fits_in_memory(&codec, &state, source.as_ref(), &units, &options) {
             KeyFilter::load_within(store, &state, options.memory_budget_bytes).await?
         } else {
             None
@@ -198,8 +233,7 @@ impl CheckpointedRead {
                 stats.peak_filter_bytes = filter.memory_bytes();
                 // Sized for every source row up front (within the budget):
                 // growing a table of millions of keys rehashes it several times.
-                let rows = source
-                    .row_count()
+                let rows = rows_of(source.as_ref(), &units)
                     .and_then(|r| usize::try_from(r).ok())
                     .unwrap_or(0)
                     .min(options.memory_budget_bytes / 16);
@@ -234,6 +268,8 @@ impl CheckpointedRead {
             duplicates: options.duplicates,
             unit_names,
             current_unit: None,
+            unit_digests,
+            finished_units: Vec::new(),
             stats,
         })
     }
@@ -241,6 +277,25 @@ impl CheckpointedRead {
     /// What the read has done so far.
     pub fn stats(&self) -> &ReadStats {
         &self.stats
+    }
+
+    /// Digests of the units read to their end since the last call, for
+    /// [`CheckpointWriter::record_finished_units`]. A unit ends when a batch
+    /// of the next one arrives or the source ends, so every key it holds was
+    /// staged by then, into the writer passed to
+    /// [`next_batch`](Self::next_batch) or one before it. Record them in the
+    /// checkpoint open at that moment: once it seals, later reads skip the
+    /// units. Units without a content id are left out.
+    pub fn take_finished_units(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.finished_units)
+    }
+
+    /// Counts `unit` as read to its end.
+    fn finish_unit(&mut self, unit: usize) {
+        self.stats.units_finished += 1;
+        if let Some(Some(digest)) = self.unit_digests.get(unit) {
+            self.finished_units.push(digest.clone());
+        }
     }
 
     /// The next batch of rows whose key is not checkpointed, after staging their
@@ -252,12 +307,10 @@ impl CheckpointedRead {
     ) -> Result<Option<RecordBatch>> {
         while let Some(item) = self.batches.next().await {
             let (unit, batch) = item?;
-            if self
-                .current_unit
-                .replace(unit)
-                .is_some_and(|previous| previous != unit)
-            {
-                self.stats.units_finished += 1;
+            if let Some(previous) = self.current_unit.replace(unit) {
+                if previous != unit {
+                    self.finish_unit(previous);
+                }
             }
             self.stats.rows_read += batch.num_rows() as u64;
             let keys = key_columns(&self.key_schema, &batch)?;
@@ -286,8 +339,8 @@ impl CheckpointedRead {
                 None => passed,
             }));
         }
-        if self.current_unit.take().is_some() {
-            self.stats.units_finished += 1;
+        if let Some(last) = self.current_unit.take() {
+            self.finish_unit(last);
         }
         Ok(None)
     }
@@ -375,6 +428,7 @@ fn fits_in_memory(
     codec: &KeyCodec,
     state: &StoreState,
     source: &dyn Source,
+    units: &[usize],
     options: &ReadOptions,
 ) -> bool {
     // A word key takes at least 8 bytes and a slot byte; a byte key at least its
@@ -382,9 +436,17 @@ fn fits_in_memory(
     let per_key = if codec.is_words() { 9 } else { 10 };
     let mut keys = state.key_count();
     if options.duplicates != DuplicatePolicy::PassAll {
-        keys += source.row_count().unwrap_or(0);
+        keys += rows_of(source, units).unwrap_or(0);
     }
     keys.saturating_mul(per_key) <= options.memory_budget_bytes as u64
+}
+
+/// Rows in `units` of `source`, when every one knows its count.
+fn rows_of(source: &dyn Source, units: &[usize]) -> Option<u64> {
+    units
+        .iter()
+        .map(|&u| source.units().get(u).and_then(|unit| unit.row_count))
+        .sum()
 }
 
 /// The columns to read (projection plus keys) and where the returned ones are.

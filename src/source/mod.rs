@@ -33,6 +33,11 @@ pub struct SourceUnit {
     pub name: String,
     /// Rows in the unit, when the source knows it without reading.
     pub row_count: Option<u64>,
+    /// What the unit holds, when the source can name it without reading it:
+    /// two units with one content id yield the same keys. A read skips a
+    /// unit whose content id a sealed checkpoint recorded as read to its end
+    /// (see [`crate::read`]). `None`: the unit is read on every run.
+    pub content_id: Option<String>,
 }
 
 /// A snapshot of a source: its schema and its units, fixed for the life of the

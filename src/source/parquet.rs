@@ -136,6 +136,7 @@ impl ParquetSource {
                 name: f.meta.location.to_string(),
                 row_count: u64::try_from(f.reader_metadata.metadata().file_metadata().num_rows())
                     .ok(),
+                content_id: Some(content_id(f.store.as_ref(), &f.meta)),
             })
             .collect();
         Ok(ParquetSource {
@@ -205,6 +206,20 @@ impl Source for ParquetSource {
             Ok(batches.boxed())
         })
     }
+}
+
+/// What names a file's content: its store and path, size, and whichever of
+/// ETag, version and modification time the store reports. A file replaced
+/// in place changes at least one of them.
+fn content_id(store: &dyn ObjectStore, meta: &ObjectMeta) -> String {
+    format!(
+        "parquet:{store}/{}:{}:{}:{}:{}",
+        meta.location,
+        meta.size,
+        meta.e_tag.as_deref().unwrap_or("-"),
+        meta.version.as_deref().unwrap_or("-"),
+        meta.last_modified.timestamp_nanos_opt().unwrap_or_default(),
+    )
 }
 
 /// The Parquet files named by one URL.

@@ -167,6 +167,16 @@ impl CheckpointStore {
         checkpoints.extend(newly_compacted.iter().copied());
         let committed_rows = state.index.as_ref().map_or(0, |i| i.committed_rows)
             + targets.iter().map(|m| m.row_count()).sum::<u64>();
+        let mut finished_units: BTreeSet<String> = state
+            .index
+            .iter()
+            .flat_map(|i| i.finished_units.iter().cloned())
+            .collect();
+        finished_units.extend(
+            targets
+                .iter()
+                .flat_map(|m| m.finished_units.iter().cloned()),
+        );
         let index = IndexGeneration {
             format_version: FORMAT_VERSION,
             generation,
@@ -175,6 +185,7 @@ impl CheckpointStore {
             newly_compacted: newly_compacted.clone(),
             runs,
             committed_rows,
+            finished_units: finished_units.into_iter().collect(),
         };
         let store = self.object_store();
         let layout = self.layout();

@@ -665,6 +665,7 @@ async fn fence_older_writers(
             abandoned_writes: abandoned,
             properties: BTreeMap::new(),
             fenced_by: Some(claim.clone()),
+            finished_units: Vec::new(),
         };
         let path = store.layout().sealed(unsealed.id);
         let encoded = records::encode(ObjectKind::Manifest, path.as_ref(), &tombstone)?;

@@ -42,10 +42,10 @@ pub use location::{
 };
 pub use orphans::Orphans;
 pub use records::{
-    AcceptanceRecord, BeginMarker, CheckpointId, CollectedRecord, CommitIntent, CommitMarker,
-    Descriptor, FileRecord, InFlightRecord, IndexGeneration, KeyFileRef, KeyRun, LeaseClaim,
-    LeaseHeartbeat, LeaseRecord, Manifest, ShardLayout, TableFileMetadata, FORMAT_VERSION,
-    MIN_FORMAT_VERSION,
+    unit_digest, AcceptanceRecord, BeginMarker, CheckpointId, CollectedRecord, CommitIntent,
+    CommitMarker, Descriptor, FileRecord, InFlightRecord, IndexGeneration, KeyFileRef, KeyRun,
+    LeaseClaim, LeaseHeartbeat, LeaseRecord, Manifest, ShardLayout, TableFileMetadata,
+    FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
 pub use state::{CheckpointState, CheckpointSummary, StoreState};
 pub use status::{LastCommit, StagedCheckpoint, StoreStatus};

@@ -136,6 +136,12 @@ pub struct Manifest {
     /// fenced writer's own seal fails. A tombstone has no keys and no files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced_by: Option<LeaseClaim>,
+    /// Digests ([`unit_digest`]) of the source units whose last rows this
+    /// checkpoint holds: every row of such a unit was read, and its key is
+    /// checkpointed by this checkpoint or an earlier one of the same run. A
+    /// later read skips these units without opening them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finished_units: Vec<String>,
 }
 
 impl Manifest {
@@ -355,6 +361,10 @@ pub struct IndexGeneration {
     /// in indexes written before it was recorded, which count 0.
     #[serde(default)]
     pub committed_rows: u64,
+    /// The finished source units ([`Manifest::finished_units`]) of every
+    /// checkpoint in the index, sorted and without repeats.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub finished_units: Vec<String>,
 }
 
 impl IndexGeneration {
@@ -376,6 +386,16 @@ impl KeyRun {
     pub fn key_count(&self) -> u64 {
         self.key_files.iter().map(|f| f.row_count).sum()
     }
+}
+
+/// The digest under which a source unit's content id
+/// ([`SourceUnit::content_id`](crate::source::SourceUnit::content_id)) is
+/// recorded: the first 128 bits of its SHA-256, in hex. Fixed size, whatever
+/// the length of the id, and stable across versions.
+pub fn unit_digest(content_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(content_id.as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Encodes a record as JSON.

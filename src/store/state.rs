@@ -56,6 +56,20 @@ impl StoreState {
         indexed.chain(sealed).collect()
     }
 
+    /// Digests of the source units read to their end by sealed checkpoints
+    /// ([`Manifest::finished_units`]): every row they hold is checkpointed.
+    pub fn finished_units(&self) -> BTreeSet<&str> {
+        let indexed = self
+            .index
+            .iter()
+            .flat_map(|i| i.finished_units.iter().map(String::as_str));
+        let sealed = self
+            .checkpoints
+            .iter()
+            .flat_map(|c| c.manifest.finished_units.iter().map(String::as_str));
+        indexed.chain(sealed).collect()
+    }
+
     /// Number of checkpointed keys.
     pub fn key_count(&self) -> u64 {
         self.key_files().iter().map(|k| k.row_count).sum()

@@ -40,6 +40,7 @@ pub struct CheckpointWriter {
     buffered: Vec<RecordBatch>,
     buffered_rows: usize,
     fence: Option<Fence>,
+    finished_units: BTreeSet<String>,
 }
 
 impl CheckpointWriter {
@@ -62,6 +63,7 @@ impl CheckpointWriter {
             buffered: Vec::new(),
             buffered_rows: 0,
             fence,
+            finished_units: BTreeSet::new(),
         };
         writer.ensure_unsealed().await?;
         let path = writer.store.layout().begin_marker(id, writer.writer_id);
@@ -140,6 +142,15 @@ impl CheckpointWriter {
         self.buffered.clear();
         self.buffered_rows = 0;
         Ok(())
+    }
+
+    /// Records source units, by [`unit_digest`](super::records::unit_digest),
+    /// as read to their end: the caller staged (in this writer or in one
+    /// sealed before it) the key of every row they hold. Once this writer
+    /// seals, later reads skip them. See
+    /// [`CheckpointedRead::take_finished_units`](crate::read::CheckpointedRead::take_finished_units).
+    pub fn record_finished_units(&mut self, digests: impl IntoIterator<Item = String>) {
+        self.finished_units.extend(digests);
     }
 
     /// Attaches a property to the manifest (source shard, run id, ...).
@@ -296,6 +307,7 @@ impl CheckpointWriter {
                 .collect(),
             properties: self.properties.clone(),
             fenced_by: None,
+            finished_units: self.finished_units.iter().cloned().collect(),
         };
         let path = self.store.layout().sealed(self.id);
         let encoded = records::encode(ObjectKind::Manifest, path.as_ref(), &manifest)?;

@@ -247,6 +247,7 @@ impl MemorySource {
                 .map(|u| SourceUnit {
                     name: format!("unit-{u}"),
                     row_count: Some(rows),
+                    content_id: Some(format!("memory:unit-{u}:{rows}")),
                 })
                 .collect(),
             rows,

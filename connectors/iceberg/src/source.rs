@@ -61,6 +61,12 @@ impl IcebergSource {
                 } else {
                     None
                 },
+                // Iceberg data files are immutable and their paths unique; a
+                // delete file added later only removes rows.
+                content_id: Some(format!(
+                    "iceberg:{}:{}:{}",
+                    t.data_file_path, t.start, t.length
+                )),
             })
             .collect();
         Ok(IcebergSource {
