@@ -148,6 +148,19 @@ impl EncodedKeys {
         }
     }
 
+    /// The words of fixed-width keys, when none is null: the fast path of
+    /// probes and inserts.
+    pub(crate) fn words_without_nulls(&self) -> Option<&[u64]> {
+        match self {
+            EncodedKeys::Words { words, nulls }
+                if nulls.as_ref().is_none_or(|n| n.null_count() == 0) =>
+            {
+                Some(words)
+            }
+            _ => None,
+        }
+    }
+
     /// The key of row `i`.
     pub(crate) fn key(&self, i: usize) -> Key<'_> {
         match self {

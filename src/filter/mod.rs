@@ -36,10 +36,20 @@ pub struct KeyFilter {
 impl KeyFilter {
     /// An empty filter for keys of `key_schema`: it drops nothing.
     pub fn new(key_schema: KeySchema) -> Result<Self> {
+        Self::expecting(key_schema, 0)
+    }
+
+    /// An empty filter sized for about `keys` keys.
+    fn expecting(key_schema: KeySchema, keys: u64) -> Result<Self> {
+        let codec = KeyCodec::new(&key_schema)?;
+        let keys = KeySet::expecting(
+            usize::try_from(keys).unwrap_or(usize::MAX),
+            codec.is_words(),
+        );
         Ok(KeyFilter {
-            codec: KeyCodec::new(&key_schema)?,
+            codec,
             key_schema,
-            keys: KeySet::new(),
+            keys,
         })
     }
 
@@ -61,7 +71,7 @@ impl KeyFilter {
         state: &StoreState,
         budget_bytes: usize,
     ) -> Result<Option<Self>> {
-        let mut filter = Self::new(store.key_schema().clone())?;
+        let mut filter = Self::expecting(store.key_schema().clone(), state.key_count())?;
         for file in state.key_files() {
             for batch in store.read_keys(&file).await? {
                 filter.insert(&batch)?;
@@ -83,9 +93,14 @@ impl KeyFilter {
         // The codec bundles them with `KeySchema::batch`, which converts other
         // spellings of string and binary keys to the kept one.
         let encoded = self.codec.encode(keys.columns())?;
+        if let Some(words) = encoded.words_without_nulls() {
+            for &w in words {
+                self.keys.insert_word(w);
+            }
+            return Ok(());
+        }
         for i in 0..encoded.len() {
-            let key = encoded.key(i);
-            self.keys.insert(key, key.table_hash())?;
+            self.keys.insert(encoded.key(i))?;
         }
         Ok(())
     }
@@ -116,10 +131,7 @@ impl KeyFilter {
     pub fn retain_unprocessed(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let keys = self.encode_batch(batch)?;
         let keep: BooleanArray = (0..keys.len())
-            .map(|i| {
-                let key = keys.key(i);
-                Some(!self.keys.contains(key, key.table_hash()))
-            })
+            .map(|i| Some(!self.keys.contains(keys.key(i))))
             .collect();
         filter_rows(batch, &keep)
     }

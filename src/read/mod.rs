@@ -29,11 +29,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow_buffer::BooleanBufferBuilder;
 use arrow_cast::display::array_value_to_string;
 use futures::stream::{BoxStream, StreamExt};
 
 use crate::error::{Error, Result};
-use crate::filter::codec::KeyCodec;
+use crate::filter::codec::{Key, KeyCodec};
 use crate::filter::key_set::KeySet;
 use crate::filter::{check_source, filter_rows, key_columns, KeyFilter};
 use crate::source::{read_units, Source};
@@ -238,7 +239,7 @@ impl CheckpointedRead {
                     .unwrap_or(0)
                     .min(options.memory_budget_bytes / 16);
                 let run_keys = (options.duplicates != DuplicatePolicy::PassAll)
-                    .then(|| KeySet::with_capacity(rows, codec.is_words()));
+                    .then(|| KeySet::expecting(rows, codec.is_words()));
                 Plan::InMemory {
                     filter: Box::new(filter),
                     run_keys,
@@ -356,36 +357,25 @@ impl CheckpointedRead {
         match &mut self.plan {
             Plan::InMemory { filter, run_keys } => {
                 let encoded = self.codec.encode(keys)?;
-                let checkpointed = filter.key_set();
-                let mut keep = Vec::with_capacity(n);
-                for i in 0..n {
-                    let key = encoded.key(i);
-                    let hash = key.table_hash();
-                    if checkpointed.contains(key, hash) {
-                        self.stats.rows_skipped += 1;
-                        keep.push(false);
-                        continue;
-                    }
-                    let first = match run_keys {
-                        Some(run_keys) => run_keys.insert(key, hash)?,
-                        None => true,
-                    };
-                    if !first {
-                        if self.duplicates == DuplicatePolicy::Error {
-                            return Err(Error::DuplicateKey {
-                                key: describe_key(keys, i),
-                            });
-                        }
-                        self.stats.duplicates_dropped += 1;
-                    }
-                    keep.push(first);
-                }
+                let mut judge = InMemoryJudge {
+                    checkpointed: filter.key_set(),
+                    run_keys: run_keys.as_mut(),
+                    duplicates: self.duplicates,
+                    stats: &mut self.stats,
+                    keep: BooleanBufferBuilder::new(n),
+                };
+                // Words without nulls skip the per-row null check of `key`.
+                match encoded.words_without_nulls() {
+                    Some(words) => judge.judge(words.iter().map(|&w| Key::Word(w)), keys),
+                    None => judge.judge((0..n).map(|i| encoded.key(i)), keys),
+                }?;
+                let keep = BooleanArray::new(judge.keep.finish(), None);
                 let run_bytes = run_keys.as_ref().map_or(0, KeySet::memory_bytes);
                 self.stats.peak_filter_bytes = self
                     .stats
                     .peak_filter_bytes
                     .max(filter.memory_bytes() + run_bytes);
-                Ok(BooleanArray::from(keep))
+                Ok(keep)
             }
             Plan::Partitioned { verdicts, cursor } => {
                 let start = match cursor {
@@ -418,6 +408,50 @@ impl CheckpointedRead {
                 Ok(BooleanArray::from(keep))
             }
         }
+    }
+}
+
+/// The in-memory verdicts on one batch's keys.
+struct InMemoryJudge<'a> {
+    checkpointed: &'a KeySet,
+    /// Keys passed in this run, when the duplicate policy needs them.
+    run_keys: Option<&'a mut KeySet>,
+    duplicates: DuplicatePolicy,
+    stats: &'a mut ReadStats,
+    keep: BooleanBufferBuilder,
+}
+
+impl InMemoryJudge<'_> {
+    /// Appends a verdict per key, counting what is dropped. Fails on the
+    /// first repeated key under [`DuplicatePolicy::Error`], naming it from
+    /// `columns` (the batch's key columns).
+    #[inline]
+    fn judge<'k>(
+        &mut self,
+        keys: impl Iterator<Item = Key<'k>>,
+        columns: &[ArrayRef],
+    ) -> Result<()> {
+        for (row, key) in keys.enumerate() {
+            if self.checkpointed.contains(key) {
+                self.stats.rows_skipped += 1;
+                self.keep.append(false);
+                continue;
+            }
+            let first = match self.run_keys.as_deref_mut() {
+                Some(run_keys) => run_keys.insert(key)?,
+                None => true,
+            };
+            if !first {
+                if self.duplicates == DuplicatePolicy::Error {
+                    return Err(Error::DuplicateKey {
+                        key: describe_key(columns, row),
+                    });
+                }
+                self.stats.duplicates_dropped += 1;
+            }
+            self.keep.append(first);
+        }
+        Ok(())
     }
 }
 

@@ -166,16 +166,15 @@ pub(super) async fn judge(
     for ((checkpointed_path, _), (source_path, _)) in checkpointed.iter().zip(&source_keys) {
         let mut set = KeySet::new();
         SpillFile::read(checkpointed_path, false)?
-            .for_each(|_, key| set.insert(key, key.table_hash()).map(|_| ()))?;
+            .for_each(|_, key| set.insert(key).map(|_| ()))?;
         let mut run = KeySet::new();
         SpillFile::read(source_path, true)?.for_each(|ordinal, key| {
             let unit = (ordinal >> ROW_BITS) as usize;
             let row = ordinal & ((1 << ROW_BITS) - 1);
-            let hash = key.table_hash();
             let v = unit_verdicts.entry(unit).or_default();
-            if set.contains(key, hash) {
+            if set.contains(key) {
                 set_bit(&mut v.checkpointed, row);
-            } else if options.duplicates != DuplicatePolicy::PassAll && !run.insert(key, hash)? {
+            } else if options.duplicates != DuplicatePolicy::PassAll && !run.insert(key)? {
                 if options.duplicates == DuplicatePolicy::Error {
                     return Err(Error::DuplicateKey {
                         key: format!("of row {row} of `{}`", unit_name(source.as_ref(), unit)),
