@@ -1,18 +1,35 @@
-//! The checkpointed-read anti-join, side by side with DataFusion, DuckDB and
-//! polars on the same Parquet data.
+//! The checkpointed read against the anti-join of DataFusion, DuckDB and
+//! polars, on the same Parquet files, case by case.
 //!
 //! ```text
-//! cargo bench --bench anti_join -- [--data DIR] [--rows N] [--keys N,N,...] [--types int64,utf8]
+//! cargo bench --bench anti_join -- [--data DIR] [--rows N] [--keys N,N,...]
+//!     [--types int64,int64-scattered,utf8,composite]
+//!     [--cases first,overlap,rerun,grown1,grown10] [--python PATH]
 //! ```
 //!
-//! For each key type and each count of checkpointed keys, every engine runs in
-//! its own child process (so peak memory is its own) and reads the same files:
-//! the source (`--rows` rows, key `id` plus a payload) and the key files of one
-//! sealed tidemark checkpoint. Each engine returns the source rows whose key is
-//! not checkpointed; the table shows rows/s over the source and peak RSS.
-//! tidemark runs three ways: the default (1 GiB budget, keys repeated within
-//! the source dropped), unbounded memory, and without the repeated-key check
-//! (`DuplicatePolicy::PassAll`, which is what the other engines compute).
+//! Every engine answers one question: the source rows, with every column,
+//! whose key is not checkpointed. Each runs in its own child process (so peak
+//! memory is its own) and reads the same files: the source and the key files of
+//! the tidemark store.
+//!
+//! Cases:
+//! - `first`: nothing is checkpointed; beside the engines, a plain scan of the
+//!   same columns (DataFusion) is the floor.
+//! - `overlap`: `--keys` keys are checkpointed by a run over other files; the
+//!   source (`--rows` rows) overlaps them in part (half the source, or all the
+//!   keys when there are fewer).
+//! - `rerun`: a tidemark run read the whole source before; nothing is new.
+//! - `grown1`, `grown10`: that source, grown by a file of 1% or 10% new rows.
+//!
+//! Key types: `int64` (ids handed out in sequence, in scattered order),
+//! `int64-scattered` (random 64-bit values), `utf8` (UUID strings) and
+//! `composite` (a utf8 tenant and an int64 id).
+//!
+//! tidemark runs as a pipeline runs it: keys repeated within the source are
+//! dropped, and the keys passed are written as staged key files, which the
+//! others do not do. `tidemark-pass-all` leaves out the repeated-key check
+//! (what the others compute); `tidemark-partitioned` runs with a 1-byte memory
+//! budget, so its filter spills hash partitions to disk.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -30,13 +47,27 @@ use futures::StreamExt;
 use parquet::arrow::ArrowWriter;
 use tidemark::read::{CheckpointedRead, DuplicatePolicy, ReadOptions};
 use tidemark::source::{ParquetSource, ParquetSourceOptions};
-use tidemark::store::{CheckpointStore, KeySchema};
+use tidemark::store::{CheckpointStore, KeyColumn, KeySchema};
 
 use support::{cores, BenchArgs};
 
+/// Files of a source of `--rows` rows.
 const FILES: u64 = 10;
 /// A multiplier coprime to every power of ten: scatters keys over their range.
 const SCATTER: u64 = 7_777_777;
+/// Tenants of the composite key.
+const TENANTS: u64 = 1000;
+
+const ENGINES: [&str; 7] = [
+    "tidemark",
+    "tidemark-pass-all",
+    "tidemark-partitioned",
+    "datafusion",
+    "duckdb",
+    "polars",
+    "scan",
+];
+const PEERS: [&str; 3] = ["datafusion", "duckdb", "polars"];
 
 fn main() {
     let args = BenchArgs::from_env();
@@ -46,58 +77,128 @@ fn main() {
     let flag = |name: &str, default: &str| args.flag(name, default);
     let data = PathBuf::from(flag("--data", "/tmp/tidemark-bench"));
     let rows: u64 = flag("--rows", "10000000").parse().unwrap();
-    let key_counts: Vec<u64> = flag("--keys", "1000000,10000000,100000000")
-        .split(',')
+    let list = |name: &str, default: &str| -> Vec<String> {
+        flag(name, default).split(',').map(str::to_string).collect()
+    };
+    let key_counts: Vec<u64> = list("--keys", "1000000,10000000")
+        .iter()
         .map(|k| k.parse().unwrap())
         .collect();
-    let types: Vec<String> = flag("--types", "int64,utf8")
-        .split(',')
-        .map(str::to_string)
-        .collect();
+    let types = list("--types", "int64,int64-scattered,utf8,composite");
+    let cases = list("--cases", "first,overlap,rerun,grown1,grown10");
+    let home = std::env::var("HOME").unwrap_or_default();
+    let venv = format!("{home}/.cache/tidemark/venv/bin/python");
+    let default_python = if Path::new(&venv).exists() {
+        venv
+    } else {
+        "python3".into()
+    };
+    let python = flag("--python", &default_python);
     let runtime = tokio::runtime::Runtime::new().unwrap();
 
     println!("source rows: {rows}; machine: {} cores", cores());
     println!();
-    println!("| key type | checkpointed keys | engine | rows out | seconds | source rows/s | peak RSS (MiB) | time vs tidemark |");
-    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    println!("| key type | case | checkpointed keys | engine | rows out | seconds | source rows/s | peak RSS (MiB) | time vs tidemark |");
+    println!("|---|---|---:|---|---:|---:|---:|---:|---:|");
+    let mut summary = Vec::new();
     for key_type in &types {
-        for &keys in &key_counts {
-            let case = runtime.block_on(prepare(&data, key_type, rows, keys));
-            let mut tidemark_seconds = None;
-            for engine in [
-                "tidemark",
-                "tidemark-in-memory",
-                "tidemark-pass-all",
-                "datafusion",
-                "duckdb",
-                "polars",
-            ] {
-                let Some(result) = run_engine(engine, &case) else {
-                    println!("| {key_type} | {keys} | {engine} | failed | | | | |");
-                    continue;
-                };
-                if engine == "tidemark" {
-                    tidemark_seconds = Some(result.seconds);
+        for case_name in &cases {
+            let counts: Vec<Option<u64>> = match case_name.as_str() {
+                "overlap" => key_counts.iter().copied().map(Some).collect(),
+                _ => vec![None],
+            };
+            for keys in counts {
+                let case = runtime.block_on(prepare(&data, key_type, case_name, rows, keys));
+                let mut results: Vec<(&str, Measured)> = Vec::new();
+                for engine in ENGINES {
+                    if engine == "tidemark-partitioned" && case_name != "overlap" {
+                        continue;
+                    }
+                    let Some(result) = run_engine(engine, &case, &python) else {
+                        println!(
+                            "| {key_type} | {case_name} | {} | {engine} | failed | | | | |",
+                            case.checkpointed
+                        );
+                        continue;
+                    };
+                    let tidemark = results
+                        .iter()
+                        .find(|(e, _)| *e == "tidemark")
+                        .map(|(_, m)| m.seconds);
+                    println!(
+                        "| {key_type} | {case_name} | {} | {engine} | {} | {:.2} | {:.1} M | {} | {} |",
+                        case.checkpointed,
+                        result.rows,
+                        result.seconds,
+                        case.source_rows as f64 / result.seconds / 1e6,
+                        result.peak_rss / (1 << 20),
+                        tidemark.map_or("".into(), |t| format!("{:.2}x", result.seconds / t)),
+                    );
+                    results.push((engine, result));
                 }
-                println!(
-                    "| {key_type} | {keys} | {engine} | {} | {:.2} | {:.1} M | {} | {} |",
-                    result.rows,
-                    result.seconds,
-                    rows as f64 / result.seconds / 1e6,
-                    result.peak_rss / (1 << 20),
-                    tidemark_seconds.map_or("".into(), |t| format!("{:.2}x", result.seconds / t)),
-                );
+                summary.push(Summary::of(key_type, case_name, &case, &results));
             }
         }
+    }
+    println!();
+    println!("| key type | case | checkpointed keys | tidemark s | fastest peer | peer s | peer time / tidemark time | plain scan s | tidemark / scan |");
+    println!("|---|---|---:|---:|---|---:|---:|---:|---:|");
+    for s in summary {
+        println!("{s}");
+    }
+}
+
+/// One case's line of the summary table.
+struct Summary(String);
+
+impl Summary {
+    fn of(key_type: &str, case_name: &str, case: &Case, results: &[(&str, Measured)]) -> Self {
+        let seconds = |engine: &str| {
+            results
+                .iter()
+                .find(|(e, _)| *e == engine)
+                .map(|(_, m)| m.seconds)
+        };
+        let tidemark = seconds("tidemark");
+        let peer = PEERS
+            .iter()
+            .filter_map(|p| seconds(p).map(|s| (*p, s)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let scan = seconds("scan");
+        let fmt = |v: Option<f64>| v.map_or("".into(), |v| format!("{v:.2}"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => format!("{:.2}x", a / b),
+            _ => "".into(),
+        };
+        Summary(format!(
+            "| {key_type} | {case_name} | {} | {} | {} | {} | {} | {} | {} |",
+            case.checkpointed,
+            fmt(tidemark),
+            peer.map_or("", |p| p.0),
+            fmt(peer.map(|p| p.1)),
+            ratio(peer.map(|p| p.1), tidemark),
+            fmt(scan),
+            ratio(tidemark, scan),
+        ))
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
 /// The files of one case.
 struct Case {
     key_type: String,
-    source_dir: PathBuf,
+    /// Source directories, read as one source.
+    source_dirs: Vec<PathBuf>,
+    source_rows: u64,
     store_dir: PathBuf,
+    /// The store's key files, for the other engines.
     keys_dir: PathBuf,
+    checkpointed: u64,
 }
 
 struct Measured {
@@ -106,13 +207,41 @@ struct Measured {
     peak_rss: u64,
 }
 
-/// Key `k` as an int64 or a UUID-like string.
-fn key_array(key_type: &str, keys: impl Iterator<Item = u64>) -> ArrayRef {
+/// The key columns of `key_type`.
+fn key_columns(key_type: &str) -> Vec<KeyColumn> {
     match key_type {
-        "int64" => Arc::new(Int64Array::from_iter_values(keys.map(|k| k as i64))),
-        _ => Arc::new(StringArray::from_iter_values(keys.map(|k| {
-            uuid::Uuid::from_u64_pair(splitmix(k), splitmix(k ^ 0x5555_5555_5555_5555)).to_string()
-        }))),
+        "int64" | "int64-scattered" => vec![KeyColumn::new("id", DataType::Int64)],
+        "utf8" => vec![KeyColumn::new("id", DataType::Utf8)],
+        _ => vec![
+            KeyColumn::new("tenant", DataType::Utf8),
+            KeyColumn::new("id", DataType::Int64),
+        ],
+    }
+}
+
+/// The key columns holding key `k` for each of `keys`.
+fn key_arrays(key_type: &str, keys: &[u64]) -> Vec<ArrayRef> {
+    match key_type {
+        "int64" => vec![Arc::new(Int64Array::from_iter_values(
+            keys.iter().map(|&k| k as i64),
+        ))],
+        "int64-scattered" => vec![Arc::new(Int64Array::from_iter_values(
+            keys.iter().map(|&k| splitmix(k) as i64),
+        ))],
+        "utf8" => vec![Arc::new(StringArray::from_iter_values(keys.iter().map(
+            |&k| {
+                uuid::Uuid::from_u64_pair(splitmix(k), splitmix(k ^ 0x5555_5555_5555_5555))
+                    .to_string()
+            },
+        )))],
+        _ => vec![
+            Arc::new(StringArray::from_iter_values(
+                keys.iter().map(|&k| format!("tenant-{:04}", k % TENANTS)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                keys.iter().map(|&k| (k / TENANTS) as i64),
+            )),
+        ],
     }
 }
 
@@ -123,65 +252,154 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn key_data_type(key_type: &str) -> DataType {
-    match key_type {
-        "int64" => DataType::Int64,
-        _ => DataType::Utf8,
+/// Writes, once, `files` Parquet files of keys `start .. start + rows` (in
+/// scattered order) with an int64 payload.
+fn write_source(dir: &Path, key_type: &str, start: u64, rows: u64, files: u64) {
+    if dir.join("done").exists() {
+        return;
     }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let per_file = rows / files;
+    for f in 0..files {
+        let range = f * per_file..(f + 1) * per_file;
+        let keys: Vec<u64> = range
+            .clone()
+            .map(|i| start + (i * SCATTER) % rows)
+            .collect();
+        let mut columns: Vec<(String, ArrayRef)> = key_columns(key_type)
+            .into_iter()
+            .map(|c| c.name)
+            .zip(key_arrays(key_type, &keys))
+            .collect();
+        let payload = Int64Array::from_iter_values(range.map(|i| i as i64 * 3));
+        columns.push(("payload".into(), Arc::new(payload)));
+        let batch = RecordBatch::try_from_iter(columns).unwrap();
+        write_parquet(&dir.join(format!("part-{f:03}.parquet")), &batch);
+    }
+    std::fs::write(dir.join("done"), "").unwrap();
 }
 
-/// Writes the source and a store with `keys` checkpointed keys, once.
-/// Checkpointed keys are `0..keys`; the source holds `rows` keys starting at
-/// `keys - min(keys, rows) / 2`, so a part of it overlaps. Both are scattered.
-async fn prepare(data: &Path, key_type: &str, rows: u64, keys: u64) -> Case {
+async fn open_store(dir: &Path, key_type: &str) -> CheckpointStore {
+    let schema = KeySchema::new(key_columns(key_type)).unwrap();
+    let url = format!("file://{}", dir.display());
+    CheckpointStore::open(&url, &HashMap::new(), schema)
+        .await
+        .unwrap()
+}
+
+/// Writes a case's files once.
+async fn prepare(
+    data: &Path,
+    key_type: &str,
+    case_name: &str,
+    rows: u64,
+    keys: Option<u64>,
+) -> Case {
     let base = data.join(key_type);
-    let source_dir = base.join(format!("source-{rows}-over-{keys}"));
-    let store_dir = base.join(format!("store-{keys}"));
-    if !source_dir.join("done").exists() {
-        let _ = std::fs::remove_dir_all(&source_dir);
-        std::fs::create_dir_all(&source_dir).unwrap();
-        let start = keys - keys.min(rows) / 2;
-        let per_file = rows / FILES;
-        for f in 0..FILES {
-            let ids = (f * per_file..(f + 1) * per_file).map(|i| start + (i * SCATTER) % rows);
-            let payload = Int64Array::from_iter_values(
-                (f * per_file..(f + 1) * per_file).map(|i| i as i64 * 3),
-            );
-            let batch = RecordBatch::try_from_iter([
-                ("id", key_array(key_type, ids)),
-                ("payload", Arc::new(payload) as ArrayRef),
-            ])
-            .unwrap();
-            write_parquet(&source_dir.join(format!("part-{f:03}.parquet")), &batch);
+    let base_source = base.join(format!("source-{rows}"));
+    let (source_dirs, store_dir, checkpointed) = match case_name {
+        "overlap" => {
+            let keys = keys.unwrap();
+            let dir = base.join(format!("source-{rows}-over-{keys}"));
+            write_source(&dir, key_type, keys - keys.min(rows) / 2, rows, FILES);
+            let store_dir = base.join(format!("store-{keys}"));
+            if !store_dir.join("done").exists() {
+                let _ = std::fs::remove_dir_all(&store_dir);
+                std::fs::create_dir_all(&store_dir).unwrap();
+                let store = open_store(&store_dir, key_type).await;
+                let mut writer = store.begin().await.unwrap();
+                let chunk = 1_000_000;
+                let mut at = 0;
+                while at < keys {
+                    let end = (at + chunk).min(keys);
+                    let batch: Vec<u64> = (at..end).map(|j| (j * SCATTER) % keys).collect();
+                    writer
+                        .stage_keys(&key_arrays(key_type, &batch))
+                        .await
+                        .unwrap();
+                    at = end;
+                }
+                writer.seal().await.unwrap();
+                std::fs::write(store_dir.join("done"), "").unwrap();
+            }
+            (vec![dir], store_dir, keys)
         }
-        std::fs::write(source_dir.join("done"), "").unwrap();
-    }
-    if !store_dir.join("done").exists() {
-        let _ = std::fs::remove_dir_all(&store_dir);
-        std::fs::create_dir_all(&store_dir).unwrap();
-        let schema = KeySchema::single("id", key_data_type(key_type)).unwrap();
-        let url = format!("file://{}", store_dir.display());
-        let store = CheckpointStore::open(&url, &HashMap::new(), schema)
-            .await
-            .unwrap();
-        let mut writer = store.begin().await.unwrap();
-        let chunk = 1_000_000;
-        let mut at = 0;
-        while at < keys {
-            let end = (at + chunk).min(keys);
-            let array = key_array(key_type, (at..end).map(|j| (j * SCATTER) % keys));
-            writer.stage_keys(&[array]).await.unwrap();
-            at = end;
+        "first" => {
+            write_source(&base_source, key_type, 0, rows, FILES);
+            let store_dir = base.join("store-empty");
+            if !store_dir.join("done").exists() {
+                let _ = std::fs::remove_dir_all(&store_dir);
+                std::fs::create_dir_all(&store_dir).unwrap();
+                let store = open_store(&store_dir, key_type).await;
+                // One sealed checkpoint with an empty key file, so that the
+                // other engines have a key file to join with.
+                let mut writer = store.begin().await.unwrap();
+                let empty: Vec<ArrayRef> = key_arrays(key_type, &[]).into_iter().collect();
+                let schema = store.key_schema().arrow_schema().clone();
+                let batch = RecordBatch::try_new(schema, empty).unwrap();
+                let dir = keys_dir_of(&store_dir, writer.id().to_string(), writer.writer_id());
+                std::fs::create_dir_all(&dir).unwrap();
+                write_parquet(&dir.join("empty.parquet"), &batch);
+                writer.seal().await.unwrap();
+                std::fs::write(store_dir.join("done"), "").unwrap();
+            }
+            (vec![base_source], store_dir, 0)
         }
-        writer.seal().await.unwrap();
-        std::fs::write(store_dir.join("done"), "").unwrap();
-    }
+        "rerun" | "grown1" | "grown10" => {
+            write_source(&base_source, key_type, 0, rows, FILES);
+            let store_dir = base.join(format!("store-read-{rows}"));
+            if !store_dir.join("done").exists() {
+                let _ = std::fs::remove_dir_all(&store_dir);
+                std::fs::create_dir_all(&store_dir).unwrap();
+                let store = open_store(&store_dir, key_type).await;
+                // The earlier run: a checkpointed read of the whole source,
+                // sealed with the units it read to their end.
+                let source = ParquetSource::open(
+                    &format!("file://{}", base_source.display()),
+                    &ParquetSourceOptions::default(),
+                )
+                .await
+                .unwrap();
+                let mut read =
+                    CheckpointedRead::open(&store, Arc::new(source), ReadOptions::default())
+                        .await
+                        .unwrap();
+                let mut writer = store.begin().await.unwrap();
+                while read.next_batch(&mut writer).await.unwrap().is_some() {}
+                writer.record_finished_units(read.take_finished_units());
+                writer.seal().await.unwrap();
+                std::fs::write(store_dir.join("done"), "").unwrap();
+            }
+            let mut dirs = vec![base_source];
+            let new_rows = match case_name {
+                "grown1" => rows / 100,
+                "grown10" => rows / 10,
+                _ => 0,
+            };
+            if new_rows > 0 {
+                let dir = base.join(format!("new-{new_rows}-after-{rows}"));
+                write_source(&dir, key_type, rows, new_rows, 1);
+                dirs.push(dir);
+            }
+            (dirs, store_dir, rows)
+        }
+        other => panic!("unknown case {other}"),
+    };
+    let source_rows = rows
+        + match case_name {
+            "grown1" => rows / 100,
+            "grown10" => rows / 10,
+            _ => 0,
+        };
     let keys_dir = find_keys_dir(&store_dir.join("staging"));
     Case {
         key_type: key_type.to_string(),
-        source_dir,
+        source_dirs,
+        source_rows,
         store_dir,
         keys_dir,
+        checkpointed,
     }
 }
 
@@ -190,6 +408,14 @@ fn write_parquet(path: &Path, batch: &RecordBatch) {
     let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
     writer.write(batch).unwrap();
     writer.close().unwrap();
+}
+
+fn keys_dir_of(store_dir: &Path, checkpoint: String, writer: uuid::Uuid) -> PathBuf {
+    store_dir
+        .join("staging")
+        .join(checkpoint)
+        .join(writer.to_string())
+        .join("keys")
 }
 
 /// `staging/{checkpoint}/{writer}/keys` of the one sealed checkpoint.
@@ -209,16 +435,26 @@ fn find_keys_dir(staging: &Path) -> PathBuf {
     writer.join("keys")
 }
 
-fn run_engine(engine: &str, case: &Case) -> Option<Measured> {
-    let source = case.source_dir.display().to_string();
+fn run_engine(engine: &str, case: &Case, python: &str) -> Option<Measured> {
+    let sources: Vec<String> = case
+        .source_dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    let sources = sources.join(",");
     let keys = case.keys_dir.display().to_string();
+    let key_names: Vec<String> = key_columns(&case.key_type)
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    let key_names = key_names.join(",");
     let output = match engine {
-        "duckdb" | "polars" => Command::new("python3")
+        "duckdb" | "polars" => Command::new(python)
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/anti_join.py"))
-            .args([engine, &source, &keys])
+            .args([engine, &sources, &keys, &key_names])
             .output(),
         _ => Command::new(std::env::current_exe().unwrap())
-            .args(["--child", engine, &case.key_type, &source])
+            .args(["--child", engine, &case.key_type, &sources])
             .arg(&case.store_dir)
             .arg(&keys)
             .output(),
@@ -232,22 +468,22 @@ fn run_engine(engine: &str, case: &Case) -> Option<Measured> {
         return None;
     }
     let line = String::from_utf8_lossy(&output.stdout);
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .filter_map(|f| f.parse::<f64>().ok().map(|v| v as u64))
-        .collect();
-    let seconds: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    let mut fields = line.split_whitespace();
+    let rows = fields.next()?.parse().ok()?;
+    let seconds = fields.next()?.parse().ok()?;
+    let peak_rss = fields.next()?.parse().ok()?;
     Some(Measured {
-        rows: *fields.first()?,
+        rows,
         seconds,
-        peak_rss: *fields.get(2)?,
+        peak_rss,
     })
 }
 
 /// Runs one engine and prints `rows seconds peak_rss_bytes`.
 fn child(args: &[String]) {
-    let (engine, key_type, source, store_dir, keys_dir) =
+    let (engine, key_type, sources, store_dir, keys_dir) =
         (&args[0], &args[1], &args[2], &args[3], &args[4]);
+    let sources: Vec<&str> = sources.split(',').collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -255,26 +491,20 @@ fn child(args: &[String]) {
     let start = Instant::now();
     let rows = runtime.block_on(async {
         match engine.as_str() {
-            "tidemark" | "tidemark-in-memory" | "tidemark-pass-all" => {
-                let schema = KeySchema::single("id", key_data_type(key_type)).unwrap();
-                let url = format!("file://{store_dir}");
-                let store = CheckpointStore::open(&url, &HashMap::new(), schema)
+            "tidemark" | "tidemark-pass-all" | "tidemark-partitioned" => {
+                let store = open_store(Path::new(store_dir), key_type).await;
+                let urls: Vec<String> = sources.iter().map(|s| format!("file://{s}")).collect();
+                let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+                let source = ParquetSource::open_many(&urls, &ParquetSourceOptions::default())
                     .await
                     .unwrap();
-                let source = ParquetSource::open(
-                    &format!("file://{source}"),
-                    &ParquetSourceOptions::default(),
-                )
-                .await
-                .unwrap();
                 let mut options = ReadOptions::default();
-                if engine == "tidemark-in-memory" {
-                    options.memory_budget_bytes = usize::MAX;
-                }
-                if engine == "tidemark-pass-all" {
+                match engine.as_str() {
                     // What the other engines do: no check for keys repeated
                     // within the source.
-                    options.duplicates = DuplicatePolicy::PassAll;
+                    "tidemark-pass-all" => options.duplicates = DuplicatePolicy::PassAll,
+                    "tidemark-partitioned" => options.memory_budget_bytes = 1,
+                    _ => {}
                 }
                 let mut read = CheckpointedRead::open(&store, Arc::new(source), options)
                     .await
@@ -293,21 +523,33 @@ fn child(args: &[String]) {
                 std::fs::remove_dir_all(staged).unwrap();
                 rows
             }
-            "datafusion" => {
+            "datafusion" | "scan" => {
                 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
                 let ctx = SessionContext::new_with_config(
                     SessionConfig::new().with_target_partitions(cores()),
                 );
-                ctx.register_parquet("s", source, ParquetReadOptions::default())
+                let mut parts = Vec::new();
+                for (i, source) in sources.iter().enumerate() {
+                    ctx.register_parquet(format!("s{i}"), *source, ParquetReadOptions::default())
+                        .await
+                        .unwrap();
+                    parts.push(format!("SELECT * FROM s{i}"));
+                }
+                ctx.sql(&format!("CREATE VIEW s AS {}", parts.join(" UNION ALL ")))
                     .await
                     .unwrap();
                 ctx.register_parquet("k", keys_dir, ParquetReadOptions::default())
                     .await
                     .unwrap();
-                let frame = ctx
-                    .sql("SELECT s.* FROM s LEFT ANTI JOIN k ON s.id = k.id")
-                    .await
-                    .unwrap();
+                let on: Vec<String> = key_columns(key_type)
+                    .iter()
+                    .map(|c| format!("s.{0} = k.{0}", c.name))
+                    .collect();
+                let query = match engine.as_str() {
+                    "scan" => "SELECT * FROM s".to_string(),
+                    _ => format!("SELECT s.* FROM s LEFT ANTI JOIN k ON {}", on.join(" AND ")),
+                };
+                let frame = ctx.sql(&query).await.unwrap();
                 let mut stream = frame.execute_stream().await.unwrap();
                 let mut rows = 0;
                 while let Some(batch) = stream.next().await {
