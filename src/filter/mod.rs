@@ -15,6 +15,7 @@ pub(crate) mod key_set;
 pub(crate) mod spill;
 
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
+use arrow_buffer::BooleanBufferBuilder;
 use arrow_schema::Schema;
 use arrow_select::filter::filter_record_batch;
 
@@ -129,22 +130,32 @@ impl KeyFilter {
     /// The rows of `batch` whose key is not checkpointed. `batch` must hold the
     /// key columns under their names, with the checkpointed types.
     pub fn retain_unprocessed(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        filter_rows(batch, &self.unprocessed(batch)?)
+    }
+
+    /// Which rows of `batch` hold a key that is not checkpointed.
+    pub(crate) fn unprocessed(&self, batch: &RecordBatch) -> Result<BooleanArray> {
         let keys = self.encode_batch(batch)?;
-        let keep: BooleanArray = (0..keys.len())
-            .map(|i| Some(!self.keys.contains(keys.key(i))))
-            .collect();
-        filter_rows(batch, &keep)
+        let mut keep = BooleanBufferBuilder::new(keys.len());
+        // Words without nulls skip the per-row null check of `key`.
+        match keys.words_without_nulls() {
+            Some(words) => {
+                for &w in words {
+                    keep.append(!self.keys.contains_word(w));
+                }
+            }
+            None => {
+                for i in 0..keys.len() {
+                    keep.append(!self.keys.contains(keys.key(i)));
+                }
+            }
+        }
+        Ok(BooleanArray::new(keep.finish(), None))
     }
 
     /// Encodes the key columns of a source batch.
     pub(crate) fn encode_batch(&self, batch: &RecordBatch) -> Result<EncodedKeys> {
         self.codec.encode(&key_columns(&self.key_schema, batch)?)
-    }
-
-    /// The set of checkpointed keys, for the checkpointed read (which encodes
-    /// with its own codec of the same key schema).
-    pub(crate) fn key_set(&self) -> &KeySet {
-        &self.keys
     }
 }
 

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
-use arrow_buffer::BooleanBufferBuilder;
+use arrow_buffer::{BooleanBuffer, BooleanBufferBuilder};
 use arrow_cast::display::array_value_to_string;
 use futures::stream::{BoxStream, StreamExt};
 
@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::filter::codec::{Key, KeyCodec};
 use crate::filter::key_set::KeySet;
 use crate::filter::{check_source, filter_rows, key_columns, KeyFilter};
-use crate::source::{read_units, Source};
+use crate::source::{read_units_mapped, BatchMap, Source};
 use crate::store::{unit_digest, CheckpointStore, CheckpointWriter, KeySchema, StoreState};
 use partitioned::Verdicts;
 
@@ -125,7 +125,8 @@ pub struct ReadStats {
 #[derive(Debug)]
 enum Plan {
     InMemory {
-        filter: Box<KeyFilter>,
+        /// Shared with the decoding tasks, which probe it.
+        filter: Arc<KeyFilter>,
         /// Keys passed in this run, when the duplicate policy needs them.
         run_keys: Option<KeySet>,
     },
@@ -142,7 +143,7 @@ pub struct CheckpointedRead {
     key_schema: KeySchema,
     codec: KeyCodec,
     plan: Plan,
-    batches: BoxStream<'static, Result<(usize, RecordBatch)>>,
+    batches: BoxStream<'static, Result<(usize, Probed)>>,
     /// Indices of the returned columns in the read batches, when they differ.
     output_columns: Option<Vec<usize>>,
     duplicates: DuplicatePolicy,
@@ -241,7 +242,7 @@ impl CheckpointedRead {
                 let run_keys = (options.duplicates != DuplicatePolicy::PassAll)
                     .then(|| KeySet::expecting(rows, codec.is_words()));
                 Plan::InMemory {
-                    filter: Box::new(filter),
+                    filter: Arc::new(filter),
                     run_keys,
                 }
             }
@@ -259,7 +260,23 @@ impl CheckpointedRead {
                 }
             }
         };
-        let batches = read_units(source, units, Some(read_columns), options.parallelism);
+        // In memory, each batch is probed in the task that decoded it, so the
+        // probe runs beside the decoding of other units; the duplicate check,
+        // which needs source order, stays in `next_batch`.
+        let probe: BatchMap<Probed> = match &plan {
+            Plan::InMemory { filter, .. } => {
+                let filter = filter.clone();
+                Arc::new(move |batch| Probed::against(&filter, batch))
+            }
+            Plan::Partitioned { .. } => Arc::new(|batch| Ok(Probed::unfiltered(batch))),
+        };
+        let batches = read_units_mapped(
+            source,
+            units,
+            Some(read_columns),
+            options.parallelism,
+            probe,
+        );
         Ok(CheckpointedRead {
             key_schema,
             codec,
@@ -307,13 +324,18 @@ impl CheckpointedRead {
         writer: &mut CheckpointWriter,
     ) -> Result<Option<RecordBatch>> {
         while let Some(item) = self.batches.next().await {
-            let (unit, batch) = item?;
+            let (unit, probed) = item?;
             if let Some(previous) = self.current_unit.replace(unit) {
                 if previous != unit {
                     self.finish_unit(previous);
                 }
             }
-            self.stats.rows_read += batch.num_rows() as u64;
+            let batch = probed.batch;
+            self.stats.rows_read += probed.rows_read;
+            self.stats.rows_skipped += probed.rows_read - batch.num_rows() as u64;
+            if batch.num_rows() == 0 {
+                continue;
+            }
             let keys = key_columns(&self.key_schema, &batch)?;
             let keep = self.keep(unit, &batch, &keys)?;
             let passed = filter_rows(&batch, &keep)?;
@@ -356,10 +378,13 @@ impl CheckpointedRead {
         let n = batch.num_rows();
         match &mut self.plan {
             Plan::InMemory { filter, run_keys } => {
+                // Checkpointed rows were dropped in the decoding task.
+                let Some(run_keys) = run_keys else {
+                    return Ok(BooleanArray::new(BooleanBuffer::new_set(n), None));
+                };
                 let encoded = self.codec.encode(keys)?;
-                let mut judge = InMemoryJudge {
-                    checkpointed: filter.key_set(),
-                    run_keys: run_keys.as_mut(),
+                let mut judge = DuplicateCheck {
+                    run_keys,
                     duplicates: self.duplicates,
                     stats: &mut self.stats,
                     keep: BooleanBufferBuilder::new(n),
@@ -370,11 +395,10 @@ impl CheckpointedRead {
                     None => judge.judge((0..n).map(|i| encoded.key(i)), keys),
                 }?;
                 let keep = BooleanArray::new(judge.keep.finish(), None);
-                let run_bytes = run_keys.as_ref().map_or(0, KeySet::memory_bytes);
                 self.stats.peak_filter_bytes = self
                     .stats
                     .peak_filter_bytes
-                    .max(filter.memory_bytes() + run_bytes);
+                    .max(filter.memory_bytes() + run_keys.memory_bytes());
                 Ok(keep)
             }
             Plan::Partitioned { verdicts, cursor } => {
@@ -411,17 +435,49 @@ impl CheckpointedRead {
     }
 }
 
-/// The in-memory verdicts on one batch's keys.
-struct InMemoryJudge<'a> {
-    checkpointed: &'a KeySet,
-    /// Keys passed in this run, when the duplicate policy needs them.
-    run_keys: Option<&'a mut KeySet>,
+/// A decoded batch, less the rows whose key is checkpointed when the
+/// checkpointed keys are in memory.
+struct Probed {
+    batch: RecordBatch,
+    /// Rows decoded, before the probe.
+    rows_read: u64,
+}
+
+impl Probed {
+    /// `batch` less its checkpointed rows.
+    fn against(filter: &KeyFilter, batch: RecordBatch) -> Result<Self> {
+        let rows_read = batch.num_rows() as u64;
+        if filter.is_empty() {
+            return Ok(Probed { batch, rows_read });
+        }
+        let keep = filter.unprocessed(&batch)?;
+        let batch = if keep.true_count() == batch.num_rows() {
+            batch
+        } else {
+            filter_rows(&batch, &keep)?
+        };
+        Ok(Probed { batch, rows_read })
+    }
+
+    /// `batch` whole, for the partitioned filter (which judges by row position).
+    fn unfiltered(batch: RecordBatch) -> Self {
+        Probed {
+            rows_read: batch.num_rows() as u64,
+            batch,
+        }
+    }
+}
+
+/// The in-memory check for keys repeated within the run.
+struct DuplicateCheck<'a> {
+    /// Keys passed in this run.
+    run_keys: &'a mut KeySet,
     duplicates: DuplicatePolicy,
     stats: &'a mut ReadStats,
     keep: BooleanBufferBuilder,
 }
 
-impl InMemoryJudge<'_> {
+impl DuplicateCheck<'_> {
     /// Appends a verdict per key, counting what is dropped. Fails on the
     /// first repeated key under [`DuplicatePolicy::Error`], naming it from
     /// `columns` (the batch's key columns).
@@ -432,15 +488,7 @@ impl InMemoryJudge<'_> {
         columns: &[ArrayRef],
     ) -> Result<()> {
         for (row, key) in keys.enumerate() {
-            if self.checkpointed.contains(key) {
-                self.stats.rows_skipped += 1;
-                self.keep.append(false);
-                continue;
-            }
-            let first = match self.run_keys.as_deref_mut() {
-                Some(run_keys) => run_keys.insert(key)?,
-                None => true,
-            };
+            let first = self.run_keys.insert(key)?;
             if !first {
                 if self.duplicates == DuplicatePolicy::Error {
                     return Err(Error::DuplicateKey {

@@ -64,6 +64,10 @@ pub trait Source: Send + Sync + Debug {
     }
 }
 
+/// A function applied to each batch in the task that decoded it, so that work
+/// on a batch runs beside the decoding of other units.
+pub(crate) type BatchMap<T> = Arc<dyn Fn(RecordBatch) -> Result<T> + Send + Sync>;
+
 /// Reads `units` of `source` in order, decoding up to `parallelism` units at
 /// once in background tasks. Yields `(unit, batch)`.
 pub fn read_units(
@@ -72,15 +76,27 @@ pub fn read_units(
     projection: Option<Vec<String>>,
     parallelism: usize,
 ) -> BoxStream<'static, Result<(usize, RecordBatch)>> {
+    read_units_mapped(source, units, projection, parallelism, Arc::new(Ok))
+}
+
+/// Like [`read_units`], with `map` applied to each batch in its decoding task.
+pub(crate) fn read_units_mapped<T: Send + 'static>(
+    source: Arc<dyn Source>,
+    units: Vec<usize>,
+    projection: Option<Vec<String>>,
+    parallelism: usize,
+    map: BatchMap<T>,
+) -> BoxStream<'static, Result<(usize, T)>> {
     let parallelism = parallelism.max(1);
     stream::iter(units)
         .map(move |unit| {
             let source = source.clone();
             let projection = projection.clone();
+            let map = map.clone();
             async move {
                 // Two batches of read-ahead per unit: enough to keep the decoder
                 // busy, little enough to bound memory.
-                let (tx, rx) = mpsc::channel::<Result<RecordBatch>>(2);
+                let (tx, rx) = mpsc::channel::<Result<T>>(2);
                 tokio::spawn(async move {
                     let mut batches = match source.read_unit(unit, projection).await {
                         Ok(batches) => batches,
@@ -90,6 +106,7 @@ pub fn read_units(
                         }
                     };
                     while let Some(item) = batches.next().await {
+                        let item = item.and_then(|batch| map(batch));
                         let failed = item.is_err();
                         if tx.send(item).await.is_err() || failed {
                             return;
@@ -99,7 +116,7 @@ pub fn read_units(
                 stream::unfold(rx, |mut rx| async move {
                     rx.recv().await.map(|item| (item, rx))
                 })
-                .map(move |item| item.map(|batch| (unit, batch)))
+                .map(move |item| item.map(|value| (unit, value)))
             }
         })
         .buffered(parallelism)
