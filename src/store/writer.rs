@@ -1,10 +1,11 @@
 //! Writing one checkpoint: stage keys, record in-flight data files, stage their
 //! records, then seal everything with one conditional write.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use arrow_array::{ArrayRef, RecordBatch};
 use chrono::{DateTime, Utc};
+use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::lease::{ensure_not_fenced, Fence};
@@ -19,6 +20,10 @@ use crate::error::{Error, ObjectKind, Result};
 /// Keys buffered by [`CheckpointWriter::buffer_keys`] are written as one key file
 /// once this many rows have gathered (and at the seal).
 pub const KEY_FILE_ROWS: usize = 1 << 20;
+
+/// Key files [`CheckpointWriter::buffer_keys`] lets encode and write in the
+/// background at once; the next waits for the oldest.
+const KEY_FILES_IN_BACKGROUND: usize = 2;
 
 /// Writes one checkpoint. Staged work is invisible to readers until [`seal`](Self::seal).
 ///
@@ -39,8 +44,20 @@ pub struct CheckpointWriter {
     sealed: Option<Manifest>,
     buffered: Vec<RecordBatch>,
     buffered_rows: usize,
+    /// Key files of buffered keys being encoded and written, oldest first.
+    flushing: VecDeque<(u64, JoinHandle<Result<KeyFileRef>>)>,
     fence: Option<Fence>,
     finished_units: BTreeSet<String>,
+}
+
+impl Drop for CheckpointWriter {
+    /// Stops the key files still being written: a writer dropped unsealed
+    /// leaves keys that never count, and no write should land after it.
+    fn drop(&mut self) {
+        for (_, task) in &self.flushing {
+            task.abort();
+        }
+    }
 }
 
 impl CheckpointWriter {
@@ -62,6 +79,7 @@ impl CheckpointWriter {
             sealed: None,
             buffered: Vec::new(),
             buffered_rows: 0,
+            flushing: VecDeque::new(),
             fence,
             finished_units: BTreeSet::new(),
         };
@@ -104,14 +122,18 @@ impl CheckpointWriter {
 
     /// Number of keys staged so far.
     pub fn staged_key_count(&self) -> u64 {
-        self.key_files.iter().map(|k| k.row_count).sum::<u64>() + self.buffered_rows as u64
+        self.key_files.iter().map(|k| k.row_count).sum::<u64>()
+            + self.flushing.iter().map(|(rows, _)| rows).sum::<u64>()
+            + self.buffered_rows as u64
     }
 
     /// Stages keys like [`stage_keys`](Self::stage_keys), but gathers them in
     /// memory and writes one key file per [`KEY_FILE_ROWS`] rows, so that many
-    /// small batches do not make many small files. [`seal`](Self::seal) writes
-    /// what is left; until then buffered keys are lost with the writer, which is
-    /// safe: unsealed keys never count as processed.
+    /// small batches do not make many small files. Each full file is encoded
+    /// and written in a task of its own while the caller goes on (a failure
+    /// surfaces at a later call or at the seal). [`seal`](Self::seal) writes
+    /// what is left and waits for them all; until then buffered keys are lost
+    /// with the writer, which is safe: unsealed keys never count as processed.
     pub async fn buffer_keys(&mut self, columns: &[ArrayRef]) -> Result<()> {
         let batch = self.store.key_schema().batch(columns)?;
         if batch.num_rows() == 0 {
@@ -120,16 +142,25 @@ impl CheckpointWriter {
         self.buffered_rows += batch.num_rows();
         self.buffered.push(batch);
         if self.buffered_rows >= KEY_FILE_ROWS {
-            self.flush_keys().await?;
+            self.flush_in_background().await?;
         }
         Ok(())
     }
 
-    /// Writes the keys gathered by [`buffer_keys`](Self::buffer_keys) as one key file.
+    /// Writes the keys gathered by [`buffer_keys`](Self::buffer_keys) as one
+    /// key file, and waits for the key files being written in the background.
     pub async fn flush_keys(&mut self) -> Result<()> {
+        self.await_flushing(0).await?;
         if self.buffered.is_empty() {
             return Ok(());
         }
+        let batch = self.take_buffered()?;
+        self.stage_keys(batch.columns()).await?;
+        Ok(())
+    }
+
+    /// The buffered keys as one batch, leaving the buffer empty.
+    fn take_buffered(&mut self) -> Result<RecordBatch> {
         let schema = self.store.key_schema().arrow_schema().clone();
         let batch =
             arrow_select::concat::concat_batches(&schema, &self.buffered).map_err(|source| {
@@ -138,9 +169,55 @@ impl CheckpointWriter {
                     source,
                 }
             })?;
-        self.stage_keys(batch.columns()).await?;
         self.buffered.clear();
         self.buffered_rows = 0;
+        Ok(batch)
+    }
+
+    /// Starts writing the buffered keys as the next key file in a task, once
+    /// fewer than [`KEY_FILES_IN_BACKGROUND`] are being written.
+    async fn flush_in_background(&mut self) -> Result<()> {
+        self.ensure_unsealed().await?;
+        self.await_flushing(KEY_FILES_IN_BACKGROUND - 1).await?;
+        let batch = self.take_buffered()?;
+        let rows = batch.num_rows() as u64;
+        let store = self.store.clone();
+        let layout = store.layout();
+        let index = self.key_files.len() + self.flushing.len();
+        let path = layout.staged_key_file(self.id, self.writer_id, index);
+        let relative = layout.relative(&path);
+        let task = tokio::spawn(async move {
+            let bytes = keys::encode_key_file(store.key_schema(), &batch, path.as_ref())?;
+            let size_bytes = bytes.len() as u64;
+            let crc32 = Some(crc32fast::hash(&bytes));
+            io::put(store.object_store(), &path, bytes).await?;
+            Ok(KeyFileRef {
+                path: relative,
+                row_count: rows,
+                size_bytes,
+                crc32,
+            })
+        });
+        self.flushing.push_back((rows, task));
+        Ok(())
+    }
+
+    /// Waits for key files written in the background until at most `left` are.
+    async fn await_flushing(&mut self, left: usize) -> Result<()> {
+        while self.flushing.len() > left {
+            let Some((_, task)) = self.flushing.pop_front() else {
+                break;
+            };
+            let key_file = task.await.map_err(|e| Error::EncodeKeys {
+                path: format!(
+                    "key file {} of checkpoint {}",
+                    self.key_files.len(),
+                    self.id
+                ),
+                source: Box::new(e),
+            })??;
+            self.key_files.push(key_file);
+        }
         Ok(())
     }
 
@@ -162,6 +239,8 @@ impl CheckpointWriter {
     /// the store's key order and exact types. Writes one Parquet key file.
     pub async fn stage_keys(&mut self, columns: &[ArrayRef]) -> Result<u64> {
         let batch = self.store.key_schema().batch(columns)?;
+        // Key files are numbered in order: the ones in the background first.
+        self.await_flushing(0).await?;
         self.ensure_unsealed().await?;
         let rows = batch.num_rows() as u64;
         if rows == 0 {
@@ -402,6 +481,54 @@ mod tests {
                 body: serde_json::json!({}),
             },
         }
+    }
+
+    /// Full key files are written in the background, numbered in order with
+    /// the ones staged directly, and all of them are in the seal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn key_files_written_in_the_background_are_all_sealed() {
+        use arrow_array::{ArrayRef, Int64Array};
+        use std::sync::Arc;
+
+        let keys = KeySchema::single("id", DataType::Int64).unwrap();
+        let store = CheckpointStore::open("memory://", &HashMap::new(), keys)
+            .await
+            .unwrap();
+        let mut writer = store.begin().await.unwrap();
+        let batch = |range: std::ops::Range<i64>| -> Vec<ArrayRef> {
+            vec![Arc::new(Int64Array::from_iter_values(range))]
+        };
+        let total = 3 * super::KEY_FILE_ROWS as i64 + 1000;
+        let step = 100_000;
+        let (mut at, mut direct) = (0, 0);
+        while at < total {
+            let end = (at + step).min(total);
+            writer.buffer_keys(&batch(at..end)).await.unwrap();
+            assert_eq!(writer.staged_key_count(), (end + direct) as u64);
+            at = end;
+            if at == 2_000_000 {
+                // A direct stage waits for the files in the background.
+                writer.stage_keys(&batch(-10..0)).await.unwrap();
+                direct = 10;
+            }
+        }
+        let manifest = writer.seal().await.unwrap();
+        // Files of at least KEY_FILE_ROWS rows (whole batches), the direct
+        // one in its place, and the rest at the seal.
+        let counts: Vec<u64> = manifest.key_files.iter().map(|k| k.row_count).collect();
+        let full = super::KEY_FILE_ROWS as u64;
+        assert_eq!(counts.iter().sum::<u64>(), total as u64 + 10);
+        assert_eq!(counts.len(), 4, "{counts:?}");
+        assert_eq!(counts[1], 10, "{counts:?}");
+        assert!(counts[0] >= full && counts[2] >= full, "{counts:?}");
+        let paths: std::collections::BTreeSet<_> =
+            manifest.key_files.iter().map(|k| &k.path).collect();
+        assert_eq!(paths.len(), 4, "every key file has a path of its own");
+        let state = store.load().await.unwrap();
+        let filter = crate::filter::KeyFilter::load(&store, &state)
+            .await
+            .unwrap();
+        assert_eq!(filter.len() as i64, total + 10);
     }
 
     #[tokio::test]
