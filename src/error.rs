@@ -264,6 +264,16 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A background task of tidemark's own panicked or was cancelled.
+    #[error("a background task {task} did not finish: {source}")]
+    Task {
+        /// What the task was doing.
+        task: &'static str,
+        /// Why it did not finish.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+
     /// An in-flight prefix is not a directory.
     #[error("in-flight prefix `{prefix}` must be a directory ending in `/`")]
     InvalidInFlightPrefix {

@@ -271,6 +271,97 @@ async fn finished_units_are_skipped_unopened(f: Fixture) {
     assert_eq!((stats.units_skipped, stats.rows_read), (3, 0));
 }
 
+/// A source much smaller than the checkpoint has its keys read first, and
+/// the filter holds only the checkpointed keys among them.
+async fn a_small_source_holds_only_its_checkpointed_keys(f: Fixture) {
+    let store = f.store(int_keys()).await;
+    let mut writer = store.begin().await.unwrap();
+    let checkpointed: Vec<i64> = (0..2000).map(|k| k * 7).collect();
+    writer
+        .stage_keys(&[Arc::new(Int64Array::from(checkpointed)) as ArrayRef])
+        .await
+        .unwrap();
+    writer.seal().await.unwrap();
+    // 150 rows: 50 checkpointed (multiples of 7 below 14000), 100 new, one
+    // of them twice.
+    let mut rows: Vec<Option<i64>> = (0..50).map(|k| Some(k * 7 * 3)).collect();
+    rows.extend((0..100).map(|k| Some(20_000 + k)));
+    rows.push(Some(20_000));
+    f.write("a.parquet", &int_batch(&rows)).await;
+
+    let (batches, stats) = f.run(&store).await;
+    assert_eq!(ids(&batches), some(20_000..20_100));
+    assert_eq!(
+        (
+            stats.rows_read,
+            stats.rows_skipped,
+            stats.duplicates_dropped
+        ),
+        (151, 50, 1)
+    );
+    assert_eq!(stats.checkpointed_keys, 2000);
+    if f.budget == IN_MEMORY {
+        assert_eq!(stats.filter_keys, 50, "only the source's checkpointed keys");
+    }
+
+    // A source that returns other keys on its second read is refused. (The
+    // partitioned mode only notices a second read with more rows.)
+    if f.budget != IN_MEMORY {
+        return;
+    }
+    f.write("b.parquet", &int_batch(&some(30_000..30_151)))
+        .await;
+    let first = f.source_at(&format!("{}/a.parquet", f.source_url)).await;
+    let second = f.source_at(&format!("{}/b.parquet", f.source_url)).await;
+    let changing = Arc::new(ChangingSource {
+        reads: Default::default(),
+        first,
+        second,
+    });
+    let options = f.options(DuplicatePolicy::KeepFirst);
+    let result = async {
+        let mut read = CheckpointedRead::open(&store, changing, options).await?;
+        let mut writer = store.begin().await?;
+        while read.next_batch(&mut writer).await?.is_some() {}
+        Ok::<_, Error>(())
+    }
+    .await;
+    let err = result.expect_err("a source that changed between reads");
+    assert!(err.to_string().contains("fixed snapshot"), "{err}");
+}
+
+/// A source whose first read of a unit differs from the later ones.
+#[derive(Debug)]
+struct ChangingSource {
+    reads: std::sync::atomic::AtomicUsize,
+    first: Arc<dyn Source>,
+    second: Arc<dyn Source>,
+}
+
+impl Source for ChangingSource {
+    fn schema(&self) -> arrow_schema::SchemaRef {
+        self.first.schema()
+    }
+
+    fn units(&self) -> &[tidemark::source::SourceUnit] {
+        self.first.units()
+    }
+
+    fn read_unit(
+        &self,
+        unit: usize,
+        projection: Option<Vec<String>>,
+    ) -> futures::future::BoxFuture<'static, tidemark::Result<tidemark::source::BatchStream>> {
+        let reads = self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let source = if reads == 0 {
+            &self.first
+        } else {
+            &self.second
+        };
+        source.read_unit(unit, projection)
+    }
+}
+
 async fn edge_keys_are_exact(f: Fixture) {
     let two53 = 1i64 << 53;
     let store = f.store(int_keys()).await;
@@ -625,6 +716,7 @@ macro_rules! read_suite {
             read_suite!(@cases $backend, $budget;
                 rerun_yields_nothing_and_growth_yields_new_keys,
                 finished_units_are_skipped_unopened,
+                a_small_source_holds_only_its_checkpointed_keys,
                 edge_keys_are_exact,
                 composite_and_string_keys_are_exact,
                 uuid_string_keys,

@@ -18,6 +18,7 @@ use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
 use arrow_buffer::BooleanBufferBuilder;
 use arrow_schema::Schema;
 use arrow_select::filter::filter_record_batch;
+use futures::stream::{self, Stream, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::store::keys::to_key_type;
@@ -73,8 +74,9 @@ impl KeyFilter {
         budget_bytes: usize,
     ) -> Result<Option<Self>> {
         let mut filter = Self::expecting(store.key_schema().clone(), state.key_count())?;
-        for file in state.key_files() {
-            for batch in store.read_keys(&file).await? {
+        let mut files = key_files(store, state);
+        while let Some(batches) = files.next().await {
+            for batch in batches? {
                 filter.insert(&batch)?;
                 if filter.memory_bytes() > budget_bytes {
                     return Ok(None);
@@ -82,6 +84,39 @@ impl KeyFilter {
             }
         }
         Ok(Some(filter))
+    }
+
+    /// The checkpointed keys of `state` that `wanted` also holds: for a read
+    /// whose source is much smaller than the checkpoint, so that the filter
+    /// is the size of the source, not of the history. Key files are streamed
+    /// through `wanted` and none is held whole.
+    pub(crate) async fn load_matching(
+        store: &CheckpointStore,
+        state: &StoreState,
+        wanted: &KeyFilter,
+    ) -> Result<Self> {
+        let mut filter = Self::expecting(store.key_schema().clone(), wanted.len() as u64)?;
+        let mut files = key_files(store, state);
+        while let Some(batches) = files.next().await {
+            for batch in batches? {
+                let encoded = filter.codec.encode(batch.columns())?;
+                if let Some(words) = encoded.words_without_nulls() {
+                    for &w in words {
+                        if wanted.keys.contains_word(w) {
+                            filter.keys.insert_word(w);
+                        }
+                    }
+                    continue;
+                }
+                for i in 0..encoded.len() {
+                    let key = encoded.key(i);
+                    if wanted.keys.contains(key) {
+                        filter.keys.insert(key)?;
+                    }
+                }
+            }
+        }
+        Ok(filter)
     }
 
     /// The key schema this filter holds keys of.
@@ -158,6 +193,31 @@ impl KeyFilter {
         self.codec.encode(&key_columns(&self.key_schema, batch)?)
     }
 }
+
+/// The batches of every checkpointed key file of `state`, in order. Files
+/// are fetched and decoded in tasks of their own, two at once, so decoding
+/// the next file goes on beside the caller's work on this one.
+fn key_files(
+    store: &CheckpointStore,
+    state: &StoreState,
+) -> impl Stream<Item = Result<Vec<RecordBatch>>> + Unpin {
+    let store = store.clone();
+    stream::iter(state.key_files())
+        .map(move |file| {
+            let store = store.clone();
+            tokio::spawn(async move { store.read_keys(&file).await })
+        })
+        .buffered(KEY_FILES_AT_ONCE)
+        .map(|joined| {
+            joined.map_err(|source| Error::Task {
+                task: "decoding a key file",
+                source,
+            })?
+        })
+}
+
+/// Key files fetched and decoded at once while loading.
+const KEY_FILES_AT_ONCE: usize = 2;
 
 /// Checks that `schema` has the columns of `key_schema` with the same types.
 pub(crate) fn check_source(key_schema: &KeySchema, schema: &Schema) -> Result<()> {

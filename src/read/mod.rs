@@ -11,6 +11,13 @@
 //!   bitmap of one bit per source row. The source is then streamed once more and
 //!   the bitmap applied. Memory is one partition plus the bitmap.
 //!
+//! When the source left to read is much smaller than the checkpoint (a rerun
+//! over a grown source, say: [`SMALL_SOURCE_RATIO`]), the in-memory mode holds
+//! only the checkpointed keys that the source holds: the source's key columns
+//! are read first into a set, and the key files are streamed through it. The
+//! filter is then the size of the source, not of the history; the second read
+//! checks that every key it passes was in the first.
+//!
 //! Both modes are exact, keep the source's row order, and apply the same
 //! [`DuplicatePolicy`] to keys that appear more than once in the source.
 //!
@@ -37,9 +44,13 @@ use crate::error::{Error, Result};
 use crate::filter::codec::{Key, KeyCodec};
 use crate::filter::key_set::KeySet;
 use crate::filter::{check_source, filter_rows, key_columns, KeyFilter};
-use crate::source::{read_units_mapped, BatchMap, Source};
+use crate::source::{read_units, read_units_mapped, BatchMap, Source};
 use crate::store::{unit_digest, CheckpointStore, CheckpointWriter, KeySchema, StoreState};
 use partitioned::Verdicts;
+
+/// A source with this many times fewer rows than there are checkpointed keys
+/// has its keys read first, and only the checkpointed keys among them are held.
+pub const SMALL_SOURCE_RATIO: u64 = 8;
 
 /// What to do with a key that appears more than once in one run's source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -116,6 +127,9 @@ pub struct ReadStats {
     pub rows_passed: u64,
     /// Most memory the filter held at once, in bytes.
     pub peak_filter_bytes: usize,
+    /// Checkpointed keys the in-memory filter held: all of them, or only
+    /// those the source also holds when it is small (see [`SMALL_SOURCE_RATIO`]).
+    pub filter_keys: u64,
     /// Source units read to their end (a unit ends when the next one's first
     /// batch arrives, or the source ends).
     pub units_finished: u64,
@@ -127,6 +141,9 @@ enum Plan {
     InMemory {
         /// Shared with the decoding tasks, which probe it.
         filter: Arc<KeyFilter>,
+        /// The keys of a small source, read first: every key the second read
+        /// passes must be among them.
+        source_keys: Option<Arc<KeyFilter>>,
         /// Keys passed in this run, when the duplicate policy needs them.
         run_keys: Option<KeySet>,
     },
@@ -220,11 +237,22 @@ impl CheckpointedRead {
             duplicates_dropped: 0,
             rows_passed: 0,
             peak_filter_bytes: 0,
+            filter_keys: 0,
             units_finished: 0,
         };
+        let source_rows = rows_of(source.as_ref(), &units);
+        let small_source = source_rows
+            .is_some_and(|rows| rows.saturating_mul(SMALL_SOURCE_RATIO) < checkpointed_keys);
+        let mut source_keys = None;
         let in_memory = if units.is_empty() {
             // Nothing to read: the checkpointed keys are not needed.
             Some(KeyFilter::new(key_schema.clone())?)
+        } else if small_source && fits_in_memory_small(&codec, source_rows, &options) {
+            let wanted = read_source_keys(&key_schema, source.clone(), &units, &options).await?;
+            let filter = KeyFilter::load_matching(store, &state, &wanted).await?;
+            stats.peak_filter_bytes = wanted.memory_bytes();
+            source_keys = Some(Arc::new(wanted));
+            Some(filter)
         } else if fits_in_memory(&codec, &state, source.as_ref(), &units, &options) {
             KeyFilter::load_within(store, &state, options.memory_budget_bytes).await?
         } else {
@@ -232,7 +260,8 @@ impl CheckpointedRead {
         };
         let plan = match in_memory {
             Some(filter) => {
-                stats.peak_filter_bytes = filter.memory_bytes();
+                stats.filter_keys = filter.len() as u64;
+                stats.peak_filter_bytes += filter.memory_bytes();
                 // Sized for every source row up front (within the budget):
                 // growing a table of millions of keys rehashes it several times.
                 let rows = rows_of(source.as_ref(), &units)
@@ -243,6 +272,7 @@ impl CheckpointedRead {
                     .then(|| KeySet::expecting(rows, codec.is_words()));
                 Plan::InMemory {
                     filter: Arc::new(filter),
+                    source_keys,
                     run_keys,
                 }
             }
@@ -264,9 +294,14 @@ impl CheckpointedRead {
         // probe runs beside the decoding of other units; the duplicate check,
         // which needs source order, stays in `next_batch`.
         let probe: BatchMap<Probed> = match &plan {
-            Plan::InMemory { filter, .. } => {
+            Plan::InMemory {
+                filter,
+                source_keys,
+                ..
+            } => {
                 let filter = filter.clone();
-                Arc::new(move |batch| Probed::against(&filter, batch))
+                let source_keys = source_keys.clone();
+                Arc::new(move |batch| Probed::against(&filter, source_keys.as_deref(), batch))
             }
             Plan::Partitioned { .. } => Arc::new(|batch| Ok(Probed::unfiltered(batch))),
         };
@@ -377,7 +412,9 @@ impl CheckpointedRead {
     ) -> Result<BooleanArray> {
         let n = batch.num_rows();
         match &mut self.plan {
-            Plan::InMemory { filter, run_keys } => {
+            Plan::InMemory {
+                filter, run_keys, ..
+            } => {
                 // Checkpointed rows were dropped in the decoding task.
                 let Some(run_keys) = run_keys else {
                     return Ok(BooleanArray::new(BooleanBuffer::new_set(n), None));
@@ -444,9 +481,26 @@ struct Probed {
 }
 
 impl Probed {
-    /// `batch` less its checkpointed rows.
-    fn against(filter: &KeyFilter, batch: RecordBatch) -> Result<Self> {
+    /// `batch` less its checkpointed rows. With `source_keys` (the keys of a
+    /// small source, read first), fails if a row passes whose key was not
+    /// among them: the filter holds only the checkpointed keys among those.
+    fn against(
+        filter: &KeyFilter,
+        source_keys: Option<&KeyFilter>,
+        batch: RecordBatch,
+    ) -> Result<Self> {
         let rows_read = batch.num_rows() as u64;
+        if let Some(source_keys) = source_keys {
+            let unseen = source_keys.unprocessed(&batch)?;
+            if unseen.true_count() > 0 {
+                return Err(Error::InvalidSource {
+                    location: "the source".into(),
+                    reason: "it returned keys on the second read that the first read of its \
+                             key columns did not; a source must be a fixed snapshot"
+                        .into(),
+                });
+            }
+        }
         if filter.is_empty() {
             return Ok(Probed { batch, rows_read });
         }
@@ -521,6 +575,41 @@ fn fits_in_memory(
         keys += rows_of(source, units).unwrap_or(0);
     }
     keys.saturating_mul(per_key) <= options.memory_budget_bytes as u64
+}
+
+/// Whether a small source's keys (twice: the source's set and the
+/// checkpointed keys among them) fit in the budget, by the same lower bound.
+fn fits_in_memory_small(codec: &KeyCodec, rows: Option<u64>, options: &ReadOptions) -> bool {
+    let per_key = if codec.is_words() { 9 } else { 10 };
+    rows.unwrap_or(u64::MAX)
+        .saturating_mul(2 * per_key)
+        .saturating_add(if options.duplicates == DuplicatePolicy::PassAll {
+            0
+        } else {
+            rows.unwrap_or(0).saturating_mul(per_key)
+        })
+        <= options.memory_budget_bytes as u64
+}
+
+/// The keys of `units` of `source`, read from their key columns alone.
+async fn read_source_keys(
+    key_schema: &KeySchema,
+    source: Arc<dyn Source>,
+    units: &[usize],
+    options: &ReadOptions,
+) -> Result<KeyFilter> {
+    let columns = key_schema
+        .columns()
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let mut keys = KeyFilter::new(key_schema.clone())?;
+    let mut batches = read_units(source, units.to_vec(), Some(columns), options.parallelism);
+    while let Some(item) = batches.next().await {
+        let (_, batch) = item?;
+        keys.insert(&key_schema.batch(&key_columns(key_schema, &batch)?)?)?;
+    }
+    Ok(keys)
 }
 
 /// Rows in `units` of `source`, when every one knows its count.

@@ -208,13 +208,9 @@ impl CheckpointWriter {
             let Some((_, task)) = self.flushing.pop_front() else {
                 break;
             };
-            let key_file = task.await.map_err(|e| Error::EncodeKeys {
-                path: format!(
-                    "key file {} of checkpoint {}",
-                    self.key_files.len(),
-                    self.id
-                ),
-                source: Box::new(e),
+            let key_file = task.await.map_err(|source| Error::Task {
+                task: "writing a key file",
+                source,
             })??;
             self.key_files.push(key_file);
         }
