@@ -144,28 +144,25 @@ impl KeySet {
             Key::Null => !std::mem::replace(&mut self.has_null, true),
             Key::Word(w) => return Ok(self.insert_word(w)),
             Key::Bytes(b) => {
-                let hash = key.table_hash();
+                if b.len() > MAX_KEY_BYTES {
+                    return Err(Error::InvalidKeySchema(format!(
+                        "a key of {} bytes is longer than the {MAX_KEY_BYTES} bytes the filter takes",
+                        b.len()
+                    )));
+                }
+                // One probe: find the key or the slot to put it in.
                 let arena = &self.arena;
-                if self
-                    .slots
-                    .find(hash, |&slot| arena_key(arena, slot) == b)
-                    .is_some()
-                {
-                    false
-                } else {
-                    if b.len() > MAX_KEY_BYTES {
-                        return Err(Error::InvalidKeySchema(format!(
-                            "a key of {} bytes is longer than the {MAX_KEY_BYTES} bytes the filter takes",
-                            b.len()
-                        )));
+                match self.slots.entry(
+                    key.table_hash(),
+                    |&slot| arena_key(arena, slot) == b,
+                    |&slot| Key::Bytes(arena_key(arena, slot)).table_hash(),
+                ) {
+                    Entry::Occupied(_) => false,
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(((arena.len() as u64) << 24) | b.len() as u64);
+                        self.arena.extend_from_slice(b);
+                        true
                     }
-                    let slot = ((self.arena.len() as u64) << 24) | b.len() as u64;
-                    self.arena.extend_from_slice(b);
-                    let arena = &self.arena;
-                    self.slots.insert_unique(hash, slot, |&s| {
-                        Key::Bytes(arena_key(arena, s)).table_hash()
-                    });
-                    true
                 }
             }
         };

@@ -256,7 +256,8 @@ pub(crate) fn encode_key_file(
         source: Box::new(e),
     };
     let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
+        .set_compression(Compression::LZ4_RAW)
+        .set_dictionary_enabled(false)
         .build();
     let mut buffer = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buffer, schema.arrow_schema().clone(), Some(props))
