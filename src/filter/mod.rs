@@ -42,7 +42,7 @@ impl KeyFilter {
     }
 
     /// An empty filter sized for about `keys` keys.
-    fn expecting(key_schema: KeySchema, keys: u64) -> Result<Self> {
+    pub(crate) fn expecting(key_schema: KeySchema, keys: u64) -> Result<Self> {
         let codec = KeyCodec::new(&key_schema)?;
         let keys = KeySet::expecting(
             usize::try_from(keys).unwrap_or(usize::MAX),

@@ -248,7 +248,9 @@ impl CheckpointedRead {
             // Nothing to read: the checkpointed keys are not needed.
             Some(KeyFilter::new(key_schema.clone())?)
         } else if small_source && fits_in_memory_small(&codec, source_rows, &options) {
-            let wanted = read_source_keys(&key_schema, source.clone(), &units, &options).await?;
+            let wanted =
+                read_source_keys(&key_schema, source.clone(), &units, source_rows, &options)
+                    .await?;
             let filter = KeyFilter::load_matching(store, &state, &wanted).await?;
             stats.peak_filter_bytes = wanted.memory_bytes();
             source_keys = Some(Arc::new(wanted));
@@ -596,6 +598,7 @@ async fn read_source_keys(
     key_schema: &KeySchema,
     source: Arc<dyn Source>,
     units: &[usize],
+    rows: Option<u64>,
     options: &ReadOptions,
 ) -> Result<KeyFilter> {
     let columns = key_schema
@@ -603,7 +606,7 @@ async fn read_source_keys(
         .iter()
         .map(|c| c.name.clone())
         .collect();
-    let mut keys = KeyFilter::new(key_schema.clone())?;
+    let mut keys = KeyFilter::expecting(key_schema.clone(), rows.unwrap_or(0))?;
     let mut batches = read_units(source, units.to_vec(), Some(columns), options.parallelism);
     while let Some(item) = batches.next().await {
         let (_, batch) = item?;

@@ -267,6 +267,9 @@ pub(crate) fn encode_key_file(
     Ok(Bytes::from(buffer))
 }
 
+/// Rows per batch when a key file is decoded.
+const KEY_BATCH_ROWS: usize = 1 << 16;
+
 /// Decodes a key file, checking its columns against the key schema and its row
 /// count against the one recorded when it was staged.
 pub(crate) fn decode_key_file(
@@ -294,7 +297,12 @@ pub(crate) fn decode_key_file(
             "columns {file_types:?} differ from the key schema {schema}"
         )));
     }
-    let reader = builder.build().map_err(|e| corrupt(e.to_string()))?;
+    // Large batches: a key file is decoded whole, and each batch costs a
+    // conversion and an encoding on the way into a key set.
+    let reader = builder
+        .with_batch_size(KEY_BATCH_ROWS)
+        .build()
+        .map_err(|e| corrupt(e.to_string()))?;
     let mut batches = Vec::new();
     let mut rows = 0u64;
     for batch in reader {
