@@ -45,7 +45,7 @@ use crate::filter::codec::{Key, KeyCodec};
 use crate::filter::key_set::KeySet;
 use crate::filter::{check_source, filter_rows, key_columns, KeyFilter};
 use crate::source::{read_units, read_units_mapped, BatchMap, Source};
-use crate::store::{unit_digest, CheckpointStore, CheckpointWriter, KeySchema, StoreState};
+use crate::store::{unit_digest, CheckpointStore, CheckpointWriter, KeySchema};
 use partitioned::Verdicts;
 
 /// A source with this many times fewer rows than there are checkpointed keys
@@ -247,7 +247,15 @@ impl CheckpointedRead {
         let in_memory = if units.is_empty() {
             // Nothing to read: the checkpointed keys are not needed.
             Some(KeyFilter::new(key_schema.clone())?)
-        } else if small_source && fits_in_memory_small(&codec, source_rows, &options) {
+        } else if small_source
+            // The source's keys and the checkpointed keys among them.
+            && fits_in_memory(
+                &codec,
+                source_rows.map_or(u64::MAX, |rows| rows.saturating_mul(2)),
+                source_rows,
+                &options,
+            )
+        {
             let wanted =
                 read_source_keys(&key_schema, source.clone(), &units, source_rows, &options)
                     .await?;
@@ -255,7 +263,7 @@ impl CheckpointedRead {
             stats.peak_filter_bytes = wanted.memory_bytes();
             source_keys = Some(Arc::new(wanted));
             Some(filter)
-        } else if fits_in_memory(&codec, &state, source.as_ref(), &units, &options) {
+        } else if fits_in_memory(&codec, checkpointed_keys, source_rows, &options) {
             KeyFilter::load_within(store, &state, options.memory_budget_bytes).await?
         } else {
             None
@@ -266,7 +274,7 @@ impl CheckpointedRead {
                 stats.peak_filter_bytes += filter.memory_bytes();
                 // Sized for every source row up front (within the budget):
                 // growing a table of millions of keys rehashes it several times.
-                let rows = rows_of(source.as_ref(), &units)
+                let rows = source_rows
                     .and_then(|r| usize::try_from(r).ok())
                     .unwrap_or(0)
                     .min(options.memory_budget_bytes / 16);
@@ -559,38 +567,24 @@ impl DuplicateCheck<'_> {
     }
 }
 
-/// Whether the checkpointed keys (and, for the duplicate policy, the source's)
-/// can fit in the budget, by a lower bound of their size. If the bound passes,
-/// the load still stops at the budget and the read falls back to partitions.
+/// Whether `held` keys (and, for the duplicate policy, the source's
+/// `source_rows` keys) can fit in the budget, by a lower bound of their size.
+/// If the bound passes, a load still stops at the budget and the read falls
+/// back to partitions.
 fn fits_in_memory(
     codec: &KeyCodec,
-    state: &StoreState,
-    source: &dyn Source,
-    units: &[usize],
+    held: u64,
+    source_rows: Option<u64>,
     options: &ReadOptions,
 ) -> bool {
     // A word key takes at least 8 bytes and a slot byte; a byte key at least its
     // 8-byte slot, its control byte and one byte.
     let per_key = if codec.is_words() { 9 } else { 10 };
-    let mut keys = state.key_count();
+    let mut keys = held;
     if options.duplicates != DuplicatePolicy::PassAll {
-        keys += rows_of(source, units).unwrap_or(0);
+        keys = keys.saturating_add(source_rows.unwrap_or(0));
     }
     keys.saturating_mul(per_key) <= options.memory_budget_bytes as u64
-}
-
-/// Whether a small source's keys (twice: the source's set and the
-/// checkpointed keys among them) fit in the budget, by the same lower bound.
-fn fits_in_memory_small(codec: &KeyCodec, rows: Option<u64>, options: &ReadOptions) -> bool {
-    let per_key = if codec.is_words() { 9 } else { 10 };
-    rows.unwrap_or(u64::MAX)
-        .saturating_mul(2 * per_key)
-        .saturating_add(if options.duplicates == DuplicatePolicy::PassAll {
-            0
-        } else {
-            rows.unwrap_or(0).saturating_mul(per_key)
-        })
-        <= options.memory_budget_bytes as u64
 }
 
 /// The keys of `units` of `source`, read from their key columns alone.

@@ -182,22 +182,10 @@ impl CheckpointWriter {
         let batch = self.take_buffered()?;
         let rows = batch.num_rows() as u64;
         let store = self.store.clone();
-        let layout = store.layout();
+        let (id, writer_id) = (self.id, self.writer_id);
         let index = self.key_files.len() + self.flushing.len();
-        let path = layout.staged_key_file(self.id, self.writer_id, index);
-        let relative = layout.relative(&path);
-        let task = tokio::spawn(async move {
-            let bytes = keys::encode_key_file(store.key_schema(), &batch, path.as_ref())?;
-            let size_bytes = bytes.len() as u64;
-            let crc32 = Some(crc32fast::hash(&bytes));
-            io::put(store.object_store(), &path, bytes).await?;
-            Ok(KeyFileRef {
-                path: relative,
-                row_count: rows,
-                size_bytes,
-                crc32,
-            })
-        });
+        let task =
+            tokio::spawn(async move { write_key_file(&store, id, writer_id, index, &batch).await });
         self.flushing.push_back((rows, task));
         Ok(())
     }
@@ -242,18 +230,9 @@ impl CheckpointWriter {
         if rows == 0 {
             return Ok(0);
         }
-        let layout = self.store.layout();
-        let path = layout.staged_key_file(self.id, self.writer_id, self.key_files.len());
-        let bytes = keys::encode_key_file(self.store.key_schema(), &batch, path.as_ref())?;
-        let size_bytes = bytes.len() as u64;
-        let crc32 = Some(crc32fast::hash(&bytes));
-        io::put(self.store.object_store(), &path, bytes).await?;
-        self.key_files.push(KeyFileRef {
-            path: layout.relative(&path),
-            row_count: rows,
-            size_bytes,
-            crc32,
-        });
+        let index = self.key_files.len();
+        let key_file = write_key_file(&self.store, self.id, self.writer_id, index, &batch).await?;
+        self.key_files.push(key_file);
         Ok(rows)
     }
 
@@ -453,6 +432,29 @@ impl CheckpointWriter {
             },
         }
     }
+}
+
+/// Encodes `batch` as key file `index` of a writer of checkpoint `id` and
+/// writes it to the store.
+async fn write_key_file(
+    store: &CheckpointStore,
+    id: CheckpointId,
+    writer_id: Uuid,
+    index: usize,
+    batch: &RecordBatch,
+) -> Result<KeyFileRef> {
+    let layout = store.layout();
+    let path = layout.staged_key_file(id, writer_id, index);
+    let bytes = keys::encode_key_file(store.key_schema(), batch, path.as_ref())?;
+    let size_bytes = bytes.len() as u64;
+    let crc32 = Some(crc32fast::hash(&bytes));
+    io::put(store.object_store(), &path, bytes).await?;
+    Ok(KeyFileRef {
+        path: layout.relative(&path),
+        row_count: batch.num_rows() as u64,
+        size_bytes,
+        crc32,
+    })
 }
 
 #[cfg(test)]
