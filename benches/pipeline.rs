@@ -34,6 +34,8 @@
 //! process (and of Ray, for Daft).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/lake.rs"]
+mod lake;
 mod support;
 
 use std::collections::HashMap;
@@ -42,14 +44,10 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, Int64Array, StringArray};
-use arrow::compute::kernels::length::length;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use futures::StreamExt;
-use iceberg::io::LocalFsStorageFactory;
-use iceberg::spec::{DataFileFormat, NestedField, PrimitiveType, Type};
+use iceberg::spec::DataFileFormat;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{
@@ -58,17 +56,15 @@ use iceberg::writer::file_writer::location_generator::{
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
 use iceberg::writer::{IcebergWriter as _, IcebergWriterBuilder as _};
-use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
-use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
-use parquet::arrow::ArrowWriter;
+use iceberg::{Catalog, TableIdent};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use tidemark::commit::CommitSink;
 use tidemark::gc::TableFiles;
 use tidemark::pipeline::{CheckpointPolicy, DataWriter, Pipeline};
-use tidemark::source::{read_units, ParquetSource, ParquetSourceOptions, Source};
-use tidemark::store::{CheckpointStore, KeySchema};
+use tidemark::source::{read_units, Source};
 
+use lake::{add_chars, delta_table, iceberg_table, open_source, store, write_documents};
 use support::{cores, BenchArgs};
 use tidemark::transform::Transform;
 use tidemark_delta::{DeltaSink, DeltaWriterOptions};
@@ -268,73 +264,6 @@ fn prepare(data: &Path, rows: u64, grow: u64) {
     std::fs::write(marker, b"").unwrap();
 }
 
-fn source_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, true),
-        Field::new("text", DataType::Utf8, true),
-    ]))
-}
-
-/// Documents of 50 to 150 characters, keys in order within a file.
-fn write_documents(path: &Path, ids: std::ops::Range<u64>) {
-    let schema = source_schema();
-    let file = std::fs::File::create(path).unwrap();
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build();
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(properties)).unwrap();
-    let ids: Vec<i64> = ids.map(|i| i as i64).collect();
-    for chunk in ids.chunks(65_536) {
-        let text: StringArray = chunk
-            .iter()
-            .map(|i| {
-                let words = 6 + (i % 11) as usize;
-                let body: Vec<String> = (0..words)
-                    .map(|w| format!("tide{}", (i * 31 + w as i64 * 7) % 1_000))
-                    .collect();
-                Some(format!("document {i}: {}", body.join(" ")))
-            })
-            .collect();
-        let batch = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(Int64Array::from(chunk.to_vec())), Arc::new(text)],
-        )
-        .unwrap();
-        writer.write(&batch).unwrap();
-    }
-    writer.close().unwrap();
-}
-
-/// The per-row work: `chars = length(text)`.
-fn add_chars(batch: RecordBatch) -> tidemark::Result<RecordBatch> {
-    let map_error = |e: arrow::error::ArrowError| tidemark::Error::Map {
-        source: Box::new(e),
-    };
-    let text = batch
-        .column_by_name("text")
-        .cloned()
-        .ok_or_else(|| tidemark::Error::Map {
-            source: "the source has no `text` column".into(),
-        })?;
-    let id = batch
-        .column_by_name("id")
-        .cloned()
-        .ok_or_else(|| tidemark::Error::Map {
-            source: "the source has no `id` column".into(),
-        })?;
-    let chars = arrow::compute::cast(&length(&text).map_err(map_error)?, &DataType::Int64)
-        .map_err(map_error)?;
-    RecordBatch::try_new(output_schema(), vec![id, text, chars as ArrayRef]).map_err(map_error)
-}
-
-fn output_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, true),
-        Field::new("text", DataType::Utf8, true),
-        Field::new("chars", DataType::Int64, true),
-    ]))
-}
-
 /// `--child ENGINE SINK WORK SOURCE`: one run, one JSON line on stdout.
 fn child(args: &[String]) {
     let [engine, sink, work, source] = args else {
@@ -356,7 +285,7 @@ fn child(args: &[String]) {
             }
             (checkpointed, "delta") if checkpoint_policy(checkpointed).is_some() => {
                 let policy = checkpoint_policy(checkpointed).unwrap();
-                let url = delta_table(&work).await;
+                let url = delta_table(&work).await.url().clone();
                 let started = Instant::now();
                 let sink = DeltaSink::open(url, HashMap::new()).await.unwrap();
                 let mut writer = sink.writer(DeltaWriterOptions::default()).await.unwrap();
@@ -370,7 +299,7 @@ fn child(args: &[String]) {
                 (started.elapsed().as_secs_f64(), rows)
             }
             ("tidemark-plain", "delta") => {
-                let url = delta_table(&work).await;
+                let url = delta_table(&work).await.url().clone();
                 let started = Instant::now();
                 let rows = plain_delta_append(url, &source_url).await;
                 (started.elapsed().as_secs_f64(), rows)
@@ -423,78 +352,6 @@ async fn run_checkpointed<S: CommitSink + TableFiles>(
         .await
         .unwrap();
     report.rows_written
-}
-
-async fn open_source(url: &str) -> Arc<dyn Source> {
-    Arc::new(
-        ParquetSource::open(url, &ParquetSourceOptions::default())
-            .await
-            .unwrap(),
-    )
-}
-
-async fn store(work: &Path) -> CheckpointStore {
-    CheckpointStore::open(
-        &format!("file://{}/checkpoints", work.display()),
-        &HashMap::new(),
-        KeySchema::single("id", DataType::Int64).unwrap(),
-    )
-    .await
-    .unwrap()
-}
-
-/// The SQLite catalog and the table, created (unpartitioned) when missing.
-async fn iceberg_table(work: &Path) -> (Arc<dyn Catalog>, TableIdent) {
-    let catalog = SqlCatalogBuilder::default()
-        .with_storage_factory(Arc::new(LocalFsStorageFactory))
-        .load(
-            "bench",
-            HashMap::from([
-                (
-                    SQL_CATALOG_PROP_URI.to_string(),
-                    format!("sqlite://{}/catalog.db?mode=rwc", work.display()),
-                ),
-                (
-                    SQL_CATALOG_PROP_WAREHOUSE.to_string(),
-                    format!("file://{}/warehouse", work.display()),
-                ),
-            ]),
-        )
-        .await
-        .unwrap();
-    let namespace = NamespaceIdent::new("bench".into());
-    let ident = TableIdent::new(namespace.clone(), "documents".into());
-    if !catalog.table_exists(&ident).await.unwrap() {
-        if !catalog.namespace_exists(&namespace).await.unwrap() {
-            catalog
-                .create_namespace(&namespace, HashMap::new())
-                .await
-                .unwrap();
-        }
-        let schema = iceberg::spec::Schema::builder()
-            .with_fields(vec![
-                NestedField::optional(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
-                NestedField::optional(2, "text", Type::Primitive(PrimitiveType::String)).into(),
-                NestedField::optional(3, "chars", Type::Primitive(PrimitiveType::Long)).into(),
-            ])
-            .build()
-            .unwrap();
-        let creation = TableCreation::builder()
-            .name("documents".into())
-            .schema(schema)
-            .build();
-        catalog.create_table(&namespace, creation).await.unwrap();
-    }
-    (Arc::new(catalog), ident)
-}
-
-/// The Delta table's URL, the table created when missing.
-async fn delta_table(work: &Path) -> url::Url {
-    let url = url::Url::from_directory_path(work.join("table")).unwrap();
-    DeltaSink::create_if_missing(url.clone(), HashMap::new(), &output_schema(), &[])
-        .await
-        .unwrap();
-    url
 }
 
 /// Every source row through the map, as a stream of batches.

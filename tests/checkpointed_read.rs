@@ -330,6 +330,59 @@ async fn a_small_source_holds_only_its_checkpointed_keys(f: Fixture) {
     assert!(err.to_string().contains("fixed snapshot"), "{err}");
 }
 
+/// Key files record their least and greatest key; a small source's read
+/// does not open those whose range holds none of its keys, before and after
+/// compaction, and still drops every checkpointed key it holds.
+async fn key_files_outside_the_source_range_are_not_read(f: Fixture) {
+    let store = f.store(int_keys()).await;
+    for range in [0..1000, 1000..2000, 5000..6000] {
+        let mut writer = store.begin().await.unwrap();
+        writer
+            .stage_keys(&[Arc::new(Int64Array::from_iter_values(range)) as ArrayRef])
+            .await
+            .unwrap();
+        writer.seal().await.unwrap();
+    }
+    // 10 checkpointed keys in the second file's range, 40 new ones past it.
+    f.write("a.parquet", &int_batch(&some(1990..2040))).await;
+    let (batches, stats) = f.run(&store).await;
+    assert_eq!(ids(&batches), some(2000..2040));
+    assert_eq!((stats.rows_read, stats.rows_skipped), (50, 10));
+    if f.budget == IN_MEMORY {
+        assert_eq!(
+            (stats.key_files_skipped, stats.filter_keys),
+            (2, 10),
+            "only the file of keys 1000..2000 is read"
+        );
+    }
+
+    // The run's own keys (2000..2040) are checkpointed too. Compacted into
+    // index files of 1500 keys in key order: 0..1500, then 1500..2040 with
+    // 5000..5960, then 5960..6000. The source, replaced, meets the middle one.
+    let state = store.load().await.unwrap();
+    let sealed: Vec<_> = state
+        .checkpoints
+        .iter()
+        .map(|c| c.manifest.checkpoint_id)
+        .collect();
+    store
+        .mark_committed(&sealed, &serde_json::json!({"sequence": 1}))
+        .await
+        .unwrap();
+    let options = tidemark::store::CompactionOptions {
+        max_keys_per_file: 1500,
+        ..Default::default()
+    };
+    store.compact(&options).await.unwrap();
+    f.write("a.parquet", &int_batch(&some(1995..2045))).await;
+    let (batches, stats) = f.run(&store).await;
+    assert_eq!(ids(&batches), some(2040..2045));
+    assert_eq!(stats.rows_skipped, 45);
+    if f.budget == IN_MEMORY {
+        assert_eq!((stats.key_files_skipped, stats.filter_keys), (2, 45));
+    }
+}
+
 /// A source whose first read of a unit differs from the later ones.
 #[derive(Debug)]
 struct ChangingSource {
@@ -717,6 +770,7 @@ macro_rules! read_suite {
                 rerun_yields_nothing_and_growth_yields_new_keys,
                 finished_units_are_skipped_unopened,
                 a_small_source_holds_only_its_checkpointed_keys,
+                key_files_outside_the_source_range_are_not_read,
                 edge_keys_are_exact,
                 composite_and_string_keys_are_exact,
                 uuid_string_keys,

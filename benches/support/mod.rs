@@ -11,6 +11,7 @@ impl BenchArgs {
     }
 
     /// The arguments after `--child`, when this is a child process.
+    #[allow(dead_code)] // the history benchmark runs in one process
     pub(crate) fn child(&self) -> Option<&[String]> {
         match self.0.first().map(String::as_str) {
             Some("--child") => Some(&self.0[1..]),

@@ -97,7 +97,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         report.gc.prefixes_deleted,
     );
     say!(
-        "read {} rows, skipped {} already processed, {} repeated; processed {} rows; wrote {} rows in {} file(s), {} bytes; {} source unit(s) read to their end by earlier runs, not opened",
+        "read {} rows, skipped {} already processed, {} repeated; processed {} rows; wrote {} rows in {} file(s), {} bytes; {} source unit(s) read to their end by earlier runs, not opened; {} key file(s) of earlier runs not read (no source key in their range)",
         report.read.rows_read,
         report.read.rows_skipped,
         report.read.duplicates_dropped,
@@ -106,6 +106,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         report.files_written,
         report.bytes_written,
         report.read.units_skipped,
+        report.read.key_files_skipped,
     );
     say!(
         "sealed {} checkpoint(s); made {} table commit(s)",

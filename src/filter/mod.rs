@@ -12,6 +12,7 @@
 
 pub(crate) mod codec;
 pub(crate) mod key_set;
+pub(crate) mod range;
 pub(crate) mod spill;
 
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
@@ -22,7 +23,7 @@ use futures::stream::{self, Stream, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::store::keys::to_key_type;
-use crate::store::{CheckpointStore, KeySchema, StoreState};
+use crate::store::{CheckpointStore, KeyFileRef, KeyRange, KeySchema, StoreState};
 use codec::{EncodedKeys, KeyCodec};
 use key_set::KeySet;
 
@@ -74,7 +75,7 @@ impl KeyFilter {
         budget_bytes: usize,
     ) -> Result<Option<Self>> {
         let mut filter = Self::expecting(store.key_schema().clone(), state.key_count())?;
-        let mut files = key_files(store, state);
+        let mut files = key_files(store, state.key_files());
         while let Some(batches) = files.next().await {
             for batch in batches? {
                 filter.insert(&batch)?;
@@ -89,14 +90,26 @@ impl KeyFilter {
     /// The checkpointed keys of `state` that `wanted` also holds: for a read
     /// whose source is much smaller than the checkpoint, so that the filter
     /// is the size of the source, not of the history. Key files are streamed
-    /// through `wanted` and none is held whole.
+    /// through `wanted` and none is held whole; those whose range does not
+    /// meet `wanted_range` (the source keys' range) are not read at all.
+    /// Returns the filter and the number of key files not read.
     pub(crate) async fn load_matching(
         store: &CheckpointStore,
         state: &StoreState,
         wanted: &KeyFilter,
-    ) -> Result<Self> {
+        wanted_range: Option<&KeyRange>,
+    ) -> Result<(Self, u64)> {
         let mut filter = Self::expecting(store.key_schema().clone(), wanted.len() as u64)?;
-        let mut files = key_files(store, state);
+        // A key file whose keys all lie outside the source's cannot hold one
+        // of them.
+        let (read, skipped): (Vec<KeyFileRef>, Vec<KeyFileRef>) = state
+            .key_files()
+            .into_iter()
+            .partition(|file| match (wanted_range, &file.key_range) {
+                (Some(wanted), Some(held)) => wanted.overlaps(held),
+                _ => true,
+            });
+        let mut files = key_files(store, read);
         while let Some(batches) = files.next().await {
             for batch in batches? {
                 let encoded = filter.codec.encode(batch.columns())?;
@@ -116,7 +129,7 @@ impl KeyFilter {
                 }
             }
         }
-        Ok(filter)
+        Ok((filter, skipped.len() as u64))
     }
 
     /// The key schema this filter holds keys of.
@@ -129,6 +142,11 @@ impl KeyFilter {
         // The codec bundles them with `KeySchema::batch`, which converts other
         // spellings of string and binary keys to the kept one.
         let encoded = self.codec.encode(keys.columns())?;
+        self.insert_encoded(&encoded)
+    }
+
+    /// Adds keys already encoded by a codec of this filter's key schema.
+    pub(crate) fn insert_encoded(&mut self, encoded: &EncodedKeys) -> Result<()> {
         if let Some(words) = encoded.words_without_nulls() {
             for &w in words {
                 self.keys.insert_word(w);
@@ -199,10 +217,10 @@ impl KeyFilter {
 /// the next file goes on beside the caller's work on this one.
 fn key_files(
     store: &CheckpointStore,
-    state: &StoreState,
+    files: Vec<KeyFileRef>,
 ) -> impl Stream<Item = Result<Vec<RecordBatch>>> + Unpin {
     let store = store.clone();
-    stream::iter(state.key_files())
+    stream::iter(files)
         .map(move |file| {
             let store = store.clone();
             tokio::spawn(async move { store.read_keys(&file).await })

@@ -43,9 +43,10 @@ use futures::stream::{BoxStream, StreamExt};
 use crate::error::{Error, Result};
 use crate::filter::codec::{Key, KeyCodec};
 use crate::filter::key_set::KeySet;
+use crate::filter::range::RangeBuilder;
 use crate::filter::{check_source, filter_rows, key_columns, KeyFilter};
 use crate::source::{read_units, read_units_mapped, BatchMap, Source};
-use crate::store::{unit_digest, CheckpointStore, CheckpointWriter, KeySchema};
+use crate::store::{unit_digest, CheckpointStore, CheckpointWriter, KeyRange, KeySchema};
 use partitioned::Verdicts;
 
 /// A source with this many times fewer rows than there are checkpointed keys
@@ -130,6 +131,9 @@ pub struct ReadStats {
     /// Checkpointed keys the in-memory filter held: all of them, or only
     /// those the source also holds when it is small (see [`SMALL_SOURCE_RATIO`]).
     pub filter_keys: u64,
+    /// Key files not read because no source key lies in their range (only a
+    /// small source's keys are known before the key files are read).
+    pub key_files_skipped: u64,
     /// Source units read to their end (a unit ends when the next one's first
     /// batch arrives, or the source ends).
     pub units_finished: u64,
@@ -238,6 +242,7 @@ impl CheckpointedRead {
             rows_passed: 0,
             peak_filter_bytes: 0,
             filter_keys: 0,
+            key_files_skipped: 0,
             units_finished: 0,
         };
         let source_rows = rows_of(source.as_ref(), &units);
@@ -256,10 +261,12 @@ impl CheckpointedRead {
                 &options,
             )
         {
-            let wanted =
+            let (wanted, wanted_range) =
                 read_source_keys(&key_schema, source.clone(), &units, source_rows, &options)
                     .await?;
-            let filter = KeyFilter::load_matching(store, &state, &wanted).await?;
+            let (filter, files_skipped) =
+                KeyFilter::load_matching(store, &state, &wanted, wanted_range.as_ref()).await?;
+            stats.key_files_skipped = files_skipped;
             stats.peak_filter_bytes = wanted.memory_bytes();
             source_keys = Some(Arc::new(wanted));
             Some(filter)
@@ -594,19 +601,23 @@ async fn read_source_keys(
     units: &[usize],
     rows: Option<u64>,
     options: &ReadOptions,
-) -> Result<KeyFilter> {
+) -> Result<(KeyFilter, Option<KeyRange>)> {
     let columns = key_schema
         .columns()
         .iter()
         .map(|c| c.name.clone())
         .collect();
+    let codec = KeyCodec::new(key_schema)?;
     let mut keys = KeyFilter::expecting(key_schema.clone(), rows.unwrap_or(0))?;
+    let mut range = RangeBuilder::default();
     let mut batches = read_units(source, units.to_vec(), Some(columns), options.parallelism);
     while let Some(item) = batches.next().await {
         let (_, batch) = item?;
-        keys.insert(&key_schema.batch(&key_columns(key_schema, &batch)?)?)?;
+        let encoded = codec.encode(&key_columns(key_schema, &batch)?)?;
+        range.add(&encoded);
+        keys.insert_encoded(&encoded)?;
     }
-    Ok(keys)
+    Ok((keys, range.finish()))
 }
 
 /// Rows in `units` of `source`, when every one knows its count.

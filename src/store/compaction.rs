@@ -14,6 +14,7 @@ use super::layout::Layout;
 use super::records::{self, CheckpointId, IndexGeneration, KeyFileRef, KeyRun, FORMAT_VERSION};
 use super::{io, keys, CheckpointStore};
 use crate::error::{BoxError, Error, ObjectKind, Result};
+use crate::filter::range::key_range;
 
 /// Parallel key file reads during compaction.
 const READ_CONCURRENCY: usize = 8;
@@ -295,12 +296,14 @@ impl CheckpointStore {
             let bytes = keys::encode_key_file(self.key_schema(), &slice, path.as_ref())?;
             let size_bytes = bytes.len() as u64;
             let crc32 = Some(crc32fast::hash(&bytes));
+            let key_range = key_range(self.key_schema(), &slice)?;
             io::put(self.object_store(), &path, bytes).await?;
             key_files.push(KeyFileRef {
                 path: layout.relative(&path),
                 row_count: slice.num_rows() as u64,
                 size_bytes,
                 crc32,
+                key_range,
             });
             offset += slice.num_rows();
         }

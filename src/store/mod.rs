@@ -43,8 +43,8 @@ pub use location::{
 pub use orphans::Orphans;
 pub use records::{
     unit_digest, AcceptanceRecord, BeginMarker, CheckpointId, CollectedRecord, CommitIntent,
-    CommitMarker, Descriptor, FileRecord, InFlightRecord, IndexGeneration, KeyFileRef, KeyRun,
-    LeaseClaim, LeaseHeartbeat, LeaseRecord, Manifest, ShardLayout, TableFileMetadata,
+    CommitMarker, Descriptor, FileRecord, InFlightRecord, IndexGeneration, KeyFileRef, KeyRange,
+    KeyRun, LeaseClaim, LeaseHeartbeat, LeaseRecord, Manifest, ShardLayout, TableFileMetadata,
     FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
 pub use state::{CheckpointState, CheckpointSummary, StoreState};

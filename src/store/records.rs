@@ -106,6 +106,30 @@ pub struct KeyFileRef {
     /// Absent in records written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crc32: Option<u32>,
+    /// The least and greatest key in the file. A read whose source keys all
+    /// fall outside it does not open the file. Absent when a key is null, and
+    /// in records written before it was recorded: such files are always read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_range: Option<KeyRange>,
+}
+
+/// The least and greatest of a set of keys, each as the lowercase hex of its
+/// encoded bytes (a fixed-width key's bits in big-endian order, a string or
+/// binary key's bytes, a composite key's Arrow row). Hex keeps the bytes'
+/// order, so ranges compare as strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRange {
+    /// The least key.
+    pub least: String,
+    /// The greatest key.
+    pub greatest: String,
+}
+
+impl KeyRange {
+    /// Whether some key could lie in both ranges.
+    pub fn overlaps(&self, other: &KeyRange) -> bool {
+        self.least <= other.greatest && other.least <= self.greatest
+    }
 }
 
 /// The seal of a checkpoint: its presence makes the checkpoint's keys skipped and

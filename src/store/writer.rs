@@ -16,6 +16,7 @@ use super::records::{
 };
 use super::{io, keys, CheckpointStore};
 use crate::error::{Error, ObjectKind, Result};
+use crate::filter::range::key_range;
 
 /// Keys buffered by [`CheckpointWriter::buffer_keys`] are written as one key file
 /// once this many rows have gathered (and at the seal).
@@ -448,12 +449,14 @@ async fn write_key_file(
     let bytes = keys::encode_key_file(store.key_schema(), batch, path.as_ref())?;
     let size_bytes = bytes.len() as u64;
     let crc32 = Some(crc32fast::hash(&bytes));
+    let key_range = key_range(store.key_schema(), batch)?;
     io::put(store.object_store(), &path, bytes).await?;
     Ok(KeyFileRef {
         path: layout.relative(&path),
         row_count: batch.num_rows() as u64,
         size_bytes,
         crc32,
+        key_range,
     })
 }
 

@@ -245,10 +245,19 @@ impl DeltaSink {
             let snapshot = table
                 .snapshot()
                 .map_err(|e| Error::delta(self.url.as_str(), "reading the table's state", e))?;
+            // delta-rs checkpoints the log every 100 commits unless the table
+            // says otherwise; the Delta reference implementation every 10. A
+            // table without the property gets the reference's interval, so that
+            // opening it replays at most 10 commits after the latest checkpoint.
+            let own_checkpoints = !snapshot
+                .metadata()
+                .configuration()
+                .contains_key(CHECKPOINT_INTERVAL);
             let properties = CommitProperties::default()
                 .with_application_transaction(Transaction::new(&request.pipeline_id, sequence))
                 .with_metadata(metadata.clone())
-                .with_max_retries(0);
+                .with_max_retries(0)
+                .with_create_checkpoint(!own_checkpoints);
             let result = CommitBuilder::from(properties)
                 .with_actions(adds.clone())
                 .build(
@@ -263,10 +272,14 @@ impl DeltaSink {
                 .await;
             match result {
                 Ok(commit) => {
+                    if own_checkpoints && (commit.version() + 1) % DEFAULT_CHECKPOINT_INTERVAL == 0
+                    {
+                        self.checkpoint_log(&mut table, commit.version()).await;
+                    }
                     return Ok(CommitOutcome {
                         applied: true,
                         table_version: json!({ "version": commit.version() }),
-                    })
+                    });
                 }
                 Err(e) if retryable(&e) => {
                     tracing::warn!(table = %self.url, attempt, error = %e, "delta commit attempt failed; re-checking the marker");
@@ -280,6 +293,21 @@ impl DeltaSink {
             attempts: SINK_COMMIT_ATTEMPTS,
             last: last_error.map_or_else(String::new, |e| e.to_string()),
         })
+    }
+}
+
+impl DeltaSink {
+    /// Writes a checkpoint of the log at `version`. The commit has landed
+    /// whatever happens here: a failure is logged, and the next checkpoint
+    /// will cover this one's commits.
+    async fn checkpoint_log(&self, table: &mut DeltaTable, version: u64) {
+        let written = match table.update_incremental(Some(version)).await {
+            Ok(()) => deltalake::checkpoints::create_checkpoint(table, None).await,
+            Err(e) => Err(e),
+        };
+        if let Err(error) = written {
+            tracing::warn!(table = %tidemark::redact::redact_url(self.url.as_str()), version, %error, "writing a checkpoint of the Delta log failed; the commit stands");
+        }
     }
 }
 
@@ -351,6 +379,14 @@ impl CommitSink for DeltaSink {
 /// Versions of the log read, newest first, to find the pipeline's latest
 /// commit and any restore after it: a few, then more.
 const LINEAGE_HISTORY: [usize; 2] = [16, 1_000];
+
+/// The Delta table property that sets how many commits come between two
+/// checkpoints of the log.
+const CHECKPOINT_INTERVAL: &str = "delta.checkpointInterval";
+
+/// Commits between two checkpoints of the log on a table that does not set
+/// [`CHECKPOINT_INTERVAL`]: the Delta reference implementation's default.
+const DEFAULT_CHECKPOINT_INTERVAL: u64 = 10;
 
 /// The Delta table property under which Spark's log checkpoints drop `txn`
 /// entries without a recent `lastUpdated`, this sink's markers included.

@@ -606,3 +606,78 @@ async fn rows_a_filter_drops_never_land_and_their_keys_count_as_processed() {
     );
     fixture.read().assert_each_once(kept(330));
 }
+
+/// The log files of `fixture`'s table whose name ends with `suffix`, sorted.
+fn log_files(fixture: &Fixture, suffix: &str) -> Vec<String> {
+    let log = fixture.url.to_file_path().unwrap().join("_delta_log");
+    let mut names: Vec<String> = std::fs::read_dir(log)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(suffix))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Commits `rounds` checkpoints of 10 keys each, one table commit apiece.
+async fn commit_rounds(fixture: &Fixture, store: &CheckpointStore, rounds: std::ops::Range<i64>) {
+    for round in rounds {
+        let sink = fixture.sink().await;
+        process(store, &sink, &range(round * 10, round * 10 + 10)).await;
+        let report = Committer::new(store.clone(), sink, PIPELINE)
+            .commit_pending()
+            .await
+            .unwrap();
+        assert_eq!(report.commits.len(), 1);
+    }
+}
+
+/// Opening a Delta table replays the log after its latest checkpoint, so the
+/// sink checkpoints the log every 10 commits (the Delta reference
+/// implementation's default; delta-rs's is 100) unless the table sets
+/// `delta.checkpointInterval`, which is then followed. The checkpoint stands
+/// for the commits before it: with their log entries gone, the readers and
+/// the marker still see every row and commit.
+#[tokio::test]
+async fn the_log_is_checkpointed_every_ten_commits_unless_the_table_says_otherwise() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    commit_rounds(&fixture, &store, 0..12).await;
+    // Version 0 made the table; commits 1 to 12 are versions 1 to 12.
+    assert_eq!(
+        log_files(&fixture, ".checkpoint.parquet"),
+        ["00000000000000000009.checkpoint.parquet"]
+    );
+    let log = fixture.url.to_file_path().unwrap().join("_delta_log");
+    for version in 0..=9 {
+        std::fs::remove_file(log.join(format!("{version:020}.json"))).unwrap();
+    }
+    let seen = fixture.read();
+    assert_eq!((seen.version, seen.txn), (12, Some(12)));
+    seen.assert_each_once(range(0, 120));
+    commit_rounds(&fixture, &store, 12..13).await;
+    fixture.read().assert_each_once(range(0, 130));
+
+    // A table that sets its interval keeps it.
+    let fixture = Fixture::new(Backend::local()).await;
+    fixture
+        .sink()
+        .await
+        .table()
+        .await
+        .set_tbl_properties()
+        .with_properties(HashMap::from([(
+            "delta.checkpointInterval".to_string(),
+            "4".to_string(),
+        )]))
+        .await
+        .unwrap();
+    let store = fixture.store().await;
+    // The property change is version 1; commits are versions 2 to 13.
+    commit_rounds(&fixture, &store, 0..12).await;
+    assert_eq!(
+        log_files(&fixture, ".checkpoint.parquet"),
+        [3, 7, 11].map(|v| format!("{v:020}.checkpoint.parquet"))
+    );
+    fixture.read().assert_each_once(range(0, 120));
+}

@@ -1,0 +1,178 @@
+//! A pipeline that lives for thousands of runs: does a small run cost more
+//! when many runs came before it?
+//!
+//! ```text
+//! cargo bench --bench history -- [--marks 10,100,1000] [--rows 1000]
+//!     [--window 10] [--sinks delta,iceberg] [--data DIR]
+//! ```
+//!
+//! Each run reads a source folder of its own holding `--rows` new documents
+//! (so every run reads, maps and writes the same amount), adds
+//! `chars = length(text)` and appends the rows to the table through a
+//! `Pipeline` with its defaults: the lease, the checkpointed read, one seal,
+//! the idempotent commit, and the automatic compaction of the checkpoint
+//! history. Runs go one after another, in this process, each opening the
+//! store, the catalog and the table as a new process would.
+//!
+//! At each mark (a number of runs made), the table prints the median, least
+//! and most seconds of the last `--window` runs, their ratio to the first
+//! mark's median, the checkpointed keys the run had behind it, the objects
+//! in the store and the table's metadata objects (Delta log entries; Iceberg
+//! metadata files, manifest lists and manifests).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/lake.rs"]
+mod lake;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use lake::{add_chars, delta_table, iceberg_table, open_source, store, write_documents};
+use support::{cores, BenchArgs};
+use tidemark::commit::CommitSink;
+use tidemark::gc::TableFiles;
+use tidemark::pipeline::{DataWriter, Pipeline, RunReport};
+use tidemark::transform::Transform;
+use tidemark_delta::DeltaWriterOptions;
+use tidemark_iceberg::{IcebergSink, IcebergWriterOptions};
+
+fn main() {
+    let args = BenchArgs::from_env();
+    let flag = |name: &str, default: &str| args.flag(name, default);
+    let data = PathBuf::from(flag("--data", "/tmp/tidemark-bench-history"));
+    let rows: u64 = flag("--rows", "1000").parse().unwrap();
+    let window: usize = flag("--window", "10").parse().unwrap();
+    let mut marks: Vec<usize> = list(&flag("--marks", "10,100,1000"))
+        .iter()
+        .map(|m| m.parse().unwrap())
+        .collect();
+    marks.sort_unstable();
+    let sinks = list(&flag("--sinks", "delta,iceberg"));
+    let runs = *marks.last().expect("--marks names at least one mark");
+    assert!(
+        marks[0] >= window,
+        "the first mark must be at least --window"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let sources = data.join("sources");
+    std::fs::create_dir_all(&sources).unwrap();
+    println!(
+        "{rows} new rows a run, median of the last {window} runs at each mark; machine: {} cores",
+        cores()
+    );
+    println!();
+    println!("| sink | runs made | median s | min s | max s | vs first mark | checkpointed keys | store objects | table metadata objects |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for sink in &sinks {
+        let work = data.join(sink);
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).unwrap();
+        let work = std::fs::canonicalize(&work).unwrap();
+        let mut seconds = Vec::with_capacity(runs);
+        let mut first_median = None;
+        for run in 0..runs {
+            let folder = sources.join(format!("run-{run:05}"));
+            if !folder.exists() {
+                let part = sources.join(format!("writing-{run:05}"));
+                let _ = std::fs::remove_dir_all(&part);
+                std::fs::create_dir_all(&part).unwrap();
+                let first = run as u64 * rows;
+                write_documents(&part.join("part-0.parquet"), first..first + rows);
+                std::fs::rename(&part, &folder).unwrap();
+            }
+            let started = Instant::now();
+            let report = runtime.block_on(one_run(sink, &work, &folder));
+            seconds.push(started.elapsed().as_secs_f64());
+            assert_eq!(report.rows_written, rows, "{sink} run {run}");
+            if (run + 1) % 100 == 0 {
+                eprintln!("{sink}: {} runs", run + 1);
+            }
+            if !marks.contains(&(run + 1)) {
+                continue;
+            }
+            let mut last = seconds[seconds.len() - window..].to_vec();
+            last.sort_by(f64::total_cmp);
+            let median = last[last.len() / 2];
+            let first = *first_median.get_or_insert(median);
+            println!(
+                "| {sink} | {} | {median:.3} | {:.3} | {:.3} | {:.2}x | {} | {} | {} |",
+                run + 1,
+                last[0],
+                last[last.len() - 1],
+                median / first,
+                report.read.checkpointed_keys,
+                files_below(&work.join("checkpoints"), &|_| true),
+                table_metadata_objects(sink, &work),
+            );
+        }
+    }
+}
+
+/// One pipeline run over `source` into the sink's table under `work`.
+async fn one_run(sink: &str, work: &Path, source: &Path) -> RunReport {
+    let url = format!("file://{}/", source.display());
+    match sink {
+        "iceberg" => {
+            let (catalog, ident) = iceberg_table(work).await;
+            let sink = IcebergSink::open(catalog, ident).await.unwrap();
+            let mut writer = sink.writer(IcebergWriterOptions::default()).await.unwrap();
+            run_pipeline(sink, &mut writer, work, &url).await
+        }
+        "delta" => {
+            let sink = delta_table(work).await;
+            let mut writer = sink.writer(DeltaWriterOptions::default()).await.unwrap();
+            run_pipeline(sink, &mut writer, work, &url).await
+        }
+        other => panic!("unknown sink {other}: iceberg or delta"),
+    }
+}
+
+async fn run_pipeline<S: CommitSink + TableFiles>(
+    sink: S,
+    writer: &mut dyn DataWriter,
+    work: &Path,
+    source: &str,
+) -> RunReport {
+    Pipeline::new(store(work).await, sink, "history")
+        .run(
+            open_source(source).await,
+            &Transform::new().map(add_chars),
+            writer,
+        )
+        .await
+        .unwrap()
+}
+
+/// The table's metadata objects: the Delta log's entries, or the Iceberg
+/// table's metadata files, manifest lists and manifests.
+fn table_metadata_objects(sink: &str, work: &Path) -> usize {
+    match sink {
+        "delta" => files_below(&work.join("table").join("_delta_log"), &|_| true),
+        _ => files_below(&work.join("warehouse"), &|path| {
+            path.components().any(|c| c.as_os_str() == "metadata")
+        }),
+    }
+}
+
+/// Files below `dir` (recursively) that `keep` accepts.
+fn files_below(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map(|entry| entry.unwrap().path())
+        .map(|path| {
+            if path.is_dir() {
+                files_below(&path, keep)
+            } else {
+                usize::from(keep(&path))
+            }
+        })
+        .sum()
+}
+
+fn list(value: &str) -> Vec<String> {
+    value.split(',').map(str::to_string).collect()
+}
