@@ -186,3 +186,68 @@ async fn hundreds_of_runs_leave_a_bounded_store() {
         median(&run_times[run_times.len() - window..])
     );
 }
+
+/// Directories below `dir` that hold no file at any depth.
+fn empty_directories(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn files_below(dir: &std::path::Path, empty: &mut Vec<std::path::PathBuf>) -> usize {
+        let mut files = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            files += if path.is_dir() {
+                files_below(&path, empty)
+            } else {
+                1
+            };
+        }
+        if files == 0 {
+            empty.push(dir.to_path_buf());
+        }
+        files
+    }
+    let mut empty = Vec::new();
+    files_below(dir, &mut empty);
+    empty
+}
+
+/// On a local disk, deleting a store object also removes the directories it
+/// leaves empty: a store that kept every checkpoint's staging directories
+/// would walk thousands of them on every listing after a few hundred runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_store_leaves_no_empty_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store = CheckpointStore::open(
+        &format!("file://{}", store_dir.display()),
+        &Default::default(),
+        KeySchema::single("id", DataType::Int64).unwrap(),
+    )
+    .await
+    .unwrap();
+    let table = MemoryTable::default();
+    let runs = 2 * AUTO_COMPACTION_CHECKPOINTS as i64 + 3;
+    for run in 0..runs {
+        let folder = dir.path().join(format!("run-{run:05}"));
+        write_source(&folder, run * KEYS_PER_RUN..(run + 1) * KEYS_PER_RUN);
+        let source = ParquetSource::open(
+            &format!("file://{}/", folder.display()),
+            &ParquetSourceOptions::default(),
+        )
+        .await
+        .unwrap();
+        Pipeline::new(store.clone(), table.clone(), "long-life")
+            .run(
+                Arc::new(source),
+                &Transform::new(),
+                &mut MemoryWriter {
+                    table: table.clone(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    collect_garbage(&store, &table).await.unwrap();
+    store.compact(&CompactionOptions::default()).await.unwrap();
+    collect_garbage(&store, &table).await.unwrap();
+    let empty = empty_directories(&store_dir);
+    assert!(empty.is_empty(), "{} empty directories: {empty:?}", empty.len());
+}

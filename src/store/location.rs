@@ -69,8 +69,12 @@ impl StoreLocation {
                     .map_err(|()| invalid("not an absolute local path".into()))?;
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| invalid(format!("cannot create directory: {e}")))?;
-                let fs =
-                    LocalFileSystem::new_with_prefix(&dir).map_err(|e| invalid(e.to_string()))?;
+                // Deleting an object also removes the directories it leaves
+                // empty: otherwise every checkpoint's staging directories
+                // stay forever, and each listing walks them all.
+                let fs = LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| invalid(e.to_string()))?
+                    .with_automatic_cleanup(true);
                 (Arc::new(fs), Path::default())
             }
             "s3" | "s3a" => {
