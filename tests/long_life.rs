@@ -249,5 +249,9 @@ async fn a_local_store_leaves_no_empty_directories() {
     store.compact(&CompactionOptions::default()).await.unwrap();
     collect_garbage(&store, &table).await.unwrap();
     let empty = empty_directories(&store_dir);
-    assert!(empty.is_empty(), "{} empty directories: {empty:?}", empty.len());
+    assert!(
+        empty.is_empty(),
+        "{} empty directories: {empty:?}",
+        empty.len()
+    );
 }
