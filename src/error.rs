@@ -236,6 +236,17 @@ pub enum Error {
         key: String,
     },
 
+    /// A SQL transform does not plan: a syntax error, an unknown column or
+    /// function, a statement that is not a query, or a table other than the
+    /// source.
+    #[error("SQL transform `{sql}`: {reason}")]
+    Sql {
+        /// The statement, or the plan when no statement was given.
+        sql: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A transform between a checkpointed read and a sink is not row-wise.
     #[error("`{operation}` cannot run between a checkpointed read and a sink: {why}")]
     NotRowWise {

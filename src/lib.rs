@@ -40,6 +40,7 @@ pub mod pipeline;
 pub mod read;
 pub mod redact;
 pub mod source;
+pub mod sql;
 pub mod store;
 pub mod transform;
 

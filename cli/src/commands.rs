@@ -10,6 +10,7 @@ use tidemark::commit::{Committer, Lineage};
 use tidemark::pipeline::{CheckpointPolicy, Pipeline, Progress};
 use tidemark::read::ReadOptions;
 use tidemark::source::{Shard, Source, UnionSource};
+use tidemark::sql::SqlTransform;
 use tidemark::store::{CheckpointStore, CompactionOptions, KeySchema, StoreLocation};
 use tidemark::transform::Transform;
 use tidemark_iceberg::SnapshotExpiry;
@@ -37,8 +38,22 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     let schema = source.schema();
     let key_names: Vec<&str> = args.key.iter().map(String::as_str).collect();
     let keys = KeySchema::from_source(&schema, &key_names)?;
+    // The transform is planned (and refused if it is not row-wise) before
+    // the store, the table or the source's rows are touched.
+    let (transform, output_schema) = match &args.sql {
+        Some(sql) => {
+            let planned = SqlTransform::new(sql, &schema).await?;
+            (planned.transform().clone(), planned.output_schema().clone())
+        }
+        None => (Transform::new(), schema.clone()),
+    };
     let store = open_store(&args.target.store, Some(keys)).await?;
-    let sink = AnySink::open(&args.target.sink, &options, args.create.then_some(&schema)).await?;
+    let sink = AnySink::open(
+        &args.target.sink,
+        &options,
+        args.create.then_some(&output_schema),
+    )
+    .await?;
     let mut writer = sink
         .writer(args.target_file_size_mib.saturating_mul(1 << 20))
         .await?;
@@ -77,9 +92,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
             }
         })
     });
-    let result = pipeline
-        .run(source, &Transform::new(), writer.as_mut())
-        .await;
+    let result = pipeline.run(source, &transform, writer.as_mut()).await;
     if let Some(ticker) = ticker {
         ticker.abort();
     }

@@ -205,9 +205,18 @@ struct RunArgs {
     /// The key column (repeat for a composite key).
     #[arg(long, required = true)]
     key: Vec<String>,
-    /// Create the table from the source's schema if it does not exist.
+    /// Create the table from the source's schema (or the `--sql`
+    /// statement's output) if it does not exist.
     #[arg(long)]
     create: bool,
+    /// A SQL transform: one `SELECT` over the table `source` (for example
+    /// `SELECT id, lower(text) AS text FROM source WHERE length(text) > 0`).
+    /// Only row-wise work is allowed (expressions, functions, WHERE);
+    /// sorts, limits, aggregates, DISTINCT, joins, unions, windows and
+    /// subqueries are refused before the read. Rows a WHERE drops count as
+    /// processed.
+    #[arg(long)]
+    sql: Option<String>,
     /// Run only shard I of N of the source files (I/N, from 0), under the
     /// shard's own lease, so N processes can share the work.
     #[arg(long, value_parser = parse_shard)]

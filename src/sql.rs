@@ -1,0 +1,462 @@
+//! SQL transforms: a `SELECT` over the checkpointed source, run batch by batch.
+//!
+//! The statement is planned once by DataFusion against the source's schema,
+//! registered as the table `source`. The plan must be map-only, as the
+//! [`Transform`] guard asks: projections (any scalar expression or scalar
+//! function, DataFusion's or a registered UDF), filters and aliases over one
+//! scan of `source`. Anything whose output for one row depends on other rows
+//! is refused before any row is read, naming the operator: sorts, limits,
+//! aggregates, `DISTINCT`, joins, unions, windows, subqueries, `UNNEST`.
+//!
+//! A map-only plan gives each row's output from that row alone, so running it
+//! on one batch at a time is exact. Each filter and projection is compiled
+//! once to DataFusion physical expressions and becomes a step of a
+//! [`Transform`]: no plan is built per batch, and the steps run on the
+//! pipeline's map workers like any other map.
+
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow_schema::{Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNode;
+use datafusion::datasource::MemTable;
+use datafusion::execution::context::{SQLOptions, SessionContext};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::optimizer::Analyzer;
+use datafusion::physical_expr::PhysicalExpr;
+
+use crate::error::{BoxError, Error, Result};
+use crate::transform::Transform;
+
+/// The table name a SQL transform reads the source under.
+pub const SOURCE_TABLE: &str = "source";
+
+/// A map-only SQL statement over the source, as a [`Transform`] and the
+/// schema of the rows it makes.
+#[derive(Debug, Clone)]
+pub struct SqlTransform {
+    transform: Transform,
+    output_schema: SchemaRef,
+}
+
+impl SqlTransform {
+    /// Plans `sql` (one `SELECT ... FROM source ...`) against batches of
+    /// `source_schema`. Fails with [`Error::Sql`] when it does not plan (a
+    /// syntax error, an unknown column or function, a statement that is not
+    /// a query), and with [`Error::NotRowWise`] when it is not map-only.
+    pub async fn new(sql: &str, source_schema: &SchemaRef) -> Result<Self> {
+        let context = SessionContext::new();
+        let empty = MemTable::try_new(source_schema.clone(), vec![vec![]])
+            .map_err(|e| sql_error(sql, e))?;
+        context
+            .register_table(SOURCE_TABLE, Arc::new(empty))
+            .map_err(|e| sql_error(sql, e))?;
+        // A query only: no DDL, DML or `SET` runs while planning.
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let frame = context
+            .sql_with_options(sql, options)
+            .await
+            .map_err(|e| sql_error(sql, e))?;
+        Self::from_plan(&context, frame.into_unoptimized_plan(), source_schema).map_err(|e| match e
+        {
+            Error::Sql { reason, .. } => Error::Sql {
+                sql: sql.to_string(),
+                reason,
+            },
+            other => other,
+        })
+    }
+
+    /// A transform from a logical plan over one scan of a table named
+    /// `source` whose schema is `source_schema` (for example a DataFusion
+    /// `DataFrame`'s `into_unoptimized_plan()`), planned in `context` (whose
+    /// functions the plan may call). The same guard applies as to
+    /// [`SqlTransform::new`].
+    pub fn from_plan(
+        context: &SessionContext,
+        plan: LogicalPlan,
+        source_schema: &SchemaRef,
+    ) -> Result<Self> {
+        let described = plan.display_indent().to_string();
+        // Type coercion, so that physical expressions see the types they
+        // compute with; no optimizer rule runs, so the plan keeps its shape.
+        let plan = Analyzer::new()
+            .execute_and_check(plan, context.state().config_options(), |_, _| {})
+            .map_err(|e| sql_error(&described, e))?;
+        let output_schema = Arc::new(plan.schema().as_arrow().clone());
+        let mut steps = Vec::new();
+        compile(context, &plan, source_schema, &mut steps).map_err(|e| with_plan(e, &described))?;
+        let transform = steps
+            .into_iter()
+            .fold(Transform::new(), |transform, step| match step {
+                Step::Filter(predicate) => transform.filter(move |batch| {
+                    let values = evaluate(&predicate, batch)?;
+                    values
+                        .as_any()
+                        .downcast_ref::<arrow_array::BooleanArray>()
+                        .cloned()
+                        .ok_or_else(|| Error::Map {
+                            source: format!(
+                                "the WHERE clause gave {} values, not booleans",
+                                values.data_type()
+                            )
+                            .into(),
+                        })
+                }),
+                Step::Project(expressions, schema) => transform.map(move |batch| {
+                    let columns = expressions
+                        .iter()
+                        .map(|e| evaluate(e, &batch))
+                        .collect::<Result<Vec<ArrayRef>>>()?;
+                    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+                        .map_err(|e| Error::Map { source: e.into() })
+                }),
+            });
+        Ok(SqlTransform {
+            transform,
+            output_schema,
+        })
+    }
+
+    /// The transform to pass to [`crate::pipeline::Pipeline::run`].
+    pub fn transform(&self) -> &Transform {
+        &self.transform
+    }
+
+    /// The schema of the rows the statement makes: what the table must hold.
+    pub fn output_schema(&self) -> &SchemaRef {
+        &self.output_schema
+    }
+}
+
+/// One compiled step of a map-only plan.
+enum Step {
+    Filter(Arc<dyn PhysicalExpr>),
+    Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
+}
+
+/// Appends the steps of `plan` (inputs first) to `steps`, or refuses the
+/// first operator that is not row-wise.
+fn compile(
+    context: &SessionContext,
+    plan: &LogicalPlan,
+    source_schema: &SchemaRef,
+    steps: &mut Vec<Step>,
+) -> Result<()> {
+    let physical = |expr: &Expr, input: &LogicalPlan| {
+        refuse_subqueries(expr)?;
+        context
+            .create_physical_expr(expr.clone(), input.schema())
+            .map_err(|e| sql_error("", e))
+    };
+    match plan {
+        LogicalPlan::TableScan(scan) => {
+            if scan.table_name.table() != SOURCE_TABLE {
+                return Err(Error::Sql {
+                    sql: String::new(),
+                    reason: format!(
+                        "it reads table `{}`; a transform reads only `{SOURCE_TABLE}`",
+                        scan.table_name
+                    ),
+                });
+            }
+            if scan.fetch.is_some() {
+                return Err(Transform::refuse("limit"));
+            }
+            let scanned: &Schema = scan.projected_schema.as_arrow();
+            if scan.projection.is_some()
+                || !scan.filters.is_empty()
+                || !same_columns(scanned, source_schema)
+            {
+                return Err(Error::Sql {
+                    sql: String::new(),
+                    reason: format!(
+                        "its scan of `{SOURCE_TABLE}` must return the source's columns as they \
+                         are ({}), not {}",
+                        column_names(source_schema),
+                        column_names(scanned)
+                    ),
+                });
+            }
+            Ok(())
+        }
+        LogicalPlan::SubqueryAlias(alias) => compile(context, &alias.input, source_schema, steps),
+        LogicalPlan::Filter(filter) => {
+            compile(context, &filter.input, source_schema, steps)?;
+            steps.push(Step::Filter(physical(&filter.predicate, &filter.input)?));
+            Ok(())
+        }
+        LogicalPlan::Projection(projection) => {
+            compile(context, &projection.input, source_schema, steps)?;
+            let expressions = projection
+                .expr
+                .iter()
+                .map(|e| physical(e, &projection.input))
+                .collect::<Result<Vec<_>>>()?;
+            let schema = Arc::new(projection.schema.as_arrow().clone());
+            steps.push(Step::Project(expressions, schema));
+            Ok(())
+        }
+        other => Err(Transform::refuse(operator(other))),
+    }
+}
+
+/// The name [`Transform::refuse`] knows an operator by.
+fn operator(plan: &LogicalPlan) -> &'static str {
+    match plan {
+        LogicalPlan::Sort(_) => "sort",
+        LogicalPlan::Limit(_) => "limit",
+        LogicalPlan::Aggregate(_) => "aggregate",
+        LogicalPlan::Distinct(_) => "distinct",
+        LogicalPlan::Window(_) => "window",
+        LogicalPlan::Join(_) => "join",
+        LogicalPlan::Union(_) => "union",
+        LogicalPlan::Repartition(_) => "repartition",
+        LogicalPlan::Unnest(_) => "unnest",
+        LogicalPlan::RecursiveQuery(_) => "recursive query",
+        LogicalPlan::Values(_) | LogicalPlan::EmptyRelation(_) => "a query without the source",
+        _ => "this statement",
+    }
+}
+
+/// Subqueries read the source (or another table) beside the row at hand.
+fn refuse_subqueries(expr: &Expr) -> Result<()> {
+    let found = expr
+        .exists(|e| {
+            Ok(matches!(
+                e,
+                Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+            ))
+        })
+        .map_err(|e| sql_error("", e))?;
+    if found {
+        return Err(Error::NotRowWise {
+            operation: "subquery".into(),
+            why: "it reads other rows than the one it is computed for, including rows of \
+                  earlier runs that this run skips"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+fn evaluate(expr: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<ArrayRef> {
+    expr.evaluate(batch)
+        .and_then(|value| value.into_array(batch.num_rows()))
+        .map_err(|e| Error::Map {
+            source: BoxError::from(e),
+        })
+}
+
+fn same_columns(a: &Schema, b: &Schema) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields()
+            .iter()
+            .zip(b.fields())
+            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+}
+
+fn column_names(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn sql_error(sql: &str, error: impl std::fmt::Display) -> Error {
+    Error::Sql {
+        sql: sql.to_string(),
+        reason: error.to_string(),
+    }
+}
+
+/// Names the plan in a planning error that does not carry its statement.
+fn with_plan(error: Error, plan: &str) -> Error {
+    match error {
+        Error::Sql { sql, reason } if sql.is_empty() => Error::Sql {
+            sql: plan.to_string(),
+            reason,
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Int32Type, Int64Type};
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field};
+
+    use super::*;
+
+    fn documents() -> RecordBatch {
+        RecordBatch::try_from_iter([
+            (
+                "id",
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5, 6])) as ArrayRef,
+            ),
+            (
+                "text",
+                Arc::new(StringArray::from(vec![
+                    Some("One"),
+                    Some("Two"),
+                    Some("Three"),
+                    None,
+                    Some("Five"),
+                    Some("Six"),
+                ])) as ArrayRef,
+            ),
+        ])
+        .unwrap()
+    }
+
+    async fn planned(sql: &str) -> Result<SqlTransform> {
+        SqlTransform::new(sql, &documents().schema()).await
+    }
+
+    #[tokio::test]
+    async fn a_map_only_select_runs_batch_by_batch() {
+        let sql =
+            "SELECT id, lower(text) AS text, length(text) AS chars FROM source WHERE id % 2 = 0";
+        let planned = planned(sql).await.unwrap();
+        assert_eq!(
+            planned
+                .output_schema()
+                .fields()
+                .iter()
+                .map(|f| (f.name().as_str(), f.data_type().clone()))
+                .collect::<Vec<_>>(),
+            [
+                ("id", DataType::Int64),
+                ("text", DataType::Utf8),
+                ("chars", DataType::Int32)
+            ]
+        );
+        let out = planned.transform().apply(documents()).unwrap();
+        assert_eq!(out.schema(), *planned.output_schema());
+        assert_eq!(
+            out.column(0).as_primitive::<Int64Type>().values(),
+            &[2, 4, 6]
+        );
+        let text: Vec<Option<&str>> = out.column(1).as_string::<i32>().iter().collect();
+        assert_eq!(text, [Some("two"), None, Some("six")]);
+        let chars: Vec<Option<i32>> = out.column(2).as_primitive::<Int32Type>().iter().collect();
+        assert_eq!(chars, [Some(3), None, Some(3)]);
+    }
+
+    #[tokio::test]
+    async fn nested_selects_aliases_and_coercion_compile_to_steps() {
+        let sql = "SELECT id * 1.5 AS scaled, upper(t) AS t FROM \
+                   (SELECT id, text AS t FROM source WHERE id > 1) AS s \
+                   WHERE id < 5 AND t IS NOT NULL";
+        let planned = planned(sql).await.unwrap();
+        let out = planned.transform().apply(documents()).unwrap();
+        let scaled: Vec<f64> = out
+            .column(0)
+            .as_primitive::<arrow_array::types::Float64Type>()
+            .values()
+            .to_vec();
+        assert_eq!(scaled, [3.0, 4.5]);
+        let text: Vec<Option<&str>> = out.column(1).as_string::<i32>().iter().collect();
+        assert_eq!(text, [Some("TWO"), Some("THREE")]);
+    }
+
+    #[tokio::test]
+    async fn every_operator_that_is_not_row_wise_is_refused_by_name() {
+        let cases = [
+            ("SELECT id FROM source ORDER BY id", "sort"),
+            ("SELECT id FROM source LIMIT 3", "limit"),
+            (
+                "SELECT text, count(*) AS n FROM source GROUP BY text",
+                "aggregate",
+            ),
+            ("SELECT max(id) AS top FROM source", "aggregate"),
+            ("SELECT DISTINCT text FROM source", "distinct"),
+            (
+                "SELECT id, row_number() OVER (ORDER BY id) AS n FROM source",
+                "window",
+            ),
+            (
+                "SELECT a.id FROM source a JOIN source b ON a.id = b.id",
+                "join",
+            ),
+            (
+                "SELECT id FROM source UNION ALL SELECT id FROM source",
+                "union",
+            ),
+            (
+                "SELECT id FROM source WHERE id IN (SELECT id FROM source WHERE id > 3)",
+                "subquery",
+            ),
+            (
+                "SELECT id, (SELECT max(id) FROM source) AS top FROM source",
+                "subquery",
+            ),
+            (
+                "SELECT unnest(make_array(id, id)) AS twice FROM source",
+                "unnest",
+            ),
+            ("SELECT 1 AS one", "a query without the source"),
+        ];
+        for (sql, operation) in cases {
+            match planned(sql).await {
+                Err(Error::NotRowWise {
+                    operation: refused,
+                    why,
+                }) => {
+                    assert_eq!(refused, operation, "{sql}: {why}");
+                    assert!(!why.is_empty());
+                }
+                other => panic!("{sql}: expected a refusal of `{operation}`, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn statements_that_are_not_queries_or_read_other_tables_do_not_plan() {
+        for sql in [
+            "CREATE TABLE t AS SELECT * FROM source",
+            "INSERT INTO source VALUES (1, 'x')",
+            "SET datafusion.execution.batch_size = 1",
+            "SELECT id FROM elsewhere",
+            "SELECT nope FROM source",
+            "SELEC id FROM source",
+        ] {
+            match planned(sql).await {
+                Err(Error::Sql { sql: named, reason }) => {
+                    assert_eq!(named, sql);
+                    assert!(!reason.is_empty());
+                }
+                other => panic!("{sql}: expected a planning error, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plan_over_another_schema_is_refused() {
+        let context = SessionContext::new();
+        let other = Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        context
+            .register_table(
+                SOURCE_TABLE,
+                Arc::new(MemTable::try_new(other, vec![vec![]]).unwrap()),
+            )
+            .unwrap();
+        let plan = context
+            .sql("SELECT id FROM source")
+            .await
+            .unwrap()
+            .into_unoptimized_plan();
+        let err = SqlTransform::from_plan(&context, plan, &documents().schema()).unwrap_err();
+        assert!(err.to_string().contains("the source's columns"), "{err}");
+    }
+}
