@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench history -- [--marks 10,100,1000] [--rows 1000]
 //!     [--window 9] [--sinks delta,iceberg] [--data DIR]
+//!     [--delta-log-retention 'interval 0 seconds']
 //! ```
 //!
 //! Each run reads a source folder of its own holding `--rows` new documents
@@ -21,6 +22,12 @@
 //! table's metadata objects (Delta log entries; Iceberg metadata files,
 //! manifest lists and manifests). Every run's seconds go to
 //! `DATA/SINK/seconds.csv`.
+//!
+//! Runs here follow each other within a second, so the Delta log keeps every
+//! commit, where a pipeline run hourly under the default retention (30 days)
+//! keeps about 720. `--delta-log-retention` sets the table's
+//! `delta.logRetentionDuration` after its first run, to see a log that time
+//! would have cleaned up.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/lake.rs"]
@@ -51,6 +58,9 @@ fn main() {
         .collect();
     marks.sort_unstable();
     let sinks = list(&flag("--sinks", "delta,iceberg"));
+    // `delta.logRetentionDuration` of the Delta table (for example `interval
+    // 0 seconds`): a log that real time between runs would have cleaned up.
+    let delta_log_retention = flag("--delta-log-retention", "");
     let runs = *marks.last().expect("--marks names at least one mark");
     assert!(
         marks[0] > window,
@@ -88,6 +98,9 @@ fn main() {
             let report = runtime.block_on(one_run(sink, &work, &folder));
             seconds.push(started.elapsed().as_secs_f64());
             assert_eq!(report.rows_written, rows, "{sink} run {run}");
+            if run == 0 && sink == "delta" && !delta_log_retention.is_empty() {
+                runtime.block_on(set_log_retention(&work, &delta_log_retention));
+            }
             if (run + 1) % 100 == 0 || run + 1 == runs {
                 let csv: String = seconds.iter().map(|s| format!("{s:.6}\n")).collect();
                 std::fs::write(work.join("seconds.csv"), csv).unwrap();
@@ -150,6 +163,24 @@ async fn run_pipeline<S: CommitSink + TableFiles>(
         )
         .await
         .unwrap()
+}
+
+/// Sets the Delta table's `delta.logRetentionDuration`.
+async fn set_log_retention(work: &Path, duration: &str) {
+    delta_table(work)
+        .await
+        .table()
+        .await
+        .set_tbl_properties()
+        .with_properties(
+            [(
+                "delta.logRetentionDuration".to_string(),
+                duration.to_string(),
+            )]
+            .into(),
+        )
+        .await
+        .unwrap();
 }
 
 /// The table's metadata objects: the Delta log's entries, or the Iceberg
