@@ -26,6 +26,7 @@ use datafusion::optimizer::Analyzer;
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::error::{BoxError, Error, Result};
+use crate::store::keys::column_names;
 use crate::transform::Transform;
 
 /// The table name a SQL transform reads the source under.
@@ -106,15 +107,18 @@ impl SqlTransform {
                             .into(),
                         })
                 }),
-                Step::Project(expressions, schema) => transform.map(move |batch| {
-                    let columns = expressions
-                        .iter()
-                        .map(|e| evaluate(e, &batch))
-                        .collect::<Result<Vec<ArrayRef>>>()?;
-                    let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-                    RecordBatch::try_new_with_options(schema.clone(), columns, &options)
-                        .map_err(|e| Error::Map { source: e.into() })
-                }),
+                Step::Project(expressions, schema) => {
+                    transform.map_to(schema.clone(), move |batch| {
+                        let columns = expressions
+                            .iter()
+                            .map(|e| evaluate(e, &batch))
+                            .collect::<Result<Vec<ArrayRef>>>()?;
+                        let options =
+                            RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+                        RecordBatch::try_new_with_options(schema.clone(), columns, &options)
+                            .map_err(|e| Error::Map { source: e.into() })
+                    })
+                }
             });
         Ok(SqlTransform {
             transform,
@@ -260,15 +264,6 @@ fn same_columns(a: &Schema, b: &Schema) -> bool {
             .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
 }
 
-fn column_names(schema: &Schema) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| f.name().as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn sql_error(sql: &str, error: impl std::fmt::Display) -> Error {
     Error::Sql {
         sql: sql.to_string(),
@@ -341,6 +336,9 @@ mod tests {
                 ("chars", DataType::Int32)
             ]
         );
+        // The output is known before any row is read, so a sink can check it.
+        let declared = planned.transform().output_schema(&documents().schema());
+        assert_eq!(declared.unwrap(), Some(planned.output_schema().clone()));
         let out = planned.transform().apply(documents()).unwrap();
         assert_eq!(out.schema(), *planned.output_schema());
         assert_eq!(
@@ -368,6 +366,14 @@ mod tests {
         assert_eq!(scaled, [3.0, 4.5]);
         let text: Vec<Option<&str>> = out.column(1).as_string::<i32>().iter().collect();
         assert_eq!(text, [Some("TWO"), Some("THREE")]);
+    }
+
+    #[tokio::test]
+    async fn select_star_keeps_every_column() {
+        let planned = planned("SELECT * FROM source WHERE id > 4").await.unwrap();
+        assert_eq!(planned.output_schema(), &documents().schema());
+        let out = planned.transform().apply(documents()).unwrap();
+        assert_eq!(out, documents().slice(4, 2));
     }
 
     #[tokio::test]

@@ -25,7 +25,8 @@ type FilterFn = dyn Fn(&RecordBatch) -> Result<BooleanArray> + Send + Sync;
 /// One row-wise step.
 #[derive(Clone)]
 enum Step {
-    Map(Arc<MapFn>),
+    /// A map, and the schema of its output when it is declared.
+    Map(Arc<MapFn>, Option<SchemaRef>),
     Filter(Arc<FilterFn>),
     Project(Vec<String>),
 }
@@ -42,7 +43,7 @@ impl fmt::Debug for Transform {
             .steps
             .iter()
             .map(|s| match s {
-                Step::Map(_) => "map",
+                Step::Map(..) => "map",
                 Step::Filter(_) => "filter",
                 Step::Project(_) => "project",
             })
@@ -64,7 +65,20 @@ impl Transform {
         mut self,
         f: impl Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
     ) -> Self {
-        self.steps.push(Step::Map(Arc::new(f)));
+        self.steps.push(Step::Map(Arc::new(f), None));
+        self
+    }
+
+    /// Adds a per-row function whose output has `schema`, as [`Transform::map`]
+    /// does. The declared schema lets [`Transform::output_schema`] (and so a
+    /// sink) check the output before any row is read; a batch of another
+    /// schema fails the run.
+    pub fn map_to(
+        mut self,
+        schema: SchemaRef,
+        f: impl Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync + 'static,
+    ) -> Self {
+        self.steps.push(Step::Map(Arc::new(f), Some(schema)));
         self
     }
 
@@ -114,14 +128,16 @@ impl Transform {
     }
 
     /// The schema of the batches this transform makes from batches of `input`,
-    /// when it is known before any row is read: `None` once a map runs (its
-    /// output is user code), else `input` projected as the steps say. Lets a
+    /// when it is known before any row is read: `None` once a map without a
+    /// declared schema runs (its output is user code), else `input` projected
+    /// and mapped as the steps say. Lets a
     /// sink refuse a schema it cannot store before the read starts.
     pub fn output_schema(&self, input: &SchemaRef) -> Result<Option<SchemaRef>> {
         let mut schema = input.clone();
         for step in &self.steps {
             match step {
-                Step::Map(_) => return Ok(None),
+                Step::Map(_, Some(declared)) => schema = declared.clone(),
+                Step::Map(_, None) => return Ok(None),
                 Step::Filter(_) => {}
                 Step::Project(columns) => {
                     let indices = column_indices(&schema, columns)?;
@@ -139,9 +155,20 @@ impl Transform {
     pub fn apply(&self, mut batch: RecordBatch) -> Result<RecordBatch> {
         for step in &self.steps {
             batch = match step {
-                Step::Map(f) => {
+                Step::Map(f, declared) => {
                     let rows = batch.num_rows();
                     let out = f(batch)?;
+                    if let Some(declared) = declared {
+                        if out.schema_ref().fields() != declared.fields() {
+                            return Err(Error::Map {
+                                source: format!(
+                                    "it declared the columns {declared:?} and returned {:?}",
+                                    out.schema_ref()
+                                )
+                                .into(),
+                            });
+                        }
+                    }
                     if out.num_rows() != rows {
                         return Err(Error::NotRowWise {
                             operation: "map".into(),

@@ -172,6 +172,21 @@ fn sorted(mut v: Vec<Option<i64>>) -> Vec<Option<i64>> {
     v
 }
 
+/// Marks every sealed checkpoint committed (as one table commit would), so
+/// that a compaction folds them into the index.
+async fn commit_every_checkpoint(store: &CheckpointStore) {
+    let state = store.load().await.unwrap();
+    let sealed: Vec<_> = state
+        .checkpoints
+        .iter()
+        .map(|c| c.manifest.checkpoint_id)
+        .collect();
+    store
+        .mark_committed(&sealed, &serde_json::json!({"sequence": 1}))
+        .await
+        .unwrap();
+}
+
 fn int_keys() -> KeySchema {
     KeySchema::single("id", DataType::Int64).unwrap()
 }
@@ -251,16 +266,7 @@ async fn finished_units_are_skipped_unopened(f: Fixture) {
     assert_eq!((stats.units_skipped, stats.rows_read), (2, 300));
 
     // Once the checkpoints are committed and compacted, the index keeps them.
-    let state = store.load().await.unwrap();
-    let ids_sealed: Vec<_> = state
-        .checkpoints
-        .iter()
-        .map(|c| c.manifest.checkpoint_id)
-        .collect();
-    store
-        .mark_committed(&ids_sealed, &serde_json::json!({"sequence": 1}))
-        .await
-        .unwrap();
+    commit_every_checkpoint(&store).await;
     store.compact(&Default::default()).await.unwrap();
     let state = store.load().await.unwrap();
     assert!(state.checkpoints.is_empty(), "all compacted");
@@ -359,16 +365,7 @@ async fn key_files_outside_the_source_range_are_not_read(f: Fixture) {
     // The run's own keys (2000..2040) are checkpointed too. Compacted into
     // index files of 1500 keys in key order: 0..1500, then 1500..2040 with
     // 5000..5960, then 5960..6000. The source, replaced, meets the middle one.
-    let state = store.load().await.unwrap();
-    let sealed: Vec<_> = state
-        .checkpoints
-        .iter()
-        .map(|c| c.manifest.checkpoint_id)
-        .collect();
-    store
-        .mark_committed(&sealed, &serde_json::json!({"sequence": 1}))
-        .await
-        .unwrap();
+    commit_every_checkpoint(&store).await;
     let options = tidemark::store::CompactionOptions {
         max_keys_per_file: 1500,
         ..Default::default()

@@ -53,6 +53,34 @@ fn write_source(folder: &std::path::Path, ids: std::ops::Range<i64>) {
     writer.close().unwrap();
 }
 
+/// Run `run` of the pipeline: over a folder of its own below `dir` holding
+/// `KEYS_PER_RUN` keys no earlier run saw.
+async fn run_over_new_keys(
+    store: &CheckpointStore,
+    table: &MemoryTable,
+    dir: &std::path::Path,
+    run: i64,
+) -> tidemark::pipeline::RunReport {
+    let folder = dir.join(format!("run-{run:05}"));
+    write_source(&folder, run * KEYS_PER_RUN..(run + 1) * KEYS_PER_RUN);
+    let source = ParquetSource::open(
+        &format!("file://{}/", folder.display()),
+        &ParquetSourceOptions::default(),
+    )
+    .await
+    .unwrap();
+    Pipeline::new(store.clone(), table.clone(), "long-life")
+        .run(
+            Arc::new(source),
+            &Transform::new(),
+            &mut MemoryWriter {
+                table: table.clone(),
+            },
+        )
+        .await
+        .unwrap()
+}
+
 /// Objects in the store, by their first path segment below the root.
 async fn objects_by_kind(bucket: &InMemory) -> BTreeMap<String, usize> {
     let listed: Vec<object_store::ObjectMeta> = bucket
@@ -83,25 +111,8 @@ async fn hundreds_of_runs_leave_a_bounded_store() {
     let table = MemoryTable::default();
     let mut run_times = Vec::new();
     for run in 0..runs {
-        let folder = dir.path().join(format!("run-{run:05}"));
-        write_source(&folder, run * KEYS_PER_RUN..(run + 1) * KEYS_PER_RUN);
-        let source = ParquetSource::open(
-            &format!("file://{}/", folder.display()),
-            &ParquetSourceOptions::default(),
-        )
-        .await
-        .unwrap();
         let started = Instant::now();
-        let report = Pipeline::new(store.clone(), table.clone(), "long-life")
-            .run(
-                Arc::new(source),
-                &Transform::new(),
-                &mut MemoryWriter {
-                    table: table.clone(),
-                },
-            )
-            .await
-            .unwrap();
+        let report = run_over_new_keys(&store, &table, dir.path(), run).await;
         run_times.push(started.elapsed());
         assert_eq!(report.rows_written, KEYS_PER_RUN as u64, "run {run}");
         // What the next run reads: the index's runs and the checkpoints not
@@ -226,24 +237,7 @@ async fn a_local_store_leaves_no_empty_directories() {
     let table = MemoryTable::default();
     let runs = 2 * AUTO_COMPACTION_CHECKPOINTS as i64 + 3;
     for run in 0..runs {
-        let folder = dir.path().join(format!("run-{run:05}"));
-        write_source(&folder, run * KEYS_PER_RUN..(run + 1) * KEYS_PER_RUN);
-        let source = ParquetSource::open(
-            &format!("file://{}/", folder.display()),
-            &ParquetSourceOptions::default(),
-        )
-        .await
-        .unwrap();
-        Pipeline::new(store.clone(), table.clone(), "long-life")
-            .run(
-                Arc::new(source),
-                &Transform::new(),
-                &mut MemoryWriter {
-                    table: table.clone(),
-                },
-            )
-            .await
-            .unwrap();
+        run_over_new_keys(&store, &table, dir.path(), run).await;
     }
     collect_garbage(&store, &table).await.unwrap();
     store.compact(&CompactionOptions::default()).await.unwrap();

@@ -98,12 +98,7 @@ impl KeySchema {
                 let field = schema.field_with_name(name).map_err(|_| {
                     Error::InvalidKeySchema(format!(
                         "key column `{name}` is not in the source schema (columns: {})",
-                        schema
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        column_names(schema)
                     ))
                 })?;
                 Ok(KeyColumn {
@@ -326,4 +321,14 @@ pub(crate) fn decode_key_file(
         )));
     }
     Ok(batches)
+}
+
+/// The names of `schema`'s columns, comma-separated, for messages.
+pub(crate) fn column_names(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
