@@ -134,8 +134,9 @@ mod tests {
         let range = range_of(
             DataType::Int64,
             vec![
-                Arc::new(Int64Array::from(vec![7, 3, 9])),
+                Arc::new(Int64Array::from(vec![7, 4, 9])),
                 Arc::new(Int64Array::from(vec![12, 5])),
+                Arc::new(Int64Array::from(vec![8, 3])),
             ],
         )
         .unwrap();
@@ -152,7 +153,11 @@ mod tests {
     #[test]
     fn byte_ranges_follow_byte_order_prefixes_included() {
         let keys = |v: Vec<&str>| -> ArrayRef { Arc::new(StringArray::from(v)) };
-        let range = range_of(DataType::Utf8, vec![keys(vec!["b", "ab", "abc"])]).unwrap();
+        let range = range_of(
+            DataType::Utf8,
+            vec![keys(vec!["abc", "ab0"]), keys(vec!["b", "ab", "abc"])],
+        )
+        .unwrap();
         assert_eq!(range.least, hex(b"ab"));
         assert_eq!(range.greatest, hex(b"b"));
         let probe =
