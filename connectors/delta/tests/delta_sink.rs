@@ -15,7 +15,7 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use object_store::ObjectStore;
 use support::{assert_rows, region, Backend, BoundedOutput, Fault, FaultyStore};
-use tidemark::commit::Committer;
+use tidemark::commit::{CommitSink as _, Committer};
 use tidemark::store::{CheckpointId, CheckpointStore, KeySchema};
 use tidemark_delta::{DeltaSink, DeltaWriterOptions};
 use url::Url;
@@ -680,4 +680,31 @@ async fn the_log_is_checkpointed_every_ten_commits_unless_the_table_says_otherwi
         [3, 7, 11].map(|v| format!("{v:020}.checkpoint.parquet"))
     );
     fixture.read().assert_each_once(range(0, 120));
+}
+
+/// A sink refreshes its view of the table with one HEAD of the next commit
+/// file, listing the log only when that exists: a commit made through
+/// another sink (another process) must still be seen, on every backend.
+#[tokio::test]
+async fn a_sink_sees_commits_made_elsewhere_since_it_opened() {
+    for backend in backends() {
+        let name = backend.name;
+        let fixture = Fixture::new(backend).await;
+        let store = fixture.store().await;
+        let watcher = fixture.sink().await;
+        assert_eq!(watcher.committed_sequence(PIPELINE).await.unwrap(), None);
+        for sequence in 1..=2 {
+            let sink = fixture.sink().await;
+            process(&store, &sink, &range(sequence * 10, sequence * 10 + 10)).await;
+            Committer::new(store.clone(), sink, PIPELINE)
+                .commit_pending()
+                .await
+                .unwrap();
+            assert_eq!(
+                watcher.committed_sequence(PIPELINE).await.unwrap(),
+                Some(sequence as u64),
+                "{name}: the watcher missed commit {sequence}"
+            );
+        }
+    }
 }
