@@ -1022,12 +1022,14 @@ DeltaTable(sys.argv[1]).vacuum(retention_hours=0, enforce_retention_duration=Fal
     assert_eq!(report["agree"], true, "{report}");
     assert_eq!(report["accepted"]["commits"], "3", "{report}");
     // Once a later commit moves the marker past it, compaction deletes it.
+    // (A store on disk removes the directories its deletes leave empty.)
     let accepted = std::path::Path::new(&store).join("accepted");
-    assert_eq!(std::fs::read_dir(&accepted).unwrap().count(), 1);
+    let records = || std::fs::read_dir(&accepted).map_or(0, |entries| entries.count());
+    assert_eq!(records(), 1);
     lake.source("src", "pa.table({'id': pa.array([7], pa.int64())})");
     succeeded(lake.run(&[&src], &sink, &["--key", "id"]), "day 4");
     succeeded(tidemark(&["compact", "--store", &store]), "compact");
-    assert_eq!(std::fs::read_dir(&accepted).unwrap().count(), 0);
+    assert_eq!(records(), 0);
     let ids = [1, 2, 3, 4, 7].map(|id| format!("{{'id': {id}}}"));
     assert_eq!(delta_rows(&table, "id"), expected(ids));
 }
