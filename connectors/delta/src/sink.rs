@@ -28,7 +28,6 @@ use deltalake::kernel::{Action, CommitInfo, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore};
 use futures::future::BoxFuture;
-use object_store::ObjectStoreExt;
 use serde_json::json;
 use tidemark::commit::{
     retry_backoff, CommitOutcome, CommitRequest, CommitSink, Lineage, SINK_COMMIT_ATTEMPTS,
@@ -192,24 +191,7 @@ impl DeltaSink {
         marker(&self.url, &table, app_id).await
     }
 
-    /// Brings `table` to the latest version. Versions are contiguous, so
-    /// when the commit after the loaded one does not exist (one HEAD) the
-    /// table has not moved and the log is not listed again: a listing walks
-    /// every log file the table's retention keeps, and a run refreshes
-    /// several times.
     async fn refresh(&self, table: &mut DeltaTable) -> Result<()> {
-        if let Some(version) = table.version() {
-            let log_store = table.log_store();
-            let next = log_store
-                .log_path()
-                .clone()
-                .join(format!("{:020}.json", version.saturating_add(1)).as_str());
-            if let Err(object_store::Error::NotFound { .. }) =
-                log_store.object_store(None).head(&next).await
-            {
-                return Ok(());
-            }
-        }
         table
             .update_state()
             .await
