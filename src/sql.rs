@@ -61,14 +61,7 @@ impl SqlTransform {
             .sql_with_options(sql, options)
             .await
             .map_err(|e| sql_error(sql, e))?;
-        Self::from_plan(&context, frame.into_unoptimized_plan(), source_schema).map_err(|e| match e
-        {
-            Error::Sql { reason, .. } => Error::Sql {
-                sql: sql.to_string(),
-                reason,
-            },
-            other => other,
-        })
+        Self::compiled(&context, frame.into_unoptimized_plan(), source_schema, sql)
     }
 
     /// A transform from a logical plan over one scan of a table named
@@ -82,14 +75,25 @@ impl SqlTransform {
         source_schema: &SchemaRef,
     ) -> Result<Self> {
         let described = plan.display_indent().to_string();
+        Self::compiled(context, plan, source_schema, &described)
+    }
+
+    /// Checks and compiles `plan`; planning errors name it as `named` (the
+    /// statement, or the plan's own text).
+    fn compiled(
+        context: &SessionContext,
+        plan: LogicalPlan,
+        source_schema: &SchemaRef,
+        named: &str,
+    ) -> Result<Self> {
         // Type coercion, so that physical expressions see the types they
         // compute with; no optimizer rule runs, so the plan keeps its shape.
         let plan = Analyzer::new()
             .execute_and_check(plan, context.state().config_options(), |_, _| {})
-            .map_err(|e| sql_error(&described, e))?;
+            .map_err(|e| sql_error(named, e))?;
         let output_schema = Arc::new(plan.schema().as_arrow().clone());
         let mut steps = Vec::new();
-        compile(context, &plan, source_schema, &mut steps).map_err(|e| with_plan(e, &described))?;
+        compile(context, &plan, source_schema, &mut steps).map_err(|e| with_plan(e, named))?;
         let transform = steps
             .into_iter()
             .fold(Transform::new(), |transform, step| match step {
