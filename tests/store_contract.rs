@@ -474,6 +474,71 @@ async fn concurrent_sealers_exactly_one_wins(backend: Backend) {
     assert_eq!(store.manifest(id).await.expect("manifest"), winner);
 }
 
+/// Two attempts at one checkpoint (a retried shard): the loser of the race to
+/// seal wrote a data file that no manifest names, and only its own in-flight
+/// record says so. Orphan collection must find it from that record, since the
+/// winner's manifest lists only the winner's abandoned writes.
+async fn the_losing_sealers_writes_are_orphans(backend: Backend) {
+    let store = open(backend.location()).await;
+    let id = CheckpointId::new();
+    let mut winner = store.begin_with_id(id).await.expect("begin");
+    let mut loser = open(backend.location())
+        .await
+        .begin_with_id(id)
+        .await
+        .expect("begin");
+    winner
+        .record_in_flight("data/winner.parquet")
+        .await
+        .expect("in flight");
+    winner
+        .record_in_flight("data/winner-abandoned.parquet")
+        .await
+        .expect("in flight");
+    loser
+        .record_in_flight("data/loser.parquet")
+        .await
+        .expect("in flight");
+    loser
+        .record_in_flight_prefix("data/loser-dir/")
+        .await
+        .expect("in flight");
+    winner
+        .stage_file(file_record("data/winner.parquet", 3))
+        .await
+        .expect("stage");
+    loser
+        .stage_file(file_record("data/loser.parquet", 3))
+        .await
+        .expect("stage");
+    let manifest = winner.seal().await.expect("seal");
+    let err = loser.seal().await.expect_err("the loser's seal");
+    assert!(matches!(err, Error::AlreadySealed { .. }), "{err}");
+    assert_eq!(
+        manifest.abandoned_writes,
+        vec!["data/winner-abandoned.parquet".to_string()]
+    );
+    let orphans = store.orphans().await.expect("orphans");
+    assert_eq!(orphans.len(), 1, "{orphans:?}");
+    assert_eq!(orphans[0].checkpoint, id);
+    assert_eq!(
+        orphans[0].files,
+        vec![
+            "data/loser.parquet".to_string(),
+            "data/winner-abandoned.parquet".to_string()
+        ]
+    );
+    assert_eq!(orphans[0].prefixes, vec!["data/loser-dir/".to_string()]);
+    store
+        .record_collected(id, &orphans[0].files)
+        .await
+        .expect("record collected");
+    let left = store.orphans().await.expect("orphans");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].files.is_empty(), "{left:?}");
+    assert_eq!(left[0].prefixes, vec!["data/loser-dir/".to_string()]);
+}
+
 /// Committers racing to claim one commit sequence, each through its own
 /// handle: exactly one claim wins, and the intent stored is the winner's.
 async fn concurrent_claims_of_a_sequence_exactly_one_wins(backend: Backend) {
@@ -913,6 +978,7 @@ macro_rules! contract_suite {
                 unknown_and_unsealed_checkpoints_are_errors,
                 abandoned_in_flight_writes_are_recorded,
                 concurrent_sealers_exactly_one_wins,
+                the_losing_sealers_writes_are_orphans,
                 concurrent_claims_of_a_sequence_exactly_one_wins,
                 a_held_lease_is_refused_until_released,
                 lost_seal_response_is_recovered,
