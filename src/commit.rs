@@ -31,7 +31,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::redact::validate_pipeline_id;
 use crate::store::{
     ensure_not_fenced, AcceptanceRecord, CheckpointId, CheckpointState, CheckpointStore,
-    CommitIntent, Fence, FileRecord, Manifest,
+    CommitIntent, Fence, FileRecord, ForgottenCommit, Manifest,
 };
 
 /// How many times in a row a committer may lose the race for an intent to
@@ -132,9 +132,30 @@ pub struct TableCheck {
     pub marker_risk: Option<String>,
 }
 
+/// What [`Committer::ensure_table_agrees`] does when the table lost commits
+/// of the pipeline (rolled back or restored while its marker stayed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LostCommitsPolicy {
+    /// Fail with [`Error::TableDiverged`] before any read or write.
+    #[default]
+    Refuse,
+    /// Go on with the table as it is: the lost commits' keys stay processed,
+    /// and their rows are not written again.
+    Accept,
+    /// Forget the lost commits' keys, so that the run reads their rows
+    /// again and commits them anew. Fails with [`Error::CannotReprocess`]
+    /// when compaction already folded a lost commit's keys into the index.
+    Reprocess,
+}
+
 /// Commits a table lost ([`TableCheck::lost`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LostCommits {
+    /// The first lost commit sequence.
+    pub first: u64,
+    /// The last lost commit sequence (the table's marker, or what the store
+    /// committed).
+    pub last: u64,
     /// The commit sequences (`3` or `3..=5`).
     pub commits: String,
     /// What the table shows.
@@ -150,9 +171,10 @@ impl LostCommits {
     /// What the user can do about it.
     pub fn way_out(&self) -> &'static str {
         if self.acceptable {
-            "Restore the table to a state that holds them, or accept the table as it is with \
-             `tidemark run --accept-table-state` (`Pipeline::with_accepted_table_state`): those \
-             keys then stay processed"
+            "Restore the table to a state that holds them; or run with \
+             `--reprocess-lost-commits` (`LostCommitsPolicy::Reprocess`): their keys are \
+             forgotten and their rows read and written again; or accept the table as it is with \
+             `--accept-table-state` (`LostCommitsPolicy::Accept`): those keys then stay processed"
         } else {
             "Restore the table that holds them, or start over on this table: a new store (or a \
              new pipeline id), then `tidemark adopt` to record the rows the table holds now as \
@@ -171,8 +193,14 @@ impl TableCheck {
     pub fn lost(&self) -> Option<LostCommits> {
         self.lost_commits()
             .filter(|(_, _, acceptable)| !(*acceptable && self.acceptance_covers()))
-            .map(|(commits, why, acceptable)| LostCommits {
-                commits,
+            .map(|((first, last), why, acceptable)| LostCommits {
+                first,
+                last,
+                commits: if first == last {
+                    first.to_string()
+                } else {
+                    format!("{first}..={last}")
+                },
                 why,
                 acceptable,
             })
@@ -206,14 +234,8 @@ impl TableCheck {
             .is_some_and(|a| Some(a.marker) == self.marker && self.carried() >= a.carried)
     }
 
-    fn lost_commits(&self) -> Option<(String, String, bool)> {
-        let range = |from: u64, to: u64| {
-            if from == to {
-                from.to_string()
-            } else {
-                format!("{from}..={to}")
-            }
-        };
+    fn lost_commits(&self) -> Option<((u64, u64), String, bool)> {
+        let range = |from: u64, to: u64| (from, to);
         let marker = self.marker.unwrap_or(0);
         if let Some(committed) = self.store_committed.filter(|c| *c > marker) {
             let mut why = match self.marker {
@@ -528,14 +550,26 @@ impl<S: CommitSink> Committer<S> {
     }
 
     /// Fails with [`Error::TableDiverged`] if the table lost commits the
-    /// store made ([`TableCheck::lost`]), unless `accept` and the loss is
-    /// [acceptable](LostCommits::acceptable): then the acceptance is
-    /// recorded in the store (later checks of the same table state pass
-    /// without `accept`) and logged as a warning.
-    pub async fn ensure_table_agrees(&self, accept: bool) -> Result<TableCheck> {
+    /// store made ([`TableCheck::lost`]), unless `policy` says otherwise and
+    /// the loss is [acceptable](LostCommits::acceptable) (the table's marker
+    /// is intact):
+    /// - [`LostCommitsPolicy::Accept`]: the lost commits' keys stay
+    ///   processed;
+    /// - [`LostCommitsPolicy::Reprocess`]: their keys are forgotten first
+    ///   (a [`ForgottenCommit`] record per lost commit), so the run reads
+    ///   their rows again.
+    ///
+    /// Either way the decision is recorded in the store as an acceptance of
+    /// this table state (later checks of it pass without being told again)
+    /// and logged as a warning.
+    pub async fn ensure_table_agrees(&self, policy: LostCommitsPolicy) -> Result<TableCheck> {
         let mut check = self.check_table().await?;
         match check.lost() {
-            Some(lost) if accept && lost.acceptable => {
+            Some(lost) if policy != LostCommitsPolicy::Refuse && lost.acceptable => {
+                let reprocessed = policy == LostCommitsPolicy::Reprocess;
+                if reprocessed {
+                    self.forget(&check.table, &lost).await?;
+                }
                 let record = AcceptanceRecord {
                     format_version: crate::store::FORMAT_VERSION,
                     marker: check.marker.unwrap_or(0),
@@ -543,15 +577,26 @@ impl<S: CommitSink> Committer<S> {
                     commits: lost.commits.clone(),
                     why: lost.why.clone(),
                     accepted_at: self.store.now(),
+                    reprocessed,
                 };
                 self.store.record_acceptance(&record).await?;
-                tracing::warn!(
-                    table = check.table,
-                    pipeline = self.pipeline_id,
-                    commits = lost.commits,
-                    why = lost.why,
-                    "the table lost commits of this pipeline; accepted as it is (their keys stay processed), and recorded in the store"
-                );
+                if reprocessed {
+                    tracing::warn!(
+                        table = check.table,
+                        pipeline = self.pipeline_id,
+                        commits = lost.commits,
+                        why = lost.why,
+                        "the table lost commits of this pipeline; their keys are forgotten, so their rows are read and written again, and this is recorded in the store"
+                    );
+                } else {
+                    tracing::warn!(
+                        table = check.table,
+                        pipeline = self.pipeline_id,
+                        commits = lost.commits,
+                        why = lost.why,
+                        "the table lost commits of this pipeline; accepted as it is (their keys stay processed), and recorded in the store"
+                    );
+                }
                 check.accepted = Some(record);
                 Ok(check)
             }
@@ -573,6 +618,54 @@ impl<S: CommitSink> Committer<S> {
                 Ok(check)
             }
         }
+    }
+
+    /// Forgets the keys of every lost commit: one [`ForgottenCommit`] per
+    /// commit, naming the checkpoints its intent carried. Checks them all
+    /// before it writes any, so a commit that cannot be reprocessed (its
+    /// intent pruned, or a checkpoint folded into the compacted index, where
+    /// its keys are no longer told apart) forgets nothing.
+    async fn forget(&self, table: &str, lost: &LostCommits) -> Result<()> {
+        let index = self.store.load().await?.index;
+        let compacted = |id: &CheckpointId| {
+            index
+                .as_ref()
+                .is_some_and(|index| index.checkpoints.contains(id))
+        };
+        let cannot = |commit: u64, reason: &str| Error::CannotReprocess {
+            table: table.to_string(),
+            pipeline: self.pipeline_id.clone(),
+            commit,
+            reason: reason.to_string(),
+        };
+        let mut records = Vec::new();
+        for sequence in lost.first..=lost.last {
+            let Some(intent) = self.store.commit_intent(sequence).await? else {
+                return Err(cannot(
+                    sequence,
+                    "compaction has removed its record, and its keys are folded into the index",
+                ));
+            };
+            self.ensure_ours(&intent)?;
+            if intent.checkpoints.iter().any(compacted) {
+                return Err(cannot(
+                    sequence,
+                    "compaction has folded its keys into the index, where they are no longer \
+                     told apart from other commits' keys",
+                ));
+            }
+            records.push(ForgottenCommit {
+                format_version: crate::store::FORMAT_VERSION,
+                sequence,
+                checkpoints: intent.checkpoints,
+                why: lost.why.clone(),
+                forgotten_at: self.store.now(),
+            });
+        }
+        for record in &records {
+            self.store.forget_commit(record).await?;
+        }
+        Ok(())
     }
 
     /// Applies (or recognises as applied) the table commit of `intent`, then
@@ -752,6 +845,7 @@ mod tests {
             commits: "lost".into(),
             why: "restored".into(),
             accepted_at: chrono::DateTime::UNIX_EPOCH,
+            reprocessed: false,
         }
     }
 

@@ -38,6 +38,8 @@ pub enum ObjectKind {
     Collected,
     /// A table state the user accepted (`accepted/{marker}.json`).
     Acceptance,
+    /// A lost commit the user chose to reprocess (`forgotten/{sequence}.json`).
+    ForgottenCommit,
 }
 
 impl fmt::Display for ObjectKind {
@@ -56,6 +58,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::ShardLayout => "shard layout",
             ObjectKind::Collected => "garbage collection record",
             ObjectKind::Acceptance => "table acceptance record",
+            ObjectKind::ForgottenCommit => "forgotten commit record",
         };
         f.write_str(name)
     }
@@ -353,6 +356,27 @@ pub enum Error {
         why: String,
         /// What the user can do.
         way_out: String,
+    },
+
+    /// The user asked to reprocess commits a table lost, but the store can
+    /// no longer tell which keys one of them carried. Nothing was forgotten,
+    /// read or written.
+    #[error(
+        "cannot reprocess commit {commit} of pipeline `{pipeline}`, which table `{table}` lost: \
+         {reason}. Nothing was forgotten, read or written. Accept the table as it is with \
+         `tidemark run --accept-table-state` (the lost commits' keys stay processed), or start \
+         over on this table: a new store (or a new pipeline id), then `tidemark adopt` to record \
+         the rows the table holds now as processed"
+    )]
+    CannotReprocess {
+        /// The table.
+        table: String,
+        /// The pipeline.
+        pipeline: String,
+        /// The lost commit whose keys cannot be found.
+        commit: u64,
+        /// Why not.
+        reason: String,
     },
 
     /// Another run holds the lease: two runs of one pipeline (or shard) must

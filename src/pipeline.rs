@@ -25,7 +25,7 @@ use arrow_schema::SchemaRef;
 use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::commit::{CommitReport, CommitSink, Committer};
+use crate::commit::{CommitReport, CommitSink, Committer, LostCommitsPolicy};
 use crate::error::{Error, Result};
 use crate::gc::{collect_garbage, GcReport, TableFiles};
 use crate::read::{CheckpointedRead, ReadOptions, ReadStats};
@@ -300,7 +300,7 @@ pub struct Pipeline<S> {
     map_workers: usize,
     policy: CheckpointPolicy,
     compaction: Option<CompactionOptions>,
-    accept_table_state: bool,
+    on_lost_commits: LostCommitsPolicy,
     progress: Option<Arc<Progress>>,
 }
 
@@ -317,7 +317,7 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             map_workers: 1,
             policy: CheckpointPolicy::default(),
             compaction: Some(CompactionOptions::automatic()),
-            accept_table_state: false,
+            on_lost_commits: LostCommitsPolicy::Refuse,
             progress: None,
         }
     }
@@ -350,7 +350,21 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
     /// continue its marker. By default such a run fails with
     /// [`Error::TableDiverged`] before it reads.
     pub fn with_accepted_table_state(mut self, accept: bool) -> Self {
-        self.accept_table_state = accept;
+        self.on_lost_commits = if accept {
+            LostCommitsPolicy::Accept
+        } else {
+            LostCommitsPolicy::Refuse
+        };
+        self
+    }
+
+    /// Sets what a run does when the table lost commits of this pipeline
+    /// while its marker stayed (rolled back or restored): refuse (the
+    /// default), accept the table as it is, or reprocess the lost commits
+    /// (their keys are forgotten, so the run reads and writes their rows
+    /// again). See [`Committer::ensure_table_agrees`].
+    pub fn with_lost_commits_policy(mut self, policy: LostCommitsPolicy) -> Self {
+        self.on_lost_commits = policy;
         self
     }
 
@@ -476,7 +490,7 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
 
     async fn repair_under(&self, lease: &Lease) -> Result<RepairReport> {
         self.committer
-            .ensure_table_agrees(self.accept_table_state)
+            .ensure_table_agrees(self.on_lost_commits)
             .await?;
         let committed = self
             .committer

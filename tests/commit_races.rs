@@ -25,7 +25,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use support::{FaultyStore, MemoryTable};
-use tidemark::commit::Committer;
+use tidemark::commit::{Committer, LostCommitsPolicy};
 use tidemark::store::{
     CheckpointId, CheckpointStore, FileRecord, KeySchema, Lease, LeaseOptions, StoreLocation,
     TableFileMetadata, PIPELINE_SCOPE,
@@ -485,8 +485,18 @@ async fn an_accepted_rollback_is_recorded_until_the_marker_moves_on() {
         Err(Error::TableDiverged { lost, .. }) => lost,
         other => panic!("not refused: {other:?}"),
     };
-    assert_eq!(lost(committer.ensure_table_agrees(false).await), "2..=3");
-    let accepted = committer.ensure_table_agrees(true).await.unwrap();
+    assert_eq!(
+        lost(
+            committer
+                .ensure_table_agrees(LostCommitsPolicy::Refuse)
+                .await
+        ),
+        "2..=3"
+    );
+    let accepted = committer
+        .ensure_table_agrees(LostCommitsPolicy::Accept)
+        .await
+        .unwrap();
     assert_eq!(accepted.lost(), None);
     let record = store.acceptance(3).await.unwrap().expect("recorded");
     assert_eq!((record.marker, record.carried), (3, Some(1)));
@@ -501,26 +511,174 @@ async fn an_accepted_rollback_is_recorded_until_the_marker_moves_on() {
     };
     assert_eq!(compact().await.acceptances_pruned, 0);
     // The same state again, without accepting: it goes on.
-    let check = committer.ensure_table_agrees(false).await.unwrap();
+    let check = committer
+        .ensure_table_agrees(LostCommitsPolicy::Refuse)
+        .await
+        .unwrap();
     assert_eq!(check.accepted, Some(record));
     // Rolled back further than what was accepted.
     table.roll_back_to(0);
-    assert_eq!(lost(committer.ensure_table_agrees(false).await), "1..=3");
+    assert_eq!(
+        lost(
+            committer
+                .ensure_table_agrees(LostCommitsPolicy::Refuse)
+                .await
+        ),
+        "1..=3"
+    );
     // Restored to a state that holds commit 3 again: the acceptance is out
     // of date and goes, so the same rollback later is refused again.
     table.restore();
-    let check = committer.ensure_table_agrees(false).await.unwrap();
+    let check = committer
+        .ensure_table_agrees(LostCommitsPolicy::Refuse)
+        .await
+        .unwrap();
     assert_eq!(check.accepted, None);
     assert!(store.acceptance(3).await.unwrap().is_none(), "out of date");
     table.roll_back_to(1);
-    assert_eq!(lost(committer.ensure_table_agrees(false).await), "2..=3");
-    committer.ensure_table_agrees(true).await.unwrap();
+    assert_eq!(
+        lost(
+            committer
+                .ensure_table_agrees(LostCommitsPolicy::Refuse)
+                .await
+        ),
+        "2..=3"
+    );
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Accept)
+        .await
+        .unwrap();
     // A commit on top moves the marker; a compaction then drops the record.
     seal(&store, vec![3], "data/3.parquet").await;
     committer.commit_pending().await.unwrap();
     assert_eq!(table.marker(), Some(4));
-    committer.ensure_table_agrees(false).await.unwrap();
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Refuse)
+        .await
+        .unwrap();
     assert!(store.acceptance(3).await.unwrap().is_some());
     assert_eq!(compact().await.acceptances_pruned, 1);
     assert!(store.acceptance(3).await.unwrap().is_none(), "pruned");
+}
+
+/// Every checkpointed key, read back through the store.
+async fn checkpointed(store: &CheckpointStore) -> Vec<i64> {
+    let state = store.load().await.unwrap();
+    let mut keys = Vec::new();
+    for file in state.key_files() {
+        for batch in store.read_keys(&file).await.unwrap() {
+            let column = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            keys.extend(column.values().iter().copied());
+        }
+    }
+    keys.sort_unstable();
+    keys
+}
+
+/// A table rolled back behind the store, reprocessed: the lost commits' keys
+/// (and only theirs) are forgotten, their checkpoints are not committed
+/// again, the next commit carries the rows anew under a new sequence, later
+/// checks pass, and the compaction after it deletes what the forgotten
+/// commits left in the store. A lost commit whose keys compaction folded
+/// into the index cannot be reprocessed, and then nothing is forgotten.
+#[tokio::test]
+async fn a_rolled_back_commit_is_reprocessed() {
+    let (inner, store) = memory_store().await;
+    let table = MemoryTable::default();
+    let committer = Committer::new(store.clone(), table.clone(), "races");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(seal(&store, vec![n], &format!("data/{n}.parquet")).await);
+        committer.commit_pending().await.unwrap();
+    }
+    table.roll_back_to(1);
+    let check = committer
+        .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+        .await
+        .unwrap();
+    assert_eq!(check.lost(), None);
+    let record = store.acceptance(3).await.unwrap().expect("recorded");
+    assert!(record.reprocessed, "{record:?}");
+    assert_eq!(record.commits, "2..=3");
+    let forgotten: Vec<_> = store
+        .forgotten_commits()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.sequence, f.checkpoints))
+        .collect();
+    assert_eq!(forgotten, vec![(2, vec![ids[1]]), (3, vec![ids[2]])]);
+    assert_eq!(checkpointed(&store).await, vec![0], "keys 1 and 2 forgotten");
+    let state = store.load().await.unwrap();
+    assert_eq!(state.forgotten, vec![ids[1], ids[2]]);
+    assert!(state.pending_commit().is_empty(), "not committed again");
+    // The same table state later: it goes on without being told.
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Refuse)
+        .await
+        .unwrap();
+
+    // A run reads keys 1 and 2 again and commits them as commit 4.
+    let again = seal(&store, vec![1, 2], "data/again.parquet").await;
+    let report = committer.commit_pending().await.unwrap();
+    let sequences: Vec<u64> = report.commits.iter().map(|c| c.sequence).collect();
+    assert_eq!(sequences, vec![4]);
+    assert_eq!(report.commits[0].checkpoints, vec![again]);
+    assert_eq!(table.marker(), Some(4));
+    assert_eq!(checkpointed(&store).await, vec![0, 1, 2]);
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Refuse)
+        .await
+        .unwrap();
+
+    // Compaction folds the live checkpoints in and deletes the forgotten
+    // commits' records, checkpoints and intents.
+    let report = store
+        .compact(&tidemark::store::CompactionOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.checkpoints_compacted, 2, "{report:?}");
+    assert_eq!(report.forgotten_removed, 2, "{report:?}");
+    assert!(store.forgotten_commits().await.unwrap().is_empty());
+    let left: Vec<String> = inner
+        .list(None)
+        .map(|meta| meta.unwrap().location.to_string())
+        .collect()
+        .await;
+    for id in &ids[1..] {
+        let id = id.to_string();
+        let mentions: Vec<&String> = left.iter().filter(|p| p.contains(&id)).collect();
+        assert!(mentions.is_empty(), "left of forgotten {id}: {mentions:?}");
+    }
+    for sequence in [2u64, 3] {
+        assert!(store.commit_intent(sequence).await.unwrap().is_none());
+    }
+    assert_eq!(checkpointed(&store).await, vec![0, 1, 2]);
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Refuse)
+        .await
+        .unwrap();
+
+    // Commit 4 is in the index now: it cannot be reprocessed.
+    table.roll_back_to(3);
+    let err = committer
+        .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::CannotReprocess { commit, .. } => assert_eq!(*commit, 4),
+        other => panic!("not refused: {other}"),
+    }
+    assert!(err.to_string().contains("--accept-table-state"), "{err}");
+    assert!(store.forgotten_commits().await.unwrap().is_empty());
+    assert!(store.acceptance(4).await.unwrap().is_none());
+    assert_eq!(checkpointed(&store).await, vec![0, 1, 2]);
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Accept)
+        .await
+        .unwrap();
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use text::format_status;
-use tidemark::commit::{Committer, Lineage};
+use tidemark::commit::{Committer, Lineage, LostCommitsPolicy};
 use tidemark::pipeline::{CheckpointPolicy, Pipeline, Progress};
 use tidemark::read::ReadOptions;
 use tidemark::source::{Shard, Source, UnionSource};
@@ -67,7 +67,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         })
         .with_lease_options(args.lease.options())
         .with_map_workers(args.map_workers)
-        .with_accepted_table_state(args.accept_table_state)
+        .with_lost_commits_policy(lost_commits_policy(&args))
         .with_checkpoint_policy(checkpoint_policy(&args))
         .with_progress(progress.clone());
     let bar = progress_bar(args.quiet, source.row_count());
@@ -148,6 +148,17 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `run` does with commits the table lost, by its flags.
+fn lost_commits_policy(args: &RunArgs) -> LostCommitsPolicy {
+    if args.reprocess_lost_commits {
+        LostCommitsPolicy::Reprocess
+    } else if args.accept_table_state {
+        LostCommitsPolicy::Accept
+    } else {
+        LostCommitsPolicy::Refuse
+    }
 }
 
 /// The policy of `run`'s checkpoint and commit flags (0 turns an interval off;
@@ -261,6 +272,7 @@ pub(crate) async fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
                 "commits": a.commits,
                 "why": a.why,
                 "accepted_at": a.accepted_at,
+                "reprocessed": a.reprocessed,
             })),
         });
         say!("{report}");
@@ -275,6 +287,12 @@ pub(crate) async fn verify(args: VerifyArgs) -> Result<ExitCode, CliError> {
         );
         match &lost {
             None => match accepted {
+                Some(a) if a.reprocessed => say!(
+                    "the store and the table agree: the table lost commits {} ({}), reprocessed from {} on (their keys were forgotten)",
+                    a.commits,
+                    a.why,
+                    a.accepted_at
+                ),
                 Some(a) => say!(
                     "the store and the table agree: the table lost commits {} ({}), accepted as it is on {}",
                     a.commits,

@@ -255,6 +255,13 @@ struct RunArgs {
     /// accepted (use a new store and `adopt`).
     #[arg(long)]
     accept_table_state: bool,
+    /// Run although the table lost commits of this pipeline (rolled back or
+    /// restored), and write their rows again: their keys are forgotten, so
+    /// this run reads and commits those rows anew. Refused when compaction
+    /// already folded a lost commit's keys into the index (then accept the
+    /// table with --accept-table-state, or start over with `adopt`).
+    #[arg(long, conflicts_with = "accept_table_state")]
+    reprocess_lost_commits: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,

@@ -102,6 +102,9 @@ pub struct CompactionReport {
     /// Commit intents deleted: all but the latest, once every checkpoint they
     /// carry is compacted.
     pub intents_pruned: usize,
+    /// Forgotten commits ([`super::ForgottenCommit`]) whose records were
+    /// deleted with their checkpoints' once a later commit was made.
+    pub forgotten_removed: usize,
     /// Committed checkpoints left out because their orphan data files wait
     /// for garbage collection ([`crate::gc::collect_garbage`]).
     pub waiting_for_gc: usize,
@@ -208,6 +211,7 @@ impl CheckpointStore {
             Some(sequence) => self.prune_acceptances_below(sequence).await?,
             None => 0,
         };
+        let forgotten_removed = self.remove_forgotten().await?;
         Ok(CompactionReport {
             generation: Some(generation),
             checkpoints_compacted: newly_compacted.len(),
@@ -217,6 +221,7 @@ impl CheckpointStore {
             objects_deleted,
             acceptances_pruned,
             intents_pruned,
+            forgotten_removed,
             waiting_for_gc,
         })
     }

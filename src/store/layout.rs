@@ -165,6 +165,15 @@ impl Layout {
         self.join(&["collected", &format!("{id}.json")])
     }
 
+    pub(crate) fn forgotten_dir(&self) -> Path {
+        self.join(&["forgotten"])
+    }
+
+    /// Read back with [`Layout::sequence_of`].
+    pub(crate) fn forgotten(&self, sequence: u64) -> Path {
+        self.join(&["forgotten", &format!("{sequence:020}.json")])
+    }
+
     pub(crate) fn acceptances_dir(&self) -> Path {
         self.join(&["accepted"])
     }

@@ -11,6 +11,7 @@
 
 mod acceptances;
 mod compaction;
+mod forgotten;
 mod intents;
 mod io;
 pub(crate) mod keys;
@@ -43,9 +44,9 @@ pub use location::{
 pub use orphans::Orphans;
 pub use records::{
     unit_digest, AcceptanceRecord, BeginMarker, CheckpointId, CollectedRecord, CommitIntent,
-    CommitMarker, Descriptor, FileRecord, InFlightRecord, IndexGeneration, KeyFileRef, KeyRange,
-    KeyRun, LeaseClaim, LeaseHeartbeat, LeaseRecord, Manifest, ShardLayout, TableFileMetadata,
-    FORMAT_VERSION, MIN_FORMAT_VERSION,
+    CommitMarker, Descriptor, FileRecord, ForgottenCommit, InFlightRecord, IndexGeneration,
+    KeyFileRef, KeyRange, KeyRun, LeaseClaim, LeaseHeartbeat, LeaseRecord, Manifest, ShardLayout,
+    TableFileMetadata, FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
 pub use state::{CheckpointState, CheckpointSummary, StoreState};
 pub use status::{LastCommit, StagedCheckpoint, StoreStatus};

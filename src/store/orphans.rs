@@ -38,7 +38,8 @@ impl Orphans {
 }
 
 impl CheckpointStore {
-    /// The orphans of every sealed checkpoint not yet compacted, leaving out
+    /// The orphans of every sealed checkpoint not yet compacted (forgotten
+    /// ones included), leaving out
     /// what an earlier collection already deleted. Costs one LIST of the
     /// checkpoint's staging objects and one GET per in-flight record.
     pub async fn orphans(&self) -> Result<Vec<Orphans>> {
@@ -46,6 +47,15 @@ impl CheckpointStore {
         let mut found = Vec::new();
         for summary in &state.checkpoints {
             let orphans = self.orphans_of(&summary.manifest).await?;
+            if !orphans.is_empty() {
+                found.push(orphans);
+            }
+        }
+        for &id in &state.forgotten {
+            let Some(manifest) = self.read_manifest(id).await? else {
+                continue;
+            };
+            let orphans = self.orphans_of(&manifest).await?;
             if !orphans.is_empty() {
                 found.push(orphans);
             }

@@ -348,6 +348,30 @@ pub struct AcceptanceRecord {
     pub why: String,
     /// When it was accepted.
     pub accepted_at: DateTime<Utc>,
+    /// The lost commits were reprocessed rather than kept: their keys were
+    /// forgotten ([`ForgottenCommit`]), so a run reads their rows again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reprocessed: bool,
+}
+
+/// `forgotten/{sequence}.json`: the table lost commit `sequence` of the
+/// pipeline (rolled back or restored) and the user chose to reprocess it.
+/// The keys of its checkpoints no longer count as processed, so the next run
+/// reads their rows again and commits them under a new sequence. Compaction
+/// deletes the checkpoints' records, then this one, once a later commit was
+/// made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgottenCommit {
+    /// Encoding version.
+    pub format_version: u32,
+    /// The lost commit.
+    pub sequence: u64,
+    /// Its checkpoints (from its commit intent), whose keys are forgotten.
+    pub checkpoints: Vec<CheckpointId>,
+    /// What the table showed.
+    pub why: String,
+    /// When it was forgotten.
+    pub forgotten_at: DateTime<Utc>,
 }
 
 /// `tidemark.json`: what every checkpoint of the store has in common.

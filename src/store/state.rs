@@ -1,8 +1,9 @@
 //! Loading what the store holds: the compacted index plus the sealed checkpoints
 //! not yet folded into it.
 //!
-//! Cost of a load: three LISTs (`sealed/`, `committed/`, `index/`), one GET of
-//! the current index, and one GET per sealed checkpoint that is not compacted yet.
+//! Cost of a load: four LISTs (`forgotten/`, `sealed/`, `committed/`,
+//! `index/`), one GET of the current index, and one GET per sealed checkpoint
+//! that is not compacted yet (and per forgotten commit, when there are any).
 //! It does not grow with the number of compacted checkpoints.
 
 use std::collections::BTreeSet;
@@ -40,8 +41,13 @@ pub struct CheckpointSummary {
 pub struct StoreState {
     /// The current compacted index, if the store was ever compacted.
     pub index: Option<IndexGeneration>,
-    /// Sealed checkpoints outside the index, in id order.
+    /// Sealed checkpoints outside the index, in id order, but for those
+    /// of forgotten commits.
     pub checkpoints: Vec<CheckpointSummary>,
+    /// Sealed checkpoints of commits the user chose to reprocess
+    /// ([`super::ForgottenCommit`]): their keys do not count as processed,
+    /// and their files are not committed again.
+    pub forgotten: Vec<CheckpointId>,
 }
 
 impl StoreState {
@@ -111,6 +117,10 @@ impl CheckpointStore {
     async fn try_load(&self) -> Result<Option<StoreState>> {
         let store = self.object_store();
         let layout = self.layout();
+        // Forgotten records before the seals: compaction deletes a forgotten
+        // checkpoint's seal before its record, so a checkpoint listed as
+        // sealed below is never one whose record this listing missed.
+        let forgotten = self.forgotten_checkpoints().await?;
         let sealed = marker_ids(io::list(store, &layout.sealed_dir()).await?);
         let committed = marker_ids(io::list(store, &layout.committed_dir()).await?);
         let index = self.current_index().await?;
@@ -119,7 +129,12 @@ impl CheckpointStore {
             .flat_map(|i| i.checkpoints.iter().copied())
             .collect();
         let mut checkpoints = Vec::new();
+        let mut forgotten_sealed = Vec::new();
         for id in sealed.into_iter().filter(|id| !compacted.contains(id)) {
+            if forgotten.contains(&id) {
+                forgotten_sealed.push(id);
+                continue;
+            }
             let Some(manifest) = self.read_manifest(id).await? else {
                 return Ok(None);
             };
@@ -128,7 +143,11 @@ impl CheckpointStore {
                 manifest,
             });
         }
-        Ok(Some(StoreState { index, checkpoints }))
+        Ok(Some(StoreState {
+            index,
+            checkpoints,
+            forgotten: forgotten_sealed,
+        }))
     }
 
     /// The highest index generation, if any.
