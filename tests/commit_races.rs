@@ -595,6 +595,18 @@ async fn a_rolled_back_commit_is_reprocessed() {
         ids.push(seal(&store, vec![n], &format!("data/{n}.parquet")).await);
         committer.commit_pending().await.unwrap();
     }
+    // Sealed before the rollback and not committed yet: a checkpoint that
+    // read a source unit to its end. The unit's earlier rows could be in a
+    // lost commit, so while that is forgotten the unit is not skipped.
+    let mut writer = store.begin().await.unwrap();
+    writer
+        .stage_keys(&[Arc::new(Int64Array::from(vec![9])) as ArrayRef])
+        .await
+        .unwrap();
+    writer.record_finished_units(["unit-b".to_string()]);
+    let pending = writer.seal().await.unwrap().checkpoint_id;
+    let finished = |state: &tidemark::store::StoreState| state.finished_units().contains("unit-b");
+    assert!(finished(&store.load().await.unwrap()));
     table.roll_back_to(1);
     let check = committer
         .ensure_table_agrees(LostCommitsPolicy::Reprocess)
@@ -612,10 +624,24 @@ async fn a_rolled_back_commit_is_reprocessed() {
         .map(|f| (f.sequence, f.checkpoints))
         .collect();
     assert_eq!(forgotten, vec![(2, vec![ids[1]]), (3, vec![ids[2]])]);
-    assert_eq!(checkpointed(&store).await, vec![0], "keys 1 and 2 forgotten");
+    assert_eq!(
+        checkpointed(&store).await,
+        vec![0, 9],
+        "keys 1 and 2 forgotten"
+    );
     let state = store.load().await.unwrap();
     assert_eq!(state.forgotten, vec![ids[1], ids[2]]);
-    assert!(state.pending_commit().is_empty(), "not committed again");
+    assert!(!finished(&state), "the unit is read again");
+    let pending_ids: Vec<CheckpointId> = state
+        .pending_commit()
+        .iter()
+        .map(|m| m.checkpoint_id)
+        .collect();
+    assert_eq!(
+        pending_ids,
+        vec![pending],
+        "the lost ones not committed again"
+    );
     // The same table state later: it goes on without being told.
     committer
         .ensure_table_agrees(LostCommitsPolicy::Refuse)
@@ -627,9 +653,13 @@ async fn a_rolled_back_commit_is_reprocessed() {
     let report = committer.commit_pending().await.unwrap();
     let sequences: Vec<u64> = report.commits.iter().map(|c| c.sequence).collect();
     assert_eq!(sequences, vec![4]);
-    assert_eq!(report.commits[0].checkpoints, vec![again]);
+    assert_eq!(
+        report.commits[0].checkpoints,
+        vec![again],
+        "the other has no files"
+    );
     assert_eq!(table.marker(), Some(4));
-    assert_eq!(checkpointed(&store).await, vec![0, 1, 2]);
+    assert_eq!(checkpointed(&store).await, vec![0, 1, 2, 9]);
     committer
         .ensure_table_agrees(LostCommitsPolicy::Refuse)
         .await
@@ -641,9 +671,10 @@ async fn a_rolled_back_commit_is_reprocessed() {
         .compact(&tidemark::store::CompactionOptions::default())
         .await
         .unwrap();
-    assert_eq!(report.checkpoints_compacted, 2, "{report:?}");
+    assert_eq!(report.checkpoints_compacted, 3, "{report:?}");
     assert_eq!(report.forgotten_removed, 2, "{report:?}");
     assert!(store.forgotten_commits().await.unwrap().is_empty());
+    assert!(finished(&store.load().await.unwrap()), "skipped again");
     let left: Vec<String> = inner
         .list(None)
         .map(|meta| meta.unwrap().location.to_string())
@@ -657,7 +688,7 @@ async fn a_rolled_back_commit_is_reprocessed() {
     for sequence in [2u64, 3] {
         assert!(store.commit_intent(sequence).await.unwrap().is_none());
     }
-    assert_eq!(checkpointed(&store).await, vec![0, 1, 2]);
+    assert_eq!(checkpointed(&store).await, vec![0, 1, 2, 9]);
     committer
         .ensure_table_agrees(LostCommitsPolicy::Refuse)
         .await
@@ -676,7 +707,7 @@ async fn a_rolled_back_commit_is_reprocessed() {
     assert!(err.to_string().contains("--accept-table-state"), "{err}");
     assert!(store.forgotten_commits().await.unwrap().is_empty());
     assert!(store.acceptance(4).await.unwrap().is_none());
-    assert_eq!(checkpointed(&store).await, vec![0, 1, 2]);
+    assert_eq!(checkpointed(&store).await, vec![0, 1, 2, 9]);
     committer
         .ensure_table_agrees(LostCommitsPolicy::Accept)
         .await

@@ -1756,3 +1756,140 @@ fn sql_transforms_land_once_in_both_formats() {
         );
     }
 }
+
+/// A table rolled back (pyiceberg) or restored (deltalake-py, then vacuumed)
+/// to before day 2's commit: `run --reprocess-lost-commits` forgets day 2's
+/// keys, reads those rows again and commits them anew. The readers see every
+/// row once with its values; the next run skips everything; `verify` agrees;
+/// `compact` then deletes the forgotten commit's records from the store.
+#[test]
+fn rolled_back_commits_are_reprocessed_in_both_formats() {
+    for format in ["delta", "iceberg"] {
+        let lake = Lake::new();
+        let catalog = SqliteCatalog::in_lake(&lake);
+        let table = lake.p("t");
+        let sink = match format {
+            "delta" => format!("delta+file://{table}"),
+            _ => catalog.sink.clone(),
+        };
+        let rows = |columns: &str| match format {
+            "delta" => delta_rows(&table, columns),
+            _ => catalog.rows(columns),
+        };
+        let src = lake.source(
+            "src",
+            "pa.table({'id': pa.array([1, 2], pa.int64()), 'v': ['one', 'two']})",
+        );
+        succeeded(
+            lake.run(&[&src], &sink, &["--key", "id", "--create"]),
+            "day 1",
+        );
+        lake.source(
+            "src",
+            "pa.table({'id': pa.array([3, 4], pa.int64()), 'v': ['three', 'four']})",
+        );
+        succeeded(lake.run(&[&src], &sink, &["--key", "id"]), "day 2");
+        match format {
+            "delta" => python(
+                r#"
+import sys
+from deltalake import DeltaTable
+dt = DeltaTable(sys.argv[1])
+dt.restore(dt.version() - 1)
+DeltaTable(sys.argv[1]).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
+"#,
+                &[&table],
+            ),
+            _ => python(
+                r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+table = SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2]).load_table("lake.t")
+first = next(
+    s.snapshot_id for s in table.snapshots()
+    if s.summary.additional_properties.get("tidemark.commit-sequence") == "1"
+)
+table.manage_snapshots().rollback_to_snapshot(first).commit()
+"#,
+                &[&catalog.uri, &catalog.warehouse],
+            ),
+        };
+        let day_1 = ["{'id': 1, 'v': 'one'}", "{'id': 2, 'v': 'two'}"].map(String::from);
+        assert_eq!(
+            rows("id,v"),
+            expected(day_1.clone()),
+            "{format}: rolled back"
+        );
+        let stderr = failed(
+            lake.run(&[&src], &sink, &["--key", "id"]),
+            "after the rollback",
+        );
+        assert!(
+            stderr.contains("no longer holds commits 2")
+                && stderr.contains("--reprocess-lost-commits"),
+            "{format}: {stderr}"
+        );
+        let both = failed(
+            lake.run(
+                &[&src],
+                &sink,
+                &[
+                    "--key",
+                    "id",
+                    "--reprocess-lost-commits",
+                    "--accept-table-state",
+                ],
+            ),
+            "both choices at once",
+        );
+        assert!(both.contains("cannot be used with"), "{format}: {both}");
+        let out = succeeded(
+            lake.run(&[&src], &sink, &["--key", "id", "--reprocess-lost-commits"]),
+            "reprocessed",
+        );
+        assert!(
+            out.contains("skipped 2 already processed") && out.contains("wrote 2 rows"),
+            "{format}: {out}"
+        );
+        let all = day_1
+            .iter()
+            .cloned()
+            .chain(["{'id': 3, 'v': 'three'}", "{'id': 4, 'v': 'four'}"].map(String::from));
+        assert_eq!(rows("id,v"), expected(all.clone()), "{format}: reprocessed");
+        let out = succeeded(
+            lake.run(&[&src], &sink, &["--key", "id"]),
+            "a run after reprocessing",
+        );
+        assert!(
+            out.contains("skipped 4 already processed"),
+            "{format}: {out}"
+        );
+        let store = lake.p("store");
+        let verify = tidemark(&[
+            "verify",
+            "--store",
+            &store,
+            "--sink",
+            &sink,
+            "--pipeline",
+            "p",
+            "--json",
+        ]);
+        assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
+        let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+        // The table carries the new commit 3, and so all of the store's.
+        assert_eq!(report["agree"], true, "{format}: {report}");
+        assert_eq!(report["store_committed"], 3, "{format}: {report}");
+        assert_eq!(report["table_carries"], 3, "{format}: {report}");
+        let records = |dir: &str| {
+            std::fs::read_dir(std::path::Path::new(&store).join(dir))
+                .map_or(0, |entries| entries.count())
+        };
+        assert_eq!(records("forgotten"), 1, "{format}");
+        assert_eq!(records("accepted"), 1, "{format}");
+        succeeded(tidemark(&["compact", "--store", &store]), "compact");
+        assert_eq!(records("forgotten"), 0, "{format}");
+        assert_eq!(records("accepted"), 0, "{format}");
+        assert_eq!(rows("id,v"), expected(all), "{format}: after compaction");
+    }
+}

@@ -64,14 +64,19 @@ impl StoreState {
 
     /// Digests of the source units read to their end by sealed checkpoints
     /// ([`Manifest::finished_units`]): every row they hold is checkpointed.
+    /// While commits are forgotten, not those of checkpoints sealed after the
+    /// first forgotten one: such a unit's earlier rows may be in a forgotten
+    /// checkpoint of the same run, and must be read again.
     pub fn finished_units(&self) -> BTreeSet<&str> {
         let indexed = self
             .index
             .iter()
             .flat_map(|i| i.finished_units.iter().map(String::as_str));
+        let first_forgotten = self.forgotten.iter().min();
         let sealed = self
             .checkpoints
             .iter()
+            .filter(|c| first_forgotten.is_none_or(|f| c.manifest.checkpoint_id < *f))
             .flat_map(|c| c.manifest.finished_units.iter().map(String::as_str));
         indexed.chain(sealed).collect()
     }
