@@ -332,3 +332,25 @@ pub(crate) fn column_names(schema: &Schema) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Error messages name a key schema by this form.
+    #[test]
+    fn a_key_schema_displays_its_columns_in_order() -> Result<()> {
+        let single = KeySchema::single("id", DataType::Int64)?;
+        assert_eq!(single.to_string(), "(id: Int64)");
+        let composite = KeySchema::new(vec![
+            KeyColumn::new("tenant", DataType::Utf8),
+            KeyColumn::new("id", DataType::Int64),
+            KeyColumn::new("day", DataType::Date32),
+        ])?;
+        assert_eq!(
+            composite.to_string(),
+            "(tenant: Utf8, id: Int64, day: Date32)"
+        );
+        Ok(())
+    }
+}
