@@ -713,3 +713,40 @@ async fn a_rolled_back_commit_is_reprocessed() {
         .await
         .unwrap();
 }
+
+/// A run's automatic compaction keeps the checkpoints of the latest commits
+/// out of the index (and waits for the usual number beside them), so a
+/// table that loses those commits can still have them reprocessed.
+#[tokio::test]
+async fn the_latest_commits_stay_reprocessable_through_automatic_compaction() {
+    use tidemark::store::{
+        CompactionOptions, AUTO_COMPACTION_CHECKPOINTS, AUTO_COMPACTION_KEPT_COMMITS,
+    };
+    let (_, store) = memory_store().await;
+    let table = MemoryTable::default();
+    let committer = Committer::new(store.clone(), table.clone(), "races");
+    let kept = AUTO_COMPACTION_KEPT_COMMITS as i64;
+    let total = AUTO_COMPACTION_CHECKPOINTS as i64 + kept;
+    let automatic = CompactionOptions::automatic();
+    for n in 0..total {
+        seal(&store, vec![n], &format!("data/{n}.parquet")).await;
+        committer.commit_pending().await.unwrap();
+        let report = store.compact(&automatic).await.unwrap();
+        let expected = if n + 1 == total {
+            AUTO_COMPACTION_CHECKPOINTS
+        } else {
+            0
+        };
+        assert_eq!(report.checkpoints_compacted, expected, "after commit {n}");
+    }
+    assert_eq!(store.load().await.unwrap().checkpoints.len() as i64, kept);
+    table.roll_back_to((total - kept) as u64);
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+        .await
+        .unwrap();
+    assert_eq!(
+        checkpointed(&store).await,
+        (0..total - kept).collect::<Vec<_>>()
+    );
+}

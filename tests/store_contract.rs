@@ -855,7 +855,7 @@ async fn compaction_bounds_the_cost_of_a_load(backend: Backend) {
     let options = CompactionOptions {
         max_keys_per_file: 500,
         max_runs: 2,
-        min_checkpoints: 1,
+        ..Default::default()
     };
     let report = store.compact(&options).await.expect("compact");
     assert_eq!(report.checkpoints_compacted, checkpoints as usize);

@@ -35,7 +35,16 @@ pub struct CompactionOptions {
     /// [`AUTO_COMPACTION_CHECKPOINTS`] wait, so that loading the store reads
     /// at most that many checkpoints' key files beside the index's runs.
     pub min_checkpoints: usize,
+    /// The checkpoints of this many latest table commits stay out of the
+    /// index, so that those commits can still be reprocessed
+    /// ([`crate::commit::LostCommitsPolicy::Reprocess`]) if the table loses
+    /// them: the index does not say which commit a key came from.
+    pub keep_latest_commits: u64,
 }
+
+/// The latest table commits a pipeline run keeps out of the index
+/// ([`CompactionOptions::automatic`]).
+pub const AUTO_COMPACTION_KEPT_COMMITS: u64 = 3;
 
 /// The checkpoints a pipeline run lets wait before it compacts them at its
 /// end ([`CompactionOptions::automatic`]).
@@ -47,16 +56,19 @@ impl Default for CompactionOptions {
             max_keys_per_file: 1_000_000,
             max_runs: 8,
             min_checkpoints: 1,
+            keep_latest_commits: 0,
         }
     }
 }
 
 impl CompactionOptions {
     /// The compaction a pipeline run makes at its end: once
-    /// [`AUTO_COMPACTION_CHECKPOINTS`] committed checkpoints wait.
+    /// [`AUTO_COMPACTION_CHECKPOINTS`] committed checkpoints wait, beside
+    /// those of the [`AUTO_COMPACTION_KEPT_COMMITS`] latest commits.
     pub fn automatic() -> Self {
         CompactionOptions {
             min_checkpoints: AUTO_COMPACTION_CHECKPOINTS,
+            keep_latest_commits: AUTO_COMPACTION_KEPT_COMMITS,
             ..Default::default()
         }
     }
@@ -130,6 +142,12 @@ impl CheckpointStore {
             } else {
                 waiting_for_gc += 1;
             }
+        }
+        if options.keep_latest_commits > 0 && targets.len() >= options.min_checkpoints.max(1) {
+            let kept = self
+                .checkpoints_of_latest_commits(options.keep_latest_commits)
+                .await?;
+            targets.retain(|m| !kept.contains(&m.checkpoint_id));
         }
         let previous_runs: &[KeyRun] = state.index.as_ref().map_or(&[], |i| &i.runs);
         let too_few = targets.len() < options.min_checkpoints.max(1);

@@ -4,8 +4,10 @@
 //! commit, so every attempt at that commit carries the same checkpoints under the
 //! same number. Finding the latest intent is one LIST of `commits/` plus one GET.
 
+use std::collections::BTreeSet;
+
 use super::layout::Layout;
-use super::records::{self, CommitIntent};
+use super::records::{self, CheckpointId, CommitIntent};
 use super::{io, CheckpointStore};
 use crate::error::{Error, ObjectKind, Result};
 
@@ -21,6 +23,28 @@ impl CheckpointStore {
             Some(sequence) => self.commit_intent(sequence).await,
             None => Ok(None),
         }
+    }
+
+    /// The checkpoints that the `count` latest commit intents carry.
+    pub(crate) async fn checkpoints_of_latest_commits(
+        &self,
+        count: u64,
+    ) -> Result<BTreeSet<CheckpointId>> {
+        let mut carried = BTreeSet::new();
+        let Some(latest) = self.latest_commit_intent().await? else {
+            return Ok(carried);
+        };
+        let first = latest
+            .sequence
+            .saturating_sub(count.saturating_sub(1))
+            .max(1);
+        carried.extend(latest.checkpoints);
+        for sequence in first..latest.sequence {
+            if let Some(intent) = self.commit_intent(sequence).await? {
+                carried.extend(intent.checkpoints);
+            }
+        }
+        Ok(carried)
     }
 
     /// The commit intent numbered `sequence`, if it exists.

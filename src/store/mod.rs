@@ -32,7 +32,9 @@ use arrow_array::RecordBatch;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use compaction::{CompactionOptions, CompactionReport, AUTO_COMPACTION_CHECKPOINTS};
+pub use compaction::{
+    CompactionOptions, CompactionReport, AUTO_COMPACTION_CHECKPOINTS, AUTO_COMPACTION_KEPT_COMMITS,
+};
 pub use keys::{canonical_key_type, KeyColumn, KeySchema};
 pub(crate) use lease::ensure_not_fenced;
 pub use lease::{
