@@ -235,7 +235,6 @@ impl TableCheck {
     }
 
     fn lost_commits(&self) -> Option<((u64, u64), String, bool)> {
-        let range = |from: u64, to: u64| (from, to);
         let marker = self.marker.unwrap_or(0);
         if let Some(committed) = self.store_committed.filter(|c| *c > marker) {
             let mut why = match self.marker {
@@ -251,11 +250,11 @@ impl TableCheck {
             if let Some(risk) = &self.marker_risk {
                 why = format!("{why}; {risk}");
             }
-            return Some((range(marker + 1, committed), why, false));
+            return Some(((marker + 1, committed), why, false));
         }
         match &self.lineage {
             Lineage::RolledBack { carried, why } if carried.unwrap_or(0) < marker => Some((
-                range(carried.unwrap_or(0) + 1, marker),
+                (carried.unwrap_or(0) + 1, marker),
                 format!(
                     "its marker says commit {marker}, but its current state carries the \
                      pipeline's commits up to {}: {why}",
@@ -264,7 +263,7 @@ impl TableCheck {
                 true,
             )),
             Lineage::Carries(carried) if *carried < marker => Some((
-                range(carried + 1, marker),
+                (carried + 1, marker),
                 format!(
                     "its marker says commit {marker}, but its current state carries the \
                      pipeline's commits up to {carried}"
@@ -612,6 +611,9 @@ impl<S: CommitSink> Committer<S> {
                 // that holds the lost commits): the acceptance is out of
                 // date, and a later loss must be refused again.
                 if let (Some(accepted), true) = (&check.accepted, check.carries_marker()) {
+                    if accepted.reprocessed {
+                        self.remember(&check, accepted).await?;
+                    }
                     self.store.remove_acceptance(accepted.marker).await?;
                     check.accepted = None;
                 }
@@ -665,6 +667,47 @@ impl<S: CommitSink> Committer<S> {
         for record in &records {
             self.store.forget_commit(record).await?;
         }
+        Ok(())
+    }
+
+    /// Undoes [`Self::forget`] for a table that holds the forgotten commits
+    /// again (restored to a state with the marker of `accepted`, before any
+    /// commit made them anew): their keys count as processed again. Refused
+    /// while sealed checkpoints wait for their commit, since those may hold
+    /// the forgotten rows read again.
+    async fn remember(&self, check: &TableCheck, accepted: &AcceptanceRecord) -> Result<()> {
+        let forgotten: Vec<ForgottenCommit> = self
+            .store
+            .forgotten_commits()
+            .await?
+            .into_iter()
+            .filter(|record| record.sequence <= accepted.marker)
+            .collect();
+        let (Some(first), Some(last)) = (forgotten.first(), forgotten.last()) else {
+            return Ok(());
+        };
+        let pending = self.store.load().await?.pending_commit().len();
+        if pending > 0 {
+            return Err(Error::ForgottenCommitsRegained {
+                table: check.table.clone(),
+                pipeline: self.pipeline_id.clone(),
+                commits: if first.sequence == last.sequence {
+                    first.sequence.to_string()
+                } else {
+                    format!("{}..={}", first.sequence, last.sequence)
+                },
+                pending,
+            });
+        }
+        for record in &forgotten {
+            self.store.remember_commit(record.sequence).await?;
+        }
+        tracing::warn!(
+            table = check.table,
+            pipeline = self.pipeline_id,
+            commits = accepted.commits,
+            "the table holds the commits forgotten for reprocessing again; their keys count as processed again"
+        );
         Ok(())
     }
 

@@ -379,6 +379,27 @@ pub enum Error {
         reason: String,
     },
 
+    /// The table holds commits again whose keys were forgotten to reprocess
+    /// them, while sealed checkpoints wait for their commit: those may hold
+    /// the same rows, read again.
+    #[error(
+        "table `{table}` holds commits {commits} of pipeline `{pipeline}` again (it was restored), \
+         but their keys were forgotten to reprocess them, and {pending} sealed checkpoint(s) \
+         wait for their commit, which may hold those rows read again. Nothing was read or \
+         written. Return the table to the state it had when they were forgotten (without those \
+         commits) and run again: the waiting checkpoints then commit those rows"
+    )]
+    ForgottenCommitsRegained {
+        /// The table.
+        table: String,
+        /// The pipeline.
+        pipeline: String,
+        /// The commits the table holds again (`3` or `3..=5`).
+        commits: String,
+        /// Sealed checkpoints waiting for their commit.
+        pending: usize,
+    },
+
     /// Another run holds the lease: two runs of one pipeline (or shard) must
     /// not process the same keys at once.
     #[error("lease `{scope}` is held by {holder} (epoch {epoch}) until {expires_at}; another run of this pipeline is active. Wait for it, or for the lease to expire if it died")]

@@ -750,3 +750,53 @@ async fn the_latest_commits_stay_reprocessable_through_automatic_compaction() {
         (0..total - kept).collect::<Vec<_>>()
     );
 }
+
+/// Commits forgotten for reprocessing, then found in the table again (it was
+/// restored before the run committed their rows anew): their keys count as
+/// processed again. If checkpoints that may hold those rows read again wait
+/// for their commit, the run is refused instead, and goes on once the table
+/// is back in the state it had when they were forgotten.
+#[tokio::test]
+async fn forgotten_commits_found_in_the_table_again_are_remembered() {
+    let (_, store) = memory_store().await;
+    let table = MemoryTable::default();
+    let committer = Committer::new(store.clone(), table.clone(), "races");
+    for n in 0..3 {
+        seal(&store, vec![n], &format!("data/{n}.parquet")).await;
+        committer.commit_pending().await.unwrap();
+    }
+    let agrees = |policy| {
+        let committer = &committer;
+        async move { committer.ensure_table_agrees(policy).await }
+    };
+    table.roll_back_to(1);
+    agrees(LostCommitsPolicy::Reprocess).await.unwrap();
+    assert_eq!(checkpointed(&store).await, vec![0]);
+    table.restore();
+    agrees(LostCommitsPolicy::Refuse).await.unwrap();
+    assert!(store.forgotten_commits().await.unwrap().is_empty());
+    assert!(store.acceptance(3).await.unwrap().is_none());
+    assert_eq!(checkpointed(&store).await, vec![0, 1, 2], "remembered");
+
+    // Forgotten again, and read again into a checkpoint not committed yet.
+    table.roll_back_to(1);
+    agrees(LostCommitsPolicy::Reprocess).await.unwrap();
+    seal(&store, vec![1, 2], "data/again.parquet").await;
+    table.restore();
+    match agrees(LostCommitsPolicy::Refuse).await {
+        Err(Error::ForgottenCommitsRegained {
+            commits, pending, ..
+        }) => assert_eq!((commits.as_str(), pending), ("2..=3", 1)),
+        other => panic!("not refused: {other:?}"),
+    }
+    assert_eq!(store.forgotten_commits().await.unwrap().len(), 2);
+    // Back to the state they were forgotten in: the run goes on and
+    // commits the rows once.
+    table.roll_back_to(1);
+    agrees(LostCommitsPolicy::Refuse).await.unwrap();
+    let report = committer.commit_pending().await.unwrap();
+    assert_eq!(report.commits.len(), 1);
+    assert_eq!(table.marker(), Some(4));
+    assert_eq!(checkpointed(&store).await, vec![0, 1, 2]);
+    agrees(LostCommitsPolicy::Refuse).await.unwrap();
+}

@@ -25,6 +25,12 @@ impl CheckpointStore {
         io::put(self.object_store(), &path, encoded).await
     }
 
+    /// Undoes [`Self::forget_commit`]: the keys of commit `sequence` count as
+    /// processed again.
+    pub async fn remember_commit(&self, sequence: u64) -> Result<()> {
+        io::delete(self.object_store(), &self.layout().forgotten(sequence)).await
+    }
+
     /// Every forgotten commit, in sequence order. One LIST, and one GET per
     /// record (there are none unless a table lost commits).
     pub async fn forgotten_commits(&self) -> Result<Vec<ForgottenCommit>> {
