@@ -30,8 +30,8 @@ use serde_json::json;
 use crate::error::{BoxError, Error, Result};
 use crate::redact::validate_pipeline_id;
 use crate::store::{
-    ensure_not_fenced, AcceptanceRecord, CheckpointId, CheckpointState, CheckpointStore,
-    CommitIntent, Fence, FileRecord, ForgottenCommit, Manifest,
+    ensure_not_fenced, AcceptanceRecord, CheckpointId, CheckpointStore, CommitIntent, Fence,
+    FileRecord, ForgottenCommit, Manifest,
 };
 
 /// How many times in a row a committer may lose the race for an intent to
@@ -506,18 +506,7 @@ impl<S: CommitSink> Committer<S> {
             None => None,
             Some(intent) => {
                 self.ensure_ours(&intent)?;
-                let first = intent.checkpoints.first().copied();
-                let committed = match first {
-                    Some(id) => {
-                        self.store.checkpoint_state(id).await? == CheckpointState::Committed
-                    }
-                    None => false,
-                };
-                if committed {
-                    Some(intent.sequence)
-                } else {
-                    intent.sequence.checked_sub(1).filter(|s| *s > 0)
-                }
+                self.store.committed_sequence_of(&intent).await?
             }
         };
         let marker = self.marker().await?;
@@ -561,13 +550,30 @@ impl<S: CommitSink> Committer<S> {
     /// Either way the decision is recorded in the store as an acceptance of
     /// this table state (later checks of it pass without being told again)
     /// and logged as a warning.
+    ///
+    /// Forgotten commits that the table carries again (restored before
+    /// their rows were committed anew) are remembered first: their keys
+    /// count as processed again.
     pub async fn ensure_table_agrees(&self, policy: LostCommitsPolicy) -> Result<TableCheck> {
+        self.ensure_table_agrees_under(policy, self.fence.as_ref())
+            .await
+    }
+
+    /// [`Self::ensure_table_agrees`] by the holder of `fence` (if any): the
+    /// runs of other lease scopes must not be live while keys are forgotten
+    /// or remembered, since they read with the keys they loaded before.
+    pub(crate) async fn ensure_table_agrees_under(
+        &self,
+        policy: LostCommitsPolicy,
+        fence: Option<&Fence>,
+    ) -> Result<TableCheck> {
         let mut check = self.check_table().await?;
+        self.remember_regained(&check, fence).await?;
         match check.lost() {
             Some(lost) if policy != LostCommitsPolicy::Refuse && lost.acceptable => {
                 let reprocessed = policy == LostCommitsPolicy::Reprocess;
                 if reprocessed {
-                    self.forget(&check.table, &lost).await?;
+                    self.forget(&check, &lost, fence).await?;
                 }
                 let record = AcceptanceRecord {
                     format_version: crate::store::FORMAT_VERSION,
@@ -611,9 +617,6 @@ impl<S: CommitSink> Committer<S> {
                 // that holds the lost commits): the acceptance is out of
                 // date, and a later loss must be refused again.
                 if let (Some(accepted), true) = (&check.accepted, check.carries_marker()) {
-                    if accepted.reprocessed {
-                        self.remember(&check, accepted).await?;
-                    }
                     self.store.remove_acceptance(accepted.marker).await?;
                     check.accepted = None;
                 }
@@ -625,31 +628,54 @@ impl<S: CommitSink> Committer<S> {
     /// Forgets the keys of every lost commit: one [`ForgottenCommit`] per
     /// commit, naming the checkpoints its intent carried. Checks them all
     /// before it writes any, so a commit that cannot be reprocessed (its
-    /// intent pruned, or a checkpoint folded into the compacted index, where
-    /// its keys are no longer told apart) forgets nothing.
-    async fn forget(&self, table: &str, lost: &LostCommits) -> Result<()> {
-        let index = self.store.load().await?.index;
-        let compacted = |id: &CheckpointId| {
-            index
-                .as_ref()
-                .is_some_and(|index| index.checkpoints.contains(id))
-        };
+    /// intent gone, or a checkpoint folded into the compacted index, where
+    /// its keys are no longer told apart) forgets nothing. Then it fences
+    /// compaction ([`CheckpointStore::fence_compaction`]), so that no
+    /// compaction planned before the records existed folds those
+    /// checkpoints in.
+    async fn forget(
+        &self,
+        check: &TableCheck,
+        lost: &LostCommits,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
+        self.ensure_no_other_live_run(fence).await?;
+        let state = self.store.load().await?;
         let cannot = |commit: u64, reason: &str| Error::CannotReprocess {
-            table: table.to_string(),
+            table: check.table.clone(),
             pipeline: self.pipeline_id.clone(),
             commit,
             reason: reason.to_string(),
         };
+        let compacted = |index: &Option<crate::store::IndexGeneration>, id: &CheckpointId| {
+            index
+                .as_ref()
+                .is_some_and(|index| index.checkpoints.contains(id))
+        };
+        // Sealed checkpoints waiting for their commit may have read a source
+        // unit to its end whose earlier rows are in a lost commit: their
+        // finished units are not trusted while these records live.
+        let distrusted: Vec<CheckpointId> = state
+            .pending_commit()
+            .iter()
+            .map(|m| m.checkpoint_id)
+            .collect();
         let mut records = Vec::new();
         for sequence in lost.first..=lost.last {
             let Some(intent) = self.store.commit_intent(sequence).await? else {
                 return Err(cannot(
                     sequence,
-                    "compaction has removed its record, and its keys are folded into the index",
+                    "the store no longer holds its record (compaction removes the records of \
+                     commits whose keys it folded into the index, and of commits reprocessed \
+                     before)",
                 ));
             };
             self.ensure_ours(&intent)?;
-            if intent.checkpoints.iter().any(compacted) {
+            if intent
+                .checkpoints
+                .iter()
+                .any(|id| compacted(&state.index, id))
+            {
                 return Err(cannot(
                     sequence,
                     "compaction has folded its keys into the index, where they are no longer \
@@ -659,7 +685,9 @@ impl<S: CommitSink> Committer<S> {
             records.push(ForgottenCommit {
                 format_version: crate::store::FORMAT_VERSION,
                 sequence,
+                marker: check.marker.unwrap_or(lost.last),
                 checkpoints: intent.checkpoints,
+                distrusted: distrusted.clone(),
                 why: lost.why.clone(),
                 forgotten_at: self.store.now(),
             });
@@ -667,47 +695,90 @@ impl<S: CommitSink> Committer<S> {
         for record in &records {
             self.store.forget_commit(record).await?;
         }
+        let index = self.store.fence_compaction().await?;
+        if let Some(record) = records
+            .iter()
+            .find(|r| r.checkpoints.iter().any(|id| compacted(&index, id)))
+        {
+            // A compaction planned before the records folded it in first.
+            for record in &records {
+                self.store.remember_commit(record.sequence).await?;
+            }
+            return Err(cannot(
+                record.sequence,
+                "a compaction folded its keys into the index while it was being forgotten",
+            ));
+        }
         Ok(())
     }
 
-    /// Undoes [`Self::forget`] for a table that holds the forgotten commits
-    /// again (restored to a state with the marker of `accepted`, before any
-    /// commit made them anew): their keys count as processed again. Refused
-    /// while sealed checkpoints wait for their commit, since those may hold
-    /// the forgotten rows read again.
-    async fn remember(&self, check: &TableCheck, accepted: &AcceptanceRecord) -> Result<()> {
-        let forgotten: Vec<ForgottenCommit> = self
+    /// Undoes [`Self::forget`] for the forgotten commits that the table
+    /// carries again (restored, before any commit made their rows anew: its
+    /// marker is still the one they were forgotten under): their keys count
+    /// as processed again. Refused while checkpoints that may hold those
+    /// rows read again wait for their commit or are being written.
+    async fn remember_regained(&self, check: &TableCheck, fence: Option<&Fence>) -> Result<()> {
+        let carried = check.carried();
+        let regained: Vec<ForgottenCommit> = self
             .store
             .forgotten_commits()
             .await?
             .into_iter()
-            .filter(|record| record.sequence <= accepted.marker)
+            .filter(|record| {
+                Some(record.marker) == check.marker && carried >= Some(record.sequence)
+            })
             .collect();
-        let (Some(first), Some(last)) = (forgotten.first(), forgotten.last()) else {
+        let (Some(first), Some(last)) = (regained.first(), regained.last()) else {
             return Ok(());
         };
-        let pending = self.store.load().await?.pending_commit().len();
+        let commits = if first.sequence == last.sequence {
+            first.sequence.to_string()
+        } else {
+            format!("{}..={}", first.sequence, last.sequence)
+        };
+        self.ensure_no_other_live_run(fence).await?;
+        let pending = self.store.load().await?.pending_commit().len()
+            + self.store.unsealed_checkpoints().await?.len();
         if pending > 0 {
             return Err(Error::ForgottenCommitsRegained {
                 table: check.table.clone(),
                 pipeline: self.pipeline_id.clone(),
-                commits: if first.sequence == last.sequence {
-                    first.sequence.to_string()
-                } else {
-                    format!("{}..={}", first.sequence, last.sequence)
-                },
+                commits,
                 pending,
             });
         }
-        for record in &forgotten {
+        for record in &regained {
             self.store.remember_commit(record.sequence).await?;
         }
         tracing::warn!(
             table = check.table,
             pipeline = self.pipeline_id,
-            commits = accepted.commits,
-            "the table holds the commits forgotten for reprocessing again; their keys count as processed again"
+            commits,
+            "the table holds commits forgotten for reprocessing again; their keys count as processed again"
         );
+        Ok(())
+    }
+
+    /// Fails with [`Error::LeaseHeld`] if a run of another lease scope than
+    /// `fence`'s is live.
+    async fn ensure_no_other_live_run(&self, fence: Option<&Fence>) -> Result<()> {
+        let own = fence.map(|f| f.claim().scope.as_str());
+        let now = self.store.now();
+        for scope in self.store.lease_scopes().await? {
+            if Some(scope.as_str()) == own {
+                continue;
+            }
+            if let Some(status) = self.store.lease_status(&scope).await? {
+                if status.is_live(now) {
+                    return Err(Error::LeaseHeld {
+                        scope,
+                        epoch: status.record.claim.epoch,
+                        holder: status.record.holder.clone(),
+                        expires_at: status.expires_at().to_rfc3339(),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 

@@ -490,7 +490,7 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
 
     async fn repair_under(&self, lease: &Lease) -> Result<RepairReport> {
         self.committer
-            .ensure_table_agrees(self.on_lost_commits)
+            .ensure_table_agrees_under(self.on_lost_commits, Some(&lease.fence()))
             .await?;
         let committed = self
             .committer

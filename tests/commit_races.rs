@@ -647,6 +647,14 @@ async fn a_rolled_back_commit_is_reprocessed() {
         .ensure_table_agrees(LostCommitsPolicy::Refuse)
         .await
         .unwrap();
+    // Nothing made after the forgetting is committed yet: a compaction
+    // keeps the forgotten commits' records.
+    let report = store
+        .compact(&tidemark::store::CompactionOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.forgotten_removed, 0, "{report:?}");
+    assert_eq!(store.forgotten_commits().await.unwrap().len(), 2);
 
     // A run reads keys 1 and 2 again and commits them as commit 4.
     let again = seal(&store, vec![1, 2], "data/again.parquet").await;
@@ -665,16 +673,19 @@ async fn a_rolled_back_commit_is_reprocessed() {
         .await
         .unwrap();
 
-    // Compaction folds the live checkpoints in and deletes the forgotten
+    // Compaction folds the live checkpoints in (the one with unit-b and
+    // commit 4's; commit 1's went in before) and deletes the forgotten
     // commits' records, checkpoints and intents.
     let report = store
         .compact(&tidemark::store::CompactionOptions::default())
         .await
         .unwrap();
-    assert_eq!(report.checkpoints_compacted, 3, "{report:?}");
+    assert_eq!(report.checkpoints_compacted, 2, "{report:?}");
     assert_eq!(report.forgotten_removed, 2, "{report:?}");
     assert!(store.forgotten_commits().await.unwrap().is_empty());
-    assert!(finished(&store.load().await.unwrap()), "skipped again");
+    // Compacted, the distrusted checkpoint's finished unit is left out of
+    // the index for good: a run reads it again.
+    assert!(!finished(&store.load().await.unwrap()), "read again");
     let left: Vec<String> = inner
         .list(None)
         .map(|meta| meta.unwrap().location.to_string())
@@ -799,4 +810,84 @@ async fn forgotten_commits_found_in_the_table_again_are_remembered() {
     assert_eq!(table.marker(), Some(4));
     assert_eq!(checkpointed(&store).await, vec![0, 1, 2]);
     agrees(LostCommitsPolicy::Refuse).await.unwrap();
+}
+
+/// The table restored to carry part of the forgotten commits again, or all
+/// of them after a run that died between forgetting and recording its
+/// choice: what it carries is remembered, the rest stays forgotten.
+#[tokio::test]
+async fn forgotten_commits_are_remembered_as_far_as_the_table_carries_them() {
+    let (_, store) = memory_store().await;
+    let table = MemoryTable::default();
+    let committer = Committer::new(store.clone(), table.clone(), "races");
+    for n in 0..3 {
+        seal(&store, vec![n], &format!("data/{n}.parquet")).await;
+        committer.commit_pending().await.unwrap();
+    }
+    table.roll_back_to(1);
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+        .await
+        .unwrap();
+    // Restored to carry commit 2 again, not 3.
+    table.roll_back_to(2);
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Refuse)
+        .await
+        .unwrap();
+    let sequences: Vec<u64> = store
+        .forgotten_commits()
+        .await
+        .unwrap()
+        .iter()
+        .map(|f| f.sequence)
+        .collect();
+    assert_eq!(sequences, vec![3]);
+    assert_eq!(checkpointed(&store).await, vec![0, 1]);
+    // A run that died after forgetting, before recording its choice.
+    store.remove_acceptance(3).await.unwrap();
+    table.restore();
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Refuse)
+        .await
+        .unwrap();
+    assert!(store.forgotten_commits().await.unwrap().is_empty());
+    assert_eq!(checkpointed(&store).await, vec![0, 1, 2]);
+}
+
+/// A compaction that planned from the state before the lost commits were
+/// forgotten cannot fold their checkpoints into the index afterwards: the
+/// forgetting publishes an index generation of its own, so the compaction's
+/// publication fails, and the keys stay forgotten.
+#[tokio::test]
+async fn a_compaction_planned_before_a_forgetting_cannot_fold_it_in() {
+    let (inner, store) = memory_store().await;
+    let table = MemoryTable::default();
+    let committer = Committer::new(store.clone(), table.clone(), "races");
+    for n in 0..3 {
+        seal(&store, vec![n], &format!("data/{n}.parquet")).await;
+        committer.commit_pending().await.unwrap();
+    }
+    table.roll_back_to(1);
+    let hooked = Arc::new(FaultyStore::new(inner.clone()));
+    let forgetting = Committer::new(store.clone(), table.clone(), "races");
+    hooked.before_put(
+        "index/00000000000000000001",
+        Box::pin(async move {
+            forgetting
+                .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+                .await
+                .unwrap();
+        }),
+    );
+    let compacting = store_on(hooked).await;
+    let err = compacting
+        .compact(&tidemark::store::CompactionOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ConcurrentChange { .. }), "{err}");
+    assert_eq!(store.forgotten_commits().await.unwrap().len(), 2);
+    assert_eq!(checkpointed(&store).await, vec![0], "still forgotten");
+    let index = store.load().await.unwrap().index.expect("the fence");
+    assert!(index.checkpoints.is_empty(), "{index:?}");
 }

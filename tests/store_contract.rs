@@ -864,8 +864,9 @@ async fn compaction_bounds_the_cost_of_a_load(backend: Backend) {
 
     faulty.reset_counts();
     let state = store.load().await.expect("load");
-    // 3 lists + the index + the one uncompacted manifest.
-    assert_eq!(faulty.requests(), 5, "requests after compaction");
+    // 4 lists (forgotten commits, seals, commit markers, index generations)
+    // + the index + the one uncompacted manifest.
+    assert_eq!(faulty.requests(), 6, "requests after compaction");
     assert_eq!(state.compacted_count(), checkpoints as usize);
     assert_eq!(state.pending_commit().len(), 1);
     assert_eq!(state.pending_commit()[0].checkpoint_id, pending_id);

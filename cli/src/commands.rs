@@ -382,12 +382,13 @@ pub(crate) async fn compact(args: CompactArgs) -> Result<ExitCode, CliError> {
         .await?;
     match report.generation {
         Some(generation) => say!(
-            "index generation {generation}: folded {} checkpoint(s) ({} keys), {} run(s), deleted {} object(s), pruned {} commit intent(s)",
+            "index generation {generation}: folded {} checkpoint(s) ({} keys), {} run(s), deleted {} object(s), pruned {} commit intent(s), removed {} reprocessed commit(s)",
             report.checkpoints_compacted,
             report.keys_compacted,
             report.runs,
             report.objects_deleted,
-            report.intents_pruned
+            report.intents_pruned,
+            report.forgotten_removed
         ),
         None => say!("nothing to compact"),
     }

@@ -197,6 +197,7 @@ impl CheckpointStore {
         finished_units.extend(
             targets
                 .iter()
+                .filter(|m| !state.distrusted.contains(&m.checkpoint_id))
                 .flat_map(|m| m.finished_units.iter().cloned()),
         );
         let index = IndexGeneration {
@@ -229,7 +230,7 @@ impl CheckpointStore {
             Some(sequence) => self.prune_acceptances_below(sequence).await?,
             None => 0,
         };
-        let forgotten_removed = self.remove_forgotten().await?;
+        let forgotten_removed = self.remove_forgotten(&index).await?;
         Ok(CompactionReport {
             generation: Some(generation),
             checkpoints_compacted: newly_compacted.len(),

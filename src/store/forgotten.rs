@@ -8,12 +8,13 @@
 //! be forgotten: the index's sorted runs no longer say which checkpoint a key
 //! came from.
 
-use std::collections::BTreeSet;
-
 use super::layout::Layout;
-use super::records::{self, CheckpointId, ForgottenCommit};
+use super::records::{self, ForgottenCommit, IndexGeneration, FORMAT_VERSION};
 use super::{io, CheckpointStore};
-use crate::error::{ObjectKind, Result};
+use crate::error::{Error, ObjectKind, Result};
+
+/// Attempts to publish the fencing index generation.
+const FENCE_ATTEMPTS: u32 = 5;
 
 impl CheckpointStore {
     /// Records that commit `record.sequence` is forgotten: from the next load
@@ -56,36 +57,73 @@ impl CheckpointStore {
         Ok(forgotten)
     }
 
-    /// The checkpoints of every forgotten commit.
-    pub(super) async fn forgotten_checkpoints(&self) -> Result<BTreeSet<CheckpointId>> {
-        Ok(self
-            .forgotten_commits()
-            .await?
-            .into_iter()
-            .flat_map(|record| record.checkpoints)
-            .collect())
+    /// Publishes the next index generation as a copy of the current one (an
+    /// empty first generation if there is none), and returns it. A
+    /// compaction that planned from an older state then fails to publish
+    /// (generations are written once), so none planned before a forgotten
+    /// record existed can fold its checkpoints in. Concurrent publishers are
+    /// retried a bounded number of times.
+    pub async fn fence_compaction(&self) -> Result<Option<IndexGeneration>> {
+        for _ in 0..FENCE_ATTEMPTS {
+            let current = self.current_index().await?;
+            let fenced = IndexGeneration {
+                format_version: FORMAT_VERSION,
+                generation: current.as_ref().map_or(1, |i| i.generation + 1),
+                created_at: self.now(),
+                checkpoints: current
+                    .as_ref()
+                    .map(|i| i.checkpoints.clone())
+                    .unwrap_or_default(),
+                // Staged objects of the checkpoints the current generation
+                // folded in are deleted by the next compaction, as before.
+                newly_compacted: current
+                    .as_ref()
+                    .map(|i| i.newly_compacted.clone())
+                    .unwrap_or_default(),
+                runs: current.as_ref().map(|i| i.runs.clone()).unwrap_or_default(),
+                committed_rows: current.as_ref().map_or(0, |i| i.committed_rows),
+                finished_units: current
+                    .as_ref()
+                    .map(|i| i.finished_units.clone())
+                    .unwrap_or_default(),
+            };
+            let path = self.layout().index(fenced.generation);
+            let encoded = records::encode(ObjectKind::Index, path.as_ref(), &fenced)?;
+            if io::put_if_absent(self.object_store(), &path, encoded).await? {
+                return Ok(Some(fenced));
+            }
+        }
+        Err(Error::ConcurrentChange {
+            operation: "fencing compaction (other compactions kept publishing)",
+            attempts: FENCE_ATTEMPTS,
+        })
     }
 
-    /// Deletes what forgotten commits below the latest commit intent left: their checkpoints' staged objects, seals, commit
-    /// markers and collection records, their commit intents, and last the
-    /// forgotten record itself, so that a crash part-way leaves the record
-    /// and the checkpoints stay forgotten. The latest commit's are kept: its
-    /// intent decides what the store committed last. A checkpoint with
-    /// orphans that gc has not collected yet waits. Returns how many records
-    /// it removed.
-    pub(super) async fn remove_forgotten(&self) -> Result<usize> {
+    /// Deletes what forgotten commits left once nothing can need it: a
+    /// commit made after the forgetting is marked committed (so the table's
+    /// marker moved past the record's), and `index` (just published) holds
+    /// every checkpoint the record distrusts. Deleted are the checkpoints'
+    /// staged objects, seals, commit markers and collection records, the
+    /// commit's intent, and last the record itself, so that a crash part-way
+    /// leaves the record and the checkpoints stay forgotten. A checkpoint
+    /// with orphans that gc has not collected yet waits. Returns how many
+    /// records it removed.
+    pub(super) async fn remove_forgotten(&self, index: &IndexGeneration) -> Result<usize> {
         let records = self.forgotten_commits().await?;
         if records.is_empty() {
             return Ok(0);
         }
-        let Some(latest_sequence) = self.latest_commit_intent().await?.map(|i| i.sequence) else {
-            return Ok(0);
-        };
+        let committed = self.committed_sequence().await?;
         let store = self.object_store();
         let layout = self.layout();
         let mut removed = 0;
         for record in records {
-            if record.sequence >= latest_sequence {
+            let superseded = committed.is_some_and(|c| c > record.marker);
+            let distrust_settled = record
+                .distrusted
+                .iter()
+                .all(|id| index.checkpoints.contains(id));
+            if !superseded || !distrust_settled {
                 continue;
             }
             let mut waiting_for_gc = false;

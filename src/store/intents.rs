@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use super::layout::Layout;
 use super::records::{self, CheckpointId, CommitIntent};
-use super::{io, CheckpointStore};
+use super::{io, CheckpointState, CheckpointStore};
 use crate::error::{Error, ObjectKind, Result};
 
 impl CheckpointStore {
@@ -21,6 +21,30 @@ impl CheckpointStore {
             .max();
         match latest {
             Some(sequence) => self.commit_intent(sequence).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The latest commit sequence whose checkpoints are marked committed, if
+    /// any: `latest` (the latest intent) once its first checkpoint is
+    /// marked, else the one before it (marks follow the table commit, and a
+    /// new intent follows the marks of the one before).
+    pub async fn committed_sequence_of(&self, latest: &CommitIntent) -> Result<Option<u64>> {
+        let committed = match latest.checkpoints.first() {
+            Some(id) => self.checkpoint_state(*id).await? == CheckpointState::Committed,
+            None => false,
+        };
+        Ok(if committed {
+            Some(latest.sequence)
+        } else {
+            latest.sequence.checked_sub(1).filter(|s| *s > 0)
+        })
+    }
+
+    /// [`Self::committed_sequence_of`] the latest commit intent.
+    pub async fn committed_sequence(&self) -> Result<Option<u64>> {
+        match self.latest_commit_intent().await? {
+            Some(latest) => self.committed_sequence_of(&latest).await,
             None => Ok(None),
         }
     }

@@ -16,6 +16,8 @@
 //! collected/{checkpoint}.json                     orphan data files deleted by gc
 //! accepted/{marker}.json                          a table state that lost commits,
 //!                                                 accepted by the user
+//! forgotten/{sequence}.json                       a lost commit whose keys are
+//!                                                 forgotten, to reprocess its rows
 //! ```
 
 use object_store::path::Path;

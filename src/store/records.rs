@@ -358,16 +358,27 @@ pub struct AcceptanceRecord {
 /// pipeline (rolled back or restored) and the user chose to reprocess it.
 /// The keys of its checkpoints no longer count as processed, so the next run
 /// reads their rows again and commits them under a new sequence. Compaction
-/// deletes the checkpoints' records, then this one, once a later commit was
-/// made.
+/// deletes the checkpoints' records, then this one, once a commit made
+/// after the forgetting is marked committed and the distrusted checkpoints
+/// are in the index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForgottenCommit {
     /// Encoding version.
     pub format_version: u32,
     /// The lost commit.
     pub sequence: u64,
+    /// The table's marker for the pipeline when it was forgotten. While the
+    /// marker is the same and the table carries the commit again (restored),
+    /// the commit is remembered instead.
+    pub marker: u64,
     /// Its checkpoints (from its commit intent), whose keys are forgotten.
     pub checkpoints: Vec<CheckpointId>,
+    /// Checkpoints sealed but not committed when it was forgotten: one of
+    /// them may have read to its end a source unit whose earlier rows are in
+    /// this commit, so their finished units are not trusted (neither while
+    /// they wait nor once compacted), and the unit is read again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distrusted: Vec<CheckpointId>,
     /// What the table showed.
     pub why: String,
     /// When it was forgotten.

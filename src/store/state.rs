@@ -48,6 +48,9 @@ pub struct StoreState {
     /// ([`super::ForgottenCommit`]): their keys do not count as processed,
     /// and their files are not committed again.
     pub forgotten: Vec<CheckpointId>,
+    /// Checkpoints whose finished source units are not trusted while commits
+    /// are forgotten ([`super::ForgottenCommit::distrusted`]).
+    pub distrusted: BTreeSet<CheckpointId>,
 }
 
 impl StoreState {
@@ -64,19 +67,17 @@ impl StoreState {
 
     /// Digests of the source units read to their end by sealed checkpoints
     /// ([`Manifest::finished_units`]): every row they hold is checkpointed.
-    /// While commits are forgotten, not those of checkpoints sealed after the
-    /// first forgotten one: such a unit's earlier rows may be in a forgotten
-    /// checkpoint of the same run, and must be read again.
+    /// Not those of [distrusted](Self::distrusted) checkpoints: such a unit's
+    /// earlier rows may be in a forgotten checkpoint, and must be read again.
     pub fn finished_units(&self) -> BTreeSet<&str> {
         let indexed = self
             .index
             .iter()
             .flat_map(|i| i.finished_units.iter().map(String::as_str));
-        let first_forgotten = self.forgotten.iter().min();
         let sealed = self
             .checkpoints
             .iter()
-            .filter(|c| first_forgotten.is_none_or(|f| c.manifest.checkpoint_id < *f))
+            .filter(|c| !self.distrusted.contains(&c.manifest.checkpoint_id))
             .flat_map(|c| c.manifest.finished_units.iter().map(String::as_str));
         indexed.chain(sealed).collect()
     }
@@ -117,7 +118,7 @@ impl CheckpointStore {
     }
 
     /// One attempt; `None` if a listed manifest vanished. The order matters: the
-    /// index is read after both listings, and a compaction publishes its index
+    /// index is read after the listings, and a compaction publishes its index
     /// before deleting markers, so every listed id that vanished is in the index.
     async fn try_load(&self) -> Result<Option<StoreState>> {
         let store = self.object_store();
@@ -125,7 +126,15 @@ impl CheckpointStore {
         // Forgotten records before the seals: compaction deletes a forgotten
         // checkpoint's seal before its record, so a checkpoint listed as
         // sealed below is never one whose record this listing missed.
-        let forgotten = self.forgotten_checkpoints().await?;
+        let forgotten_commits = self.forgotten_commits().await?;
+        let forgotten: BTreeSet<CheckpointId> = forgotten_commits
+            .iter()
+            .flat_map(|record| record.checkpoints.iter().copied())
+            .collect();
+        let distrusted: BTreeSet<CheckpointId> = forgotten_commits
+            .iter()
+            .flat_map(|record| record.distrusted.iter().copied())
+            .collect();
         let sealed = marker_ids(io::list(store, &layout.sealed_dir()).await?);
         let committed = marker_ids(io::list(store, &layout.committed_dir()).await?);
         let index = self.current_index().await?;
@@ -152,6 +161,7 @@ impl CheckpointStore {
             index,
             checkpoints,
             forgotten: forgotten_sealed,
+            distrusted,
         }))
     }
 
