@@ -585,23 +585,19 @@ impl<S: CommitSink> Committer<S> {
                     reprocessed,
                 };
                 self.store.record_acceptance(&record).await?;
-                if reprocessed {
-                    tracing::warn!(
-                        table = check.table,
-                        pipeline = self.pipeline_id,
-                        commits = lost.commits,
-                        why = lost.why,
-                        "the table lost commits of this pipeline; their keys are forgotten, so their rows are read and written again, and this is recorded in the store"
-                    );
+                let choice = if reprocessed {
+                    "their keys are forgotten, so their rows are read and written again"
                 } else {
-                    tracing::warn!(
-                        table = check.table,
-                        pipeline = self.pipeline_id,
-                        commits = lost.commits,
-                        why = lost.why,
-                        "the table lost commits of this pipeline; accepted as it is (their keys stay processed), and recorded in the store"
-                    );
-                }
+                    "accepted as it is: their keys stay processed"
+                };
+                tracing::warn!(
+                    table = check.table,
+                    pipeline = self.pipeline_id,
+                    commits = lost.commits,
+                    why = lost.why,
+                    choice,
+                    "the table lost commits of this pipeline; the choice is recorded in the store"
+                );
                 check.accepted = Some(record);
                 Ok(check)
             }

@@ -136,6 +136,30 @@ impl Lake {
         );
     }
 
+    /// `tidemark verify` of the lake's store against `sink`, pipeline `p`.
+    fn verify(&self, sink: &str, extra: &[&str]) -> Output {
+        let store = self.p("store");
+        let mut args = vec![
+            "verify",
+            "--store",
+            &store,
+            "--sink",
+            sink,
+            "--pipeline",
+            "p",
+        ];
+        args.extend(extra);
+        tidemark(&args)
+    }
+
+    /// `verify --json`: its exit code and its report.
+    fn verify_json(&self, sink: &str) -> (Option<i32>, serde_json::Value) {
+        let output = self.verify(sink, &["--json"]);
+        let report = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| panic!("verify --json: {}", text(&output)));
+        (output.status.code(), report)
+    }
+
     /// Keys in the store's checkpoints, as `status` counts them.
     fn keys_checkpointed(&self) -> u64 {
         let store = self.p("store");
@@ -938,19 +962,7 @@ DeltaTable(sys.argv[1]).create_checkpoint()
         "a run after maintenance",
     );
     assert!(out.contains("nothing new to commit"), "{out}");
-    let store = lake.p("store");
-    let out = succeeded(
-        tidemark(&[
-            "verify",
-            "--store",
-            &store,
-            "--sink",
-            &sink,
-            "--pipeline",
-            "p",
-        ]),
-        "verify after maintenance",
-    );
+    let out = succeeded(lake.verify(&sink, &[]), "verify after maintenance");
     assert!(out.contains("the store and the table agree"), "{out}");
     lake.source("src", "pa.table({'id': pa.array([5, 6], pa.int64())})");
     succeeded(lake.run(&[&src], &sink, &["--key", "id"]), "day 3");
@@ -975,18 +987,8 @@ DeltaTable(sys.argv[1]).vacuum(retention_hours=0, enforce_retention_duration=Fal
     assert!(stderr.contains("--accept-table-state"), "{stderr}");
     // `verify` reports the same, and exits 4.
     let store = lake.p("store");
-    let verify = tidemark(&[
-        "verify",
-        "--store",
-        &store,
-        "--sink",
-        &sink,
-        "--pipeline",
-        "p",
-        "--json",
-    ]);
-    assert_eq!(verify.status.code(), Some(4), "{}", text(&verify));
-    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    let (code, report) = lake.verify_json(&sink);
+    assert_eq!(code, Some(4), "{report}");
     assert_eq!(report["agree"], false, "{report}");
     assert_eq!(report["lost_commits"], "3", "{report}");
     assert_eq!(report["store_committed"], 3, "{report}");
@@ -1007,18 +1009,8 @@ DeltaTable(sys.argv[1]).vacuum(retention_hours=0, enforce_retention_duration=Fal
         "a run after the acceptance",
     );
     assert!(out.contains("skipped 6 already processed"), "{out}");
-    let verify = tidemark(&[
-        "verify",
-        "--store",
-        &store,
-        "--sink",
-        &sink,
-        "--pipeline",
-        "p",
-        "--json",
-    ]);
-    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
-    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    let (code, report) = lake.verify_json(&sink);
+    assert_eq!(code, Some(0), "{report}");
     assert_eq!(report["agree"], true, "{report}");
     assert_eq!(report["accepted"]["commits"], "3", "{report}");
     // Once a later commit moves the marker past it, compaction deletes it.
@@ -1235,19 +1227,7 @@ DeltaTable(sys.argv[1]).create_checkpoint()
         "a run after the cleanup",
     );
     assert!(out.contains("skipped 12 already processed"), "{out}");
-    let store = lake.p("store");
-    succeeded(
-        tidemark(&[
-            "verify",
-            "--store",
-            &store,
-            "--sink",
-            &sink,
-            "--pipeline",
-            "p",
-        ]),
-        "verify after the cleanup",
-    );
+    succeeded(lake.verify(&sink, &[]), "verify after the cleanup");
     let mut ids: Vec<i64> = (0..=12).collect();
     ids.sort_by_key(|id| id.to_string());
     let ids = ids.iter().map(|id| format!("{{'id': {id}}}"));
@@ -1310,18 +1290,7 @@ print(len(SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2]).load_tab
         "a run after the expiry",
     );
     assert!(out.contains("skipped 5 already processed"), "{out}");
-    succeeded(
-        tidemark(&[
-            "verify",
-            "--store",
-            &store,
-            "--sink",
-            sink,
-            "--pipeline",
-            "p",
-        ]),
-        "verify after the expiry",
-    );
+    succeeded(lake.verify(sink, &[]), "verify after the expiry");
     let ids = (0..=5).map(|id| format!("{{'id': {id}}}"));
     assert_eq!(catalog.rows("id"), expected(ids));
 
@@ -1865,18 +1834,8 @@ table.manage_snapshots().rollback_to_snapshot(first).commit()
             "{format}: {out}"
         );
         let store = lake.p("store");
-        let verify = tidemark(&[
-            "verify",
-            "--store",
-            &store,
-            "--sink",
-            &sink,
-            "--pipeline",
-            "p",
-            "--json",
-        ]);
-        assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
-        let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+        let (code, report) = lake.verify_json(&sink);
+        assert_eq!(code, Some(0), "{report}");
         // The table carries the new commit 3, and so all of the store's.
         assert_eq!(report["agree"], true, "{format}: {report}");
         assert_eq!(report["store_committed"], 3, "{format}: {report}");
