@@ -253,10 +253,18 @@ impl DeltaSink {
                 .metadata()
                 .configuration()
                 .contains_key(CHECKPOINT_INTERVAL);
+            // delta-rs retries a commit that lost the race for its version
+            // itself, against each newer version's conflict check: an
+            // append beside another writer's optimize or append goes on at
+            // once. It never applies the commit twice: the commit carries
+            // the pipeline's `txn`, so a newer version with a `txn` of the
+            // same app id (this commit landed with its response lost, or
+            // another committer applied the sequence) is a conflict, which
+            // comes back here, to the marker's check.
             let properties = CommitProperties::default()
                 .with_application_transaction(Transaction::new(&request.pipeline_id, sequence))
                 .with_metadata(metadata.clone())
-                .with_max_retries(0)
+                .with_max_retries(DELTA_VERSION_RETRIES)
                 .with_create_checkpoint(!own_checkpoints);
             let result = CommitBuilder::from(properties)
                 .with_actions(adds.clone())
@@ -377,6 +385,11 @@ impl CommitSink for DeltaSink {
 /// Versions of the log read, newest first, to find the pipeline's latest
 /// commit and any restore after it: a few, then more.
 const LINEAGE_HISTORY: [usize; 2] = [16, 1_000];
+
+/// Newer versions a commit attempt may meet, conflict-checked by delta-rs,
+/// before it comes back to the sink's own retry (which reads the marker
+/// again). delta-rs's own default.
+const DELTA_VERSION_RETRIES: usize = 15;
 
 /// The Delta table property that sets how many commits come between two
 /// checkpoints of the log.
