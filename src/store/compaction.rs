@@ -115,7 +115,7 @@ pub struct CompactionReport {
     /// carry is compacted.
     pub intents_pruned: usize,
     /// Forgotten commits ([`super::ForgottenCommit`]) whose records were
-    /// deleted with their checkpoints' once a later commit was made.
+    /// deleted with their checkpoints' once a later commit was marked.
     pub forgotten_removed: usize,
     /// Committed checkpoints left out because their orphan data files wait
     /// for garbage collection ([`crate::gc::collect_garbage`]).
