@@ -20,7 +20,7 @@
 //! written once the previous one is fully marked, so a checkpoint belongs to at
 //! most one table commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -648,14 +648,27 @@ impl<S: CommitSink> Committer<S> {
                 .as_ref()
                 .is_some_and(|index| index.checkpoints.contains(id))
         };
-        // Sealed checkpoints waiting for their commit may have read a source
-        // unit to its end whose earlier rows are in a lost commit: their
-        // finished units are not trusted while these records live.
-        let distrusted: Vec<CheckpointId> = state
-            .pending_commit()
-            .iter()
-            .map(|m| m.checkpoint_id)
-            .collect();
+        // A lost commit made after earlier forgotten commits carried their
+        // rows anew. If the table holds those earlier commits again (it was
+        // restored over the reprocessing), forgetting it would write their
+        // rows a second time.
+        let carried = check.carried();
+        if let Some(earlier) = self
+            .store
+            .reprocessed_commits()
+            .await?
+            .into_iter()
+            .find(|r| carried >= Some(r.sequence) && lost.last > r.marker)
+        {
+            return Err(cannot(
+                lost.last,
+                &format!(
+                    "it carried anew the rows of commit {}, which was reprocessed and which the \
+                     table holds again: reprocessing it would write those rows twice",
+                    earlier.sequence
+                ),
+            ));
+        }
         let mut records = Vec::new();
         for sequence in lost.first..=lost.last {
             let Some(intent) = self.store.commit_intent(sequence).await? else {
@@ -683,10 +696,27 @@ impl<S: CommitSink> Committer<S> {
                 sequence,
                 marker: check.marker.unwrap_or(lost.last),
                 checkpoints: intent.checkpoints,
-                distrusted: distrusted.clone(),
+                distrusted: Vec::new(),
                 why: lost.why.clone(),
                 forgotten_at: self.store.now(),
             });
+        }
+        // Sealed checkpoints waiting for their commit (but for the lost
+        // commits' own, landed before their marks) may have read a source
+        // unit to its end whose earlier rows are in a lost commit: their
+        // finished units are not trusted.
+        let lost_checkpoints: BTreeSet<CheckpointId> = records
+            .iter()
+            .flat_map(|r| r.checkpoints.iter().copied())
+            .collect();
+        let distrusted: Vec<CheckpointId> = state
+            .pending_commit()
+            .iter()
+            .map(|m| m.checkpoint_id)
+            .filter(|id| !lost_checkpoints.contains(id))
+            .collect();
+        for record in &mut records {
+            record.distrusted = distrusted.clone();
         }
         for record in &records {
             self.store.forget_commit(record).await?;
@@ -709,10 +739,11 @@ impl<S: CommitSink> Committer<S> {
     }
 
     /// Undoes [`Self::forget`] for the forgotten commits that the table
-    /// carries again (restored, before any commit made their rows anew: its
-    /// marker is still the one they were forgotten under): their keys count
-    /// as processed again. Refused while checkpoints that may hold those
-    /// rows read again wait for their commit or are being written.
+    /// carries again (restored to a state no later than the marker they
+    /// were forgotten under, so before any commit made their rows anew):
+    /// their keys count as processed again. Refused while checkpoints that
+    /// may hold those rows read again wait for their commit or are being
+    /// written.
     async fn remember_regained(&self, check: &TableCheck, fence: Option<&Fence>) -> Result<()> {
         let carried = check.carried();
         let regained: Vec<ForgottenCommit> = self
@@ -720,9 +751,7 @@ impl<S: CommitSink> Committer<S> {
             .forgotten_commits()
             .await?
             .into_iter()
-            .filter(|record| {
-                Some(record.marker) == check.marker && carried >= Some(record.sequence)
-            })
+            .filter(|record| carried.is_some_and(|c| record.sequence <= c && c <= record.marker))
             .collect();
         let (Some(first), Some(last)) = (regained.first(), regained.last()) else {
             return Ok(());

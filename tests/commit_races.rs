@@ -891,3 +891,70 @@ async fn a_compaction_planned_before_a_forgetting_cannot_fold_it_in() {
     let index = store.load().await.unwrap().index.expect("the fence");
     assert!(index.checkpoints.is_empty(), "{index:?}");
 }
+
+/// A table restored over the commit that carried reprocessed rows anew: it
+/// holds the reprocessed commits' own rows again. Before compaction settled
+/// them, they are remembered, and forgetting the later commit then writes
+/// nothing twice; once settled, forgetting the later commit is refused, as
+/// it would write those rows a second time. Accepting goes on.
+#[tokio::test]
+async fn a_table_restored_over_a_reprocessing_commit_is_not_written_twice() {
+    for settled in [false, true] {
+        let (_, store) = memory_store().await;
+        let table = MemoryTable::default();
+        let committer = Committer::new(store.clone(), table.clone(), "races");
+        for n in 0..3 {
+            seal(&store, vec![n], &format!("data/{n}.parquet")).await;
+            committer.commit_pending().await.unwrap();
+        }
+        table.roll_back_to(1);
+        committer
+            .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+            .await
+            .unwrap();
+        seal(&store, vec![1, 2], "data/again.parquet").await;
+        committer.commit_pending().await.unwrap();
+        assert_eq!(table.marker(), Some(4));
+        if settled {
+            let report = store
+                .compact(&tidemark::store::CompactionOptions::default())
+                .await
+                .unwrap();
+            assert_eq!(report.forgotten_removed, 2, "{report:?}");
+            assert_eq!(store.reprocessed_commits().await.unwrap().len(), 2);
+        }
+        // Restored to the state after commit 3: commit 4 is lost.
+        table.roll_back_to(3);
+        let result = committer
+            .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+            .await;
+        if settled {
+            match result {
+                Err(Error::CannotReprocess { commit, reason, .. }) => {
+                    assert_eq!(commit, 4);
+                    assert!(reason.contains("commit 2"), "{reason}");
+                }
+                other => panic!("not refused: {other:?}"),
+            }
+            committer
+                .ensure_table_agrees(LostCommitsPolicy::Accept)
+                .await
+                .unwrap();
+        } else {
+            result.unwrap();
+            let sequences: Vec<u64> = store
+                .forgotten_commits()
+                .await
+                .unwrap()
+                .iter()
+                .map(|f| f.sequence)
+                .collect();
+            assert_eq!(sequences, vec![4], "2 and 3 remembered, 4 forgotten");
+        }
+        assert_eq!(
+            checkpointed(&store).await,
+            vec![0, 1, 2],
+            "settled: {settled}: keys 1 and 2 stay processed"
+        );
+    }
+}

@@ -35,26 +35,49 @@ impl CheckpointStore {
     /// Every forgotten commit, in sequence order. One LIST, and one GET per
     /// record (there are none unless a table lost commits).
     pub async fn forgotten_commits(&self) -> Result<Vec<ForgottenCommit>> {
+        self.records_in(&self.layout().forgotten_dir(), |layout, sequence| {
+            layout.forgotten(sequence)
+        })
+        .await
+    }
+
+    /// Every forgotten commit whose rows a later commit carried anew (its
+    /// record moved from `forgotten/` to `reprocessed/` when compaction
+    /// removed its checkpoints), in sequence order. Kept for good: should
+    /// the table hold such a commit again, the later commit must not be
+    /// reprocessed.
+    pub async fn reprocessed_commits(&self) -> Result<Vec<ForgottenCommit>> {
+        self.records_in(&self.layout().reprocessed_dir(), |layout, sequence| {
+            layout.reprocessed(sequence)
+        })
+        .await
+    }
+
+    async fn records_in(
+        &self,
+        dir: &object_store::path::Path,
+        path_of: impl Fn(&Layout, u64) -> object_store::path::Path,
+    ) -> Result<Vec<ForgottenCommit>> {
         let store = self.object_store();
-        let mut sequences: Vec<u64> = io::list(store, &self.layout().forgotten_dir())
+        let mut sequences: Vec<u64> = io::list(store, dir)
             .await?
             .iter()
             .filter_map(|meta| Layout::sequence_of(&meta.location))
             .collect();
         sequences.sort_unstable();
-        let mut forgotten = Vec::with_capacity(sequences.len());
+        let mut found = Vec::with_capacity(sequences.len());
         for sequence in sequences {
-            let path = self.layout().forgotten(sequence);
+            let path = path_of(self.layout(), sequence);
             // Deleted since the listing (compaction removed it): skipped.
             if let Some(bytes) = io::get_optional(store, &path).await? {
-                forgotten.push(records::decode(
+                found.push(records::decode(
                     ObjectKind::ForgottenCommit,
                     path.as_ref(),
                     &bytes,
                 )?);
             }
         }
-        Ok(forgotten)
+        Ok(found)
     }
 
     /// Publishes the next index generation as a copy of the current one (an
@@ -102,10 +125,11 @@ impl CheckpointStore {
     /// Deletes what forgotten commits left once nothing can need it: a
     /// commit made after the forgetting is marked committed (so the table's
     /// marker moved past the record's), and `index` (just published) holds
-    /// every checkpoint the record distrusts. Deleted are the checkpoints'
-    /// staged objects, seals, commit markers and collection records, the
-    /// commit's intent, and last the record itself, so that a crash part-way
-    /// leaves the record and the checkpoints stay forgotten. A checkpoint
+    /// every checkpoint the record distrusts. The record is first copied to
+    /// `reprocessed/` ([`Self::reprocessed_commits`]); then deleted are the
+    /// checkpoints' staged objects, seals, commit markers and collection
+    /// records, the commit's intent, and last the record itself, so that a
+    /// crash part-way leaves the record and the checkpoints stay forgotten. A checkpoint
     /// with orphans that gc has not collected yet waits. Returns how many
     /// records it removed.
     pub(super) async fn remove_forgotten(&self, index: &IndexGeneration) -> Result<usize> {
@@ -135,6 +159,9 @@ impl CheckpointStore {
             if waiting_for_gc {
                 continue;
             }
+            let settled = layout.reprocessed(record.sequence);
+            let encoded = records::encode(ObjectKind::ForgottenCommit, settled.as_ref(), &record)?;
+            io::put(store, &settled, encoded).await?;
             for &id in &record.checkpoints {
                 for meta in io::list(store, &layout.staging_of(id)).await? {
                     io::delete(store, &meta.location).await?;

@@ -18,6 +18,8 @@
 //!                                                 accepted by the user
 //! forgotten/{sequence}.json                       a lost commit whose keys are
 //!                                                 forgotten, to reprocess its rows
+//! reprocessed/{sequence}.json                     a forgotten commit whose rows a
+//!                                                 later commit carried anew
 //! ```
 
 use object_store::path::Path;
@@ -174,6 +176,15 @@ impl Layout {
     /// Read back with [`Layout::sequence_of`].
     pub(crate) fn forgotten(&self, sequence: u64) -> Path {
         self.join(&["forgotten", &format!("{sequence:020}.json")])
+    }
+
+    pub(crate) fn reprocessed_dir(&self) -> Path {
+        self.join(&["reprocessed"])
+    }
+
+    /// Read back with [`Layout::sequence_of`].
+    pub(crate) fn reprocessed(&self, sequence: u64) -> Path {
+        self.join(&["reprocessed", &format!("{sequence:020}.json")])
     }
 
     pub(crate) fn acceptances_dir(&self) -> Path {

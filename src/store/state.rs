@@ -123,9 +123,16 @@ impl CheckpointStore {
     async fn try_load(&self) -> Result<Option<StoreState>> {
         let store = self.object_store();
         let layout = self.layout();
-        // Forgotten records before the seals: compaction deletes a forgotten
-        // checkpoint's seal before its record, so a checkpoint listed as
-        // sealed below is never one whose record this listing missed.
+        let sealed = marker_ids(io::list(store, &layout.sealed_dir()).await?);
+        let committed = marker_ids(io::list(store, &layout.committed_dir()).await?);
+        let index = self.current_index().await?;
+        // Forgotten records after the index: a forgetting writes its records
+        // before it publishes an index generation of its own, so a load that
+        // read that generation (or a later one) sees the records, and a
+        // compaction planned from an earlier one fails to publish. A record
+        // this listing misses because compaction deleted it had its seal
+        // deleted first: its manifest is not found below, and the load starts
+        // over.
         let forgotten_commits = self.forgotten_commits().await?;
         let forgotten: BTreeSet<CheckpointId> = forgotten_commits
             .iter()
@@ -135,9 +142,6 @@ impl CheckpointStore {
             .iter()
             .flat_map(|record| record.distrusted.iter().copied())
             .collect();
-        let sealed = marker_ids(io::list(store, &layout.sealed_dir()).await?);
-        let committed = marker_ids(io::list(store, &layout.committed_dir()).await?);
-        let index = self.current_index().await?;
         let compacted: BTreeSet<CheckpointId> = index
             .iter()
             .flat_map(|i| i.checkpoints.iter().copied())
