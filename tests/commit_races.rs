@@ -465,6 +465,24 @@ async fn a_stalled_contender_never_holds_a_pruned_epoch() {
     lease.fence().ensure_current("checking").await.unwrap();
 }
 
+/// A store and a table in memory with three commits of one checkpoint each
+/// (keys 0, 1 and 2), and the committer that made them.
+async fn three_commits() -> (
+    Arc<dyn ObjectStore>,
+    CheckpointStore,
+    MemoryTable,
+    Committer<MemoryTable>,
+) {
+    let (inner, store) = memory_store().await;
+    let table = MemoryTable::default();
+    let committer = Committer::new(store.clone(), table.clone(), "races");
+    for n in 0..3 {
+        seal(&store, vec![n], &format!("data/{n}.parquet")).await;
+        committer.commit_pending().await.unwrap();
+    }
+    (inner, store, table, committer)
+}
+
 /// A table rolled back behind the store is refused; accepted, the
 /// acceptance is recorded in the store, and later checks of the same table
 /// state pass without being told again. Rolled back further, it is refused
@@ -472,13 +490,7 @@ async fn a_stalled_contender_never_holds_a_pruned_epoch() {
 /// record.
 #[tokio::test]
 async fn an_accepted_rollback_is_recorded_until_the_marker_moves_on() {
-    let (_, store) = memory_store().await;
-    let table = MemoryTable::default();
-    let committer = Committer::new(store.clone(), table.clone(), "races");
-    for n in 0..3 {
-        seal(&store, vec![n], &format!("data/{n}.parquet")).await;
-        committer.commit_pending().await.unwrap();
-    }
+    let (_, store, table, committer) = three_commits().await;
     assert_eq!(table.marker(), Some(3));
     table.roll_back_to(1);
     let lost = |result: tidemark::Result<tidemark::commit::TableCheck>| match result {
@@ -769,13 +781,7 @@ async fn the_latest_commits_stay_reprocessable_through_automatic_compaction() {
 /// is back in the state it had when they were forgotten.
 #[tokio::test]
 async fn forgotten_commits_found_in_the_table_again_are_remembered() {
-    let (_, store) = memory_store().await;
-    let table = MemoryTable::default();
-    let committer = Committer::new(store.clone(), table.clone(), "races");
-    for n in 0..3 {
-        seal(&store, vec![n], &format!("data/{n}.parquet")).await;
-        committer.commit_pending().await.unwrap();
-    }
+    let (_, store, table, committer) = three_commits().await;
     let agrees = |policy| {
         let committer = &committer;
         async move { committer.ensure_table_agrees(policy).await }
@@ -817,13 +823,7 @@ async fn forgotten_commits_found_in_the_table_again_are_remembered() {
 /// choice: what it carries is remembered, the rest stays forgotten.
 #[tokio::test]
 async fn forgotten_commits_are_remembered_as_far_as_the_table_carries_them() {
-    let (_, store) = memory_store().await;
-    let table = MemoryTable::default();
-    let committer = Committer::new(store.clone(), table.clone(), "races");
-    for n in 0..3 {
-        seal(&store, vec![n], &format!("data/{n}.parquet")).await;
-        committer.commit_pending().await.unwrap();
-    }
+    let (_, store, table, committer) = three_commits().await;
     table.roll_back_to(1);
     committer
         .ensure_table_agrees(LostCommitsPolicy::Reprocess)
@@ -861,13 +861,7 @@ async fn forgotten_commits_are_remembered_as_far_as_the_table_carries_them() {
 /// publication fails, and the keys stay forgotten.
 #[tokio::test]
 async fn a_compaction_planned_before_a_forgetting_cannot_fold_it_in() {
-    let (inner, store) = memory_store().await;
-    let table = MemoryTable::default();
-    let committer = Committer::new(store.clone(), table.clone(), "races");
-    for n in 0..3 {
-        seal(&store, vec![n], &format!("data/{n}.parquet")).await;
-        committer.commit_pending().await.unwrap();
-    }
+    let (inner, store, table, _) = three_commits().await;
     table.roll_back_to(1);
     let hooked = Arc::new(FaultyStore::new(inner.clone()));
     let forgetting = Committer::new(store.clone(), table.clone(), "races");
@@ -900,13 +894,7 @@ async fn a_compaction_planned_before_a_forgetting_cannot_fold_it_in() {
 #[tokio::test]
 async fn a_table_restored_over_a_reprocessing_commit_is_not_written_twice() {
     for settled in [false, true] {
-        let (_, store) = memory_store().await;
-        let table = MemoryTable::default();
-        let committer = Committer::new(store.clone(), table.clone(), "races");
-        for n in 0..3 {
-            seal(&store, vec![n], &format!("data/{n}.parquet")).await;
-            committer.commit_pending().await.unwrap();
-        }
+        let (_, store, table, committer) = three_commits().await;
         table.roll_back_to(1);
         committer
             .ensure_table_agrees(LostCommitsPolicy::Reprocess)
