@@ -472,6 +472,24 @@ impl SqliteCatalog {
     }
 
     /// The rows of `lake.t` (see [`iceberg_rows`]).
+    /// pyiceberg rolls `lake.t` back to the snapshot of the pipeline's
+    /// first commit.
+    fn roll_back_to_first_commit(&self) -> String {
+        python(
+            r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+table = SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2]).load_table("lake.t")
+first = next(
+    s.snapshot_id for s in table.snapshots()
+    if s.summary.additional_properties.get("tidemark.commit-sequence") == "1"
+)
+table.manage_snapshots().rollback_to_snapshot(first).commit()
+"#,
+            &[&self.uri, &self.warehouse],
+        )
+    }
+
     fn rows(&self, columns: &str) -> String {
         iceberg_rows(&self.uri, "default", &self.warehouse, columns)
     }
@@ -1063,7 +1081,7 @@ assert len(table.refresh().snapshots()) == 1, table.refresh().snapshots()
     // A rollback.
     let lake = Lake::new();
     let catalog = SqliteCatalog::in_lake(&lake);
-    let (uri, warehouse, sink) = (&catalog.uri, &catalog.warehouse, &catalog.sink);
+    let sink = &catalog.sink;
     let day1 = lake.source("src", "pa.table({'id': pa.array([1, 2], pa.int64())})");
     succeeded(
         lake.run(&[&day1], sink, &["--key", "id", "--create"]),
@@ -1071,19 +1089,7 @@ assert len(table.refresh().snapshots()) == 1, table.refresh().snapshots()
     );
     lake.source("src", "pa.table({'id': pa.array([3, 4], pa.int64())})");
     succeeded(lake.run(&[&day1], sink, &["--key", "id"]), "day 2");
-    python(
-        r#"
-import sys
-from pyiceberg.catalog.sql import SqlCatalog
-table = SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2]).load_table("lake.t")
-first = next(
-    s.snapshot_id for s in table.snapshots()
-    if s.summary.additional_properties.get("tidemark.commit-sequence") == "1"
-)
-table.manage_snapshots().rollback_to_snapshot(first).commit()
-"#,
-        &[uri, warehouse],
-    );
+    catalog.roll_back_to_first_commit();
     let stderr = failed(
         lake.run(&[&day1], sink, &["--key", "id"]),
         "after a rollback",
@@ -1769,19 +1775,7 @@ DeltaTable(sys.argv[1]).vacuum(retention_hours=0, enforce_retention_duration=Fal
 "#,
                 &[&table],
             ),
-            _ => python(
-                r#"
-import sys
-from pyiceberg.catalog.sql import SqlCatalog
-table = SqlCatalog("default", uri=sys.argv[1], warehouse=sys.argv[2]).load_table("lake.t")
-first = next(
-    s.snapshot_id for s in table.snapshots()
-    if s.summary.additional_properties.get("tidemark.commit-sequence") == "1"
-)
-table.manage_snapshots().rollback_to_snapshot(first).commit()
-"#,
-                &[&catalog.uri, &catalog.warehouse],
-            ),
+            _ => catalog.roll_back_to_first_commit(),
         };
         let day_1 = ["{'id': 1, 'v': 'one'}", "{'id': 2, 'v': 'two'}"].map(String::from);
         assert_eq!(
