@@ -196,11 +196,7 @@ impl TableCheck {
             .map(|((first, last), why, acceptable)| LostCommits {
                 first,
                 last,
-                commits: if first == last {
-                    first.to_string()
-                } else {
-                    format!("{first}..={last}")
-                },
+                commits: sequences(first, last),
                 why,
                 acceptable,
             })
@@ -568,7 +564,7 @@ impl<S: CommitSink> Committer<S> {
         fence: Option<&Fence>,
     ) -> Result<TableCheck> {
         let mut check = self.check_table().await?;
-        self.remember_regained(&check, fence).await?;
+        self.remember_regained(&check, policy, fence).await?;
         match check.lost() {
             Some(lost) if policy != LostCommitsPolicy::Refuse && lost.acceptable => {
                 let reprocessed = policy == LostCommitsPolicy::Reprocess;
@@ -744,23 +740,51 @@ impl<S: CommitSink> Committer<S> {
     /// their keys count as processed again. Refused while checkpoints that
     /// may hold those rows read again wait for their commit or are being
     /// written.
-    async fn remember_regained(&self, check: &TableCheck, fence: Option<&Fence>) -> Result<()> {
+    ///
+    /// When the table's history cannot tell what it carries
+    /// ([`Lineage::Unknown`]) and no commit was made since the forgetting,
+    /// `policy` decides: [`LostCommitsPolicy::Reprocess`] keeps them
+    /// forgotten, [`LostCommitsPolicy::Accept`] remembers them, and
+    /// [`LostCommitsPolicy::Refuse`] fails with
+    /// [`Error::ForgottenCommitsUndecided`].
+    async fn remember_regained(
+        &self,
+        check: &TableCheck,
+        policy: LostCommitsPolicy,
+        fence: Option<&Fence>,
+    ) -> Result<()> {
         let carried = check.carried();
-        let regained: Vec<ForgottenCommit> = self
-            .store
-            .forgotten_commits()
-            .await?
+        let forgotten = self.store.forgotten_commits().await?;
+        let undecided: Vec<&ForgottenCommit> = forgotten
+            .iter()
+            .filter(|record| {
+                check.lineage == Lineage::Unknown && check.marker == Some(record.marker)
+            })
+            .collect();
+        if let (Some(first), Some(last)) = (undecided.first(), undecided.last()) {
+            if policy == LostCommitsPolicy::Refuse {
+                return Err(Error::ForgottenCommitsUndecided {
+                    table: check.table.clone(),
+                    pipeline: self.pipeline_id.clone(),
+                    commits: sequences(first.sequence, last.sequence),
+                });
+            }
+        }
+        let regained: Vec<ForgottenCommit> = forgotten
             .into_iter()
-            .filter(|record| carried.is_some_and(|c| record.sequence <= c && c <= record.marker))
+            .filter(|record| {
+                let carried_again =
+                    carried.is_some_and(|c| record.sequence <= c && c <= record.marker);
+                let told_so = policy == LostCommitsPolicy::Accept
+                    && check.lineage == Lineage::Unknown
+                    && check.marker == Some(record.marker);
+                carried_again || told_so
+            })
             .collect();
         let (Some(first), Some(last)) = (regained.first(), regained.last()) else {
             return Ok(());
         };
-        let commits = if first.sequence == last.sequence {
-            first.sequence.to_string()
-        } else {
-            format!("{}..={}", first.sequence, last.sequence)
-        };
+        let commits = sequences(first.sequence, last.sequence);
         self.ensure_no_other_live_run(fence).await?;
         let pending = self.store.load().await?.pending_commit().len()
             + self.store.unsealed_checkpoints().await?.len();
@@ -956,6 +980,15 @@ impl<S: CommitSink> Committer<S> {
             store_sequence,
             why: why.to_string(),
         }
+    }
+}
+
+/// Commit sequences `first..=last` as messages show them: `3` or `3..=5`.
+fn sequences(first: u64, last: u64) -> String {
+    if first == last {
+        first.to_string()
+    } else {
+        format!("{first}..={last}")
     }
 }
 

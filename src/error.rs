@@ -400,6 +400,26 @@ pub enum Error {
         pending: usize,
     },
 
+    /// Commits forgotten to reprocess them, with no commit made since, and a
+    /// table whose history no longer tells whether it holds them again: the
+    /// user says which.
+    #[error(
+        "the history of table `{table}` no longer tells whether it holds commits {commits} of \
+         pipeline `{pipeline}` again, whose keys were forgotten to reprocess them (their rows \
+         are not committed anew yet). Nothing was read or written. If the table does not hold \
+         them, run with `--reprocess-lost-commits` (`LostCommitsPolicy::Reprocess`) to write \
+         their rows; if it does, run with `--accept-table-state` (`LostCommitsPolicy::Accept`) \
+         to count their keys as processed again"
+    )]
+    ForgottenCommitsUndecided {
+        /// The table.
+        table: String,
+        /// The pipeline.
+        pipeline: String,
+        /// The forgotten commits (`3` or `3..=5`).
+        commits: String,
+    },
+
     /// Another run holds the lease: two runs of one pipeline (or shard) must
     /// not process the same keys at once.
     #[error("lease `{scope}` is held by {holder} (epoch {epoch}) until {expires_at}; another run of this pipeline is active. Wait for it, or for the lease to expire if it died")]

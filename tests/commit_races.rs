@@ -946,3 +946,44 @@ async fn a_table_restored_over_a_reprocessing_commit_is_not_written_twice() {
         );
     }
 }
+
+/// Commits forgotten, then a table whose history no longer tells what it
+/// carries, before their rows were committed anew: a plain run is refused
+/// and asks; reprocessing keeps them forgotten; accepting remembers them.
+#[tokio::test]
+async fn forgotten_commits_beside_a_history_that_cannot_tell_are_the_users_call() {
+    let (_, store, table, committer) = three_commits().await;
+    table.roll_back_to(1);
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+        .await
+        .unwrap();
+    table.lose_history();
+    match committer
+        .ensure_table_agrees(LostCommitsPolicy::Refuse)
+        .await
+    {
+        Err(err @ Error::ForgottenCommitsUndecided { .. }) => {
+            let message = err.to_string();
+            assert!(message.contains("commits 2..=3"), "{message}");
+            assert!(message.contains("--reprocess-lost-commits"), "{message}");
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+        .await
+        .unwrap();
+    assert_eq!(store.forgotten_commits().await.unwrap().len(), 2);
+    assert_eq!(checkpointed(&store).await, vec![0], "still forgotten");
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Accept)
+        .await
+        .unwrap();
+    assert!(store.forgotten_commits().await.unwrap().is_empty());
+    assert_eq!(checkpointed(&store).await, vec![0, 1, 2], "remembered");
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Refuse)
+        .await
+        .unwrap();
+}

@@ -793,6 +793,9 @@ pub struct MemoryTable {
     /// state carries, below the marker (the marker stays, as a rollback
     /// leaves a table property or a Delta `txn` in place).
     pub rolled_back_to: Arc<Mutex<Option<u64>>>,
+    /// Set by [`MemoryTable::lose_history`]: the history no longer tells
+    /// which commits the current state carries.
+    pub history_lost: Arc<Mutex<bool>>,
 }
 
 impl Default for MemoryTable {
@@ -803,6 +806,7 @@ impl Default for MemoryTable {
             files: Arc::new(InMemory::new()),
             name: "memory-table".into(),
             rolled_back_to: Arc::default(),
+            history_lost: Arc::default(),
         }
     }
 }
@@ -837,6 +841,12 @@ impl MemoryTable {
         *self.rolled_back_to.lock().unwrap() = None;
     }
 
+    /// The history no longer tells which commits the current state carries
+    /// (as an expiry that cut the chain of snapshots does).
+    pub fn lose_history(&self) {
+        *self.history_lost.lock().unwrap() = true;
+    }
+
     /// The marker.
     pub fn marker(&self) -> Option<u64> {
         self.state.lock().unwrap().0
@@ -860,6 +870,9 @@ impl tidemark::commit::CommitSink for MemoryTable {
     ) -> futures::future::BoxFuture<'a, Result<tidemark::commit::Lineage, tidemark::error::BoxError>>
     {
         Box::pin(async move {
+            if *self.history_lost.lock().unwrap() {
+                return Ok(tidemark::commit::Lineage::Unknown);
+            }
             let rolled_back_to = *self.rolled_back_to.lock().unwrap();
             Ok(match (rolled_back_to, self.marker()) {
                 (Some(carried), _) => tidemark::commit::Lineage::RolledBack {
