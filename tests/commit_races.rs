@@ -24,7 +24,7 @@ use futures::StreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use support::{FaultyStore, MemoryTable};
+use support::{checkpointed_ids, FaultyStore, MemoryTable};
 use tidemark::commit::{Committer, LostCommitsPolicy};
 use tidemark::store::{
     CheckpointId, CheckpointStore, FileRecord, KeySchema, Lease, LeaseOptions, StoreLocation,
@@ -573,24 +573,6 @@ async fn an_accepted_rollback_is_recorded_until_the_marker_moves_on() {
     assert!(store.acceptance(3).await.unwrap().is_none(), "pruned");
 }
 
-/// Every checkpointed key, read back through the store.
-async fn checkpointed(store: &CheckpointStore) -> Vec<i64> {
-    let state = store.load().await.unwrap();
-    let mut keys = Vec::new();
-    for file in state.key_files() {
-        for batch in store.read_keys(&file).await.unwrap() {
-            let column = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap();
-            keys.extend(column.values().iter().copied());
-        }
-    }
-    keys.sort_unstable();
-    keys
-}
-
 /// A table rolled back behind the store, reprocessed: the lost commits' keys
 /// (and only theirs) are forgotten, their checkpoints are not committed
 /// again, the next commit carries the rows anew under a new sequence, later
@@ -637,7 +619,7 @@ async fn a_rolled_back_commit_is_reprocessed() {
         .collect();
     assert_eq!(forgotten, vec![(2, vec![ids[1]]), (3, vec![ids[2]])]);
     assert_eq!(
-        checkpointed(&store).await,
+        checkpointed_ids(&store).await,
         vec![0, 9],
         "keys 1 and 2 forgotten"
     );
@@ -679,7 +661,7 @@ async fn a_rolled_back_commit_is_reprocessed() {
         "the other has no files"
     );
     assert_eq!(table.marker(), Some(4));
-    assert_eq!(checkpointed(&store).await, vec![0, 1, 2, 9]);
+    assert_eq!(checkpointed_ids(&store).await, vec![0, 1, 2, 9]);
     committer
         .ensure_table_agrees(LostCommitsPolicy::Refuse)
         .await
@@ -711,7 +693,7 @@ async fn a_rolled_back_commit_is_reprocessed() {
     for sequence in [2u64, 3] {
         assert!(store.commit_intent(sequence).await.unwrap().is_none());
     }
-    assert_eq!(checkpointed(&store).await, vec![0, 1, 2, 9]);
+    assert_eq!(checkpointed_ids(&store).await, vec![0, 1, 2, 9]);
     committer
         .ensure_table_agrees(LostCommitsPolicy::Refuse)
         .await
@@ -730,7 +712,7 @@ async fn a_rolled_back_commit_is_reprocessed() {
     assert!(err.to_string().contains("--accept-table-state"), "{err}");
     assert!(store.forgotten_commits().await.unwrap().is_empty());
     assert!(store.acceptance(4).await.unwrap().is_none());
-    assert_eq!(checkpointed(&store).await, vec![0, 1, 2, 9]);
+    assert_eq!(checkpointed_ids(&store).await, vec![0, 1, 2, 9]);
     committer
         .ensure_table_agrees(LostCommitsPolicy::Accept)
         .await
@@ -769,7 +751,7 @@ async fn the_latest_commits_stay_reprocessable_through_automatic_compaction() {
         .await
         .unwrap();
     assert_eq!(
-        checkpointed(&store).await,
+        checkpointed_ids(&store).await,
         (0..total - kept).collect::<Vec<_>>()
     );
 }
@@ -788,12 +770,12 @@ async fn forgotten_commits_found_in_the_table_again_are_remembered() {
     };
     table.roll_back_to(1);
     agrees(LostCommitsPolicy::Reprocess).await.unwrap();
-    assert_eq!(checkpointed(&store).await, vec![0]);
+    assert_eq!(checkpointed_ids(&store).await, vec![0]);
     table.restore();
     agrees(LostCommitsPolicy::Refuse).await.unwrap();
     assert!(store.forgotten_commits().await.unwrap().is_empty());
     assert!(store.acceptance(3).await.unwrap().is_none());
-    assert_eq!(checkpointed(&store).await, vec![0, 1, 2], "remembered");
+    assert_eq!(checkpointed_ids(&store).await, vec![0, 1, 2], "remembered");
 
     // Forgotten again, and read again into a checkpoint not committed yet.
     table.roll_back_to(1);
@@ -814,7 +796,7 @@ async fn forgotten_commits_found_in_the_table_again_are_remembered() {
     let report = committer.commit_pending().await.unwrap();
     assert_eq!(report.commits.len(), 1);
     assert_eq!(table.marker(), Some(4));
-    assert_eq!(checkpointed(&store).await, vec![0, 1, 2]);
+    assert_eq!(checkpointed_ids(&store).await, vec![0, 1, 2]);
     agrees(LostCommitsPolicy::Refuse).await.unwrap();
 }
 
@@ -843,7 +825,7 @@ async fn forgotten_commits_are_remembered_as_far_as_the_table_carries_them() {
         .map(|f| f.sequence)
         .collect();
     assert_eq!(sequences, vec![3]);
-    assert_eq!(checkpointed(&store).await, vec![0, 1]);
+    assert_eq!(checkpointed_ids(&store).await, vec![0, 1]);
     // A run that died after forgetting, before recording its choice.
     store.remove_acceptance(3).await.unwrap();
     table.restore();
@@ -852,7 +834,7 @@ async fn forgotten_commits_are_remembered_as_far_as_the_table_carries_them() {
         .await
         .unwrap();
     assert!(store.forgotten_commits().await.unwrap().is_empty());
-    assert_eq!(checkpointed(&store).await, vec![0, 1, 2]);
+    assert_eq!(checkpointed_ids(&store).await, vec![0, 1, 2]);
 }
 
 /// A compaction that planned from the state before the lost commits were
@@ -881,7 +863,7 @@ async fn a_compaction_planned_before_a_forgetting_cannot_fold_it_in() {
         .unwrap_err();
     assert!(matches!(err, Error::ConcurrentChange { .. }), "{err}");
     assert_eq!(store.forgotten_commits().await.unwrap().len(), 2);
-    assert_eq!(checkpointed(&store).await, vec![0], "still forgotten");
+    assert_eq!(checkpointed_ids(&store).await, vec![0], "still forgotten");
     let index = store.load().await.unwrap().index.expect("the fence");
     assert!(index.checkpoints.is_empty(), "{index:?}");
 }
@@ -940,7 +922,7 @@ async fn a_table_restored_over_a_reprocessing_commit_is_not_written_twice() {
             assert_eq!(sequences, vec![4], "2 and 3 remembered, 4 forgotten");
         }
         assert_eq!(
-            checkpointed(&store).await,
+            checkpointed_ids(&store).await,
             vec![0, 1, 2],
             "settled: {settled}: keys 1 and 2 stay processed"
         );
@@ -975,13 +957,13 @@ async fn forgotten_commits_beside_a_history_that_cannot_tell_are_the_users_call(
         .await
         .unwrap();
     assert_eq!(store.forgotten_commits().await.unwrap().len(), 2);
-    assert_eq!(checkpointed(&store).await, vec![0], "still forgotten");
+    assert_eq!(checkpointed_ids(&store).await, vec![0], "still forgotten");
     committer
         .ensure_table_agrees(LostCommitsPolicy::Accept)
         .await
         .unwrap();
     assert!(store.forgotten_commits().await.unwrap().is_empty());
-    assert_eq!(checkpointed(&store).await, vec![0, 1, 2], "remembered");
+    assert_eq!(checkpointed_ids(&store).await, vec![0, 1, 2], "remembered");
     committer
         .ensure_table_agrees(LostCommitsPolicy::Refuse)
         .await

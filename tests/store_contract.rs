@@ -18,7 +18,7 @@ use arrow::record_batch::RecordBatch;
 use futures::future::join_all;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
-use support::{Backend, Fault};
+use support::{checkpointed_ids, Backend, Fault};
 use tidemark::store::{
     canonical_key_type, CheckpointId, CheckpointState, CheckpointStore, CommitIntent,
     CompactionOptions, FileRecord, KeyColumn, KeySchema, Lease, LeaseOptions, StoreLocation,
@@ -51,24 +51,6 @@ fn file_record(path: &str, rows: u64) -> FileRecord {
             body: serde_json::json!({ "path": path, "partition": { "day": 19000 } }),
         },
     }
-}
-
-/// Every checkpointed key, read back through the store.
-async fn checkpointed_ids(store: &CheckpointStore) -> Vec<i64> {
-    let state = store.load().await.expect("load");
-    let mut out = Vec::new();
-    for file in state.key_files() {
-        for batch in store.read_keys(&file).await.expect("read keys") {
-            let column = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .expect("int64 keys");
-            out.extend(column.values().iter().copied());
-        }
-    }
-    out.sort_unstable();
-    out
 }
 
 /// Writes, seals and commits a checkpoint holding `keys`.

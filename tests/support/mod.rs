@@ -25,7 +25,7 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 use tempfile::TempDir;
-use tidemark::store::StoreLocation;
+use tidemark::store::{CheckpointStore, StoreLocation};
 
 pub const S3_BUCKET: &str = "tidemark-test";
 
@@ -1276,4 +1276,23 @@ pub fn assert_rows(readers: &[(&'static str, serde_json::Value)], ids: &[i64]) {
         let rows: Vec<Row> = serde_json::from_value(read["rows"].clone()).unwrap();
         assert_eq!(rows, expected, "{reader} sees every value");
     }
+}
+
+/// Every checkpointed key of a store with one int64 key column, read back
+/// through the store, in order.
+pub async fn checkpointed_ids(store: &CheckpointStore) -> Vec<i64> {
+    let state = store.load().await.expect("load");
+    let mut out = Vec::new();
+    for file in state.key_files() {
+        for batch in store.read_keys(&file).await.expect("read keys") {
+            let column = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .expect("int64 keys");
+            out.extend(column.values().iter().copied());
+        }
+    }
+    out.sort_unstable();
+    out
 }
