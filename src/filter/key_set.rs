@@ -5,29 +5,35 @@
 //! sequence, dense or in a few clusters, cost a bit or a few each, and a probe
 //! is one bounds check and one bit test, with no hashing. Once the span would
 //! pass [`DENSE_BITS_PER_KEY`] bits per expected key, the set moves to a hash
-//! table of `u64` (about 9 bytes a slot) and stays there.
+//! table of words ([`WordSlots`], 8 bytes a slot) and stays there.
 //!
-//! Byte keys are appended to one arena and a hash table holds their offset
-//! and length, so a key costs its bytes plus one slot, with no allocation per
-//! key.
+//! Byte keys are appended to one arena and a hash table ([`ByteSlots`])
+//! holds their positions, so a key costs its bytes plus a slot, with no
+//! allocation per key.
+//!
+//! Whole batches go through [`KeySet::contains_each`] and
+//! [`KeySet::insert_each`], which hash a chunk of keys and touch their slots
+//! before looking them up, so that the cache misses of a large table overlap.
 
-use hashbrown::hash_table::Entry;
-use hashbrown::HashTable;
-
-use super::codec::Key;
+use super::codec::{EncodedKeys, Key};
+use super::slots::{ByteSlots, WordSlots};
 use crate::error::{Error, Result};
 
 /// Longest byte key the set takes (16 MiB).
 const MAX_KEY_BYTES: usize = (1 << 24) - 1;
 
 /// Bits a bitmap may spend per expected key before word keys move to a hash
-/// table. A hash slot costs about 72 bits, so a bitmap this sparse is still
-/// the smaller of the two, and far faster to probe.
+/// table. A hash slot costs about 90 bits at the table's load, so a bitmap
+/// this sparse is still the smaller of the two, and far faster to probe.
 pub(crate) const DENSE_BITS_PER_KEY: u64 = 64;
 
 /// The smallest span a bitmap may cover, whatever the expected count: 1 Mi
 /// values (128 KiB).
 const MIN_DENSE_SPAN: u64 = 1 << 20;
+
+/// Keys hashed and touched together by the batch methods: their slots'
+/// cache lines (64 KiB of them) stay in cache until the lookups.
+const CHUNK: usize = 1024;
 
 /// An exact set of keys.
 #[derive(Debug)]
@@ -35,18 +41,15 @@ pub(crate) struct KeySet {
     words: Words,
     /// Keys the set expects, to size the hash table if words move to one.
     expected: usize,
-    /// Arena positions of byte keys: offset in the high 40 bits, length in the low 24.
-    slots: HashTable<u64>,
-    arena: Vec<u8>,
+    bytes: ByteSlots,
     has_null: bool,
-    len: usize,
 }
 
 /// Where word keys live.
 #[derive(Debug)]
 enum Words {
     Dense(DenseWords),
-    Hashed(HashTable<u64>),
+    Hashed(WordSlots),
 }
 
 /// A bitmap of the values `base .. base + 64 * bits.len()`.
@@ -56,6 +59,8 @@ struct DenseWords {
     bits: Vec<u64>,
     /// The widest span (in values) the bitmap may grow to.
     max_span: u64,
+    /// Values held.
+    len: usize,
 }
 
 impl Default for KeySet {
@@ -83,22 +88,21 @@ impl KeySet {
                 base: 0,
                 bits: Vec::new(),
                 max_span,
+                len: 0,
             }),
             expected: keys,
-            slots: if words {
-                HashTable::new()
-            } else {
-                HashTable::with_capacity(keys)
-            },
-            arena: Vec::new(),
+            bytes: ByteSlots::with_capacity(if words { 0 } else { keys }),
             has_null: false,
-            len: 0,
         }
     }
 
     /// Number of keys held.
     pub(crate) fn len(&self) -> usize {
-        self.len
+        let words = match &self.words {
+            Words::Dense(dense) => dense.len,
+            Words::Hashed(table) => table.len(),
+        };
+        words + self.bytes.len() + usize::from(self.has_null)
     }
 
     /// Whether word keys are held in a bitmap (not moved to a hash table).
@@ -109,12 +113,11 @@ impl KeySet {
 
     /// Heap memory held, in bytes.
     pub(crate) fn memory_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<u64>() + 1;
         let words = match &self.words {
             Words::Dense(dense) => dense.bits.capacity() * 8,
-            Words::Hashed(table) => table.capacity() * slot,
+            Words::Hashed(table) => table.memory_bytes(),
         };
-        words + self.slots.capacity() * slot + self.arena.capacity()
+        words + self.bytes.memory_bytes()
     }
 
     /// Whether `key` is in the set.
@@ -122,10 +125,7 @@ impl KeySet {
         match key {
             Key::Null => self.has_null,
             Key::Word(w) => self.contains_word(w),
-            Key::Bytes(b) => self
-                .slots
-                .find(key.table_hash(), |&slot| arena_key(&self.arena, slot) == b)
-                .is_some(),
+            Key::Bytes(b) => self.bytes.contains(b, key.table_hash()),
         }
     }
 
@@ -134,89 +134,168 @@ impl KeySet {
     pub(crate) fn contains_word(&self, w: u64) -> bool {
         match &self.words {
             Words::Dense(dense) => dense.contains(w),
-            Words::Hashed(table) => table.find(word_hash(w), |&v| v == w).is_some(),
+            Words::Hashed(table) => table.contains(w, word_hash(w)),
         }
     }
 
     /// Adds `key`; returns whether it was new.
     pub(crate) fn insert(&mut self, key: Key<'_>) -> Result<bool> {
-        let new = match key {
-            Key::Null => !std::mem::replace(&mut self.has_null, true),
-            Key::Word(w) => return Ok(self.insert_word(w)),
+        match key {
+            Key::Null => Ok(!std::mem::replace(&mut self.has_null, true)),
+            Key::Word(w) => Ok(self.insert_word(w)),
             Key::Bytes(b) => {
-                if b.len() > MAX_KEY_BYTES {
-                    return Err(Error::InvalidKeySchema(format!(
-                        "a key of {} bytes is longer than the {MAX_KEY_BYTES} bytes the filter takes",
-                        b.len()
-                    )));
-                }
-                // One probe: find the key or the slot to put it in.
-                let arena = &self.arena;
-                match self.slots.entry(
-                    key.table_hash(),
-                    |&slot| arena_key(arena, slot) == b,
-                    |&slot| Key::Bytes(arena_key(arena, slot)).table_hash(),
-                ) {
-                    Entry::Occupied(_) => false,
-                    Entry::Vacant(vacant) => {
-                        vacant.insert(((arena.len() as u64) << 24) | b.len() as u64);
-                        self.arena.extend_from_slice(b);
-                        true
-                    }
-                }
+                check_length(b)?;
+                self.bytes.insert(b, key.table_hash())
             }
-        };
-        if new {
-            self.len += 1;
         }
-        Ok(new)
     }
 
     /// Adds the word key `w`; returns whether it was new.
     #[inline]
     pub(crate) fn insert_word(&mut self, w: u64) -> bool {
-        let new = match &mut self.words {
+        match &mut self.words {
             Words::Dense(dense) => match dense.insert(w) {
                 Some(new) => new,
                 None => {
-                    self.words = Words::Hashed(self.hashed_words());
-                    insert_hashed(&mut self.words, w)
+                    let mut table = self.hashed_words();
+                    let new = table.insert(w, word_hash(w));
+                    self.words = Words::Hashed(table);
+                    new
                 }
             },
-            words @ Words::Hashed(_) => insert_hashed(words, w),
-        };
-        if new {
-            self.len += 1;
+            Words::Hashed(table) => table.insert(w, word_hash(w)),
         }
-        new
+    }
+
+    /// Calls `found` with whether each key of `keys` is in the set, in order.
+    pub(crate) fn contains_each(&self, keys: &EncodedKeys, mut found: impl FnMut(bool)) {
+        if let Some(words) = keys.words_without_nulls() {
+            match &self.words {
+                Words::Dense(dense) => words.iter().for_each(|&w| found(dense.contains(w))),
+                Words::Hashed(table) => {
+                    let mut hashes = Vec::with_capacity(CHUNK);
+                    for chunk in words.chunks(CHUNK) {
+                        hashes.clear();
+                        hashes.extend(chunk.iter().map(|&w| word_hash(w)));
+                        touch(hashes.iter().map(|&h| table.touch(h)));
+                        for (&w, &h) in chunk.iter().zip(&hashes) {
+                            found(table.contains(w, h));
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for first in (0..keys.len()).step_by(CHUNK) {
+            self.hash_chunk(keys, first, &mut chunk);
+            for &(key, hash) in &chunk {
+                found(match key {
+                    Key::Null => self.has_null,
+                    Key::Word(w) => match &self.words {
+                        Words::Dense(dense) => dense.contains(w),
+                        Words::Hashed(table) => table.contains(w, hash),
+                    },
+                    Key::Bytes(b) => self.bytes.contains(b, hash),
+                });
+            }
+        }
+    }
+
+    /// Adds each key of `keys`, in order, calling `inserted` with its row and
+    /// whether it was new (a key repeated within `keys` is new the first
+    /// time only). Stops at the first error of `inserted`.
+    pub(crate) fn insert_each(
+        &mut self,
+        keys: &EncodedKeys,
+        mut inserted: impl FnMut(usize, bool) -> Result<()>,
+    ) -> Result<()> {
+        if let Some(words) = keys.words_without_nulls() {
+            let mut hashes = Vec::with_capacity(CHUNK);
+            for (c, chunk) in words.chunks(CHUNK).enumerate() {
+                let first = c * CHUNK;
+                if let Words::Hashed(table) = &mut self.words {
+                    // Room first, so that the slots touched stay where they are.
+                    table.reserve(chunk.len());
+                    hashes.clear();
+                    hashes.extend(chunk.iter().map(|&w| word_hash(w)));
+                    touch(hashes.iter().map(|&h| table.touch(h)));
+                    for (i, (&w, &h)) in chunk.iter().zip(&hashes).enumerate() {
+                        inserted(first + i, table.insert(w, h))?;
+                    }
+                } else {
+                    for (i, &w) in chunk.iter().enumerate() {
+                        let new = self.insert_word(w);
+                        inserted(first + i, new)?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for first in (0..keys.len()).step_by(CHUNK) {
+            self.bytes.reserve(CHUNK.min(keys.len() - first));
+            self.hash_chunk(keys, first, &mut chunk);
+            for (i, &(key, hash)) in chunk.iter().enumerate() {
+                let new = match key {
+                    Key::Bytes(b) => {
+                        check_length(b)?;
+                        self.bytes.insert(b, hash)?
+                    }
+                    other => self.insert(other)?,
+                };
+                inserted(first + i, new)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys of `keys` from row `first` on (at most [`CHUNK`]) with their
+    /// table hashes, in `chunk`, after touching the slots they start at.
+    fn hash_chunk<'k>(&self, keys: &'k EncodedKeys, first: usize, chunk: &mut Vec<(Key<'k>, u64)>) {
+        chunk.clear();
+        chunk.extend((first..keys.len().min(first + CHUNK)).map(|i| {
+            let key = keys.key(i);
+            (key, key.table_hash())
+        }));
+        touch(chunk.iter().map(|&(key, hash)| match (key, &self.words) {
+            (Key::Bytes(_), _) => self.bytes.touch(hash),
+            (Key::Word(_), Words::Hashed(table)) => table.touch(hash),
+            _ => 0,
+        }));
     }
 
     /// The word keys of the bitmap, moved to a hash table sized for the
     /// keys expected.
-    fn hashed_words(&self) -> HashTable<u64> {
+    fn hashed_words(&self) -> WordSlots {
         let Words::Dense(dense) = &self.words else {
-            return HashTable::new();
+            return WordSlots::with_capacity(0);
         };
-        let mut table = HashTable::with_capacity(self.expected.max(2 * self.len));
+        let mut table = WordSlots::with_capacity(self.expected.max(2 * dense.len));
         for w in dense.values() {
-            table.insert_unique(word_hash(w), w, |&v| word_hash(v));
+            table.insert(w, word_hash(w));
         }
         table
     }
 }
 
-/// Adds `w` to a hash table of words; returns whether it was new.
-fn insert_hashed(words: &mut Words, w: u64) -> bool {
-    let Words::Hashed(table) = words else {
-        return false;
-    };
-    match table.entry(word_hash(w), |&v| v == w, |&v| word_hash(v)) {
-        Entry::Occupied(_) => false,
-        Entry::Vacant(slot) => {
-            slot.insert(w);
-            true
-        }
+/// Loads every slot of `slots` at once: the loads do not depend on each
+/// other, so the processor keeps many cache misses in flight, and the
+/// lookups that follow find their lines in cache.
+#[inline]
+fn touch(slots: impl Iterator<Item = u64>) {
+    std::hint::black_box(slots.fold(0u64, u64::wrapping_add));
+}
+
+/// Refuses a byte key longer than the set takes.
+fn check_length(key: &[u8]) -> Result<()> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::InvalidKeySchema(format!(
+            "a key of {} bytes is longer than the {MAX_KEY_BYTES} bytes the filter takes",
+            key.len()
+        )));
     }
+    Ok(())
 }
 
 fn word_hash(w: u64) -> u64 {
@@ -247,6 +326,7 @@ impl DenseWords {
         let (word, bit) = ((offset / 64) as usize, 1u64 << (offset % 64));
         let new = self.bits[word] & bit == 0;
         self.bits[word] |= bit;
+        self.len += usize::from(new);
         Some(new)
     }
 
@@ -298,15 +378,17 @@ impl DenseWords {
     }
 }
 
-fn arena_key(arena: &[u8], slot: u64) -> &[u8] {
-    let start = (slot >> 24) as usize;
-    let len = (slot & MAX_KEY_BYTES as u64) as usize;
-    &arena[start..start + len]
-}
-
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::expect_used)]
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Int64Array, StringArray};
+    use arrow_schema::DataType;
+
     use super::*;
+    use crate::filter::codec::KeyCodec;
+    use crate::store::KeySchema;
 
     /// The set against a `BTreeSet` on one sequence of words.
     fn agrees(expected: usize, words: &[u64]) -> KeySet {
@@ -323,6 +405,85 @@ mod tests {
             }
         }
         set
+    }
+
+    /// The batch methods against the per-key ones, over `columns` encoded
+    /// by `schema`: inserting reports each key new exactly the first time,
+    /// and probing agrees with `contains` for held and unheld keys.
+    fn batches_agree(schema: KeySchema, expected: usize, inserted: ArrayRef, probed: ArrayRef) {
+        let codec = KeyCodec::new(&schema).expect("codec");
+        let (inserted, probed) = (
+            codec.encode(&[inserted]).expect("encode"),
+            codec.encode(&[probed]).expect("encode"),
+        );
+        let mut set = KeySet::expecting(expected, codec.is_words());
+        let mut model = KeySet::expecting(0, codec.is_words());
+        let mut rows = Vec::new();
+        set.insert_each(&inserted, |row, new| {
+            rows.push(row);
+            let key = inserted.key(row);
+            assert_eq!(
+                new,
+                model.insert(key).expect("insert"),
+                "row {row}: {key:?}"
+            );
+            Ok(())
+        })
+        .expect("insert_each");
+        assert_eq!(
+            rows,
+            (0..inserted.len()).collect::<Vec<_>>(),
+            "every row, in order"
+        );
+        assert_eq!(set.len(), model.len());
+        let mut found = Vec::new();
+        set.contains_each(&probed, |held| found.push(held));
+        let expected: Vec<bool> = (0..probed.len())
+            .map(|i| model.contains(probed.key(i)))
+            .collect();
+        assert_eq!(found, expected);
+        assert!(
+            found.contains(&true) && found.contains(&false),
+            "probes of both kinds"
+        );
+    }
+
+    #[test]
+    fn batches_of_keys_agree_with_one_key_at_a_time() {
+        // Past a chunk, with repeats within the batch and across chunks.
+        let n = 3 * CHUNK as i64 + 17;
+        let scattered = |i: i64| (i % 2_000).wrapping_mul(0x9e37_79b9_7f4a_7c15_u64 as i64);
+        for (expected, values) in [
+            (0, (0..n).map(|i| i % 2_000).collect::<Vec<_>>()),
+            (4, (0..n).map(scattered).collect()),
+        ] {
+            let probes: Vec<i64> = values.iter().flat_map(|&v| [v, v ^ (1 << 41)]).collect();
+            batches_agree(
+                KeySchema::single("id", DataType::Int64).expect("schema"),
+                expected,
+                Arc::new(Int64Array::from(values)),
+                Arc::new(Int64Array::from(probes)),
+            );
+        }
+        // Nulls take the per-key path of words and bytes.
+        let with_nulls = |i: i64| (i % 7 != 0).then_some(scattered(i));
+        batches_agree(
+            KeySchema::single("id", DataType::Int64).expect("schema"),
+            0,
+            Arc::new(Int64Array::from_iter((0..n).map(with_nulls))),
+            Arc::new(Int64Array::from_iter((0..n).map(|i| with_nulls(i + 1000)))),
+        );
+        let strings = |shift: i64| {
+            StringArray::from_iter(
+                (0..n).map(|i| (i % 11 != 0).then(|| format!("key-{:x}", scattered(i + shift)))),
+            )
+        };
+        batches_agree(
+            KeySchema::single("name", DataType::Utf8).expect("schema"),
+            16,
+            Arc::new(strings(0)),
+            Arc::new(strings(1000)),
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub(crate) mod codec;
 pub(crate) mod key_set;
 pub(crate) mod range;
+pub(crate) mod slots;
 pub(crate) mod spill;
 
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
@@ -113,19 +114,12 @@ impl KeyFilter {
         while let Some(batches) = files.next().await {
             for batch in batches? {
                 let encoded = filter.codec.encode(batch.columns())?;
-                if let Some(words) = encoded.words_without_nulls() {
-                    for &w in words {
-                        if wanted.keys.contains_word(w) {
-                            filter.keys.insert_word(w);
-                        }
-                    }
-                    continue;
-                }
-                for i in 0..encoded.len() {
-                    let key = encoded.key(i);
-                    if wanted.keys.contains(key) {
-                        filter.keys.insert(key)?;
-                    }
+                let mut matching = Vec::with_capacity(encoded.len());
+                wanted
+                    .keys
+                    .contains_each(&encoded, |held| matching.push(held));
+                for (i, _) in matching.iter().enumerate().filter(|(_, &held)| held) {
+                    filter.keys.insert(encoded.key(i))?;
                 }
             }
         }
@@ -147,16 +141,7 @@ impl KeyFilter {
 
     /// Adds keys already encoded by a codec of this filter's key schema.
     pub(crate) fn insert_encoded(&mut self, encoded: &EncodedKeys) -> Result<()> {
-        if let Some(words) = encoded.words_without_nulls() {
-            for &w in words {
-                self.keys.insert_word(w);
-            }
-            return Ok(());
-        }
-        for i in 0..encoded.len() {
-            self.keys.insert(encoded.key(i))?;
-        }
-        Ok(())
+        self.keys.insert_each(encoded, |_, _| Ok(()))
     }
 
     /// Number of distinct keys held.
@@ -190,19 +175,7 @@ impl KeyFilter {
     pub(crate) fn unprocessed(&self, batch: &RecordBatch) -> Result<BooleanArray> {
         let keys = self.encode_batch(batch)?;
         let mut keep = BooleanBufferBuilder::new(keys.len());
-        // Words without nulls skip the per-row null check of `key`.
-        match keys.words_without_nulls() {
-            Some(words) => {
-                for &w in words {
-                    keep.append(!self.keys.contains_word(w));
-                }
-            }
-            None => {
-                for i in 0..keys.len() {
-                    keep.append(!self.keys.contains(keys.key(i)));
-                }
-            }
-        }
+        self.keys.contains_each(&keys, |held| keep.append(!held));
         Ok(BooleanArray::new(keep.finish(), None))
     }
 

@@ -41,7 +41,7 @@ use arrow_cast::display::array_value_to_string;
 use futures::stream::{BoxStream, StreamExt};
 
 use crate::error::{Error, Result};
-use crate::filter::codec::{Key, KeyCodec};
+use crate::filter::codec::KeyCodec;
 use crate::filter::key_set::KeySet;
 use crate::filter::range::RangeBuilder;
 use crate::filter::{check_source, filter_rows, key_columns, KeyFilter};
@@ -438,16 +438,11 @@ impl CheckpointedRead {
                 };
                 let encoded = self.codec.encode(keys)?;
                 let mut judge = DuplicateCheck {
-                    run_keys,
                     duplicates: self.duplicates,
                     stats: &mut self.stats,
                     keep: BooleanBufferBuilder::new(n),
                 };
-                // Words without nulls skip the per-row null check of `key`.
-                match encoded.words_without_nulls() {
-                    Some(words) => judge.judge(words.iter().map(|&w| Key::Word(w)), keys),
-                    None => judge.judge((0..n).map(|i| encoded.key(i)), keys),
-                }?;
+                run_keys.insert_each(&encoded, |row, first| judge.judge(row, first, keys))?;
                 let keep = BooleanArray::new(judge.keep.finish(), None);
                 self.stats.peak_filter_bytes = self
                     .stats
@@ -539,37 +534,29 @@ impl Probed {
     }
 }
 
-/// The in-memory check for keys repeated within the run.
+/// The in-memory check for keys repeated within the run: the verdicts on
+/// the keys of one batch, as the run's key set takes them in.
 struct DuplicateCheck<'a> {
-    /// Keys passed in this run.
-    run_keys: &'a mut KeySet,
     duplicates: DuplicatePolicy,
     stats: &'a mut ReadStats,
     keep: BooleanBufferBuilder,
 }
 
 impl DuplicateCheck<'_> {
-    /// Appends a verdict per key, counting what is dropped. Fails on the
-    /// first repeated key under [`DuplicatePolicy::Error`], naming it from
-    /// `columns` (the batch's key columns).
+    /// Appends the verdict on the key of `row`, counting what is dropped.
+    /// Fails on a repeated key under [`DuplicatePolicy::Error`], naming it
+    /// from `columns` (the batch's key columns).
     #[inline]
-    fn judge<'k>(
-        &mut self,
-        keys: impl Iterator<Item = Key<'k>>,
-        columns: &[ArrayRef],
-    ) -> Result<()> {
-        for (row, key) in keys.enumerate() {
-            let first = self.run_keys.insert(key)?;
-            if !first {
-                if self.duplicates == DuplicatePolicy::Error {
-                    return Err(Error::DuplicateKey {
-                        key: describe_key(columns, row),
-                    });
-                }
-                self.stats.duplicates_dropped += 1;
+    fn judge(&mut self, row: usize, first: bool, columns: &[ArrayRef]) -> Result<()> {
+        if !first {
+            if self.duplicates == DuplicatePolicy::Error {
+                return Err(Error::DuplicateKey {
+                    key: describe_key(columns, row),
+                });
             }
-            self.keep.append(first);
+            self.stats.duplicates_dropped += 1;
         }
+        self.keep.append(first);
         Ok(())
     }
 }
