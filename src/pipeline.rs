@@ -604,8 +604,11 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
                     Some(batch) => {
                         open.rows += batch.num_rows() as u64;
                         let transform = transform.clone();
-                        mapping
-                            .push_back(tokio::task::spawn_blocking(move || transform.apply(batch)));
+                        mapping.push_back(if transform.is_async() {
+                            tokio::spawn(async move { transform.apply_async(batch).await })
+                        } else {
+                            tokio::task::spawn_blocking(move || transform.apply(batch))
+                        });
                     }
                     None => exhausted = true,
                 }

@@ -18,12 +18,18 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow_schema::{Schema, SchemaRef};
-use datafusion::common::tree_node::TreeNode;
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemoryCatalogProviderList, MemorySchemaProvider,
+};
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SQLOptions, SessionContext};
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::optimizer::Analyzer;
-use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::async_scalar_function::AsyncFuncExpr;
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 
 use crate::error::{BoxError, Error, Result};
 use crate::store::keys::column_names;
@@ -46,7 +52,23 @@ impl SqlTransform {
     /// syntax error, an unknown column or function, a statement that is not
     /// a query), and with [`Error::NotRowWise`] when it is not map-only.
     pub async fn new(sql: &str, source_schema: &SchemaRef) -> Result<Self> {
-        let context = SessionContext::new();
+        Self::new_in(&SessionContext::new(), sql, source_schema).await
+    }
+
+    /// Plans `sql` as [`SqlTransform::new`] does, with the functions and
+    /// settings of `context`: register your UDFs there first, including
+    /// async ones (DataFusion's `AsyncScalarUDF`, for a model or service
+    /// call). Each async call is awaited a batch at a time (in slices of the
+    /// function's `ideal_batch_size`), for the rows that reach it, once per
+    /// row however often the statement names the same call; up to the
+    /// pipeline's map workers of batches are in flight. `context` itself is
+    /// not changed: `source` is registered in a copy of its state.
+    pub async fn new_in(
+        context: &SessionContext,
+        sql: &str,
+        source_schema: &SchemaRef,
+    ) -> Result<Self> {
+        let context = isolated(context).map_err(|e| sql_error(sql, e))?;
         let empty = MemTable::try_new(source_schema.clone(), vec![vec![]])
             .map_err(|e| sql_error(sql, e))?;
         context
@@ -94,9 +116,17 @@ impl SqlTransform {
         let output_schema = Arc::new(plan.schema().as_arrow().clone());
         let mut steps = Vec::new();
         compile(context, &plan, source_schema, &mut steps).map_err(|e| with_plan(e, named))?;
+        let config = context.state().config_options().clone();
         let transform = steps
             .into_iter()
             .fold(Transform::new(), |transform, step| match step {
+                Step::Call(calls, extended) => {
+                    let (calls, config) = (Arc::new(calls), config.clone());
+                    transform.map_async_to(extended.clone(), move |batch| {
+                        call_async(calls.clone(), extended.clone(), config.clone(), batch)
+                    })
+                }
+                Step::Keep(columns) => transform.project(columns),
                 Step::Filter(predicate) => transform.filter(move |batch| {
                     let values = evaluate(&predicate, batch)?;
                     values
@@ -141,10 +171,139 @@ impl SqlTransform {
     }
 }
 
+/// A context with the functions and settings of `context` and catalogs of
+/// its own, so that registering `source` leaves `context`'s tables alone.
+fn isolated(context: &SessionContext) -> datafusion::error::Result<SessionContext> {
+    let state = SessionStateBuilder::new_from_existing(context.state())
+        .with_catalog_list(Arc::new(MemoryCatalogProviderList::new()))
+        .build();
+    let names = state.config().options().catalog.clone();
+    let catalog = MemoryCatalogProvider::new();
+    catalog.register_schema(&names.default_schema, Arc::new(MemorySchemaProvider::new()))?;
+    state
+        .catalog_list()
+        .register_catalog(names.default_catalog, Arc::new(catalog));
+    Ok(SessionContext::new_with_state(state))
+}
+
 /// One compiled step of a map-only plan.
 enum Step {
+    /// Calls of async functions (a model, a service), each appended to the
+    /// batch as a column; the extended schema.
+    Call(Vec<AsyncFuncExpr>, SchemaRef),
     Filter(Arc<dyn PhysicalExpr>),
     Project(Vec<Arc<dyn PhysicalExpr>>, SchemaRef),
+    /// Keeps the named columns (drops the columns of calls after a filter).
+    Keep(Vec<String>),
+}
+
+/// Physical expressions over one batch.
+type Exprs = Vec<Arc<dyn PhysicalExpr>>;
+
+/// Prefix of the columns that hold the results of async function calls.
+const CALL_COLUMN: &str = "__tidemark_call_";
+
+/// The expressions `exprs` over rows of `input`, with every call of an async
+/// function replaced by a column appended to the batch, and the step that
+/// appends them (none without such calls). Each distinct call is made once
+/// per row, however often the expressions name it. A call among another
+/// async call's arguments is refused: it could not run before its caller.
+fn hoist_calls(exprs: Exprs, input: &Schema) -> Result<(Option<Step>, Exprs)> {
+    let mut calls: Vec<Arc<dyn PhysicalExpr>> = Vec::new();
+    for expr in &exprs {
+        expr.apply(|e| {
+            if let Some(name) = async_function(e) {
+                let nested = e.children().iter().find_map(|arg| {
+                    let mut inner = None;
+                    let _ = arg.apply(|a| {
+                        inner = async_function(a);
+                        Ok(if inner.is_some() {
+                            TreeNodeRecursion::Stop
+                        } else {
+                            TreeNodeRecursion::Continue
+                        })
+                    });
+                    inner
+                });
+                if let Some(inner) = nested {
+                    return Err(datafusion::error::DataFusionError::Plan(format!(
+                        "the async function `{name}` takes the result of the async function \
+                         `{inner}` as an argument; compute `{inner}` in an inner SELECT \
+                         (FROM (SELECT {inner}(...) AS x FROM {SOURCE_TABLE}))"
+                    )));
+                }
+                if !calls.iter().any(|c| c == e) {
+                    calls.push(e.clone());
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(|e| sql_error("", e))?;
+    }
+    if calls.is_empty() {
+        return Ok((None, exprs));
+    }
+    let mut fields = input.fields().to_vec();
+    let mut columns = Vec::with_capacity(calls.len());
+    for (i, call) in calls.iter().enumerate() {
+        let name = format!("{CALL_COLUMN}{i}");
+        let column =
+            AsyncFuncExpr::try_new(name, call.clone(), input).map_err(|e| sql_error("", e))?;
+        fields.push(Arc::new(column.field(input).map_err(|e| sql_error("", e))?));
+        columns.push(column);
+    }
+    let width = input.fields().len();
+    let rewritten = exprs
+        .into_iter()
+        .map(|expr| {
+            expr.transform_down(|e| {
+                Ok(match calls.iter().position(|c| c == &e) {
+                    Some(i) => Transformed::yes(Arc::new(
+                        datafusion::physical_expr::expressions::Column::new(
+                            &format!("{CALL_COLUMN}{i}"),
+                            width + i,
+                        ),
+                    ) as Arc<dyn PhysicalExpr>),
+                    None => Transformed::no(e),
+                })
+            })
+            .map(|t| t.data)
+            .map_err(|e| sql_error("", e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let extended = Arc::new(Schema::new_with_metadata(fields, input.metadata().clone()));
+    Ok((Some(Step::Call(columns, extended)), rewritten))
+}
+
+/// The name of the async function `expr` calls, if it is such a call.
+fn async_function(expr: &Arc<dyn PhysicalExpr>) -> Option<String> {
+    let call = expr.as_any().downcast_ref::<ScalarFunctionExpr>()?;
+    call.fun().as_async().map(|_| call.name().to_string())
+}
+
+/// Appends to `batch` the results of `calls`, made one after the other, as
+/// the columns of `extended`.
+async fn call_async(
+    calls: Arc<Vec<AsyncFuncExpr>>,
+    extended: SchemaRef,
+    config: Arc<ConfigOptions>,
+    batch: RecordBatch,
+) -> Result<RecordBatch> {
+    let rows = batch.num_rows();
+    let mut columns = batch.columns().to_vec();
+    for call in calls.iter() {
+        let value = call
+            .invoke_with_args(&batch, config.clone())
+            .await
+            .and_then(|value| value.into_array(rows))
+            .map_err(|e| Error::Map {
+                source: BoxError::from(e),
+            })?;
+        columns.push(value);
+    }
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    RecordBatch::try_new_with_options(extended, columns, &options)
+        .map_err(|e| Error::Map { source: e.into() })
 }
 
 /// Appends the steps of `plan` (inputs first) to `steps`, or refuses the
@@ -195,7 +354,16 @@ fn compile(
         LogicalPlan::SubqueryAlias(alias) => compile(context, &alias.input, source_schema, steps),
         LogicalPlan::Filter(filter) => {
             compile(context, &filter.input, source_schema, steps)?;
-            steps.push(Step::Filter(physical(&filter.predicate, &filter.input)?));
+            let input = filter.input.schema().as_arrow();
+            let predicate = physical(&filter.predicate, &filter.input)?;
+            let (calls, mut predicate) = hoist_calls(vec![predicate], input)?;
+            let called = calls.is_some();
+            steps.extend(calls);
+            steps.push(Step::Filter(predicate.remove(0)));
+            if called {
+                let names = input.fields().iter().map(|f| f.name().clone()).collect();
+                steps.push(Step::Keep(names));
+            }
             Ok(())
         }
         LogicalPlan::Projection(projection) => {
@@ -205,6 +373,9 @@ fn compile(
                 .iter()
                 .map(|e| physical(e, &projection.input))
                 .collect::<Result<Vec<_>>>()?;
+            let (calls, expressions) =
+                hoist_calls(expressions, projection.input.schema().as_arrow())?;
+            steps.extend(calls);
             let schema = Arc::new(projection.schema.as_arrow().clone());
             steps.push(Step::Project(expressions, schema));
             Ok(())
@@ -468,5 +639,177 @@ mod tests {
             .into_unoptimized_plan();
         let err = SqlTransform::from_plan(&context, plan, &documents().schema()).unwrap_err();
         assert!(err.to_string().contains("the source's columns"), "{err}");
+    }
+
+    /// An async function as a model call would be: `shout(text)` awaits,
+    /// then upper-cases, two rows a call; it counts the rows it is given.
+    #[derive(Debug, PartialEq, Eq, Hash)]
+    struct Shout {
+        signature: datafusion::logical_expr::Signature,
+        #[allow(dead_code)]
+        name: &'static str,
+    }
+
+    static SHOUTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    impl datafusion::logical_expr::ScalarUDFImpl for Shout {
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn name(&self) -> &str {
+            "shout"
+        }
+        fn signature(&self) -> &datafusion::logical_expr::Signature {
+            &self.signature
+        }
+        fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+            Ok(DataType::Utf8)
+        }
+        fn invoke_with_args(
+            &self,
+            _: datafusion::logical_expr::ScalarFunctionArgs,
+        ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+            unreachable!("an async function is only invoked through invoke_async_with_args")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl datafusion::logical_expr::async_udf::AsyncScalarUDFImpl for Shout {
+        fn ideal_batch_size(&self) -> Option<usize> {
+            Some(2)
+        }
+        async fn invoke_async_with_args(
+            &self,
+            args: datafusion::logical_expr::ScalarFunctionArgs,
+        ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+            tokio::task::yield_now().await;
+            let text = args.args[0].to_array(args.number_rows)?;
+            SHOUTED.fetch_add(text.len(), std::sync::atomic::Ordering::SeqCst);
+            let loud: StringArray = text
+                .as_string::<i32>()
+                .iter()
+                .map(|t| t.map(str::to_uppercase))
+                .collect();
+            Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+                loud,
+            )))
+        }
+    }
+
+    fn with_shout() -> SessionContext {
+        let context = SessionContext::new();
+        let shout = datafusion::logical_expr::async_udf::AsyncScalarUDF::new(Arc::new(Shout {
+            signature: datafusion::logical_expr::Signature::exact(
+                vec![DataType::Utf8],
+                datafusion::logical_expr::Volatility::Volatile,
+            ),
+            name: "shout",
+        }));
+        context.register_udf(shout.into_scalar_udf());
+        context
+    }
+
+    fn strings(batch: &RecordBatch, column: &str) -> Vec<Option<String>> {
+        batch
+            .column_by_name(column)
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .map(|s| s.map(str::to_string))
+            .collect()
+    }
+
+    // One test, so that the call counter sees only its own calls.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn async_functions_are_awaited_once_per_row_that_reaches_them() {
+        let context = with_shout();
+        let schema = documents().schema();
+
+        // In a projection above a filter, named twice: the 5 rows the filter
+        // keeps are shouted once each.
+        let sql =
+            "SELECT id, shout(text) AS loud, length(shout(text)) AS n FROM source WHERE id > 1";
+        let planned = SqlTransform::new_in(&context, sql, &schema).await.unwrap();
+        assert!(planned.transform().is_async());
+        let names: Vec<&str> = planned
+            .output_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(names, ["id", "loud", "n"], "the call columns do not show");
+        SHOUTED.store(0, std::sync::atomic::Ordering::SeqCst);
+        let out = planned.transform().apply_async(documents()).await.unwrap();
+        assert_eq!(SHOUTED.load(std::sync::atomic::Ordering::SeqCst), 5);
+        assert_eq!(out.schema(), *planned.output_schema());
+        assert_eq!(
+            strings(&out, "loud"),
+            [Some("TWO"), Some("THREE"), None, Some("FIVE"), Some("SIX")]
+                .map(|s| s.map(String::from))
+        );
+        assert_eq!(
+            out.column(2)
+                .as_primitive::<Int32Type>()
+                .iter()
+                .collect::<Vec<_>>(),
+            [Some(3), Some(5), None, Some(4), Some(3)]
+        );
+        // The synchronous path refuses a transform that awaits.
+        assert!(planned.transform().apply(documents()).is_err());
+
+        // In a filter: the call's column is gone after it.
+        let sql = "SELECT id FROM source WHERE shout(text) = 'TWO' OR shout(text) = 'SIX'";
+        let planned = SqlTransform::new_in(&context, sql, &schema).await.unwrap();
+        SHOUTED.store(0, std::sync::atomic::Ordering::SeqCst);
+        let out = planned.transform().apply_async(documents()).await.unwrap();
+        assert_eq!(SHOUTED.load(std::sync::atomic::Ordering::SeqCst), 6);
+        assert_eq!(
+            out.column(0).as_primitive::<Int64Type>().values().to_vec(),
+            [2, 6]
+        );
+        assert_eq!(out.num_columns(), 1);
+
+        // A call of a call is refused before any row, with the way out,
+        // which plans.
+        let err = SqlTransform::new_in(
+            &context,
+            "SELECT shout(shout(text)) AS x FROM source",
+            &schema,
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("inner SELECT"), "{err}");
+        let nested = "SELECT shout(x) AS y FROM (SELECT shout(text) AS x FROM source)";
+        let planned = SqlTransform::new_in(&context, nested, &schema)
+            .await
+            .unwrap();
+        let out = planned.transform().apply_async(documents()).await.unwrap();
+        assert_eq!(strings(&out, "y")[0].as_deref(), Some("ONE"));
+
+        // The context lent is not changed.
+        assert!(!context.table_exist(SOURCE_TABLE).unwrap());
+
+        // A DataFrame's plan that ends in a filter gives the source's columns.
+        use datafusion::execution::FunctionRegistry;
+        use datafusion::prelude::{col, lit};
+        let empty = MemTable::try_new(schema.clone(), vec![vec![]]).unwrap();
+        context
+            .register_table(SOURCE_TABLE, Arc::new(empty))
+            .unwrap();
+        let shout = context.udf("shout").unwrap();
+        let frame = context
+            .table(SOURCE_TABLE)
+            .await
+            .unwrap()
+            .filter(shout.call(vec![col("text")]).eq(lit("FIVE")))
+            .unwrap();
+        let planned =
+            SqlTransform::from_plan(&context, frame.into_unoptimized_plan(), &schema).unwrap();
+        let out = planned.transform().apply_async(documents()).await.unwrap();
+        assert_eq!(out.schema(), schema);
+        assert_eq!(
+            out.column(0).as_primitive::<Int64Type>().values().to_vec(),
+            [5]
+        );
     }
 }

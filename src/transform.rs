@@ -15,11 +15,13 @@ use std::sync::Arc;
 
 use arrow_array::{BooleanArray, RecordBatch};
 use arrow_schema::SchemaRef;
+use futures::future::BoxFuture;
 
 use crate::error::{Error, Result};
 use crate::filter::filter_rows;
 
 type MapFn = dyn Fn(RecordBatch) -> Result<RecordBatch> + Send + Sync;
+type AsyncMapFn = dyn Fn(RecordBatch) -> BoxFuture<'static, Result<RecordBatch>> + Send + Sync;
 type FilterFn = dyn Fn(&RecordBatch) -> Result<BooleanArray> + Send + Sync;
 
 /// One row-wise step.
@@ -27,6 +29,8 @@ type FilterFn = dyn Fn(&RecordBatch) -> Result<BooleanArray> + Send + Sync;
 enum Step {
     /// A map, and the schema of its output when it is declared.
     Map(Arc<MapFn>, Option<SchemaRef>),
+    /// A map that awaits (a model or service call), and its declared schema.
+    AsyncMap(Arc<AsyncMapFn>, Option<SchemaRef>),
     Filter(Arc<FilterFn>),
     Project(Vec<String>),
 }
@@ -44,6 +48,7 @@ impl fmt::Debug for Transform {
             .iter()
             .map(|s| match s {
                 Step::Map(..) => "map",
+                Step::AsyncMap(..) => "async map",
                 Step::Filter(_) => "filter",
                 Step::Project(_) => "project",
             })
@@ -80,6 +85,45 @@ impl Transform {
     ) -> Self {
         self.steps.push(Step::Map(Arc::new(f), Some(schema)));
         self
+    }
+
+    /// Adds a per-row function that awaits, such as a call to a model or
+    /// another service, for a batch at a time. It runs on the runtime, not on
+    /// a blocking thread, so up to the pipeline's map workers of these calls
+    /// are in flight at once, and batches still reach the writer in source
+    /// order. Like [`Transform::map`], it must return one row per row.
+    pub fn map_async<F>(mut self, f: impl Fn(RecordBatch) -> F + Send + Sync + 'static) -> Self
+    where
+        F: std::future::Future<Output = Result<RecordBatch>> + Send + 'static,
+    {
+        self.steps.push(Step::AsyncMap(
+            Arc::new(move |batch| Box::pin(f(batch))),
+            None,
+        ));
+        self
+    }
+
+    /// [`Transform::map_async`] with the schema of its output declared, as
+    /// [`Transform::map_to`] declares it.
+    pub fn map_async_to<F>(
+        mut self,
+        schema: SchemaRef,
+        f: impl Fn(RecordBatch) -> F + Send + Sync + 'static,
+    ) -> Self
+    where
+        F: std::future::Future<Output = Result<RecordBatch>> + Send + 'static,
+    {
+        self.steps.push(Step::AsyncMap(
+            Arc::new(move |batch| Box::pin(f(batch))),
+            Some(schema),
+        ));
+        self
+    }
+
+    /// Whether a step awaits: such a transform runs with
+    /// [`Transform::apply_async`].
+    pub fn is_async(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::AsyncMap(..)))
     }
 
     /// Adds a filter: rows where the predicate is false or null are dropped.
@@ -136,8 +180,10 @@ impl Transform {
         let mut schema = input.clone();
         for step in &self.steps {
             match step {
-                Step::Map(_, Some(declared)) => schema = declared.clone(),
-                Step::Map(_, None) => return Ok(None),
+                Step::Map(_, Some(declared)) | Step::AsyncMap(_, Some(declared)) => {
+                    schema = declared.clone()
+                }
+                Step::Map(_, None) | Step::AsyncMap(_, None) => return Ok(None),
                 Step::Filter(_) => {}
                 Step::Project(columns) => {
                     let indices = column_indices(&schema, columns)?;
@@ -157,29 +203,13 @@ impl Transform {
             batch = match step {
                 Step::Map(f, declared) => {
                     let rows = batch.num_rows();
-                    let out = f(batch)?;
-                    if let Some(declared) = declared {
-                        if out.schema_ref().fields() != declared.fields() {
-                            return Err(Error::Map {
-                                source: format!(
-                                    "it declared the columns {declared:?} and returned {:?}",
-                                    out.schema_ref()
-                                )
-                                .into(),
-                            });
-                        }
-                    }
-                    if out.num_rows() != rows {
-                        return Err(Error::NotRowWise {
-                            operation: "map".into(),
-                            why: format!(
-                                "it returned {} rows for {rows} input rows; a map must return one row per row \
-                                 (use filter to drop rows; limits, aggregations and joins cannot run here)",
-                                out.num_rows()
-                            ),
-                        });
-                    }
-                    out
+                    checked_map(f(batch)?, rows, declared.as_ref())?
+                }
+                Step::AsyncMap(..) => {
+                    return Err(Error::Map {
+                        source: "the transform has a step that awaits; run it with apply_async"
+                            .into(),
+                    })
                 }
                 Step::Filter(predicate) => {
                     let keep = predicate(&batch)?;
@@ -206,6 +236,62 @@ impl Transform {
         }
         Ok(batch)
     }
+
+    /// Applies the steps to one batch, awaiting the steps that await. The
+    /// steps between them run on a blocking thread, as [`Transform::apply`]
+    /// runs them.
+    pub async fn apply_async(&self, mut batch: RecordBatch) -> Result<RecordBatch> {
+        let mut at = 0;
+        while at < self.steps.len() {
+            if let Step::AsyncMap(f, declared) = &self.steps[at] {
+                let rows = batch.num_rows();
+                batch = checked_map(f(batch).await?, rows, declared.as_ref())?;
+                at += 1;
+                continue;
+            }
+            let end = self.steps[at..]
+                .iter()
+                .position(|s| matches!(s, Step::AsyncMap(..)))
+                .map_or(self.steps.len(), |p| at + p);
+            let blocking = Transform {
+                steps: self.steps[at..end].to_vec(),
+            };
+            batch = tokio::task::spawn_blocking(move || blocking.apply(batch))
+                .await
+                .map_err(|e| Error::Map {
+                    source: Box::new(e),
+                })??;
+            at = end;
+        }
+        Ok(batch)
+    }
+}
+
+/// The output of a map over `rows` rows, checked: one row per row, and the
+/// declared columns if any.
+fn checked_map(out: RecordBatch, rows: usize, declared: Option<&SchemaRef>) -> Result<RecordBatch> {
+    if let Some(declared) = declared {
+        if out.schema_ref().fields() != declared.fields() {
+            return Err(Error::Map {
+                source: format!(
+                    "it declared the columns {declared:?} and returned {:?}",
+                    out.schema_ref()
+                )
+                .into(),
+            });
+        }
+    }
+    if out.num_rows() != rows {
+        return Err(Error::NotRowWise {
+            operation: "map".into(),
+            why: format!(
+                "it returned {} rows for {rows} input rows; a map must return one row per row \
+                 (use filter to drop rows; limits, aggregations and joins cannot run here)",
+                out.num_rows()
+            ),
+        });
+    }
+    Ok(out)
 }
 
 /// The positions of the named `columns` in `schema`, in the order named.

@@ -607,6 +607,130 @@ async fn rows_a_filter_drops_never_land_and_their_keys_count_as_processed() {
     fixture.read().assert_each_once(kept(330));
 }
 
+/// Rows `describe` was given, across the test's runs.
+static DESCRIBED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// `describe(id)`, an async SQL function as a model call would be: it waits
+/// longer for lower ids (so that later batches finish first), then gives
+/// `payload of {id}`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Describe(datafusion::logical_expr::Signature);
+
+impl datafusion::logical_expr::ScalarUDFImpl for Describe {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn name(&self) -> &str {
+        "describe"
+    }
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.0
+    }
+    fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(
+        &self,
+        _: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+        unreachable!("an async function is only invoked through invoke_async_with_args")
+    }
+}
+
+#[async_trait::async_trait]
+impl datafusion::logical_expr::async_udf::AsyncScalarUDFImpl for Describe {
+    async fn invoke_async_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
+        let ids = args.args[0].to_array(args.number_rows)?;
+        let ids = ids
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("int64 ids");
+        let first = ids.iter().flatten().min().unwrap_or(0);
+        tokio::time::sleep(std::time::Duration::from_millis(
+            (300 - first.clamp(0, 300)) as u64 / 2,
+        ))
+        .await;
+        DESCRIBED.fetch_add(ids.len(), std::sync::atomic::Ordering::SeqCst);
+        let described: StringArray = ids
+            .iter()
+            .map(|id| id.map(|id| format!("payload of {id}")))
+            .collect();
+        Ok(datafusion::logical_expr::ColumnarValue::Array(Arc::new(
+            described,
+        )))
+    }
+}
+
+/// A SQL transform that calls an async function, through `Pipeline::run`
+/// with four batches in flight: the function is awaited once per row that
+/// the `WHERE` keeps, its results land in order with every value (as
+/// deltalake-py and DuckDB read them), and the rerun over a grown source
+/// calls it for the new rows only.
+#[tokio::test]
+async fn an_async_sql_function_is_called_once_per_kept_row() {
+    use tidemark::pipeline::{CheckpointPolicy, Pipeline};
+    use tidemark::source::{ParquetSource, ParquetSourceOptions};
+    use tidemark::sql::SqlTransform;
+
+    let context = datafusion::prelude::SessionContext::new();
+    context.register_udf(
+        datafusion::logical_expr::async_udf::AsyncScalarUDF::new(Arc::new(Describe(
+            datafusion::logical_expr::Signature::exact(
+                vec![DataType::Int64],
+                datafusion::logical_expr::Volatility::Volatile,
+            ),
+        )))
+        .into_scalar_udf(),
+    );
+    let fixture = Fixture::new(Backend::local()).await;
+    let source_dir = tempfile::tempdir().unwrap();
+    for part in 0..3 {
+        let ids = range(part * 100, part * 100 + 100);
+        write_source_file(source_dir.path(), &format!("day-1-{part}.parquet"), &ids);
+    }
+    let source_url = format!("file://{}", source_dir.path().display());
+    let kept = |to: i64| -> Vec<i64> { (0..to).filter(|id| id % 3 != 2).collect() };
+    let sql = "SELECT id, region, describe(id) AS payload FROM source WHERE region IS NOT NULL";
+
+    let run = |expected_read: u64, expected_written: u64| {
+        let (fixture, context, source_url) = (&fixture, &context, source_url.clone());
+        async move {
+            let sink = fixture.sink().await;
+            let mut writer = sink.writer(DeltaWriterOptions::default()).await.unwrap();
+            let source = ParquetSource::open(&source_url, &ParquetSourceOptions::default())
+                .await
+                .unwrap();
+            let planned =
+                SqlTransform::new_in(context, sql, &tidemark::source::Source::schema(&source))
+                    .await
+                    .unwrap();
+            DESCRIBED.store(0, std::sync::atomic::Ordering::SeqCst);
+            let report = Pipeline::new(fixture.store().await, sink, PIPELINE)
+                .with_checkpoint_policy(CheckpointPolicy::once_per_run())
+                .with_map_workers(4)
+                .run(Arc::new(source), planned.transform(), &mut writer)
+                .await
+                .unwrap();
+            assert_eq!(report.read.rows_passed, expected_read, "{report:?}");
+            assert_eq!(report.rows_written, expected_written, "{report:?}");
+            assert_eq!(
+                DESCRIBED.load(std::sync::atomic::Ordering::SeqCst) as u64,
+                expected_written,
+                "one call per kept row"
+            );
+        }
+    };
+    run(300, 200).await;
+    fixture.read().assert_each_once(kept(300));
+
+    write_source_file(source_dir.path(), "day-2.parquet", &range(300, 330));
+    run(30, 20).await;
+    fixture.read().assert_each_once(kept(330));
+}
+
 /// The log files of `fixture`'s table whose name ends with `suffix`, sorted.
 fn log_files(fixture: &Fixture, suffix: &str) -> Vec<String> {
     let log = fixture.url.to_file_path().unwrap().join("_delta_log");
