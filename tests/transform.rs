@@ -70,3 +70,35 @@ fn named_operations_are_refused_with_a_reason() {
         .to_string()
         .contains("never be written"));
 }
+
+/// Steps that await run between the others in order, under the same checks:
+/// one row per row, and the declared columns.
+#[tokio::test]
+async fn async_maps_run_in_order_under_the_same_checks() {
+    let t = Transform::new()
+        .filter(|b| {
+            let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            Ok(ids.iter().map(|v| v.map(|v| v > 1)).collect())
+        })
+        .map_async(|b: RecordBatch| async move {
+            tokio::task::yield_now().await;
+            let v = mul(b.column(1), &Int64Array::new_scalar(3)).unwrap();
+            Ok(RecordBatch::try_new(b.schema(), vec![b.column(0).clone(), v]).unwrap())
+        })
+        .project(["v"]);
+    assert!(t.is_async());
+    assert!(!Transform::new().map(Ok).is_async());
+    let out = t.apply_async(batch(vec![1, 2, 3])).await.unwrap();
+    let v = out.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(v.values().to_vec(), vec![60, 90]);
+    assert!(t.apply(batch(vec![1])).is_err(), "apply cannot await");
+
+    let limit = Transform::new().map_async(|b: RecordBatch| async move { Ok(b.slice(0, 1)) });
+    let err = limit.apply_async(batch(vec![1, 2, 3])).await.unwrap_err();
+    assert!(matches!(err, Error::NotRowWise { .. }), "{err}");
+
+    let declared = batch(vec![1]).project(&[0]).unwrap().schema();
+    let wrong = Transform::new().map_async_to(declared, |b: RecordBatch| async move { Ok(b) });
+    let err = wrong.apply_async(batch(vec![1, 2])).await.unwrap_err();
+    assert!(err.to_string().contains("declared the columns"), "{err}");
+}
