@@ -1080,6 +1080,12 @@ mod tests {
             !lost.acceptable,
             "a marker behind the store cannot continue"
         );
+        let way_out = lost.way_out();
+        assert!(
+            way_out.contains("new store") && way_out.contains("`tidemark adopt`"),
+            "{way_out}"
+        );
+        assert!(!way_out.contains("--accept-table-state"), "{way_out}");
         let lost = check(Some(1), None, Lineage::Unknown).lost().unwrap();
         assert_eq!(lost.commits, "1");
         assert!(lost.why.contains("no marker"), "{lost:?}");
@@ -1101,6 +1107,10 @@ mod tests {
         assert_eq!(lost.commits, "2..=3");
         assert!(lost.why.contains("up to 1"), "{lost:?}");
         assert!(lost.acceptable, "the marker is intact");
+        let way_out = lost.way_out();
+        for flag in ["--reprocess-lost-commits", "--accept-table-state"] {
+            assert!(way_out.contains(flag), "{way_out}");
+        }
         let restored = Lineage::RolledBack {
             carried: Some(2),
             why: "restored".into(),
