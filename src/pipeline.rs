@@ -388,8 +388,9 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
         self
     }
 
-    /// Runs the transform on up to `workers` batches at once, on blocking
-    /// threads (default 1). Batches reach the writer in source order.
+    /// Runs the transform on up to `workers` batches at once (default 1): on
+    /// blocking threads, or as tasks of the runtime when the transform has a
+    /// step that awaits. Batches reach the writer in source order.
     pub fn with_map_workers(mut self, workers: usize) -> Self {
         self.map_workers = workers.max(1);
         self
@@ -593,18 +594,18 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
         totals: &mut RunTotals,
     ) -> Result<()> {
         let mut last_commit = Instant::now();
-        let mut mapping: VecDeque<tokio::task::JoinHandle<Result<RecordBatch>>> = VecDeque::new();
+        let mut mapping = InFlight::default();
         let mut exhausted = false;
         loop {
             while !exhausted
-                && mapping.len() < self.map_workers
+                && mapping.0.len() < self.map_workers
                 && !self.policy.seal_due(open, read.stats())
             {
                 match read.next_batch(&mut open.writer).await? {
                     Some(batch) => {
                         open.rows += batch.num_rows() as u64;
                         let transform = transform.clone();
-                        mapping.push_back(if transform.is_async() {
+                        mapping.0.push_back(if transform.is_async() {
                             tokio::spawn(async move { transform.apply_async(batch).await })
                         } else {
                             tokio::task::spawn_blocking(move || transform.apply(batch))
@@ -613,7 +614,7 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
                     None => exhausted = true,
                 }
             }
-            if let Some(next) = mapping.pop_front() {
+            if let Some(next) = mapping.0.pop_front() {
                 let batch = next.await.map_err(|e| Error::Map {
                     source: Box::new(e),
                 })??;
@@ -725,5 +726,20 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
 async fn release(lease: Lease, succeeded: bool) {
     if let Err(e) = lease.release().await {
         tracing::warn!(error = %e, succeeded, "releasing the lease failed; it will expire");
+    }
+}
+
+/// The batches in the map workers' hands, in source order. Dropped with
+/// batches left (a run that failed), it aborts those still waiting to run,
+/// and the awaiting ones at their next await: their results would not be
+/// written, so their calls (a model, a service) would be paid for nothing.
+#[derive(Default)]
+struct InFlight(VecDeque<tokio::task::JoinHandle<Result<RecordBatch>>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }

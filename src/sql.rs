@@ -12,7 +12,9 @@
 //! on one batch at a time is exact. Each filter and projection is compiled
 //! once to DataFusion physical expressions and becomes a step of a
 //! [`Transform`]: no plan is built per batch, and the steps run on the
-//! pipeline's map workers like any other map.
+//! pipeline's map workers like any other map. A call of an async function
+//! (DataFusion's `AsyncScalarUDF`: a model, a service) becomes a step of its
+//! own that awaits it for the batch and appends its result as a column.
 
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SQLOptions, SessionContext};
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::optimizer::Analyzer;
 use datafusion::physical_expr::async_scalar_function::AsyncFuncExpr;
@@ -59,10 +62,16 @@ impl SqlTransform {
     /// settings of `context`: register your UDFs there first, including
     /// async ones (DataFusion's `AsyncScalarUDF`, for a model or service
     /// call). Each async call is awaited a batch at a time (in slices of the
-    /// function's `ideal_batch_size`), for the rows that reach it, once per
-    /// row however often the statement names the same call; up to the
-    /// pipeline's map workers of batches are in flight. `context` itself is
-    /// not changed: `source` is registered in a copy of its state.
+    /// function's `ideal_batch_size`), for the rows that reach it: those
+    /// that the earlier filters kept, including the conditions of its own
+    /// `WHERE` that call no async function, which run first. Within one
+    /// expression (`CASE`, `COALESCE`, `OR`) a call is made for every row
+    /// that reaches the expression, whatever its conditions: to spare
+    /// calls, put the condition in a `WHERE` of an inner `SELECT`. The same
+    /// call is made once per row however often the statement names it, even
+    /// for a volatile function. Up to the pipeline's map workers of batches
+    /// are in flight. `context` itself is not changed: `source` is
+    /// registered in a copy of its state.
     pub async fn new_in(
         context: &SessionContext,
         sql: &str,
@@ -213,19 +222,7 @@ fn hoist_calls(exprs: Exprs, input: &Schema) -> Result<(Option<Step>, Exprs)> {
     for expr in &exprs {
         expr.apply(|e| {
             if let Some(name) = async_function(e) {
-                let nested = e.children().iter().find_map(|arg| {
-                    let mut inner = None;
-                    let _ = arg.apply(|a| {
-                        inner = async_function(a);
-                        Ok(if inner.is_some() {
-                            TreeNodeRecursion::Stop
-                        } else {
-                            TreeNodeRecursion::Continue
-                        })
-                    });
-                    inner
-                });
-                if let Some(inner) = nested {
+                if let Some(inner) = e.children().into_iter().find_map(first_async_call) {
                     return Err(datafusion::error::DataFusionError::Plan(format!(
                         "the async function `{name}` takes the result of the async function \
                          `{inner}` as an argument; compute `{inner}` in an inner SELECT \
@@ -275,6 +272,20 @@ fn hoist_calls(exprs: Exprs, input: &Schema) -> Result<(Option<Step>, Exprs)> {
     Ok((Some(Step::Call(columns, extended)), rewritten))
 }
 
+/// The name of the first async function `expr` calls anywhere, if any.
+fn first_async_call(expr: &Arc<dyn PhysicalExpr>) -> Option<String> {
+    let mut found = None;
+    let _ = expr.apply(|e| {
+        found = async_function(e);
+        Ok(if found.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
 /// The name of the async function `expr` calls, if it is such a call.
 fn async_function(expr: &Arc<dyn PhysicalExpr>) -> Option<String> {
     let call = expr.as_any().downcast_ref::<ScalarFunctionExpr>()?;
@@ -292,13 +303,30 @@ async fn call_async(
     let rows = batch.num_rows();
     let mut columns = batch.columns().to_vec();
     for call in calls.iter() {
-        let value = call
-            .invoke_with_args(&batch, config.clone())
-            .await
-            .and_then(|value| value.into_array(rows))
-            .map_err(|e| Error::Map {
-                source: BoxError::from(e),
-            })?;
+        let function = async_function(&call.func).unwrap_or_else(|| call.name().to_string());
+        let failed = |reason: String| Error::Map {
+            source: format!("the async function `{function}`: {reason}").into(),
+        };
+        let value = if rows == 0 {
+            // A batch a filter emptied: nothing to call for (DataFusion's
+            // call of an empty batch fails).
+            let field = call
+                .field(batch.schema_ref())
+                .map_err(|e| failed(e.to_string()))?;
+            arrow_array::new_empty_array(field.data_type())
+        } else {
+            call.invoke_with_args(&batch, config.clone())
+                .await
+                .and_then(|value| value.into_array(rows))
+                .map_err(|e| failed(e.to_string()))?
+        };
+        if value.len() != rows {
+            return Err(failed(format!(
+                "it returned {} values for {rows} rows; it must return an array of one value \
+                 per row, not a scalar",
+                value.len()
+            )));
+        }
         columns.push(value);
     }
     let options = RecordBatchOptions::new().with_row_count(Some(rows));
@@ -355,12 +383,29 @@ fn compile(
         LogicalPlan::Filter(filter) => {
             compile(context, &filter.input, source_schema, steps)?;
             let input = filter.input.schema().as_arrow();
-            let predicate = physical(&filter.predicate, &filter.input)?;
-            let (calls, mut predicate) = hoist_calls(vec![predicate], input)?;
-            let called = calls.is_some();
-            steps.extend(calls);
-            steps.push(Step::Filter(predicate.remove(0)));
-            if called {
+            // The conditions that call no async function filter first, in
+            // one step; then each that calls one, in the statement's order,
+            // so that a call is made only for the rows the others kept (a
+            // row passes `a AND b` when it passes `a`, then `b`).
+            let mut plain = Vec::new();
+            let mut calling = Vec::new();
+            for conjunct in split_conjunction(&filter.predicate) {
+                let predicate = physical(conjunct, &filter.input)?;
+                if first_async_call(&predicate).is_some() {
+                    calling.push(predicate);
+                } else {
+                    plain.push(conjunct.clone());
+                }
+            }
+            if let Some(predicate) = conjunction(plain) {
+                steps.push(Step::Filter(physical(&predicate, &filter.input)?));
+            }
+            for predicate in calling {
+                let (calls, predicate) = hoist_calls(vec![predicate], input)?;
+                steps.extend(calls);
+                for predicate in predicate {
+                    steps.push(Step::Filter(predicate));
+                }
                 let names = input.fields().iter().map(|f| f.name().clone()).collect();
                 steps.push(Step::Keep(names));
             }
@@ -646,7 +691,6 @@ mod tests {
     #[derive(Debug, PartialEq, Eq, Hash)]
     struct Shout {
         signature: datafusion::logical_expr::Signature,
-        #[allow(dead_code)]
         name: &'static str,
     }
 
@@ -657,7 +701,7 @@ mod tests {
             self
         }
         fn name(&self) -> &str {
-            "shout"
+            self.name
         }
         fn signature(&self) -> &datafusion::logical_expr::Signature {
             &self.signature
@@ -683,6 +727,12 @@ mod tests {
             args: datafusion::logical_expr::ScalarFunctionArgs,
         ) -> datafusion::error::Result<datafusion::logical_expr::ColumnarValue> {
             tokio::task::yield_now().await;
+            if self.name == "constant" {
+                // One value for the whole slice: not what a call may return.
+                return Ok(datafusion::logical_expr::ColumnarValue::Scalar(
+                    datafusion::common::ScalarValue::Utf8(Some("X".into())),
+                ));
+            }
             let text = args.args[0].to_array(args.number_rows)?;
             SHOUTED.fetch_add(text.len(), std::sync::atomic::Ordering::SeqCst);
             let loud: StringArray = text
@@ -698,14 +748,16 @@ mod tests {
 
     fn with_shout() -> SessionContext {
         let context = SessionContext::new();
-        let shout = datafusion::logical_expr::async_udf::AsyncScalarUDF::new(Arc::new(Shout {
-            signature: datafusion::logical_expr::Signature::exact(
-                vec![DataType::Utf8],
-                datafusion::logical_expr::Volatility::Volatile,
-            ),
-            name: "shout",
-        }));
-        context.register_udf(shout.into_scalar_udf());
+        for name in ["shout", "constant"] {
+            let udf = datafusion::logical_expr::async_udf::AsyncScalarUDF::new(Arc::new(Shout {
+                signature: datafusion::logical_expr::Signature::exact(
+                    vec![DataType::Utf8],
+                    datafusion::logical_expr::Volatility::Volatile,
+                ),
+                name,
+            }));
+            context.register_udf(udf.into_scalar_udf());
+        }
         context
     }
 
@@ -768,6 +820,40 @@ mod tests {
             [2, 6]
         );
         assert_eq!(out.num_columns(), 1);
+
+        // The conditions of a WHERE that call nothing filter first: ids 5
+        // and 6 are shouted, not all six.
+        let sql = "SELECT id FROM source WHERE shout(text) = 'SIX' AND id > 4";
+        let planned = SqlTransform::new_in(&context, sql, &schema).await.unwrap();
+        SHOUTED.store(0, std::sync::atomic::Ordering::SeqCst);
+        let out = planned.transform().apply_async(documents()).await.unwrap();
+        assert_eq!(SHOUTED.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(
+            out.column(0).as_primitive::<Int64Type>().values().to_vec(),
+            [6]
+        );
+
+        // A batch the filter empties calls nothing and fails nothing.
+        let sql = "SELECT id, shout(text) AS loud FROM source WHERE id > 100";
+        let planned = SqlTransform::new_in(&context, sql, &schema).await.unwrap();
+        SHOUTED.store(0, std::sync::atomic::Ordering::SeqCst);
+        let out = planned.transform().apply_async(documents()).await.unwrap();
+        assert_eq!((out.num_rows(), out.num_columns()), (0, 2));
+        assert_eq!(SHOUTED.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        // A function that answers a slice with one value is refused by name.
+        let sql = "SELECT constant(text) AS c FROM source";
+        let planned = SqlTransform::new_in(&context, sql, &schema).await.unwrap();
+        let err = planned
+            .transform()
+            .apply_async(documents())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`constant`") && err.contains("not a scalar"),
+            "{err}"
+        );
 
         // A call of a call is refused before any row, with the way out,
         // which plans.

@@ -197,7 +197,9 @@ impl Transform {
         Ok(Some(schema))
     }
 
-    /// Applies the steps to one batch.
+    /// Applies the steps to one batch. Fails on a transform with a step that
+    /// awaits ([`Transform::is_async`]): run that one with
+    /// [`Transform::apply_async`].
     pub fn apply(&self, mut batch: RecordBatch) -> Result<RecordBatch> {
         for step in &self.steps {
             batch = match step {

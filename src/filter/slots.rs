@@ -70,7 +70,7 @@ impl WordSlots {
     /// Makes room for `more` words, so that the next `more` inserts move no slot.
     pub(crate) fn reserve(&mut self, more: usize) {
         let needed = self.len.saturating_add(more);
-        if needed * 10 > self.slots.len() * MAX_LOAD_TENTHS {
+        if needed.saturating_mul(10) > self.slots.len() * MAX_LOAD_TENTHS {
             let mut grown = vec![0; slots_for(needed.max(self.len * 2))];
             let mask = grown.len() - 1;
             for &w in self.slots.iter().filter(|&&w| w != 0) {
@@ -168,7 +168,7 @@ impl ByteSlots {
     /// Makes room for `more` keys, so that the next `more` inserts move no slot.
     pub(crate) fn reserve(&mut self, more: usize) {
         let needed = self.len.saturating_add(more);
-        if needed * 10 > self.slots.len() * MAX_LOAD_TENTHS {
+        if needed.saturating_mul(10) > self.slots.len() * MAX_LOAD_TENTHS {
             let mut grown = vec![0; slots_for(needed.max(self.len * 2))];
             let mask = grown.len() - 1;
             for &slot in self.slots.iter().filter(|&&s| s != 0) {
