@@ -72,11 +72,7 @@ async fn main() -> Result<(), BoxError> {
     print_run("day 2 (rerun)", &run(&pipeline, &dir, None).await?);
 
     // Read the table's current version back and count the keys.
-    let table = {
-        let mut table = pipeline.sink().table().await;
-        table.update_state().await?;
-        table
-    };
+    let table = pipeline.sink().table_with_files().await?;
     let source: Arc<dyn Source> =
         Arc::new(DeltaSource::open(&table, &ParquetSourceOptions::default()).await?);
     let units = (0..source.units().len()).collect();

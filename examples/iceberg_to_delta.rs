@@ -92,8 +92,7 @@ async fn main() -> Result<(), BoxError> {
     }
 
     // Read the Delta table back.
-    let mut table = copy.sink().table().await;
-    table.update_state().await?;
+    let table = copy.sink().table_with_files().await?;
     let source: Arc<dyn Source> =
         Arc::new(DeltaSource::open(&table, &ParquetSourceOptions::default()).await?);
     let units = (0..source.units().len()).collect();

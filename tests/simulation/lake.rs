@@ -123,7 +123,7 @@ impl Lake {
                 let sink = DeltaSink::open(lake.url.clone(), HashMap::new())
                     .await
                     .map_err(|e| e.to_string())?;
-                let table = sink.table().await;
+                let table = sink.table_with_files().await.map_err(|e| e.to_string())?;
                 let uris = table.get_file_uris().map_err(|e| e.to_string())?;
                 let prefixes = [lake.url.to_string(), format!("{}/", lake.root.display())];
                 Ok(uris

@@ -3,10 +3,13 @@
 //!
 //! delta-rs replays an already-committed `(appId, version)` without complaint
 //! when it is committed again, so this sink reads the table's transaction
-//! version for the pipeline before every attempt, and commits with the
-//! library's own retries off: a conflict comes back here, the table is reloaded
-//! and the marker read again before the next attempt. A commit whose response
-//! was lost therefore shows up as "already applied", never as a second version.
+//! version for the pipeline before every attempt. delta-rs retries a commit
+//! that lost the race for its log version itself, against each newer
+//! version's conflict check, in which the pipeline's `txn` makes a version
+//! that landed (this commit's, or another committer's of the same sequence) a
+//! conflict; a conflict comes back here, the table is reloaded and the marker
+//! read again before the next attempt. A commit whose response was lost
+//! therefore shows up as "already applied", never as a second version.
 //!
 //! `delta.setTransactionRetentionDuration`: delta-rs (through delta-kernel)
 //! forgets a `txn` entry older than the duration at checkpoint time only when
@@ -108,9 +111,15 @@ impl DeltaSink {
                 })?;
             }
         }
-        let table = DeltaTable::try_from_url_with_storage_options(url.clone(), storage_options)
-            .await
+        let mut table = Self::builder(&url)?
+            .with_storage_options(storage_options.clone())
+            .build()
             .map_err(|e| Error::delta(&name, "opening the table location", e))?;
+        match table.load().await {
+            // No table there yet: it is created below.
+            Ok(()) | Err(DeltaTableError::NotATable(_)) => {}
+            Err(e) => return Err(Error::delta(&name, "opening the table location", e)),
+        }
         let table = if table.version().is_some() {
             table
         } else {
@@ -137,15 +146,20 @@ impl DeltaSink {
                 }
             }
         };
-        Ok(DeltaSink {
-            url,
-            table: Mutex::new(table),
-        })
+        // Opened again as every sink is: without the file actions.
+        drop(table);
+        Self::open(url, storage_options).await
     }
 
+    /// The builder of the sink's table handle. It loads the log without the
+    /// table's file actions: an append, the marker, the history and the
+    /// log's checkpoints need none of them, and loading them costs every
+    /// snapshot update time in proportion to the table's data files (20 ms
+    /// at 10,000 files).
     fn builder(url: &Url) -> Result<DeltaTableBuilder> {
-        DeltaTableBuilder::from_url(url.clone())
-            .map_err(|e| Error::delta(url.as_str(), "opening the table", e))
+        Ok(DeltaTableBuilder::from_url(url.clone())
+            .map_err(|e| Error::delta(url.as_str(), "opening the table", e))?
+            .without_files())
     }
 
     async fn load(url: Url, mut table: DeltaTable) -> Result<Self> {
@@ -173,8 +187,24 @@ impl DeltaSink {
     }
 
     /// The table as last loaded (a cheap handle; reload it for new versions).
+    /// The handle is loaded without the table's file actions, as the sink
+    /// needs none: its file listings are empty. Use
+    /// [`DeltaSink::table_with_files`] to read the table's data.
     pub async fn table(&self) -> DeltaTable {
         self.table.lock().await.clone()
+    }
+
+    /// The table at its latest version with its file actions loaded, to read
+    /// its data (for example through [`crate::DeltaSource`]).
+    pub async fn table_with_files(&self) -> Result<DeltaTable> {
+        let mut table = self.table().await;
+        table.config.require_files = true;
+        table.state = None;
+        table
+            .update_state()
+            .await
+            .map_err(|e| Error::delta(self.url.as_str(), "loading the table's files", e))?;
+        Ok(table)
     }
 
     /// A writer of data files for the table's current version.
@@ -245,14 +275,19 @@ impl DeltaSink {
             let snapshot = table
                 .snapshot()
                 .map_err(|e| Error::delta(self.url.as_str(), "reading the table's state", e))?;
-            // delta-rs checkpoints the log every 100 commits unless the table
-            // says otherwise; the Delta reference implementation every 10. A
-            // table without the property gets the reference's interval, so that
-            // opening it replays at most 10 commits after the latest checkpoint.
-            let own_checkpoints = !snapshot
+            // The sink checkpoints the log itself: delta-rs's hook does not
+            // without the file actions loaded. At the table's interval if it
+            // sets one; otherwise every 10 commits, as the Delta reference
+            // implementation does (delta-rs's default is 100), so that
+            // opening the table replays at most 10 commits after the latest
+            // checkpoint.
+            let interval = snapshot
                 .metadata()
                 .configuration()
-                .contains_key(CHECKPOINT_INTERVAL);
+                .get(CHECKPOINT_INTERVAL)
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|&i| i > 0)
+                .unwrap_or(DEFAULT_CHECKPOINT_INTERVAL);
             // delta-rs retries a commit that lost the race for its version
             // itself, against each newer version's conflict check: an
             // append beside another writer's optimize or append goes on at
@@ -265,7 +300,7 @@ impl DeltaSink {
                 .with_application_transaction(Transaction::new(&request.pipeline_id, sequence))
                 .with_metadata(metadata.clone())
                 .with_max_retries(DELTA_VERSION_RETRIES)
-                .with_create_checkpoint(!own_checkpoints);
+                .with_create_checkpoint(false);
             let result = CommitBuilder::from(properties)
                 .with_actions(adds.clone())
                 .build(
@@ -280,8 +315,7 @@ impl DeltaSink {
                 .await;
             match result {
                 Ok(commit) => {
-                    if own_checkpoints && (commit.version() + 1) % DEFAULT_CHECKPOINT_INTERVAL == 0
-                    {
+                    if (commit.version() + 1) % interval == 0 {
                         self.checkpoint_log(&mut table, commit.version()).await;
                     }
                     return Ok(CommitOutcome {

@@ -36,6 +36,16 @@ impl DeltaSource {
     ) -> tidemark::Result<Self> {
         let name = table.table_url().to_string();
         let snapshot = table.snapshot().map_err(|e| source_error(&name, e))?;
+        if !snapshot.load_config().require_files {
+            // Its file listing would be empty: a source that silently holds no rows.
+            return Err(tidemark::Error::InvalidSource {
+                location: name,
+                reason: "the table was loaded without its file actions (`without_files`), so \
+                         its data files are unknown; load it with them (for a sink's table, \
+                         `DeltaSink::table_with_files`)"
+                    .into(),
+            });
+        }
         let mapping = snapshot
             .metadata()
             .configuration()

@@ -782,6 +782,35 @@ async fn the_log_is_checkpointed_every_ten_commits_unless_the_table_says_otherwi
     commit_rounds(&fixture, &store, 12..13).await;
     fixture.read().assert_each_once(range(0, 130));
 
+    // The sink's handle is loaded without the file actions: a source made
+    // from it is refused, not read as an empty table; the handle with its
+    // files reads every row.
+    let sink = fixture.sink().await;
+    let options = tidemark::source::ParquetSourceOptions::default();
+    let err = tidemark_delta::DeltaSource::open(&sink.table().await, &options)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("without its file actions"),
+        "{err}"
+    );
+    let table = sink.table_with_files().await.unwrap();
+    let source: Arc<dyn tidemark::source::Source> = Arc::new(
+        tidemark_delta::DeltaSource::open(&table, &options)
+            .await
+            .unwrap(),
+    );
+    let units = (0..source.units().len()).collect();
+    let batches: Vec<(usize, RecordBatch)> = futures::TryStreamExt::try_collect(
+        tidemark::source::read_units(source, units, Some(vec!["id".into()]), 2),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        batches.iter().map(|(_, b)| b.num_rows()).sum::<usize>(),
+        130
+    );
+
     // A table that sets its interval keeps it.
     let fixture = Fixture::new(Backend::local()).await;
     fixture
