@@ -70,16 +70,9 @@ impl WordSlots {
     /// Makes room for `more` words, so that the next `more` inserts move no slot.
     pub(crate) fn reserve(&mut self, more: usize) {
         let needed = self.len.saturating_add(more);
-        if needed.saturating_mul(10) > self.slots.len() * MAX_LOAD_TENTHS {
-            let mut grown = vec![0; slots_for(needed.max(self.len * 2))];
-            let mask = grown.len() - 1;
-            for &w in self.slots.iter().filter(|&&w| w != 0) {
-                let mut i = start(super::codec::Key::Word(w).table_hash(), mask);
-                while grown[i] != 0 {
-                    i = (i + 1) & mask;
-                }
-                grown[i] = w;
-            }
+        if let Some(grown) = grown(&self.slots, self.len, needed, |w| {
+            super::codec::Key::Word(w).table_hash()
+        }) {
             self.slots = grown;
         }
     }
@@ -168,17 +161,10 @@ impl ByteSlots {
     /// Makes room for `more` keys, so that the next `more` inserts move no slot.
     pub(crate) fn reserve(&mut self, more: usize) {
         let needed = self.len.saturating_add(more);
-        if needed.saturating_mul(10) > self.slots.len() * MAX_LOAD_TENTHS {
-            let mut grown = vec![0; slots_for(needed.max(self.len * 2))];
-            let mask = grown.len() - 1;
-            for &slot in self.slots.iter().filter(|&&s| s != 0) {
-                let key = arena_key(&self.arena, slot);
-                let mut i = start(super::codec::Key::Bytes(key).table_hash(), mask);
-                while grown[i] != 0 {
-                    i = (i + 1) & mask;
-                }
-                grown[i] = slot;
-            }
+        let arena = &self.arena;
+        if let Some(grown) = grown(&self.slots, self.len, needed, |slot| {
+            super::codec::Key::Bytes(arena_key(arena, slot)).table_hash()
+        }) {
             self.slots = grown;
         }
     }
@@ -238,6 +224,31 @@ impl ByteSlots {
         self.len += 1;
         Ok(true)
     }
+}
+
+/// A larger table holding the filled slots of `slots` (`len` of them), when
+/// `needed` keys would pass the load limit of `slots`: room for `needed`, and
+/// at least twice `len`, each slot moved to where `hash_of` its content
+/// starts probing. `None` when `needed` keys fit already.
+fn grown(
+    slots: &[u64],
+    len: usize,
+    needed: usize,
+    hash_of: impl Fn(u64) -> u64,
+) -> Option<Vec<u64>> {
+    if needed.saturating_mul(10) <= slots.len() * MAX_LOAD_TENTHS {
+        return None;
+    }
+    let mut grown = vec![0; slots_for(needed.max(len * 2))];
+    let mask = grown.len() - 1;
+    for &slot in slots.iter().filter(|&&s| s != 0) {
+        let mut i = start(hash_of(slot), mask);
+        while grown[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        grown[i] = slot;
+    }
+    Some(grown)
 }
 
 /// The slot `hash` starts at, read (0 for a table without slots).
