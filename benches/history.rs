@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench history -- [--marks 10,100,1000] [--rows 1000]
 //!     [--window 9] [--sinks delta,iceberg] [--data DIR]
-//!     [--delta-log-retention 'interval 0 seconds']
+//!     [--delta-log-retention 'interval 0 seconds'] [--from N]
 //! ```
 //!
 //! Each run reads a source folder of its own holding `--rows` new documents
@@ -28,6 +28,11 @@
 //! keeps about 720. `--delta-log-retention` sets the table's
 //! `delta.logRetentionDuration` after its first run, to see a log that time
 //! would have cleaned up.
+//!
+//! `--from N` keeps the table and the store of an earlier invocation (same
+//! `--data`) that made `N` runs, and goes on from run `N + 1`: a change to
+//! the run can be measured at 10,000 runs without making them again. Copy
+//! `DATA/SINK` aside first to measure from the same history twice.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/lake.rs"]
@@ -62,9 +67,11 @@ fn main() {
     // 0 seconds`): a log that real time between runs would have cleaned up.
     let delta_log_retention = flag("--delta-log-retention", "");
     let runs = *marks.last().expect("--marks names at least one mark");
+    // Runs an earlier invocation made, whose table and store are kept.
+    let from: usize = flag("--from", "0").parse().unwrap();
     assert!(
-        marks[0] > window,
-        "the first mark must be more than --window (run 1 is not counted)"
+        marks[0] > from + window,
+        "the first mark must be more than --from plus --window (run 1 is not counted)"
     );
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -79,12 +86,20 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for sink in &sinks {
         let work = data.join(sink);
-        let _ = std::fs::remove_dir_all(&work);
+        if from == 0 {
+            let _ = std::fs::remove_dir_all(&work);
+        } else {
+            assert!(
+                work.exists(),
+                "--from {from}: {} is missing",
+                work.display()
+            );
+        }
         std::fs::create_dir_all(&work).unwrap();
         let work = std::fs::canonicalize(&work).unwrap();
         let mut seconds = Vec::with_capacity(runs);
         let mut first_median = None;
-        for run in 0..runs {
+        for run in from..runs {
             let folder = sources.join(format!("run-{run:05}"));
             if !folder.exists() {
                 let part = sources.join(format!("writing-{run:05}"));
@@ -101,7 +116,7 @@ fn main() {
             if run == 0 && sink == "delta" && !delta_log_retention.is_empty() {
                 runtime.block_on(set_log_retention(&work, &delta_log_retention));
             }
-            if (run + 1) % 100 == 0 || run + 1 == runs {
+            if from == 0 && ((run + 1) % 100 == 0 || run + 1 == runs) {
                 let csv: String = seconds.iter().map(|s| format!("{s:.6}\n")).collect();
                 std::fs::write(work.join("seconds.csv"), csv).unwrap();
             }

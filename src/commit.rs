@@ -639,10 +639,8 @@ impl<S: CommitSink> Committer<S> {
             commit,
             reason: reason.to_string(),
         };
-        let compacted = |index: &Option<crate::store::IndexGeneration>, id: &CheckpointId| {
-            index
-                .as_ref()
-                .is_some_and(|index| index.checkpoints.contains(id))
+        let compacted = |index: Option<&crate::store::IndexGeneration>, id: &CheckpointId| {
+            index.is_some_and(|index| index.checkpoints.contains(id))
         };
         // A lost commit made after earlier forgotten commits carried their
         // rows anew. If the table holds those earlier commits again (it was
@@ -679,7 +677,7 @@ impl<S: CommitSink> Committer<S> {
             if intent
                 .checkpoints
                 .iter()
-                .any(|id| compacted(&state.index, id))
+                .any(|id| compacted(state.index.as_deref(), id))
             {
                 return Err(cannot(
                     sequence,
@@ -720,7 +718,7 @@ impl<S: CommitSink> Committer<S> {
         let index = self.store.fence_compaction().await?;
         if let Some(record) = records
             .iter()
-            .find(|r| r.checkpoints.iter().any(|id| compacted(&index, id)))
+            .find(|r| r.checkpoints.iter().any(|id| compacted(index.as_ref(), id)))
         {
             // A compaction planned before the records folded it in first.
             for record in &records {

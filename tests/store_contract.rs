@@ -849,6 +849,10 @@ async fn compaction_bounds_the_cost_of_a_load(backend: Backend) {
     // 4 lists (forgotten commits, seals, commit markers, index generations)
     // + the index + the one uncompacted manifest.
     assert_eq!(faulty.requests(), 6, "requests after compaction");
+    // This handle decoded that generation: a second load does not get it again.
+    faulty.reset_counts();
+    store.load().await.expect("load");
+    assert_eq!(faulty.requests(), 5, "requests of a second load");
     assert_eq!(state.compacted_count(), checkpoints as usize);
     assert_eq!(state.pending_commit().len(), 1);
     assert_eq!(state.pending_commit()[0].checkpoint_id, pending_id);
@@ -932,6 +936,40 @@ async fn compaction_bounds_the_cost_of_a_load(backend: Backend) {
     );
 }
 
+/// A handle keeps the index generation it decoded; an object written again at
+/// that generation's path (same size, other content) is read again.
+async fn an_index_generation_written_again_is_read_again(backend: Backend) {
+    let location = backend.location();
+    let store = open(location.clone()).await;
+    let first = committed_checkpoint(&store, 0..10).await;
+    let second = committed_checkpoint(&store, 10..20).await;
+    let options = CompactionOptions {
+        min_checkpoints: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        store.compact(&options).await.expect("compact").generation,
+        Some(1)
+    );
+    let index = store.load().await.expect("load").index.expect("index");
+    assert_eq!(index.checkpoints, [first, second]);
+
+    let relative = format!("index/{:020}.json", 1);
+    let written = String::from_utf8(get_raw(&location, &relative).await).expect("utf-8");
+    let swapped = written
+        .replace(&first.to_string(), "FIRST")
+        .replace(&second.to_string(), &first.to_string())
+        .replace("FIRST", &second.to_string());
+    assert_eq!(swapped.len(), written.len());
+    put_raw(&location, &relative, swapped.into_bytes()).await;
+    let index = store.load().await.expect("load").index.expect("index");
+    assert_eq!(
+        index.checkpoints,
+        [second, first],
+        "read again, not served from memory"
+    );
+}
+
 async fn keys_read_across_handles_and_reopen(backend: Backend) {
     let store = open(backend.location()).await;
     let mut all = BTreeSet::new();
@@ -967,6 +1005,7 @@ macro_rules! contract_suite {
                 lost_seal_response_is_recovered,
                 corrupt_objects_are_reported,
                 compaction_bounds_the_cost_of_a_load,
+                an_index_generation_written_again_is_read_again,
                 keys_read_across_handles_and_reopen,
             );
         }

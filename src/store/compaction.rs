@@ -224,7 +224,9 @@ impl CheckpointStore {
             });
         }
 
-        let objects_deleted = self.delete_superseded(&index, state.index.as_ref()).await?;
+        let objects_deleted = self
+            .delete_superseded(&index, state.index.as_deref())
+            .await?;
         let (intents_pruned, compacted_sequence) = self.prune_commit_intents(&index).await?;
         let acceptances_pruned = match compacted_sequence {
             Some(sequence) => self.prune_acceptances_below(sequence).await?,

@@ -69,6 +69,8 @@ struct Inner {
     location: StoreLocation,
     layout: Layout,
     key_schema: KeySchema,
+    /// The index generation this handle decoded last (see [`state::IndexCache`]).
+    index_cache: state::IndexCache,
 }
 
 impl CheckpointStore {
@@ -121,6 +123,7 @@ impl CheckpointStore {
                 location,
                 layout,
                 key_schema,
+                index_cache: state::IndexCache::default(),
             }),
         }
     }

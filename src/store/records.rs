@@ -471,11 +471,15 @@ pub(crate) fn encode<T: Serialize>(kind: ObjectKind, path: &str, record: &T) -> 
 /// Decodes a record, checking its format version first so that a newer store is
 /// reported as such rather than as corrupt.
 pub(crate) fn decode<T: DeserializeOwned>(kind: ObjectKind, path: &str, bytes: &[u8]) -> Result<T> {
-    let value: serde_json::Value =
+    /// Only the version: the rest of the document is skipped, not built.
+    #[derive(Deserialize)]
+    struct Versioned {
+        format_version: Option<u64>,
+    }
+    let versioned: Versioned =
         serde_json::from_slice(bytes).map_err(|e| Error::corrupt(kind, path, e))?;
-    let version = value
-        .get("format_version")
-        .and_then(|v| v.as_u64())
+    let version = versioned
+        .format_version
         .ok_or_else(|| Error::corrupt(kind, path, "no format_version field"))?;
     if !(MIN_FORMAT_VERSION as u64..=FORMAT_VERSION as u64).contains(&version) {
         return Err(Error::UnsupportedFormatVersion {
@@ -486,5 +490,5 @@ pub(crate) fn decode<T: DeserializeOwned>(kind: ObjectKind, path: &str, bytes: &
             max: FORMAT_VERSION,
         });
     }
-    serde_json::from_value(value).map_err(|e| Error::corrupt(kind, path, e))
+    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(kind, path, e))
 }

@@ -41,7 +41,7 @@ impl CheckpointStore {
             .filter_map(|m| Layout::id_of_marker(&m.location))
             .collect();
         if let Some(index) = self.current_index().await? {
-            finished.extend(index.checkpoints);
+            finished.extend(index.checkpoints.iter().copied());
         }
         let mut unsealed = Vec::new();
         for (id, paths) in staged {

@@ -4,9 +4,14 @@
 //! Cost of a load: four LISTs (`forgotten/`, `sealed/`, `committed/`,
 //! `index/`), one GET of the current index, and one GET per sealed checkpoint
 //! that is not compacted yet (and per forgotten commit, when there are any).
-//! It does not grow with the number of compacted checkpoints.
+//! The index document lists every compacted checkpoint, so it grows with
+//! history; a store handle decodes each generation once and serves later
+//! loads from memory.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use object_store::ObjectMeta;
 
 use super::layout::Layout;
 use super::records::{self, CheckpointId, IndexGeneration, KeyFileRef, Manifest};
@@ -40,7 +45,7 @@ pub struct CheckpointSummary {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreState {
     /// The current compacted index, if the store was ever compacted.
-    pub index: Option<IndexGeneration>,
+    pub index: Option<Arc<IndexGeneration>>,
     /// Sealed checkpoints outside the index, in id order, but for those
     /// of forgotten commits.
     pub checkpoints: Vec<CheckpointSummary>,
@@ -169,25 +174,74 @@ impl CheckpointStore {
         }))
     }
 
-    /// The highest index generation, if any.
-    pub(super) async fn current_index(&self) -> Result<Option<IndexGeneration>> {
+    /// The highest index generation, if any. Decoded once per handle and
+    /// generation: a run loads the state several times, and the index grows
+    /// with history.
+    pub(super) async fn current_index(&self) -> Result<Option<Arc<IndexGeneration>>> {
         let store = self.object_store();
         let listed = io::list(store, &self.layout().index_dir()).await?;
-        let Some(generation) = listed
-            .iter()
-            .filter_map(|m| Layout::generation_of(&m.location))
-            .max()
+        let Some((generation, meta)) = listed
+            .into_iter()
+            .filter_map(|m| Layout::generation_of(&m.location).map(|g| (g, m)))
+            .max_by_key(|(generation, _)| *generation)
         else {
             return Ok(None);
         };
+        let cache = &self.inner.index_cache;
+        if let Some(index) = cache.get(&meta) {
+            return Ok(Some(index));
+        }
         let path = self.layout().index(generation);
         let bytes = io::get(store, &path).await?;
         let index: IndexGeneration = records::decode(ObjectKind::Index, path.as_ref(), &bytes)?;
+        let index = Arc::new(index);
+        cache.put(&meta, Arc::clone(&index));
         Ok(Some(index))
     }
 }
 
-fn marker_ids(listed: Vec<object_store::ObjectMeta>) -> BTreeSet<CheckpointId> {
+/// The last index generation a store handle decoded, with the identity of
+/// the object it came from. Generations are written once (put-if-absent), so
+/// an object listed again with the same location, size and ETag holds the
+/// same generation; a store wiped and made again gives new ETags. Objects
+/// listed without an ETag are never served from the cache.
+#[derive(Debug, Default)]
+pub(super) struct IndexCache {
+    last: Mutex<Option<CachedIndex>>,
+}
+
+#[derive(Debug)]
+struct CachedIndex {
+    location: object_store::path::Path,
+    size: u64,
+    e_tag: String,
+    index: Arc<IndexGeneration>,
+}
+
+impl IndexCache {
+    fn get(&self, meta: &ObjectMeta) -> Option<Arc<IndexGeneration>> {
+        let e_tag = meta.e_tag.as_deref()?;
+        let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        last.as_ref()
+            .filter(|c| c.location == meta.location && c.size == meta.size && c.e_tag == e_tag)
+            .map(|c| Arc::clone(&c.index))
+    }
+
+    fn put(&self, meta: &ObjectMeta, index: Arc<IndexGeneration>) {
+        let Some(e_tag) = meta.e_tag.clone() else {
+            return;
+        };
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        *last = Some(CachedIndex {
+            location: meta.location.clone(),
+            size: meta.size,
+            e_tag,
+            index,
+        });
+    }
+}
+
+fn marker_ids(listed: Vec<ObjectMeta>) -> BTreeSet<CheckpointId> {
     listed
         .iter()
         .filter_map(|m| Layout::id_of_marker(&m.location))
