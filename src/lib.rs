@@ -37,6 +37,7 @@ pub mod error;
 pub mod filter;
 pub mod gc;
 pub mod pipeline;
+pub mod plan;
 pub mod read;
 pub mod redact;
 pub mod source;

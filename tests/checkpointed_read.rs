@@ -12,10 +12,13 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Int32Array, Int64Array, StringArray};
 use arrow::record_batch::RecordBatch;
 use arrow_schema::DataType;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
 use support::Backend;
+use tidemark::plan::UnprocessedTable;
 use tidemark::read::{CheckpointedRead, DuplicatePolicy, FilterMode, ReadOptions, ReadStats};
 use tidemark::source::{ParquetSource, ParquetSourceOptions, Source};
 use tidemark::store::{CheckpointStore, KeyColumn, KeySchema, StoreLocation};
@@ -759,6 +762,94 @@ async fn globs_and_lists_of_urls(f: Fixture) {
     assert!(err.to_string().contains("no Parquet files"), "{err}");
 }
 
+/// The unprocessed rows as a DataFusion table: a query sees exactly the rows a
+/// run would process (checkpointed keys and repeats left out, every column's
+/// values intact), `EXPLAIN` shows the checkpointed scan, and querying stages
+/// nothing, so the run that follows processes the same rows.
+async fn the_unprocessed_table_answers_queries_and_stages_nothing(f: Fixture) {
+    let store = f.store(int_keys()).await;
+    f.write("a.parquet", &int_batch(&some(0..700))).await;
+    f.run(&store).await;
+    let mut grown = some(650..1000);
+    grown.push(Some(999));
+    f.write("b.parquet", &int_batch(&grown)).await;
+
+    let context = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+    let table = UnprocessedTable::new(
+        store.clone(),
+        f.source().await,
+        f.options(DuplicatePolicy::KeepFirst),
+    )
+    .unwrap();
+    context.register_table("source", Arc::new(table)).unwrap();
+    let text = |batches: &[RecordBatch]| pretty_format_batches(batches).unwrap().to_string();
+    let query = |sql: &'static str| {
+        let context = context.clone();
+        async move { context.sql(sql).await.unwrap().collect().await.unwrap() }
+    };
+
+    let counted = query("SELECT count(*) AS n, min(id) AS low, max(id) AS high FROM source").await;
+    assert_eq!(
+        text(&counted),
+        "+-----+-----+------+\n\
+         | n   | low | high |\n\
+         +-----+-----+------+\n\
+         | 300 | 700 | 999  |\n\
+         +-----+-----+------+"
+    );
+    let rows = query("SELECT payload, id FROM source WHERE id % 100 = 0 ORDER BY id").await;
+    assert_eq!(
+        text(&rows),
+        "+----------------------+-----+\n\
+         | payload              | id  |\n\
+         +----------------------+-----+\n\
+         | payload of Some(700) | 700 |\n\
+         | payload of Some(800) | 800 |\n\
+         | payload of Some(900) | 900 |\n\
+         +----------------------+-----+"
+    );
+
+    let explained = query("EXPLAIN SELECT payload FROM source WHERE id > 900").await;
+    let physical = explained[0]
+        .column_by_name("plan")
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .value(1)
+        .to_string();
+    assert_eq!(
+        physical,
+        "FilterExec: id@0 > 900, projection=[payload@1]\n  \
+         CheckpointedScanExec: keys=[id], units=2, projection=[id, payload], duplicates=KeepFirst\n"
+    );
+    let analyzed = text(&query("EXPLAIN ANALYZE SELECT id FROM source").await);
+    for metric in [
+        "rows_read=1.05 K",
+        "rows_skipped=750",
+        "duplicates_dropped=1",
+        "checkpointed_keys=700",
+    ] {
+        assert!(analyzed.contains(metric), "{metric} in {analyzed}");
+    }
+
+    // A source without the store's key column is refused before any query.
+    let other_keys = KeySchema::single("doc", DataType::Utf8).unwrap();
+    let other = CheckpointStore::open("memory://", &HashMap::new(), other_keys)
+        .await
+        .unwrap();
+    let refused = UnprocessedTable::new(other, f.source().await, ReadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("doc"), "{refused}");
+
+    // Nothing was staged: the run processes the rows the queries saw.
+    let (batches, _) = f.run(&store).await;
+    assert_eq!(ids(&batches), some(700..1000));
+    let counted = query("SELECT count(*) AS n FROM source").await;
+    assert_eq!(text(&counted), "+---+\n| n |\n+---+\n| 0 |\n+---+");
+}
+
 macro_rules! read_suite {
     ($name:ident, $backend:expr, $budget:expr) => {
         mod $name {
@@ -775,6 +866,7 @@ macro_rules! read_suite {
                 bad_key_columns_fail_before_any_row,
                 filtered_rows_count_as_processed_and_crashed_runs_do_not,
                 globs_and_lists_of_urls,
+                the_unprocessed_table_answers_queries_and_stages_nothing,
             );
         }
     };

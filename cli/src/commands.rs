@@ -1,13 +1,17 @@
 //! The subcommands.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
+use datafusion::execution::context::{SQLOptions, SessionContext};
 use indicatif::{ProgressBar, ProgressStyle};
 use text::format_status;
 use tidemark::commit::{Committer, Lineage, LostCommitsPolicy};
 use tidemark::pipeline::{CheckpointPolicy, Pipeline, Progress};
+use tidemark::plan::UnprocessedTable;
 use tidemark::read::ReadOptions;
 use tidemark::source::{Shard, Source, UnionSource};
 use tidemark::sql::SqlTransform;
@@ -17,7 +21,10 @@ use tidemark_iceberg::SnapshotExpiry;
 
 use crate::shown::say;
 use crate::targets::{open_source, parse_location, parse_table, AnySink, TableUrl};
-use crate::{AdoptArgs, CliError, CompactArgs, GcArgs, RunArgs, StatusArgs, StoreArgs, VerifyArgs};
+use crate::{
+    AdoptArgs, CliError, CompactArgs, GcArgs, PendingArgs, RunArgs, StatusArgs, StoreArgs,
+    VerifyArgs,
+};
 
 /// Exit code of `status` when work is pending (unsealed, uncommitted or orphans).
 const EXIT_PENDING: u8 = 3;
@@ -26,15 +33,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     // Names and URLs are checked before anything is opened or written.
     parse_table(&args.target.sink)?;
     let options = args.target.store.options();
-    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
-    for text in &args.source {
-        sources.push(open_source(text, &options).await?);
-    }
-    let source: Arc<dyn Source> = if sources.len() == 1 {
-        sources.remove(0)
-    } else {
-        Arc::new(UnionSource::new(sources)?)
-    };
+    let source = open_sources(&args.source, &options).await?;
     let schema = source.schema();
     let key_names: Vec<&str> = args.key.iter().map(String::as_str).collect();
     let keys = KeySchema::from_source(&schema, &key_names)?;
@@ -409,6 +408,69 @@ pub(crate) async fn compact(args: CompactArgs) -> Result<ExitCode, CliError> {
             say!("expired {expired} snapshot(s) of the table");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One source, or the union of several.
+async fn open_sources(
+    urls: &[String],
+    options: &HashMap<String, String>,
+) -> Result<Arc<dyn Source>, CliError> {
+    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+    for text in urls {
+        sources.push(open_source(text, options).await?);
+    }
+    Ok(if sources.len() == 1 {
+        sources.remove(0)
+    } else {
+        Arc::new(UnionSource::new(sources)?)
+    })
+}
+
+/// The query `pending` answers when given none.
+const PENDING_COUNT: &str = "SELECT count(*) AS unprocessed_rows FROM unprocessed";
+
+pub(crate) async fn pending(args: PendingArgs) -> Result<ExitCode, CliError> {
+    let options = args.store.options();
+    let source = open_sources(&args.source, &options).await?;
+    let store = open_store(&args.store, None).await?;
+    let table = UnprocessedTable::new(
+        store,
+        source,
+        ReadOptions {
+            memory_budget_bytes: args.memory_mib << 20,
+            ..Default::default()
+        },
+    )?;
+    let context = SessionContext::new();
+    let query_error = |what: &str, source| CliError::Query {
+        what: what.to_string(),
+        source: Box::new(source),
+    };
+    context
+        .register_table("unprocessed", Arc::new(table))
+        .map_err(|e| query_error("registering the table `unprocessed`", e))?;
+    let sql = args.sql.as_deref().unwrap_or(PENDING_COUNT);
+    let read_only = SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false);
+    let frame = context
+        .sql_with_options(sql, read_only)
+        .await
+        .map_err(|e| query_error("planning the query", e))?;
+    let schema = Arc::clone(frame.schema().inner());
+    let batches = frame
+        .collect()
+        .await
+        .map_err(|e| query_error("running the query", e))?;
+    let shown = pretty_format_batches_with_schema(schema, &batches).map_err(|e| {
+        query_error(
+            "printing the answer",
+            datafusion::error::DataFusionError::ArrowError(Box::new(e), None),
+        )
+    })?;
+    println!("{shown}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -35,6 +35,15 @@ pub(crate) enum CliError {
         #[source]
         source: Box<iceberg::Error>,
     },
+    /// A query of `pending --sql` failed.
+    #[error("{what}: {source}")]
+    Query {
+        /// What the command was doing.
+        what: String,
+        /// The error.
+        #[source]
+        source: Box<datafusion::error::DataFusionError>,
+    },
     /// The deltalake crate failed.
     #[error("{what}: {source}")]
     Delta {
@@ -100,6 +109,28 @@ enum Command {
     /// that runs do not process them again (a table written before tidemark,
     /// or by another tool). Reads only the key columns; memory stays bounded.
     Adopt(AdoptArgs),
+    /// Shows the rows of a source that the next run would process (their key
+    /// is in no sealed checkpoint), staging nothing: their count, or the
+    /// answer of a SQL query over them, registered as `unprocessed`.
+    Pending(PendingArgs),
+}
+
+#[derive(Debug, Args)]
+struct PendingArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// A source (repeat for the union of several), as for `run`.
+    #[arg(long, required = true)]
+    source: Vec<String>,
+    /// A read-only query over the table `unprocessed` (default:
+    /// `SELECT count(*) AS unprocessed_rows FROM unprocessed`). Any query
+    /// DataFusion runs: aggregates, ORDER BY, LIMIT. DDL, DML and SET are
+    /// refused.
+    #[arg(long)]
+    sql: Option<String>,
+    /// Memory budget of the key filter in MiB; above it keys spill to disk.
+    #[arg(long, default_value_t = 1024)]
+    memory_mib: usize,
 }
 
 #[derive(Debug, Args)]
@@ -369,6 +400,7 @@ fn main() -> ExitCode {
             Command::Verify(args) => commands::verify(args).await,
             Command::Adopt(args) => commands::adopt(args).await,
             Command::Compact(args) => commands::compact(args).await,
+            Command::Pending(args) => commands::pending(args).await,
         }
     });
     match result {

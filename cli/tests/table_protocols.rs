@@ -1732,6 +1732,90 @@ fn sql_transforms_land_once_in_both_formats() {
     }
 }
 
+/// `pending` answers from the rows the next run would process: their count
+/// by default, any read-only query with `--sql`. It stages nothing, so the
+/// run after it processes the rows it counted; DDL and DML are refused.
+#[test]
+fn pending_shows_what_the_next_run_processes() {
+    let lake = Lake::new();
+    let sink = format!("delta+file://{}", lake.p("t"));
+    let src = lake.source(
+        "src",
+        "pa.table({'id': pa.array([1, 2, 3], pa.int64()), 'text': ['a', 'b', 'c']})",
+    );
+    let store = lake.p("store");
+    let pending = |sql: Option<&str>| {
+        let mut args = vec!["pending", "--store", &store, "--source", &src];
+        args.extend(sql.map(|sql| ["--sql", sql]).into_iter().flatten());
+        tidemark(&args)
+    };
+    let missing = failed(pending(None), "pending before any run");
+    assert!(
+        missing.contains("no tidemark checkpoint store"),
+        "{missing}"
+    );
+    succeeded(
+        lake.run(&[&src], &sink, &["--key", "id", "--create"]),
+        "the first run",
+    );
+    let count = |out: String| -> String {
+        out.lines()
+            .find_map(|line| {
+                let cell = line.strip_prefix("| ")?.split_whitespace().next()?;
+                cell.parse::<u64>().ok().map(|_| cell.to_string())
+            })
+            .unwrap_or_else(|| panic!("no count in {out}"))
+    };
+    assert_eq!(
+        count(succeeded(pending(None), "pending after the run")),
+        "0"
+    );
+
+    // Key 3 again, two new keys, and key 5 twice (the first row is kept).
+    lake.source(
+        "src",
+        "pa.table({'id': pa.array([3, 4, 5, 5], pa.int64()), 'text': ['c', 'd', 'e', 'e again']})",
+    );
+    assert_eq!(
+        count(succeeded(pending(None), "pending over the grown source")),
+        "2"
+    );
+    let listed = succeeded(
+        pending(Some(
+            "SELECT id, upper(text) AS text FROM unprocessed ORDER BY id DESC",
+        )),
+        "a query of the unprocessed rows",
+    );
+    assert_eq!(
+        listed.trim(),
+        "+----+------+\n\
+         | id | text |\n\
+         +----+------+\n\
+         | 5  | E    |\n\
+         | 4  | D    |\n\
+         +----+------+"
+    );
+    let refused = failed(pending(Some("DROP TABLE unprocessed")), "DDL");
+    assert!(refused.contains("DDL"), "{refused}");
+
+    let out = succeeded(
+        lake.run(&[&src], &sink, &["--key", "id"]),
+        "the run after pending",
+    );
+    assert!(out.contains("wrote 2 rows"), "{out}");
+    assert_eq!(
+        count(succeeded(pending(None), "pending after the second run")),
+        "0"
+    );
+    assert_eq!(
+        delta_rows(&lake.p("t"), "id,text"),
+        expected((1..=5).map(|id| {
+            let text = ["a", "b", "c", "d", "e"][id - 1];
+            format!("{{'id': {id}, 'text': '{text}'}}")
+        }))
+    );
+}
+
 /// A table rolled back (pyiceberg) or restored (deltalake-py, then vacuumed)
 /// to before day 2's commit: `run --reprocess-lost-commits` forgets day 2's
 /// keys, reads those rows again and commits them anew. The readers see every

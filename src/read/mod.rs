@@ -375,6 +375,24 @@ impl CheckpointedRead {
         &mut self,
         writer: &mut CheckpointWriter,
     ) -> Result<Option<RecordBatch>> {
+        let Some((batch, keys)) = self.next_passed().await? else {
+            return Ok(None);
+        };
+        writer.buffer_keys(&keys).await?;
+        Ok(Some(batch))
+    }
+
+    /// The next batch of rows whose key is not checkpointed, staging nothing:
+    /// what a run would process, for a look before it
+    /// ([`UnprocessedTable`](crate::plan::UnprocessedTable)). Rows read this
+    /// way stay unprocessed. Not public: the units it finishes must never be
+    /// recorded in a checkpoint, since none of their keys were staged.
+    pub(crate) async fn next_unstaged_batch(&mut self) -> Result<Option<RecordBatch>> {
+        Ok(self.next_passed().await?.map(|(batch, _)| batch))
+    }
+
+    /// The next batch that passes the filter, with its key columns.
+    async fn next_passed(&mut self) -> Result<Option<(RecordBatch, Vec<ArrayRef>)>> {
         while let Some(item) = self.batches.next().await {
             let (unit, probed) = item?;
             if let Some(previous) = self.current_unit.replace(unit) {
@@ -405,14 +423,14 @@ impl CheckpointedRead {
                     context: "selecting the keys of passed rows",
                     source,
                 })?;
-            writer.buffer_keys(&passed_keys).await?;
-            return Ok(Some(match &self.output_columns {
+            let returned = match &self.output_columns {
                 Some(indices) => passed.project(indices).map_err(|source| Error::Arrow {
                     context: "projecting returned columns",
                     source,
                 })?,
                 None => passed,
-            }));
+            };
+            return Ok(Some((returned, passed_keys)));
         }
         if let Some(last) = self.current_unit.take() {
             self.finish_unit(last);
