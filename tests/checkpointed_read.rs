@@ -18,7 +18,7 @@ use object_store::path::Path;
 use object_store::ObjectStoreExt;
 use parquet::arrow::ArrowWriter;
 use support::Backend;
-use tidemark::plan::UnprocessedTable;
+use tidemark::plan::{CheckpointedScanExec, UnprocessedTable};
 use tidemark::read::{CheckpointedRead, DuplicatePolicy, FilterMode, ReadOptions, ReadStats};
 use tidemark::source::{ParquetSource, ParquetSourceOptions, Source};
 use tidemark::store::{CheckpointStore, KeyColumn, KeySchema, StoreLocation};
@@ -823,6 +823,19 @@ async fn the_unprocessed_table_answers_queries_and_stages_nothing(f: Fixture) {
         "FilterExec: id@0 > 900, projection=[payload@1]\n  \
          CheckpointedScanExec: keys=[id], units=2, projection=[id, payload], duplicates=KeepFirst\n"
     );
+    // The plan's leaf is the checkpointed scan, under its own name.
+    let mut leaf = context
+        .sql("SELECT id FROM source")
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    while let Some(child) = leaf.children().first().map(|c| Arc::clone(c)) {
+        leaf = child;
+    }
+    assert_eq!(leaf.name(), "CheckpointedScanExec");
+    assert!(leaf.as_any().is::<CheckpointedScanExec>());
     let analyzed = text(&query("EXPLAIN ANALYZE SELECT id FROM source").await);
     for metric in [
         "rows_read=1.05 K",
