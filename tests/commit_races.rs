@@ -719,6 +719,77 @@ async fn a_rolled_back_commit_is_reprocessed() {
         .unwrap();
 }
 
+/// Compaction deletes a forgotten commit's record only once a commit made
+/// after the forgetting has landed, and not while one of its checkpoints has
+/// orphans that gc has not collected (their in-flight records are the only
+/// trace of those files).
+#[tokio::test]
+async fn forgotten_records_wait_for_a_later_commit_and_for_gc() {
+    let (_inner, store) = memory_store().await;
+    let table = MemoryTable::default();
+    let committer = Committer::new(store.clone(), table.clone(), "races");
+    seal(&store, vec![0], "data/0.parquet").await;
+    committer.commit_pending().await.unwrap();
+    // Commit 2's checkpoint began a data file that it never staged.
+    let mut writer = store.begin().await.unwrap();
+    writer
+        .stage_keys(&[Arc::new(Int64Array::from(vec![1])) as ArrayRef])
+        .await
+        .unwrap();
+    writer
+        .record_in_flight("data/abandoned.parquet")
+        .await
+        .unwrap();
+    writer.record_in_flight("data/1.parquet").await.unwrap();
+    writer
+        .stage_file(FileRecord {
+            path: "data/1.parquet".to_string(),
+            file_size_bytes: 100,
+            record_count: 1,
+            table_metadata: TableFileMetadata {
+                format: "test.file".into(),
+                version: 1,
+                body: serde_json::json!({ "path": "data/1.parquet" }),
+            },
+        })
+        .await
+        .unwrap();
+    let orphaned = writer.seal().await.unwrap().checkpoint_id;
+    committer.commit_pending().await.unwrap();
+    seal(&store, vec![2], "data/2.parquet").await;
+    committer.commit_pending().await.unwrap();
+    table.roll_back_to(1);
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+        .await
+        .unwrap();
+    let forgotten = |store: CheckpointStore| async move {
+        let records = store.forgotten_commits().await.unwrap();
+        records.into_iter().map(|f| f.sequence).collect::<Vec<_>>()
+    };
+    assert_eq!(forgotten(store.clone()).await, vec![2, 3]);
+
+    // Nothing was committed since the forgetting: both records stay.
+    let options = tidemark::store::CompactionOptions::default();
+    let report = store.compact(&options).await.unwrap();
+    assert_eq!(report.checkpoints_compacted, 1, "commit 1's: {report:?}");
+    assert_eq!(report.forgotten_removed, 0, "{report:?}");
+    assert_eq!(forgotten(store.clone()).await, vec![2, 3]);
+
+    // Commit 4 carries keys 1 and 2 again: commit 3's record goes, commit
+    // 2's waits for gc to collect the abandoned file.
+    seal(&store, vec![1, 2], "data/again.parquet").await;
+    committer.commit_pending().await.unwrap();
+    assert_eq!(table.marker(), Some(4));
+    let report = store.compact(&options).await.unwrap();
+    assert_eq!(report.forgotten_removed, 1, "{report:?}");
+    assert_eq!(forgotten(store.clone()).await, vec![2]);
+    assert!(
+        store.checkpoint_state(orphaned).await.is_ok(),
+        "the orphaned checkpoint is kept for gc"
+    );
+}
+
 /// A run's automatic compaction keeps the checkpoints of the latest commits
 /// out of the index (and waits for the usual number beside them), so a
 /// table that loses those commits can still have them reprocessed.

@@ -936,6 +936,43 @@ async fn compaction_bounds_the_cost_of_a_load(backend: Backend) {
     );
 }
 
+/// A compaction fence publishes the generation after the current one, a copy
+/// of it, so that a compaction planned from the current one fails to publish.
+async fn a_compaction_fence_publishes_the_next_generation(backend: Backend) {
+    let store = open(backend.location()).await;
+    let fenced = store
+        .fence_compaction()
+        .await
+        .expect("fence")
+        .expect("index");
+    assert_eq!((fenced.generation, fenced.checkpoints.len()), (1, 0));
+    let first = committed_checkpoint(&store, 0..10).await;
+    let options = CompactionOptions {
+        min_checkpoints: 1,
+        ..Default::default()
+    };
+    assert_eq!(
+        store.compact(&options).await.expect("compact").generation,
+        Some(2)
+    );
+    let fenced = store
+        .fence_compaction()
+        .await
+        .expect("fence")
+        .expect("index");
+    assert_eq!(fenced.generation, 3);
+    let index = store.load().await.expect("load").index.expect("index");
+    assert_eq!(
+        (index.generation, index.checkpoints.clone()),
+        (3, vec![first])
+    );
+    assert_eq!(index.runs, fenced.runs);
+    assert_eq!(
+        checkpointed_ids(&store).await,
+        (0..10).collect::<Vec<i64>>()
+    );
+}
+
 /// A handle keeps the index generation it decoded; an object written again at
 /// that generation's path (same size, other content) is read again.
 async fn an_index_generation_written_again_is_read_again(backend: Backend) {
@@ -1006,6 +1043,7 @@ macro_rules! contract_suite {
                 corrupt_objects_are_reported,
                 compaction_bounds_the_cost_of_a_load,
                 an_index_generation_written_again_is_read_again,
+                a_compaction_fence_publishes_the_next_generation,
                 keys_read_across_handles_and_reopen,
             );
         }
