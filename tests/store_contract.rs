@@ -563,6 +563,51 @@ async fn concurrent_claims_of_a_sequence_exactly_one_wins(backend: Backend) {
     assert!(!store.put_commit_intent(&intents[0]).await.expect("claim"));
 }
 
+/// The committed sequence is the latest intent's once its first checkpoint is
+/// marked committed, else the one before it: none while the first commit
+/// waits for its marks.
+async fn the_committed_sequence_follows_the_marks(backend: Backend) {
+    let store = open(backend.location()).await;
+    assert_eq!(store.committed_sequence().await.expect("sequence"), None);
+    let intent = |sequence: u64, id: CheckpointId| CommitIntent {
+        format_version: tidemark::store::FORMAT_VERSION,
+        sequence,
+        pipeline_id: "p".into(),
+        table: "t".into(),
+        checkpoints: vec![id],
+        created_at: chrono::DateTime::UNIX_EPOCH,
+    };
+    let mut marked = Vec::new();
+    for sequence in 1..=3u64 {
+        let keys = (sequence as i64) * 10;
+        let mut writer = store.begin().await.expect("begin");
+        writer
+            .stage_keys(&ids(keys..keys + 5))
+            .await
+            .expect("stage");
+        let id = writer.seal().await.expect("seal").checkpoint_id;
+        assert!(store
+            .put_commit_intent(&intent(sequence, id))
+            .await
+            .expect("claim"));
+        assert_eq!(
+            store.committed_sequence().await.expect("sequence"),
+            marked.last().copied(),
+            "commit {sequence} claimed, not marked yet"
+        );
+        store
+            .mark_committed(&[id], &serde_json::json!({ "sequence": sequence }))
+            .await
+            .expect("mark");
+        marked.push(sequence);
+        assert_eq!(
+            store.committed_sequence().await.expect("sequence"),
+            Some(sequence),
+            "commit {sequence} marked"
+        );
+    }
+}
+
 /// A lease held by a live run is refused to a second contender, and taken
 /// at once after its holder released it: what `status` calls live, and what
 /// keeps two runs of a pipeline apart.
@@ -1038,6 +1083,7 @@ macro_rules! contract_suite {
                 concurrent_sealers_exactly_one_wins,
                 the_losing_sealers_writes_are_orphans,
                 concurrent_claims_of_a_sequence_exactly_one_wins,
+                the_committed_sequence_follows_the_marks,
                 a_held_lease_is_refused_until_released,
                 lost_seal_response_is_recovered,
                 corrupt_objects_are_reported,
