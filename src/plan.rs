@@ -111,13 +111,19 @@ impl TableProvider for UnprocessedTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DataFusionResult<Arc<dyn ExecutionPlan>> {
-        let schema = self.source.schema();
-        let columns = projection.map(|indices| {
-            indices
-                .iter()
-                .filter_map(|&i| schema.fields().get(i).map(|f| f.name().clone()))
-                .collect()
-        });
+        let columns = match projection {
+            Some(indices) => {
+                let projected = self.source.schema().project(indices)?;
+                Some(
+                    projected
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone())
+                        .collect(),
+                )
+            }
+            None => None,
+        };
         let options = ReadOptions {
             projection: columns,
             ..self.options.clone()

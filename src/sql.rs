@@ -83,13 +83,8 @@ impl SqlTransform {
         context
             .register_table(SOURCE_TABLE, Arc::new(empty))
             .map_err(|e| sql_error(sql, e))?;
-        // A query only: no DDL, DML or `SET` runs while planning.
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
         let frame = context
-            .sql_with_options(sql, options)
+            .sql_with_options(sql, query_only())
             .await
             .map_err(|e| sql_error(sql, e))?;
         Self::compiled(&context, frame.into_unoptimized_plan(), source_schema, sql)
@@ -178,6 +173,15 @@ impl SqlTransform {
     pub fn output_schema(&self) -> &SchemaRef {
         &self.output_schema
     }
+}
+
+/// SQL options that allow a query only: DDL, DML and `SET` are refused
+/// before they run.
+pub fn query_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
 }
 
 /// A context with the functions and settings of `context` and catalogs of

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
-use datafusion::execution::context::{SQLOptions, SessionContext};
+use datafusion::execution::context::SessionContext;
 use indicatif::{ProgressBar, ProgressStyle};
 use text::format_status;
 use tidemark::commit::{Committer, Lineage, LostCommitsPolicy};
@@ -14,7 +14,7 @@ use tidemark::pipeline::{CheckpointPolicy, Pipeline, Progress};
 use tidemark::plan::UnprocessedTable;
 use tidemark::read::ReadOptions;
 use tidemark::source::{Shard, Source, UnionSource};
-use tidemark::sql::SqlTransform;
+use tidemark::sql::{query_only, SqlTransform};
 use tidemark::store::{CheckpointStore, CompactionOptions, KeySchema, StoreLocation};
 use tidemark::transform::Transform;
 use tidemark_iceberg::SnapshotExpiry;
@@ -451,12 +451,8 @@ pub(crate) async fn pending(args: PendingArgs) -> Result<ExitCode, CliError> {
         .register_table("unprocessed", Arc::new(table))
         .map_err(|e| query_error("registering the table `unprocessed`", e))?;
     let sql = args.sql.as_deref().unwrap_or(PENDING_COUNT);
-    let read_only = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
     let frame = context
-        .sql_with_options(sql, read_only)
+        .sql_with_options(sql, query_only())
         .await
         .map_err(|e| query_error("planning the query", e))?;
     let schema = Arc::clone(frame.schema().inner());
