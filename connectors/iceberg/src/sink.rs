@@ -15,12 +15,17 @@
 //! properties are not changed) and runs its own loop, which reloads the table
 //! and reads the marker before every attempt.
 //!
-//! Even a single attempt rebases: the transaction reloads the table when it
-//! commits and applies the append to whatever it finds. Another committer of
-//! the same pipeline landing the same files between our marker check and that
-//! reload is caught by iceberg's duplicate-file check, which this sink keeps on
-//! (it reads the current snapshot's manifests, a cost that grows with the
-//! table); the refusal is then recognised by reading the marker again.
+//! Even a single attempt loads the table again when it commits and builds the
+//! append on what it finds. The sink hands the transaction a catalog that
+//! answers that load with the table whose marker it just read
+//! (`PinnedCatalog`), so the append requires, at the catalog, that the main
+//! branch still points at the snapshot the marker was read from. Another
+//! committer of the same pipeline landing the same files in between (or any
+//! other commit) makes the catalog refuse the attempt as a conflict, and the
+//! loop reads the marker again. That requirement is what keeps files from
+//! landing twice, so iceberg's duplicate-file check, which reads every
+//! manifest of the current snapshot (a cost that grows with every commit), is
+//! off.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +42,8 @@ use tidemark::commit::{
 use tidemark::error::BoxError;
 use tidemark::gc::TableFiles;
 use tidemark::store::FileRecord;
+
+use crate::pinned::PinnedCatalog;
 
 use crate::writer::{IcebergWriter, IcebergWriterOptions};
 use crate::{record_to_data_file, recorded_spec_id, Error, Result};
@@ -197,6 +204,8 @@ impl IcebergSink {
             let tx = Transaction::new(&base);
             let tx = tx
                 .fast_append()
+                // The pinned base below guards against files landing twice.
+                .with_check_duplicate(false)
                 .add_data_files(files)
                 .set_snapshot_properties(summary.clone())
                 .apply(tx)
@@ -206,7 +215,8 @@ impl IcebergSink {
                 .set(key.clone(), request.sequence.to_string())
                 .apply(tx)
                 .map_err(|e| self.error("preparing the marker", e))?;
-            match tx.commit(self.catalog.as_ref()).await {
+            let pinned = PinnedCatalog::new(self.catalog.as_ref(), table.clone());
+            match tx.commit(&pinned).await {
                 Ok(table) => {
                     return Ok(CommitOutcome {
                         applied: true,
@@ -218,10 +228,9 @@ impl IcebergSink {
                     last_error = e.to_string();
                 }
                 Err(e) => {
-                    // The transaction rebases onto the table it reloads at
-                    // commit time; if another committer of this pipeline landed
-                    // the same files in between, the duplicate-file check
-                    // refuses them. Tell that apart from a real error.
+                    // Whatever the error, the commit may have landed before
+                    // it (a catalog that applied it and then failed): tell
+                    // that apart from a real error by the marker.
                     let table = self.load().await?;
                     if marker(&table, &request.pipeline_id)?.is_some_and(|m| m >= request.sequence)
                     {

@@ -11,7 +11,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
@@ -27,7 +27,7 @@ use iceberg::{
 use iceberg_catalog_rest::{RestCatalogBuilder, REST_CATALOG_PROP_URI};
 use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
 use support::{assert_rows, region, Backend, BoundedOutput, Fault};
-use tidemark::commit::Committer;
+use tidemark::commit::{CommitRequest, CommitSink, Committer};
 use tidemark::store::{CheckpointId, CheckpointStore, KeySchema};
 use tidemark_iceberg::sink::marker_property;
 use tidemark_iceberg::{IcebergSink, IcebergWriterOptions, ObjectStorageFactory};
@@ -195,8 +195,30 @@ impl Fixture {
             inner: self.catalog().await,
             fault: Mutex::new(Some(fault)),
             dead: AtomicBool::new(false),
+            rival: tokio::sync::Mutex::new(None),
+            loads: AtomicUsize::new(0),
         });
         IcebergSink::open(catalog, self.ident()).await.unwrap()
+    }
+
+    /// A sink whose commit a rival beats: `rival` commits `request` after the
+    /// sink first reads the table (its marker check), on the next load of the
+    /// table or the first commit that reaches this catalog, whichever comes first.
+    async fn sink_beaten_by(&self, rival: IcebergSink, request: CommitRequest) -> IcebergSink {
+        let catalog = Arc::new(FaultyCatalog {
+            inner: self.catalog().await,
+            fault: Mutex::new(None),
+            dead: AtomicBool::new(false),
+            rival: tokio::sync::Mutex::new(None),
+            loads: AtomicUsize::new(0),
+        });
+        let sink = IcebergSink::open(catalog.clone(), self.ident())
+            .await
+            .unwrap();
+        // Armed once the sink is open (opening loads the table too).
+        *catalog.rival.lock().await = Some((rival, request));
+        catalog.loads.store(0, Ordering::SeqCst);
+        sink
     }
 
     async fn store(&self) -> CheckpointStore {
@@ -420,6 +442,37 @@ async fn a_lost_commit_response_is_recognised_not_applied_again() {
             !report.commits[0].applied_now,
             "{db:?}: recognised by the marker"
         );
+        let seen = fixture.read();
+        assert_eq!(seen.marker, Some(1), "{db:?}");
+        seen.assert_each_once(range(0, 300));
+    }
+}
+
+/// Two committers of one commit (a stalled one and the run that took over,
+/// say): the rival lands the files after this committer read the marker and
+/// before its commit reaches the catalog, or while iceberg's transaction
+/// reloads the table to build the append. The commit is refused as a
+/// conflict (its base is the snapshot the marker was read from), the marker is
+/// read again, and the files are in the table once.
+#[tokio::test]
+async fn a_rival_landing_after_the_marker_check_is_not_appended_again() {
+    for db in [Db::Sqlite, Db::Postgres, Db::Rest] {
+        let fixture = Fixture::on(db, Backend::local()).await;
+        let store = fixture.store().await;
+        let checkpoint = process(&store, &fixture.sink().await, &range(0, 300)).await;
+        let state = store.load().await.unwrap();
+        let files = state.pending_commit()[0].files.clone();
+        let request = CommitRequest {
+            pipeline_id: PIPELINE.into(),
+            sequence: 1,
+            checkpoints: vec![checkpoint],
+            files,
+        };
+        let sink = fixture
+            .sink_beaten_by(fixture.sink().await, request.clone())
+            .await;
+        let outcome = sink.commit(&request).await.unwrap();
+        assert!(!outcome.applied, "{db:?}: the rival's commit is recognised");
         let seen = fixture.read();
         assert_eq!(seen.marker, Some(1), "{db:?}");
         seen.assert_each_once(range(0, 300));
@@ -679,6 +732,10 @@ struct FaultyCatalog {
     inner: Arc<dyn Catalog>,
     fault: Mutex<Option<Fault>>,
     dead: AtomicBool,
+    /// A rival committer, and what it commits, before the second load of a
+    /// table or the first commit.
+    rival: tokio::sync::Mutex<Option<(IcebergSink, CommitRequest)>>,
+    loads: AtomicUsize,
 }
 
 impl std::fmt::Debug for FaultyCatalog {
@@ -697,6 +754,14 @@ impl FaultyCatalog {
             return Err(injected());
         }
         Ok(())
+    }
+
+    /// Lets the rival commit, once.
+    async fn let_the_rival_land(&self) {
+        if let Some((sink, request)) = self.rival.lock().await.take() {
+            let outcome = sink.commit(&request).await.unwrap();
+            assert!(outcome.applied, "the rival lands first");
+        }
     }
 }
 
@@ -751,6 +816,9 @@ impl Catalog for FaultyCatalog {
     }
     async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
         self.alive()?;
+        if self.loads.fetch_add(1, Ordering::SeqCst) == 1 {
+            self.let_the_rival_land().await;
+        }
         self.inner.load_table(table).await
     }
     async fn drop_table(&self, table: &TableIdent) -> iceberg::Result<()> {
@@ -779,6 +847,7 @@ impl Catalog for FaultyCatalog {
     }
     async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
         self.alive()?;
+        self.let_the_rival_land().await;
         let fault = self.fault.lock().unwrap().take();
         match fault {
             None => self.inner.update_table(commit).await,
