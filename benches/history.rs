@@ -5,6 +5,7 @@
 //! cargo bench --bench history -- [--marks 10,100,1000] [--rows 1000]
 //!     [--window 9] [--sinks delta,iceberg] [--data DIR]
 //!     [--delta-log-retention 'interval 0 seconds'] [--from N]
+//!     [--iceberg-expire-every N]
 //! ```
 //!
 //! Each run reads a source folder of its own holding `--rows` new documents
@@ -29,6 +30,11 @@
 //! `delta.logRetentionDuration` after its first run, to see a log that time
 //! would have cleaned up.
 //!
+//! `--iceberg-expire-every N` expires, after every `N`th run, the Iceberg
+//! table's snapshots but the latest `N` (as a daily `tidemark compact
+//! --expire-snapshots-older-than-hours 24` does for hourly runs), so that its
+//! metadata file stops growing; the expiry is not counted in any run's time.
+//!
 //! `--from N` keeps the table and the store of an earlier invocation (same
 //! `--data`) that made `N` runs, and goes on from run `N + 1`: a change to
 //! the run can be measured at 10,000 runs without making them again. Copy
@@ -49,7 +55,7 @@ use tidemark::gc::TableFiles;
 use tidemark::pipeline::{DataWriter, Pipeline, RunReport};
 use tidemark::transform::Transform;
 use tidemark_delta::DeltaWriterOptions;
-use tidemark_iceberg::{IcebergSink, IcebergWriterOptions};
+use tidemark_iceberg::{IcebergSink, IcebergWriterOptions, SnapshotExpiry};
 
 fn main() {
     let args = BenchArgs::from_env();
@@ -66,6 +72,9 @@ fn main() {
     // `delta.logRetentionDuration` of the Delta table (for example `interval
     // 0 seconds`): a log that real time between runs would have cleaned up.
     let delta_log_retention = flag("--delta-log-retention", "");
+    // Every this many runs, the Iceberg table's snapshots but the latest this
+    // many expire (0: never).
+    let iceberg_expire_every: usize = flag("--iceberg-expire-every", "0").parse().unwrap();
     let runs = *marks.last().expect("--marks names at least one mark");
     // Runs an earlier invocation made, whose table and store are kept.
     let from: usize = flag("--from", "0").parse().unwrap();
@@ -115,6 +124,12 @@ fn main() {
             assert_eq!(report.rows_written, rows, "{sink} run {run}");
             if run == 0 && sink == "delta" && !delta_log_retention.is_empty() {
                 runtime.block_on(set_log_retention(&work, &delta_log_retention));
+            }
+            if sink == "iceberg"
+                && iceberg_expire_every > 0
+                && (run + 1) % iceberg_expire_every == 0
+            {
+                runtime.block_on(expire_snapshots(&work, iceberg_expire_every));
             }
             if from == 0 && ((run + 1) % 100 == 0 || run + 1 == runs) {
                 let csv: String = seconds.iter().map(|s| format!("{s:.6}\n")).collect();
@@ -178,6 +193,20 @@ async fn run_pipeline<S: CommitSink + TableFiles>(
         )
         .await
         .unwrap()
+}
+
+/// Expires the Iceberg table's snapshots but the latest `keep`.
+async fn expire_snapshots(work: &Path, keep: usize) {
+    let (catalog, ident) = iceberg_table(work).await;
+    IcebergSink::open(catalog, ident)
+        .await
+        .unwrap()
+        .expire_snapshots(SnapshotExpiry {
+            older_than: std::time::Duration::ZERO,
+            retain_last: keep,
+        })
+        .await
+        .unwrap();
 }
 
 /// Sets the Delta table's `delta.logRetentionDuration`.

@@ -532,6 +532,67 @@ mod tests {
         assert_eq!(filter.len() as i64, total + 10);
     }
 
+    /// Two key files at most are written in the background at once: the
+    /// third full buffer waits for the oldest. Each has an index of its own.
+    #[tokio::test]
+    async fn at_most_two_key_files_are_written_in_the_background() {
+        use arrow_array::{ArrayRef, Int64Array};
+        use std::sync::Arc;
+
+        let keys = KeySchema::single("id", DataType::Int64).unwrap();
+        let store = CheckpointStore::open("memory://", &HashMap::new(), keys)
+            .await
+            .unwrap();
+        let mut writer = store.begin().await.unwrap();
+        let full = super::KEY_FILE_ROWS as i64;
+        for file in 0..4 {
+            let keys: ArrayRef =
+                Arc::new(Int64Array::from_iter_values(file * full..(file + 1) * full));
+            writer.buffer_keys(&[keys]).await.unwrap();
+            let expected = (file as usize + 1).min(super::KEY_FILES_IN_BACKGROUND);
+            assert_eq!(writer.flushing.len(), expected, "after full buffer {file}");
+        }
+        let manifest = writer.seal().await.unwrap();
+        let paths: std::collections::BTreeSet<_> =
+            manifest.key_files.iter().map(|k| &k.path).collect();
+        assert_eq!(paths.len(), 4, "every key file has a path of its own");
+        assert!(manifest
+            .key_files
+            .iter()
+            .all(|k| k.row_count == full as u64));
+    }
+
+    /// A writer dropped unsealed stops the key files it was still writing:
+    /// nothing of it lands afterwards. (On this one-thread runtime a task
+    /// spawned by `buffer_keys` has not run when the writer is dropped.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_writer_writes_no_key_file_after_it() {
+        use arrow_array::{ArrayRef, Int64Array};
+        use std::sync::Arc;
+
+        let keys = KeySchema::single("id", DataType::Int64).unwrap();
+        let store = CheckpointStore::open("memory://", &HashMap::new(), keys)
+            .await
+            .unwrap();
+        let mut writer = store.begin().await.unwrap();
+        let keys: ArrayRef = Arc::new(Int64Array::from_iter_values(0..super::KEY_FILE_ROWS as i64));
+        writer.buffer_keys(&[keys]).await.unwrap();
+        assert_eq!(writer.flushing.len(), 1, "a key file is being written");
+        drop(writer);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let staged = super::io::list(store.object_store(), &store.layout().staging_dir())
+            .await
+            .unwrap();
+        let key_files: Vec<_> = staged
+            .iter()
+            .filter(|m| m.location.as_ref().contains("/keys/"))
+            .collect();
+        assert!(key_files.is_empty(), "{key_files:?}");
+    }
+
     #[tokio::test]
     async fn files_below_a_recorded_prefix_can_be_staged() {
         let keys = KeySchema::single("id", DataType::Int64).unwrap();
@@ -559,8 +620,16 @@ mod tests {
             .stage_file(record("s3://b/t/data/tm-10/part-0.parquet"))
             .await;
         assert!(matches!(outside, Err(Error::NotInFlight { .. })));
+        let staged = record("s3://b/t/data/tm-1/region=eu/part-0.parquet");
+        assert_eq!(writer.staged_files(), std::slice::from_ref(&staged));
+        let other = FileRecord {
+            file_size_bytes: 41,
+            ..record("s3://b/t/data/tm-1/region=us/part-0.parquet")
+        };
+        writer.stage_file(other).await.unwrap();
+        assert_eq!(writer.staged_bytes(), 42, "the sizes of both files");
         let manifest = writer.seal().await.unwrap();
-        assert_eq!(manifest.files.len(), 1);
+        assert_eq!(manifest.files.len(), 2);
         // The prefix nothing was staged under is left for garbage collection.
         assert_eq!(
             manifest.abandoned_writes,
