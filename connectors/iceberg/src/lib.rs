@@ -13,6 +13,7 @@
 //!   commit, with the pipeline's marker in a table property (see
 //!   [`tidemark::commit`]).
 
+mod merge;
 mod pinned;
 pub mod sink;
 pub mod source;

@@ -43,6 +43,7 @@ use tidemark::error::BoxError;
 use tidemark::gc::TableFiles;
 use tidemark::store::FileRecord;
 
+use crate::merge::with_merged_manifests;
 use crate::pinned::PinnedCatalog;
 
 use crate::writer::{IcebergWriter, IcebergWriterOptions};
@@ -200,8 +201,14 @@ impl IcebergSink {
                 .iter()
                 .map(|f| record_to_data_file(f, metadata.default_partition_type(), schema))
                 .collect::<Result<Vec<_>>>()?;
-            let base = without_commit_retries(&table)?;
-            let tx = Transaction::new(&base);
+            // The append's base: the table as read, with its manifests merged
+            // when there are many (in memory; see `merge`).
+            let base = with_merged_manifests(&table)
+                .await
+                .map_err(|e| self.error("merging manifests", e))?
+                .unwrap_or(table);
+            let tx_base = without_commit_retries(&base)?;
+            let tx = Transaction::new(&tx_base);
             let tx = tx
                 .fast_append()
                 // The pinned base below guards against files landing twice.
@@ -215,7 +222,7 @@ impl IcebergSink {
                 .set(key.clone(), request.sequence.to_string())
                 .apply(tx)
                 .map_err(|e| self.error("preparing the marker", e))?;
-            let pinned = PinnedCatalog::new(self.catalog.as_ref(), table.clone());
+            let pinned = PinnedCatalog::new(self.catalog.as_ref(), base);
             match tx.commit(&pinned).await {
                 Ok(table) => {
                     return Ok(CommitOutcome {

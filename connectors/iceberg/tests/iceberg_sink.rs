@@ -479,6 +479,79 @@ async fn a_rival_landing_after_the_marker_check_is_not_appended_again() {
     }
 }
 
+/// Manifests merge once the table's `commit.manifest.min-count-to-merge` is
+/// reached (2 here, 100 by default): after five commits the current snapshot
+/// names two data manifests, the merged one and the last commit's. Every data
+/// file is there once, alive, under the snapshot that added it and with that
+/// snapshot's sequence number, and both
+/// readers see every row once with its values, bounds and counts.
+#[tokio::test]
+async fn manifests_merge_at_the_table_s_count_and_every_row_stays() {
+    for db in [Db::Sqlite, Db::Rest] {
+        let fixture = Fixture::on(db, Backend::local()).await;
+        let catalog = fixture.catalog().await;
+        let table = catalog.load_table(&fixture.ident()).await.unwrap();
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .update_table_properties()
+            .set("commit.manifest.min-count-to-merge".into(), "2".into())
+            .apply(tx)
+            .unwrap();
+        tx.commit(catalog.as_ref()).await.unwrap();
+        let store = fixture.store().await;
+        let committer = Committer::new(store.clone(), fixture.sink().await, PIPELINE);
+        for run in 0..5 {
+            process(&store, committer.sink(), &range(run * 200, (run + 1) * 200)).await;
+            assert_eq!(committer.commit_pending().await.unwrap().commits.len(), 1);
+        }
+
+        let table = catalog.load_table(&fixture.ident()).await.unwrap();
+        let snapshot = table.metadata().current_snapshot().unwrap();
+        let list = table.manifest_list_reader(snapshot).load().await.unwrap();
+        assert_eq!(
+            list.entries().len(),
+            2,
+            "{db:?}: the merged manifest and the last commit's"
+        );
+        let mut paths = std::collections::BTreeSet::new();
+        let mut added_by = std::collections::BTreeSet::new();
+        for manifest in list.entries() {
+            for entry in manifest
+                .load_manifest(table.file_io())
+                .await
+                .unwrap()
+                .entries()
+            {
+                assert!(entry.is_alive(), "{db:?}");
+                assert!(
+                    paths.insert(entry.data_file().file_path().to_string()),
+                    "{db:?}: a data file listed twice"
+                );
+                let added = entry.snapshot_id().unwrap();
+                added_by.insert(added);
+                let sequence = table
+                    .metadata()
+                    .snapshot_by_id(added)
+                    .unwrap()
+                    .sequence_number();
+                assert_eq!(
+                    entry.sequence_number(),
+                    Some(sequence),
+                    "{db:?}: the sequence number of the commit that added it"
+                );
+            }
+        }
+        assert_eq!(
+            added_by.len(),
+            5,
+            "{db:?}: each commit's snapshot adds its files"
+        );
+        let seen = fixture.read();
+        assert_eq!(seen.marker, Some(5), "{db:?}");
+        seen.assert_each_once(range(0, 1_000));
+    }
+}
+
 #[tokio::test]
 async fn a_crash_at_each_commit_step_is_repaired_by_the_next_run() {
     // (step, which side dies, at which put, how, commits the repair makes,
