@@ -19,8 +19,10 @@
 //! Table properties, as Java's merge append reads them:
 //! `commit.manifest-merge.enabled` (default true) and
 //! `commit.manifest.min-count-to-merge` (default 100): the data manifests are
-//! merged once there are at least that many. Only format version 2 tables are
-//! merged.
+//! merged once there are at least that many; and
+//! `commit.manifest.target-size-bytes` (default 8 MiB): a manifest of that
+//! size or more is left as it is, so that a large merged manifest is not
+//! written again at every merge. Only format version 2 tables are merged.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +40,10 @@ pub(crate) const MERGE_ENABLED: &str = "commit.manifest-merge.enabled";
 pub(crate) const MIN_COUNT_TO_MERGE: &str = "commit.manifest.min-count-to-merge";
 /// The default of [`MIN_COUNT_TO_MERGE`].
 const MIN_COUNT_TO_MERGE_DEFAULT: usize = 100;
+/// Manifests this large or larger are not merged.
+pub(crate) const TARGET_SIZE_BYTES: &str = "commit.manifest.target-size-bytes";
+/// The default of [`TARGET_SIZE_BYTES`]: 8 MiB.
+const TARGET_SIZE_BYTES_DEFAULT: i64 = 8 << 20;
 
 /// `table` with its current snapshot's data manifests merged (in memory: its
 /// metadata names a new manifest list), or `None` when the table's
@@ -54,17 +60,14 @@ pub(crate) async fn with_merged_manifests(table: &Table) -> Result<Option<Table>
     {
         return Ok(None);
     }
-    let min_count = match properties.get(MIN_COUNT_TO_MERGE) {
-        Some(value) => value.parse::<usize>().map_err(|e| {
-            Error::new(
-                ErrorKind::DataInvalid,
-                format!("table property {MIN_COUNT_TO_MERGE}={value:?} is not a count"),
-            )
-            .with_source(e)
-        })?,
-        None => MIN_COUNT_TO_MERGE_DEFAULT,
-    }
+    let min_count = usize::try_from(number_property(
+        metadata,
+        MIN_COUNT_TO_MERGE,
+        MIN_COUNT_TO_MERGE_DEFAULT as i64,
+    )?)
+    .unwrap_or(usize::MAX)
     .max(2);
+    let target_size = number_property(metadata, TARGET_SIZE_BYTES, TARGET_SIZE_BYTES_DEFAULT)?;
     let Some(snapshot) = metadata.current_snapshot() else {
         return Ok(None);
     };
@@ -72,7 +75,7 @@ pub(crate) async fn with_merged_manifests(table: &Table) -> Result<Option<Table>
     let mut by_spec: BTreeMap<i32, Vec<&ManifestFile>> = BTreeMap::new();
     let mut kept = Vec::new();
     for manifest in list.entries() {
-        if manifest.content == ManifestContentType::Data {
+        if manifest.content == ManifestContentType::Data && manifest.manifest_length < target_size {
             by_spec
                 .entry(manifest.partition_spec_id)
                 .or_default()
@@ -165,6 +168,20 @@ pub(crate) async fn with_merged_manifests(table: &Table) -> Result<Option<Table>
         builder = builder.metadata_location(location);
     }
     builder.build().map(Some)
+}
+
+/// The table property `name` as a number, `default` when unset.
+fn number_property(metadata: &TableMetadata, name: &str, default: i64) -> Result<i64> {
+    match metadata.properties().get(name) {
+        Some(value) => value.parse::<i64>().map_err(|e| {
+            Error::new(
+                ErrorKind::DataInvalid,
+                format!("table property {name}={value:?} is not a number"),
+            )
+            .with_source(e)
+        }),
+        None => Ok(default),
+    }
 }
 
 /// `metadata` with snapshot `snapshot_id` naming `manifest_list`, through the

@@ -484,7 +484,8 @@ async fn a_rival_landing_after_the_marker_check_is_not_appended_again() {
 /// names two data manifests, the merged one and the last commit's. Every data
 /// file is there once, alive, under the snapshot that added it and with that
 /// snapshot's sequence number, and both
-/// readers see every row once with its values, bounds and counts.
+/// readers see every row once with its values, bounds and counts. Manifests
+/// of the table's target size or more are not merged.
 #[tokio::test]
 async fn manifests_merge_at_the_table_s_count_and_every_row_stays() {
     for db in [Db::Sqlite, Db::Rest] {
@@ -549,6 +550,23 @@ async fn manifests_merge_at_the_table_s_count_and_every_row_stays() {
         let seen = fixture.read();
         assert_eq!(seen.marker, Some(5), "{db:?}");
         seen.assert_each_once(range(0, 1_000));
+
+        // Manifests of `commit.manifest.target-size-bytes` or more are left as
+        // they are: with 1 byte, none merges any more.
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .update_table_properties()
+            .set("commit.manifest.target-size-bytes".into(), "1".into())
+            .apply(tx)
+            .unwrap();
+        tx.commit(catalog.as_ref()).await.unwrap();
+        process(&store, committer.sink(), &range(1_000, 1_200)).await;
+        committer.commit_pending().await.unwrap();
+        let table = catalog.load_table(&fixture.ident()).await.unwrap();
+        let snapshot = table.metadata().current_snapshot().unwrap();
+        let list = table.manifest_list_reader(snapshot).load().await.unwrap();
+        assert_eq!(list.entries().len(), 3, "{db:?}: none merged");
+        fixture.read().assert_each_once(range(0, 1_200));
     }
 }
 
