@@ -25,7 +25,9 @@
 //! loop reads the marker again. That requirement is what keeps files from
 //! landing twice, so iceberg's duplicate-file check, which reads every
 //! manifest of the current snapshot (a cost that grows with every commit), is
-//! off.
+//! off. The same base carries the merge of the table's manifests once there
+//! are many (see `merge`), so that the manifest list each commit writes stays
+//! short.
 
 use std::collections::HashMap;
 use std::sync::Arc;
