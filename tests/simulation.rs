@@ -21,7 +21,10 @@
 //! Most seeds run on a model table (same contract, fast); a second test runs
 //! seeds on a real Delta table through the `tidemark-delta` sink and writer,
 //! whose every object store call (log reads, the commit's put-if-absent,
-//! data files, deletes) is gated too.
+//! data files, deletes) is gated too. A third runs seeds on a real Iceberg
+//! table, whose catalog calls and data writes are gated; there some runs
+//! also freeze at one of their first loads of the table, where a committer
+//! sits between reading the marker and committing.
 //!
 //! `TIDEMARK_SIM_SEEDS=N` runs model seeds `0..N` (default 2000),
 //! `TIDEMARK_SIM_DELTA_SEEDS=N` Delta seeds and `TIDEMARK_SIM_ICEBERG_SEEDS=N`
@@ -92,6 +95,16 @@ const REGRESSION_SEEDS: &[(u64, &str)] = &[
          deleted its path: an orphan no later gc finds",
     ),
 ];
+
+/// Seeds that once failed on a real Iceberg table, each with the bug it
+/// found. Tied to `Scenario::generate` and `freeze_at_table_loads`.
+const ICEBERG_REGRESSION_SEEDS: &[(u64, &str)] = &[(
+    116,
+    "a run frozen between reading the table's marker and committing woke after \
+     the run that took over had committed; iceberg's transaction rebased the \
+     frozen run's append onto that commit, so its files landed twice and the \
+     marker went back from 2 to 1",
+)];
 
 #[derive(Debug, Clone)]
 enum Job {
@@ -366,7 +379,10 @@ fn run_seed_on(seed: u64, kind: TableKind) -> (Result<(), String>, Vec<String>) 
         .expect("a runtime");
     runtime.block_on(async move {
         let mut rng = Rng::new(seed);
-        let scenario = Scenario::generate(&mut rng);
+        let mut scenario = Scenario::generate(&mut rng);
+        if matches!(kind, TableKind::Iceberg) {
+            freeze_at_table_loads(&mut scenario, seed);
+        }
         let world = World::new(rng, scenario.faults);
         world.log(format!("scenario {scenario:?}"));
         let source = MemorySource::new(scenario.units, scenario.rows, scenario.batch);
@@ -387,6 +403,22 @@ fn run_seed_on(seed: u64, kind: TableKind) -> (Result<(), String>, Vec<String>) 
         let result = simulate(&shared, &scenario).await;
         (result, world.trace())
     })
+}
+
+/// On a real Iceberg table, some runs and committers that no other freeze
+/// stops also freeze, past their lease, at one of their first loads of the
+/// table: where a committer sits between reading the marker and committing,
+/// while another takes over and commits. Drawn from a stream of its own, so
+/// that the scenario of a seed (and the regression seeds) stay as they are.
+fn freeze_at_table_loads(scenario: &mut Scenario, seed: u64) {
+    let mut rng = Rng::new(seed ^ 0x1ce_be59);
+    for actor in &mut scenario.actors {
+        let may_freeze = matches!(actor.job, Job::Run { .. } | Job::Commit);
+        if may_freeze && actor.plan.pause_at.is_none() && rng.chance(0.3) {
+            let pause = LEASE_TTL.mul_f64(1.0 + rng.below(300) as f64 / 100.0);
+            actor.plan.pause_on = Some(("load table", 1 + rng.below(8), pause));
+        }
+    }
 }
 
 async fn simulate(shared: &Arc<Shared>, scenario: &Scenario) -> Result<(), String> {
@@ -669,6 +701,15 @@ fn simulation_seeds_on_a_real_delta_table_keep_every_invariant() {
 
 #[test]
 fn simulation_seeds_on_a_real_iceberg_table_keep_every_invariant() {
+    for &(seed, bug) in ICEBERG_REGRESSION_SEEDS {
+        let (result, trace) = run_seed_on(seed, TableKind::Iceberg);
+        if let Err(e) = result {
+            panic!(
+                "regression ({bug}):\n{}",
+                failure_message(seed, TableKind::Iceberg, &e, &trace)
+            );
+        }
+    }
     run_seeds(
         TableKind::Iceberg,
         env_u64("TIDEMARK_SIM_ICEBERG_SEEDS").unwrap_or(200),

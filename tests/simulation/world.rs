@@ -138,6 +138,9 @@ pub struct ActorPlan {
     /// Freezes at this call for this long (a stop-the-world pause or a
     /// suspended VM): every call of the actor waits until it wakes.
     pub pause_at: Option<(u64, Duration)>,
+    /// Freezes at the `n`th call of the operation named (as the gates name
+    /// them: `load table`, say) for this long.
+    pub pause_on: Option<(&'static str, u64, Duration)>,
     /// Faults and delays apply to this actor (off for the final clean run).
     pub faulty: bool,
 }
@@ -150,6 +153,8 @@ pub struct Actor {
     world: Arc<World>,
     plan: ActorPlan,
     calls: AtomicU64,
+    /// Calls of the operation of `plan.pause_on`.
+    pause_on_calls: AtomicU64,
     paused_until: Mutex<Option<Instant>>,
     dead: AtomicBool,
 }
@@ -169,6 +174,7 @@ impl Actor {
             world,
             plan,
             calls: AtomicU64::new(0),
+            pause_on_calls: AtomicU64::new(0),
             paused_until: Mutex::new(None),
             dead: AtomicBool::new(false),
         })
@@ -208,6 +214,16 @@ impl Actor {
             if at == call {
                 self.world.log(format!(
                     "{} #{call} freezes for {} ms",
+                    self.name,
+                    pause.as_millis()
+                ));
+                *self.paused_until.lock().expect("pause") = Some(Instant::now() + pause);
+            }
+        }
+        if let Some((name, at, pause)) = self.plan.pause_on {
+            if name == op && self.pause_on_calls.fetch_add(1, Ordering::SeqCst) + 1 == at {
+                self.world.log(format!(
+                    "{} #{call} ({op} {at}) freezes for {} ms",
                     self.name,
                     pause.as_millis()
                 ));
