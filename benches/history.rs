@@ -5,7 +5,7 @@
 //! cargo bench --bench history -- [--marks 10,100,1000] [--rows 1000]
 //!     [--window 9] [--sinks delta,iceberg] [--data DIR]
 //!     [--delta-log-retention 'interval 0 seconds'] [--from N]
-//!     [--iceberg-expire-every N]
+//!     [--iceberg-expire-every N] [--side-by-side ROUNDS [--reuse yes]]
 //! ```
 //!
 //! Each run reads a source folder of its own holding `--rows` new documents
@@ -34,6 +34,13 @@
 //! table's snapshots but the latest `N` (as a daily `tidemark compact
 //! --expire-snapshots-older-than-hours 24` does for hourly runs), so that its
 //! metadata file stops growing; the expiry is not counted in any run's time.
+//!
+//! `--side-by-side ROUNDS` compares the marks in the same minutes instead:
+//! one history per mark is made up to its mark (kept for a later invocation
+//! with `--reuse yes`), then each round makes one more run on every history,
+//! in turns, and the table gives the median of each history's `ROUNDS` runs.
+//! On a machine whose speed drifts from one minute to the next, this is the
+//! comparison that holds.
 //!
 //! `--from N` keeps the table and the store of an earlier invocation (same
 //! `--data`) that made `N` runs, and goes on from run `N + 1`: a change to
@@ -86,6 +93,23 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let sources = data.join("sources");
     std::fs::create_dir_all(&sources).unwrap();
+    let settings = RunSettings {
+        rows,
+        sources,
+        delta_log_retention,
+        iceberg_expire_every,
+    };
+    // Rounds of runs made in turns on one history per mark (0: one history,
+    // measured at each mark as it passes).
+    let rounds: usize = flag("--side-by-side", "0").parse().unwrap();
+    if rounds > 0 {
+        assert_eq!(from, 0, "--from and --side-by-side do not go together");
+        let reuse = flag("--reuse", "no") == "yes";
+        for sink in &sinks {
+            side_by_side(&runtime, &settings, sink, &data, &marks, rounds, reuse);
+        }
+        return;
+    }
     println!(
         "{rows} new rows a run, median of the last {window} runs at each mark; machine: {} cores",
         cores()
@@ -109,28 +133,8 @@ fn main() {
         let mut seconds = Vec::with_capacity(runs);
         let mut first_median = None;
         for run in from..runs {
-            let folder = sources.join(format!("run-{run:05}"));
-            if !folder.exists() {
-                let part = sources.join(format!("writing-{run:05}"));
-                let _ = std::fs::remove_dir_all(&part);
-                std::fs::create_dir_all(&part).unwrap();
-                let first = run as u64 * rows;
-                write_documents(&part.join("part-0.parquet"), first..first + rows);
-                std::fs::rename(&part, &folder).unwrap();
-            }
-            let started = Instant::now();
-            let report = runtime.block_on(one_run(sink, &work, &folder));
-            seconds.push(started.elapsed().as_secs_f64());
-            assert_eq!(report.rows_written, rows, "{sink} run {run}");
-            if run == 0 && sink == "delta" && !delta_log_retention.is_empty() {
-                runtime.block_on(set_log_retention(&work, &delta_log_retention));
-            }
-            if sink == "iceberg"
-                && iceberg_expire_every > 0
-                && (run + 1) % iceberg_expire_every == 0
-            {
-                runtime.block_on(expire_snapshots(&work, iceberg_expire_every));
-            }
+            let (elapsed, report) = settings.make_run(&runtime, sink, &work, run);
+            seconds.push(elapsed);
             if from == 0 && ((run + 1) % 100 == 0 || run + 1 == runs) {
                 let csv: String = seconds.iter().map(|s| format!("{s:.6}\n")).collect();
                 std::fs::write(work.join("seconds.csv"), csv).unwrap();
@@ -157,6 +161,136 @@ fn main() {
                 table_metadata_objects(sink, &work),
             );
         }
+    }
+}
+
+/// What every run of the benchmark shares.
+struct RunSettings {
+    /// New rows a run reads.
+    rows: u64,
+    /// The folder holding each run's source folder.
+    sources: PathBuf,
+    /// `delta.logRetentionDuration`, set after a Delta table's first run
+    /// (empty: the default).
+    delta_log_retention: String,
+    /// Every this many runs, the Iceberg table's snapshots but the latest
+    /// this many expire (0: never).
+    iceberg_expire_every: usize,
+}
+
+impl RunSettings {
+    /// Makes run number `run` (from 0) of the history under `work`: its
+    /// source folder is written if missing, the run is timed, and the table's
+    /// maintenance that follows it (log retention, snapshot expiry) is not.
+    fn make_run(
+        &self,
+        runtime: &tokio::runtime::Runtime,
+        sink: &str,
+        work: &Path,
+        run: usize,
+    ) -> (f64, RunReport) {
+        let rows = self.rows;
+        let folder = self.sources.join(format!("run-{run:05}"));
+        if !folder.exists() {
+            let part = self.sources.join(format!("writing-{run:05}"));
+            let _ = std::fs::remove_dir_all(&part);
+            std::fs::create_dir_all(&part).unwrap();
+            let first = run as u64 * rows;
+            write_documents(&part.join("part-0.parquet"), first..first + rows);
+            std::fs::rename(&part, &folder).unwrap();
+        }
+        let started = Instant::now();
+        let report = runtime.block_on(one_run(sink, work, &folder));
+        let elapsed = started.elapsed().as_secs_f64();
+        assert_eq!(report.rows_written, rows, "{sink} run {run}");
+        if run == 0 && sink == "delta" && !self.delta_log_retention.is_empty() {
+            runtime.block_on(set_log_retention(work, &self.delta_log_retention));
+        }
+        let every = self.iceberg_expire_every;
+        if sink == "iceberg" && every > 0 && (run + 1) % every == 0 {
+            runtime.block_on(expire_snapshots(work, every));
+        }
+        (elapsed, report)
+    }
+}
+
+/// `--side-by-side ROUNDS`: one history per mark, each under
+/// `DATA/SINK-history-MARK` and made up to its mark (kept from an earlier
+/// invocation with `--reuse yes`), then `ROUNDS` rounds in which every
+/// history makes one more run, in an order that turns from round to round.
+/// The runs compared are thus made in the same minutes, and a machine whose
+/// speed drifts (a busy neighbour, CPU steal) moves every mark alike.
+fn side_by_side(
+    runtime: &tokio::runtime::Runtime,
+    settings: &RunSettings,
+    sink: &str,
+    data: &Path,
+    marks: &[usize],
+    rounds: usize,
+    reuse: bool,
+) {
+    let mut works = Vec::with_capacity(marks.len());
+    let mut made = Vec::with_capacity(marks.len());
+    for &mark in marks {
+        let work = data.join(format!("{sink}-history-{mark}"));
+        let count = work.join("runs-made");
+        let mut runs = match std::fs::read_to_string(&count) {
+            Ok(text) if reuse => text.trim().parse().unwrap(),
+            _ => {
+                let _ = std::fs::remove_dir_all(&work);
+                0
+            }
+        };
+        std::fs::create_dir_all(&work).unwrap();
+        let work = std::fs::canonicalize(&work).unwrap();
+        while runs < mark {
+            settings.make_run(runtime, sink, &work, runs);
+            runs += 1;
+            if runs % 100 == 0 || runs == mark {
+                std::fs::write(&count, runs.to_string()).unwrap();
+                eprintln!("{sink}: history {mark}: {runs} runs");
+            }
+        }
+        works.push(work);
+        made.push(runs);
+    }
+    let mut seconds = vec![Vec::with_capacity(rounds); marks.len()];
+    let mut last_reports = vec![None; marks.len()];
+    for round in 0..rounds {
+        for turn in 0..marks.len() {
+            let i = (round + turn) % marks.len();
+            let (elapsed, report) = settings.make_run(runtime, sink, &works[i], made[i]);
+            made[i] += 1;
+            std::fs::write(works[i].join("runs-made"), made[i].to_string()).unwrap();
+            seconds[i].push(elapsed);
+            last_reports[i] = Some(report);
+        }
+    }
+    println!();
+    println!(
+        "{sink}: {rounds} rounds, one run on each history per round, in turns; {} new rows a run",
+        settings.rows
+    );
+    println!();
+    println!("| sink | runs before | median s | min s | max s | vs first | checkpointed keys | store objects | table metadata objects |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut first_median = None;
+    for (i, mark) in marks.iter().enumerate() {
+        let mut times = seconds[i].clone();
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let first = *first_median.get_or_insert(median);
+        let report: &RunReport = last_reports[i].as_ref().unwrap();
+        println!(
+            "| {sink} | {mark} to {} | {median:.3} | {:.3} | {:.3} | {:.2}x | {} | {} | {} |",
+            mark + rounds - 1,
+            times[0],
+            times[times.len() - 1],
+            median / first,
+            report.read.checkpointed_keys,
+            files_below(&works[i].join("checkpoints"), &|_| true),
+            table_metadata_objects(sink, &works[i]),
+        );
     }
 }
 
