@@ -545,9 +545,18 @@ async fn join_layout(
                 continue;
             };
             if status.is_live(now) {
+                // A run joins its layout before it takes its epoch, so the
+                // live run's layout is written by now: it may be ours, written
+                // after `current` was read (two shards starting together).
+                let latest = latest_layout(store).await?;
+                if let Some(latest) = &latest {
+                    if latest.shards == shards {
+                        return Ok(latest.layout);
+                    }
+                }
                 return Err(Error::ShardLayoutInUse {
                     shards,
-                    current_shards: current.as_ref().map_or(1, |c| c.shards),
+                    current_shards: latest.as_ref().map_or(1, |c| c.shards),
                     scope: other,
                     epoch: status.record.claim.epoch,
                     expires_at: status.expires_at().to_rfc3339(),
