@@ -383,6 +383,56 @@ async fn key_files_outside_the_source_range_are_not_read(f: Fixture) {
     }
 }
 
+/// Key files of string keys carry their keys' fingerprints; a small
+/// source's read does not decode those that hold none of its keys', and
+/// still drops every checkpointed key it holds.
+async fn key_files_without_the_source_s_fingerprints_are_not_decoded(f: Fixture) {
+    let store = f
+        .store(KeySchema::single("id", DataType::Utf8).unwrap())
+        .await;
+    let key = |i: i64| format!("key-{i:06}");
+    let strings = |ids: &[i64]| -> ArrayRef {
+        Arc::new(StringArray::from(
+            ids.iter().map(|&i| key(i)).collect::<Vec<_>>(),
+        ))
+    };
+    // Three key files over the same range: keys 0, 3, 6, ...; 1, 4, ...; 2, 5, ...
+    for first in 0..3 {
+        let ids: Vec<i64> = (0..1000).map(|i| i * 3 + first).collect();
+        let mut writer = store.begin().await.unwrap();
+        writer.stage_keys(&[strings(&ids)]).await.unwrap();
+        writer.seal().await.unwrap();
+    }
+    // 10 keys of the second file (1, 4, ..., 28), and 40 new ones among them.
+    let mut rows: Vec<i64> = (0..10).map(|i| i * 3 + 1).collect();
+    rows.extend((0..40).map(|i| 3000 + i));
+    let source = RecordBatch::try_from_iter([("id", strings(&rows))]).unwrap();
+    f.write("a.parquet", &source).await;
+    let (batches, stats) = f.run(&store).await;
+    let passed: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let a = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            (0..a.len())
+                .map(|i| a.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(passed, (3000..3040).map(key).collect::<Vec<_>>());
+    assert_eq!((stats.rows_read, stats.rows_skipped), (50, 10));
+    if f.budget == IN_MEMORY {
+        assert_eq!(
+            (
+                stats.key_files_skipped,
+                stats.key_files_not_decoded,
+                stats.filter_keys
+            ),
+            (0, 2, 10),
+            "only the second file is decoded"
+        );
+    }
+}
+
 /// A source whose first read of a unit differs from the later ones.
 #[derive(Debug)]
 struct ChangingSource {
@@ -872,6 +922,7 @@ macro_rules! read_suite {
                 finished_units_are_skipped_unopened,
                 a_small_source_holds_only_its_checkpointed_keys,
                 key_files_outside_the_source_range_are_not_read,
+                key_files_without_the_source_s_fingerprints_are_not_decoded,
                 edge_keys_are_exact,
                 composite_and_string_keys_are_exact,
                 uuid_string_keys,

@@ -11,10 +11,13 @@
 //! by hash into spill files and filters one partition at a time.
 
 pub(crate) mod codec;
+pub(crate) mod fingerprints;
 pub(crate) mod key_set;
 pub(crate) mod range;
 pub(crate) mod slots;
 pub(crate) mod spill;
+
+use std::sync::Arc;
 
 use arrow_array::{ArrayRef, BooleanArray, RecordBatch};
 use arrow_buffer::BooleanBufferBuilder;
@@ -24,8 +27,10 @@ use futures::stream::{self, Stream, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::store::keys::to_key_type;
+use crate::store::keys::FetchedKeyFile;
 use crate::store::{CheckpointStore, KeyFileRef, KeyRange, KeySchema, StoreState};
 use codec::{EncodedKeys, KeyCodec};
+use fingerprints::FingerprintSet;
 use key_set::KeySet;
 
 /// The set of checkpointed keys, held in memory, and the filter that drops rows
@@ -76,10 +81,18 @@ impl KeyFilter {
         budget_bytes: usize,
     ) -> Result<Option<Self>> {
         let mut filter = Self::expecting(store.key_schema().clone(), state.key_count())?;
-        let mut files = key_files(store, state.key_files());
-        while let Some(batches) = files.next().await {
-            for batch in batches? {
-                filter.insert(&batch)?;
+        // Keys are encoded in the decoding tasks, beside the inserts here.
+        let codec = Arc::new(KeyCodec::new(store.key_schema())?);
+        let encode: KeyFileMap<Vec<EncodedKeys>> = Arc::new(move |file| {
+            file.keys()?
+                .iter()
+                .map(|batch| codec.encode(batch.columns()))
+                .collect()
+        });
+        let mut files = key_files(store, state.key_files(), encode);
+        while let Some(encoded) = files.next().await {
+            for keys in encoded? {
+                filter.insert_encoded(&keys)?;
                 if filter.memory_bytes() > budget_bytes {
                     return Ok(None);
                 }
@@ -92,14 +105,16 @@ impl KeyFilter {
     /// whose source is much smaller than the checkpoint, so that the filter
     /// is the size of the source, not of the history. Key files are streamed
     /// through `wanted` and none is held whole; those whose range does not
-    /// meet `wanted_range` (the source keys' range) are not read at all.
-    /// Returns the filter and the number of key files not read.
+    /// meet `wanted_range` (the source keys' range) are not read at all, and
+    /// those with fingerprints none of which is in `wanted_fingerprints` are
+    /// not decoded.
     pub(crate) async fn load_matching(
         store: &CheckpointStore,
         state: &StoreState,
-        wanted: &KeyFilter,
+        wanted: &Arc<KeyFilter>,
         wanted_range: Option<&KeyRange>,
-    ) -> Result<(Self, u64)> {
+        wanted_fingerprints: Option<Arc<FingerprintSet>>,
+    ) -> Result<Matched> {
         let mut filter = Self::expecting(store.key_schema().clone(), wanted.len() as u64)?;
         // A key file whose keys all lie outside the source's cannot hold one
         // of them.
@@ -110,20 +125,56 @@ impl KeyFilter {
                 (Some(wanted), Some(held)) => wanted.overlaps(held),
                 _ => true,
             });
-        let mut files = key_files(store, read);
-        while let Some(batches) = files.next().await {
-            for batch in batches? {
-                let encoded = filter.codec.encode(batch.columns())?;
-                let mut matching = Vec::with_capacity(encoded.len());
-                wanted
-                    .keys
-                    .contains_each(&encoded, |held| matching.push(held));
-                for (i, _) in matching.iter().enumerate().filter(|(_, &held)| held) {
-                    filter.keys.insert(encoded.key(i))?;
+        // The probe runs in the decoding tasks, on both cores; only the keys
+        // that match come back.
+        let wanted = wanted.clone();
+        // `None` for a file whose fingerprints rule it out.
+        let probe: KeyFileMap<Option<Vec<RecordBatch>>> = Arc::new(move |file| {
+            if let (Some(wanted_fingerprints), Some(fingerprints)) =
+                (wanted_fingerprints.as_deref(), file.fingerprints()?)
+            {
+                if !wanted_fingerprints.any_of(&fingerprints) {
+                    return Ok(None);
+                }
+            }
+            file.keys()?
+                .into_iter()
+                .map(|batch| wanted.held_rows(&batch))
+                .collect::<Result<Vec<_>>>()
+                .map(Some)
+        });
+        let mut files_not_decoded = 0;
+        let mut files = key_files(store, read, probe);
+        while let Some(matching) = files.next().await {
+            let Some(matching) = matching? else {
+                files_not_decoded += 1;
+                continue;
+            };
+            for batch in matching {
+                if batch.num_rows() > 0 {
+                    filter.insert(&batch)?;
                 }
             }
         }
-        Ok((filter, skipped.len() as u64))
+        Ok(Matched {
+            filter,
+            files_skipped: skipped.len() as u64,
+            files_not_decoded,
+        })
+    }
+
+    /// The rows of a batch of key columns whose key this filter holds.
+    fn held_rows(&self, keys: &RecordBatch) -> Result<RecordBatch> {
+        let encoded = self.codec.encode(keys.columns())?;
+        let mut held = BooleanBufferBuilder::new(encoded.len());
+        self.keys
+            .contains_each(&encoded, |found| held.append(found));
+        filter_record_batch(keys, &BooleanArray::new(held.finish(), None)).map_err(|source| {
+            Error::Arrow {
+                context: "selecting the checkpointed keys a source holds",
+                source,
+            }
+        })
     }
 
     /// The key schema this filter holds keys of.
@@ -185,18 +236,20 @@ impl KeyFilter {
     }
 }
 
-/// The batches of every checkpointed key file of `state`, in order. Files
-/// are fetched and decoded in tasks of their own, two at once, so decoding
-/// the next file goes on beside the caller's work on this one.
-fn key_files(
+/// Each of `files` fetched and passed through `map`, in order. Each file is
+/// fetched, decoded and mapped in a task of its own, two at once, so that
+/// work goes on beside the caller's work on the previous file.
+fn key_files<T: Send + 'static>(
     store: &CheckpointStore,
     files: Vec<KeyFileRef>,
-) -> impl Stream<Item = Result<Vec<RecordBatch>>> + Unpin {
+    map: KeyFileMap<T>,
+) -> impl Stream<Item = Result<T>> + Unpin {
     let store = store.clone();
     stream::iter(files)
         .map(move |file| {
             let store = store.clone();
-            tokio::spawn(async move { store.read_keys(&file).await })
+            let map = map.clone();
+            tokio::spawn(async move { map(store.fetch_key_file(&file).await?) })
         })
         .buffered(KEY_FILES_AT_ONCE)
         .map(|joined| {
@@ -206,6 +259,19 @@ fn key_files(
             })?
         })
 }
+
+/// What [`KeyFilter::load_matching`] found.
+pub(crate) struct Matched {
+    /// The checkpointed keys the source holds.
+    pub(crate) filter: KeyFilter,
+    /// Key files not read: their key range holds no source key.
+    pub(crate) files_skipped: u64,
+    /// Key files read but not decoded: their fingerprints hold no source key's.
+    pub(crate) files_not_decoded: u64,
+}
+
+/// Work done on a fetched key file in the task that fetched it.
+type KeyFileMap<T> = Arc<dyn Fn(FetchedKeyFile) -> Result<T> + Send + Sync>;
 
 /// Key files fetched and decoded at once while loading.
 const KEY_FILES_AT_ONCE: usize = 2;

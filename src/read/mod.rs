@@ -42,10 +42,12 @@ use futures::stream::{BoxStream, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::filter::codec::KeyCodec;
+use crate::filter::fingerprints::FingerprintSet;
 use crate::filter::key_set::KeySet;
 use crate::filter::range::RangeBuilder;
 use crate::filter::{check_source, filter_rows, key_columns, KeyFilter};
 use crate::source::{read_units, read_units_mapped, BatchMap, Source};
+use crate::store::keys::has_fingerprints;
 use crate::store::{unit_digest, CheckpointStore, CheckpointWriter, KeyRange, KeySchema};
 use partitioned::Verdicts;
 
@@ -134,6 +136,9 @@ pub struct ReadStats {
     /// Key files not read because no source key lies in their range (only a
     /// small source's keys are known before the key files are read).
     pub key_files_skipped: u64,
+    /// Key files read but not decoded: none of their key fingerprints is a
+    /// small source's (string and binary keys, key files of format version 2).
+    pub key_files_not_decoded: u64,
     /// Source units read to their end (a unit ends when the next one's first
     /// batch arrives, or the source ends).
     pub units_finished: u64,
@@ -243,6 +248,7 @@ impl CheckpointedRead {
             peak_filter_bytes: 0,
             filter_keys: 0,
             key_files_skipped: 0,
+            key_files_not_decoded: 0,
             units_finished: 0,
         };
         let source_rows = rows_of(source.as_ref(), &units);
@@ -261,15 +267,26 @@ impl CheckpointedRead {
                 &options,
             )
         {
-            let (wanted, wanted_range) =
-                read_source_keys(&key_schema, source.clone(), &units, source_rows, &options)
-                    .await?;
-            let (filter, files_skipped) =
-                KeyFilter::load_matching(store, &state, &wanted, wanted_range.as_ref()).await?;
-            stats.key_files_skipped = files_skipped;
-            stats.peak_filter_bytes = wanted.memory_bytes();
-            source_keys = Some(Arc::new(wanted));
-            Some(filter)
+            let read = read_source_keys(&key_schema, source.clone(), &units, source_rows, &options)
+                .await?;
+            let wanted = Arc::new(read.keys);
+            let fingerprint_bytes = read
+                .fingerprints
+                .as_ref()
+                .map_or(0, FingerprintSet::memory_bytes);
+            let matched = KeyFilter::load_matching(
+                store,
+                &state,
+                &wanted,
+                read.range.as_ref(),
+                read.fingerprints.map(Arc::new),
+            )
+            .await?;
+            stats.key_files_skipped = matched.files_skipped;
+            stats.key_files_not_decoded = matched.files_not_decoded;
+            stats.peak_filter_bytes = wanted.memory_bytes() + fingerprint_bytes;
+            source_keys = Some(wanted);
+            Some(matched.filter)
         } else if fits_in_memory(&codec, checkpointed_keys, source_rows, &options) {
             KeyFilter::load_within(store, &state, options.memory_budget_bytes).await?
         } else {
@@ -599,6 +616,15 @@ fn fits_in_memory(
     keys.saturating_mul(per_key) <= options.memory_budget_bytes as u64
 }
 
+/// The keys of a small source, read first.
+struct SourceKeys {
+    keys: KeyFilter,
+    /// Their range, when the key type has one.
+    range: Option<KeyRange>,
+    /// Their fingerprints, when the store's key files carry them.
+    fingerprints: Option<FingerprintSet>,
+}
+
 /// The keys of `units` of `source`, read from their key columns alone.
 async fn read_source_keys(
     key_schema: &KeySchema,
@@ -606,23 +632,38 @@ async fn read_source_keys(
     units: &[usize],
     rows: Option<u64>,
     options: &ReadOptions,
-) -> Result<(KeyFilter, Option<KeyRange>)> {
+) -> Result<SourceKeys> {
     let columns = key_schema
         .columns()
         .iter()
         .map(|c| c.name.clone())
         .collect();
     let codec = KeyCodec::new(key_schema)?;
-    let mut keys = KeyFilter::expecting(key_schema.clone(), rows.unwrap_or(0))?;
+    let expected = rows.unwrap_or(0);
+    let mut keys = KeyFilter::expecting(key_schema.clone(), expected)?;
     let mut range = RangeBuilder::default();
+    let mut fingerprints = has_fingerprints(key_schema)
+        .then(|| FingerprintSet::expecting(usize::try_from(expected).unwrap_or(usize::MAX)));
     let mut batches = read_units(source, units.to_vec(), Some(columns), options.parallelism);
     while let Some(item) = batches.next().await {
         let (_, batch) = item?;
         let encoded = codec.encode(&key_columns(key_schema, &batch)?)?;
         range.add(&encoded);
         keys.insert_encoded(&encoded)?;
+        if let Some(set) = &mut fingerprints {
+            match encoded.fingerprints() {
+                Some(words) => set.insert(&words),
+                // A key without its fingerprint would let a key file that
+                // holds it go unread: use none.
+                None => fingerprints = None,
+            }
+        }
     }
-    Ok((keys, range.finish()))
+    Ok(SourceKeys {
+        keys,
+        range: range.finish(),
+        fingerprints,
+    })
 }
 
 /// Rows in `units` of `source`, when every one knows its count.

@@ -5,17 +5,29 @@
 //! a value like any other and equals only null, for every type and in every
 //! column of a composite key. A row whose key is `(1, null)` is processed once,
 //! and is then skipped like any other key.
+//!
+//! **Fingerprints.** A key file of a single string or binary key also holds a
+//! column of 64-bit fingerprints ([`FINGERPRINT_COLUMN`], XXH64 of each key's
+//! bytes, a hash with a fixed specification). A read whose source is much
+//! smaller than the checkpoint probes them first: a key file none of whose
+//! fingerprints is among the source keys' holds none of those keys, and its
+//! strings are never decoded. Equal fingerprints prove nothing; the keys are
+//! then decoded and compared exactly. Files written before fingerprints
+//! (format version 1) are read whole, as before.
 
 use std::sync::Arc;
 
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, ArrayRef, RecordBatch, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
+use twox_hash::XxHash64;
 
 use crate::error::{Error, ObjectKind, Result};
 
@@ -240,7 +252,63 @@ pub(crate) fn to_key_type(array: &ArrayRef, data_type: &DataType) -> Result<Arra
     })
 }
 
-/// Encodes a batch of keys as one Parquet file.
+/// The column of key fingerprints in key files of a single string or binary key.
+pub(crate) const FINGERPRINT_COLUMN: &str = "_tidemark_fingerprint";
+
+/// Seed of the fingerprint hash. Part of the store format: changing it makes
+/// every stored fingerprint wrong.
+const FINGERPRINT_SEED: u64 = 0x7469_6465_6d61_726b;
+
+/// The fingerprint of a null key. Any value serves: a match is only ever a
+/// reason to compare the keys themselves.
+const NULL_FINGERPRINT: u64 = 0;
+
+/// The fingerprint of each key of a string or binary column (null keys
+/// included), or `None` for columns of other types.
+pub(crate) fn fingerprints(array: &dyn Array) -> Option<Vec<u64>> {
+    fn each<'a>(array: &dyn Array, values: impl Iterator<Item = Option<&'a [u8]>>) -> Vec<u64> {
+        let mut out = Vec::with_capacity(array.len());
+        out.extend(
+            values.map(|v| v.map_or(NULL_FINGERPRINT, |b| XxHash64::oneshot(FINGERPRINT_SEED, b))),
+        );
+        out
+    }
+    Some(match array.data_type() {
+        DataType::Utf8 => each(
+            array,
+            array
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.map(str::as_bytes)),
+        ),
+        DataType::LargeUtf8 => each(
+            array,
+            array
+                .as_string::<i64>()
+                .iter()
+                .map(|v| v.map(str::as_bytes)),
+        ),
+        DataType::Binary => each(array, array.as_binary::<i32>().iter()),
+        DataType::LargeBinary => each(array, array.as_binary::<i64>().iter()),
+        DataType::FixedSizeBinary(_) => each(array, array.as_fixed_size_binary().iter()),
+        _ => return None,
+    })
+}
+
+/// Whether key files of `schema` carry fingerprints: a single string or
+/// binary key.
+pub(crate) fn has_fingerprints(schema: &KeySchema) -> bool {
+    match schema.columns() {
+        [column] => matches!(
+            column.data_type,
+            DataType::Utf8 | DataType::Binary | DataType::FixedSizeBinary(_)
+        ),
+        _ => false,
+    }
+}
+
+/// Encodes a batch of keys as one Parquet file, with the keys' fingerprints
+/// when the key schema has them.
 pub(crate) fn encode_key_file(
     schema: &KeySchema,
     batch: &RecordBatch,
@@ -250,20 +318,105 @@ pub(crate) fn encode_key_file(
         path: path.to_string(),
         source: Box::new(e),
     };
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::LZ4_RAW)
-        .set_dictionary_enabled(false)
-        .build();
+        .set_dictionary_enabled(false);
+    let mut file_schema = schema.arrow_schema().clone();
+    let mut batch = batch.clone();
+    if has_fingerprints(schema) {
+        let values = fingerprints(batch.column(0).as_ref()).unwrap_or_default();
+        let mut fields: Vec<Field> = file_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(FINGERPRINT_COLUMN, DataType::UInt64, false));
+        file_schema = Arc::new(Schema::new(fields));
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(UInt64Array::from(values)));
+        batch =
+            RecordBatch::try_new(file_schema.clone(), columns).map_err(|source| Error::Arrow {
+                context: "adding fingerprints to a key file",
+                source,
+            })?;
+        // Random 64-bit values do not compress.
+        props = props.set_column_compression(
+            ColumnPath::from(FINGERPRINT_COLUMN),
+            Compression::UNCOMPRESSED,
+        );
+    }
     let mut buffer = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buffer, schema.arrow_schema().clone(), Some(props))
-        .map_err(encode_err)?;
-    writer.write(batch).map_err(encode_err)?;
+    let mut writer =
+        ArrowWriter::try_new(&mut buffer, file_schema, Some(props.build())).map_err(encode_err)?;
+    writer.write(&batch).map_err(encode_err)?;
     writer.close().map_err(encode_err)?;
     Ok(Bytes::from(buffer))
 }
 
 /// Rows per batch when a key file is decoded.
 const KEY_BATCH_ROWS: usize = 1 << 16;
+
+/// A key file's bytes, fetched and checked against its record, not yet
+/// decoded: its fingerprints can be read without its keys.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchedKeyFile {
+    pub(crate) schema: KeySchema,
+    pub(crate) bytes: Bytes,
+    pub(crate) path: String,
+    pub(crate) expected_rows: u64,
+}
+
+impl FetchedKeyFile {
+    /// The file's fingerprints, in row order, or `None` for a file without
+    /// them (a key schema that has none, or a file of format version 1).
+    pub(crate) fn fingerprints(&self) -> Result<Option<Vec<u64>>> {
+        let corrupt = |e: String| Error::corrupt(ObjectKind::KeyFile, &self.path, e);
+        let builder = ParquetRecordBatchReaderBuilder::try_new(self.bytes.clone())
+            .map_err(|e| corrupt(e.to_string()))?;
+        let Some(index) = builder
+            .schema()
+            .fields()
+            .iter()
+            .position(|f| f.name() == FINGERPRINT_COLUMN)
+        else {
+            return Ok(None);
+        };
+        let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(KEY_BATCH_ROWS)
+            .build()
+            .map_err(|e| corrupt(e.to_string()))?;
+        let mut values = Vec::with_capacity(usize::try_from(self.expected_rows).unwrap_or(0));
+        for batch in reader {
+            let batch = batch.map_err(|e| corrupt(e.to_string()))?;
+            let column = batch
+                .column(0)
+                .as_primitive_opt::<arrow_array::types::UInt64Type>()
+                .ok_or_else(|| corrupt(format!("{FINGERPRINT_COLUMN} is not a UInt64 column")))?;
+            values.extend_from_slice(column.values());
+        }
+        if values.len() as u64 != self.expected_rows {
+            return Err(corrupt(format!(
+                "holds {} fingerprints, but {} keys were recorded",
+                values.len(),
+                self.expected_rows
+            )));
+        }
+        Ok(Some(values))
+    }
+
+    /// Decodes the keys, checking the file's columns against the key schema
+    /// and its row count against the one recorded when it was staged.
+    pub(crate) fn keys(&self) -> Result<Vec<RecordBatch>> {
+        decode_key_file(
+            &self.schema,
+            self.bytes.clone(),
+            &self.path,
+            self.expected_rows,
+        )
+    }
+}
 
 /// Decodes a key file, checking its columns against the key schema and its row
 /// count against the one recorded when it was staged.
@@ -276,12 +429,18 @@ pub(crate) fn decode_key_file(
     let corrupt = |e: String| Error::corrupt(ObjectKind::KeyFile, path, e);
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(|e| corrupt(e.to_string()))?;
-    let file_types: Vec<(&str, DataType)> = builder
+    let mut file_types: Vec<(&str, DataType)> = builder
         .schema()
         .fields()
         .iter()
         .map(|f| (f.name().as_str(), canonical_key_type(f.data_type())))
         .collect();
+    // The fingerprints, last, are not keys.
+    if has_fingerprints(schema)
+        && file_types.last() == Some(&(FINGERPRINT_COLUMN, DataType::UInt64))
+    {
+        file_types.pop();
+    }
     let expected_types: Vec<(&str, DataType)> = schema
         .columns()
         .iter()
@@ -292,9 +451,11 @@ pub(crate) fn decode_key_file(
             "columns {file_types:?} differ from the key schema {schema}"
         )));
     }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), 0..expected_types.len());
     // Large batches: a key file is decoded whole, and each batch costs a
     // conversion and an encoding on the way into a key set.
     let reader = builder
+        .with_projection(mask)
         .with_batch_size(KEY_BATCH_ROWS)
         .build()
         .map_err(|e| corrupt(e.to_string()))?;
@@ -351,6 +512,82 @@ mod tests {
             composite.to_string(),
             "(tenant: Utf8, id: Int64, day: Date32)"
         );
+        Ok(())
+    }
+
+    fn fetched(schema: &KeySchema, bytes: Bytes, rows: u64) -> FetchedKeyFile {
+        FetchedKeyFile {
+            schema: schema.clone(),
+            bytes,
+            path: "keys/0.parquet".into(),
+            expected_rows: rows,
+        }
+    }
+
+    /// A key file of string keys carries their fingerprints, which match the
+    /// ones computed from the keys; decoding yields the keys alone.
+    #[test]
+    fn string_key_files_carry_fingerprints() -> Result<()> {
+        let schema = KeySchema::single("id", DataType::Utf8)?;
+        let ids: ArrayRef = Arc::new(arrow_array::StringArray::from(vec![
+            Some("a"),
+            None,
+            Some("a much longer key than the others"),
+        ]));
+        let batch = schema.batch(std::slice::from_ref(&ids))?;
+        let file = fetched(&schema, encode_key_file(&schema, &batch, "k")?, 3);
+        let expected = fingerprints(ids.as_ref());
+        assert_eq!(file.fingerprints()?, expected);
+        let expected = expected.unwrap_or_default();
+        assert_eq!(expected[1], NULL_FINGERPRINT);
+        assert_ne!(expected[0], expected[2]);
+        assert_eq!(file.keys()?, vec![batch]);
+        // A wrong row count is corruption, for fingerprints as for keys.
+        assert!(fetched(&schema, file.bytes.clone(), 4)
+            .fingerprints()
+            .is_err());
+        Ok(())
+    }
+
+    /// Fingerprints are part of the format: XXH64 with the store's seed.
+    #[test]
+    fn fingerprints_are_stable() {
+        let ids = arrow_array::StringArray::from(vec!["0123", ""]);
+        assert_eq!(
+            fingerprints(&ids),
+            Some(vec![
+                XxHash64::oneshot(0x7469_6465_6d61_726b, b"0123"),
+                XxHash64::oneshot(0x7469_6465_6d61_726b, b""),
+            ])
+        );
+        let ints = arrow_array::Int64Array::from(vec![1]);
+        assert_eq!(fingerprints(&ints), None);
+    }
+
+    /// Key files of other key types, and string key files of format version
+    /// 1, have no fingerprints and are decoded as before.
+    #[test]
+    fn key_files_without_fingerprints_decode_as_before() -> Result<()> {
+        let ints = KeySchema::single("id", DataType::Int64)?;
+        let batch = ints.batch(&[Arc::new(arrow_array::Int64Array::from(vec![1, 2]))])?;
+        let file = fetched(&ints, encode_key_file(&ints, &batch, "k")?, 2);
+        assert_eq!(file.fingerprints()?, None);
+        assert_eq!(file.keys()?, vec![batch]);
+
+        let strings = KeySchema::single("id", DataType::Utf8)?;
+        let batch = strings.batch(&[Arc::new(arrow_array::StringArray::from(vec!["x"]))])?;
+        let mut version_1 = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut version_1, strings.arrow_schema().clone(), None)
+            .map_err(|e| Error::InvalidKeySchema(e.to_string()))?;
+        writer
+            .write(&batch)
+            .map_err(|e| Error::InvalidKeySchema(e.to_string()))?;
+        writer
+            .close()
+            .map_err(|e| Error::InvalidKeySchema(e.to_string()))?;
+        let file = fetched(&strings, Bytes::from(version_1), 1);
+        assert_eq!(file.fingerprints()?, None);
+        assert_eq!(file.keys()?, vec![batch]);
         Ok(())
     }
 }

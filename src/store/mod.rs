@@ -55,6 +55,7 @@ pub use status::{LastCommit, StagedCheckpoint, StoreStatus};
 pub use writer::{CheckpointWriter, KEY_FILE_ROWS};
 
 use crate::error::{Error, ObjectKind, Result};
+use keys::FetchedKeyFile;
 use layout::Layout;
 
 /// A checkpoint store rooted at one location. Cheap to clone; clones share the
@@ -224,6 +225,12 @@ impl CheckpointStore {
     /// Reads one key file named by [`StoreState::key_files`], checked against the
     /// size, checksum and row count recorded for it and the key schema.
     pub async fn read_keys(&self, file: &KeyFileRef) -> Result<Vec<RecordBatch>> {
+        self.fetch_key_file(file).await?.keys()
+    }
+
+    /// Fetches a key file and checks its size and checksum against `file`,
+    /// without decoding it.
+    pub(crate) async fn fetch_key_file(&self, file: &KeyFileRef) -> Result<FetchedKeyFile> {
         let path = self.inner.layout.absolute(&file.path);
         let bytes = match io::get_optional(self.object_store(), &path).await? {
             Some(bytes) => bytes,
@@ -258,7 +265,12 @@ impl CheckpointStore {
                 ));
             }
         }
-        keys::decode_key_file(&self.inner.key_schema, bytes, path.as_ref(), file.row_count)
+        Ok(FetchedKeyFile {
+            schema: self.inner.key_schema.clone(),
+            bytes,
+            path: path.to_string(),
+            expected_rows: file.row_count,
+        })
     }
 
     /// The current time, from the location's [`Environment`](crate::environment::Environment).

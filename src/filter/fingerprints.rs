@@ -1,0 +1,94 @@
+//! The fingerprints of a small source's keys, against which key files'
+//! fingerprints are probed to find the files that cannot hold one of its keys.
+//!
+//! A key file's fingerprints are millions of random 64-bit words, nearly all
+//! of them absent, and the question is only whether any one is present. So a
+//! bitmap of about 16 bits per source key, indexed by a fingerprint's high
+//! bits and small enough to stay in cache, answers "absent" for all but about
+//! one word in sixteen; only those are looked up in the exact set.
+
+use super::key_set::KeySet;
+
+/// Bits of the bitmap per fingerprint held.
+const BITS_PER_FINGERPRINT: usize = 16;
+
+/// An exact set of fingerprints with a bitmap in front of it.
+#[derive(Debug)]
+pub(crate) struct FingerprintSet {
+    bits: Vec<u64>,
+    /// A fingerprint's bit is its top `64 - shift` bits.
+    shift: u32,
+    exact: KeySet,
+}
+
+impl FingerprintSet {
+    /// An empty set sized for about `expected` fingerprints.
+    pub(crate) fn expecting(expected: usize) -> Self {
+        let bit_count = expected
+            .saturating_mul(BITS_PER_FINGERPRINT)
+            .clamp(64, 1 << 40)
+            .next_power_of_two();
+        FingerprintSet {
+            bits: vec![0; bit_count / 64],
+            shift: 64 - bit_count.trailing_zeros(),
+            exact: KeySet::expecting(expected, true),
+        }
+    }
+
+    /// Adds fingerprints.
+    pub(crate) fn insert(&mut self, fingerprints: &[u64]) {
+        for &f in fingerprints {
+            let bit = self.bit(f);
+            self.bits[bit / 64] |= 1 << (bit % 64);
+            self.exact.insert_word(f);
+        }
+    }
+
+    /// Whether any of `fingerprints` is in the set.
+    pub(crate) fn any_of(&self, fingerprints: &[u64]) -> bool {
+        fingerprints.iter().any(|&f| {
+            let bit = self.bit(f);
+            self.bits[bit / 64] & (1 << (bit % 64)) != 0 && self.exact.contains_word(f)
+        })
+    }
+
+    /// Heap memory held, in bytes.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.bits.capacity() * 8 + self.exact.memory_bytes()
+    }
+
+    #[inline]
+    fn bit(&self, fingerprint: u64) -> usize {
+        // `shift` is at least 24: the index fits the bitmap.
+        (fingerprint >> self.shift) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_exactly_the_fingerprints_held() {
+        let mut set = FingerprintSet::expecting(1000);
+        let held: Vec<u64> = (0..1000u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
+        set.insert(&held);
+        for &f in &held {
+            assert!(set.any_of(&[f]), "{f:x} was inserted");
+        }
+        // Absent words whose top bits equal a held one's: the bitmap lets them
+        // through, the exact set does not.
+        let near: Vec<u64> = held.iter().map(|f| f ^ 1).collect();
+        assert!(!set.any_of(&near));
+        assert!(set.any_of(&[near[0], near[1], held[500]]));
+        assert!(!set.any_of(&[]));
+    }
+
+    #[test]
+    fn an_empty_set_holds_nothing() {
+        let set = FingerprintSet::expecting(0);
+        assert!(!set.any_of(&[0, 1, u64::MAX]));
+    }
+}
