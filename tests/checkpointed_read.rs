@@ -387,38 +387,60 @@ async fn key_files_outside_the_source_range_are_not_read(f: Fixture) {
 /// source's read does not decode those that hold none of its keys', and
 /// still drops every checkpointed key it holds.
 async fn key_files_without_the_source_s_fingerprints_are_not_decoded(f: Fixture) {
-    let store = f
-        .store(KeySchema::single("id", DataType::Utf8).unwrap())
-        .await;
+    fingerprinted_key_files(f, false).await
+}
+
+/// The same with composite keys, whose fingerprints hash their columns in turn.
+async fn composite_key_files_without_the_source_s_fingerprints_are_not_decoded(f: Fixture) {
+    fingerprinted_key_files(f, true).await
+}
+
+async fn fingerprinted_key_files(f: Fixture, composite: bool) {
+    let schema = if composite {
+        KeySchema::new(vec![
+            KeyColumn::new("tenant", DataType::Utf8),
+            KeyColumn::new("id", DataType::Int64),
+        ])
+        .unwrap()
+    } else {
+        KeySchema::single("id", DataType::Utf8).unwrap()
+    };
+    let store = f.store(schema).await;
     let key = |i: i64| format!("key-{i:06}");
-    let strings = |ids: &[i64]| -> ArrayRef {
-        Arc::new(StringArray::from(
-            ids.iter().map(|&i| key(i)).collect::<Vec<_>>(),
-        ))
+    // Key columns of keys numbered `ids`, in the key schema's order.
+    let columns = |ids: &[i64]| -> Vec<(&'static str, ArrayRef)> {
+        if composite {
+            let tenants: Vec<String> = ids.iter().map(|i| format!("t{}", i % 7)).collect();
+            vec![
+                ("tenant", Arc::new(StringArray::from(tenants)) as ArrayRef),
+                ("id", Arc::new(Int64Array::from(ids.to_vec())) as ArrayRef),
+            ]
+        } else {
+            let keys: Vec<String> = ids.iter().map(|&i| key(i)).collect();
+            vec![("id", Arc::new(StringArray::from(keys)) as ArrayRef)]
+        }
     };
     // Three key files over the same range: keys 0, 3, 6, ...; 1, 4, ...; 2, 5, ...
     for first in 0..3 {
         let ids: Vec<i64> = (0..1000).map(|i| i * 3 + first).collect();
+        let keys: Vec<ArrayRef> = columns(&ids).into_iter().map(|(_, c)| c).collect();
         let mut writer = store.begin().await.unwrap();
-        writer.stage_keys(&[strings(&ids)]).await.unwrap();
+        writer.stage_keys(&keys).await.unwrap();
         writer.seal().await.unwrap();
     }
     // 10 keys of the second file (1, 4, ..., 28), and 40 new ones among them.
     let mut rows: Vec<i64> = (0..10).map(|i| i * 3 + 1).collect();
     rows.extend((0..40).map(|i| 3000 + i));
-    let source = RecordBatch::try_from_iter([("id", strings(&rows))]).unwrap();
+    let source = RecordBatch::try_from_iter(columns(&rows)).unwrap();
     f.write("a.parquet", &source).await;
     let (batches, stats) = f.run(&store).await;
-    let passed: Vec<String> = batches
-        .iter()
-        .flat_map(|b| {
-            let a = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
-            (0..a.len())
-                .map(|i| a.value(i).to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(passed, (3000..3040).map(key).collect::<Vec<_>>());
+    let passed = arrow::compute::concat_batches(&source.schema(), &batches).unwrap();
+    let new: Vec<i64> = (3000..3040).collect();
+    assert_eq!(
+        passed,
+        RecordBatch::try_from_iter(columns(&new)).unwrap(),
+        "exactly the 40 new keys pass"
+    );
     assert_eq!((stats.rows_read, stats.rows_skipped), (50, 10));
     if f.budget == IN_MEMORY {
         assert_eq!(
@@ -923,6 +945,7 @@ macro_rules! read_suite {
                 a_small_source_holds_only_its_checkpointed_keys,
                 key_files_outside_the_source_range_are_not_read,
                 key_files_without_the_source_s_fingerprints_are_not_decoded,
+                composite_key_files_without_the_source_s_fingerprints_are_not_decoded,
                 edge_keys_are_exact,
                 composite_and_string_keys_are_exact,
                 uuid_string_keys,

@@ -161,15 +161,6 @@ impl EncodedKeys {
         }
     }
 
-    /// The fingerprints of string and binary keys, as key files store them;
-    /// `None` for other encodings.
-    pub(crate) fn fingerprints(&self) -> Option<Vec<u64>> {
-        match self {
-            EncodedKeys::RawBytes(array) => crate::store::keys::fingerprints(array.as_ref()),
-            _ => None,
-        }
-    }
-
     /// The key of row `i`.
     pub(crate) fn key(&self, i: usize) -> Key<'_> {
         match self {

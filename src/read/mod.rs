@@ -47,7 +47,7 @@ use crate::filter::key_set::KeySet;
 use crate::filter::range::RangeBuilder;
 use crate::filter::{check_source, filter_rows, key_columns, KeyFilter};
 use crate::source::{read_units, read_units_mapped, BatchMap, Source};
-use crate::store::keys::has_fingerprints;
+use crate::store::keys::{fingerprints as fingerprints_of, has_fingerprints};
 use crate::store::{unit_digest, CheckpointStore, CheckpointWriter, KeyRange, KeySchema};
 use partitioned::Verdicts;
 
@@ -647,11 +647,14 @@ async fn read_source_keys(
     let mut batches = read_units(source, units.to_vec(), Some(columns), options.parallelism);
     while let Some(item) = batches.next().await {
         let (_, batch) = item?;
-        let encoded = codec.encode(&key_columns(key_schema, &batch)?)?;
+        let columns = key_columns(key_schema, &batch)?;
+        let encoded = codec.encode(&columns)?;
         range.add(&encoded);
         keys.insert_encoded(&encoded)?;
         if let Some(set) = &mut fingerprints {
-            match encoded.fingerprints() {
+            // Of the columns as the store keeps them, as key files were written.
+            let stored = key_schema.batch(&columns)?;
+            match fingerprints_of(stored.columns()) {
                 Some(words) => set.insert(&words),
                 // A key without its fingerprint would let a key file that
                 // holds it go unread: use none.

@@ -15,6 +15,7 @@
 //! then decoded and compared exactly. Files written before fingerprints
 //! (format version 1) are read whole, as before.
 
+use std::hash::Hasher;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -252,58 +253,161 @@ pub(crate) fn to_key_type(array: &ArrayRef, data_type: &DataType) -> Result<Arra
     })
 }
 
-/// The column of key fingerprints in key files of a single string or binary key.
+/// The column of key fingerprints in key files of every key schema but a
+/// single fixed-width column.
 pub(crate) const FINGERPRINT_COLUMN: &str = "_tidemark_fingerprint";
 
 /// Seed of the fingerprint hash. Part of the store format: changing it makes
 /// every stored fingerprint wrong.
 const FINGERPRINT_SEED: u64 = 0x7469_6465_6d61_726b;
 
-/// The fingerprint of a null key. Any value serves: a match is only ever a
-/// reason to compare the keys themselves.
+/// The fingerprint of a null single-column key. Any value serves: a match is
+/// only ever a reason to compare the keys themselves.
 const NULL_FINGERPRINT: u64 = 0;
 
-/// The fingerprint of each key of a string or binary column (null keys
-/// included), or `None` for columns of other types.
-pub(crate) fn fingerprints(array: &dyn Array) -> Option<Vec<u64>> {
-    fn each<'a>(array: &dyn Array, values: impl Iterator<Item = Option<&'a [u8]>>) -> Vec<u64> {
-        let mut out = Vec::with_capacity(array.len());
-        out.extend(
-            values.map(|v| v.map_or(NULL_FINGERPRINT, |b| XxHash64::oneshot(FINGERPRINT_SEED, b))),
-        );
-        out
+/// The fingerprint of each key of `columns` (key columns of one batch, null
+/// keys included), or `None` when a column's type has no fingerprint
+/// encoding.
+///
+/// The encoding is part of the store format. A single string or binary column
+/// hashes each value's bytes (a null hashes to [`NULL_FINGERPRINT`]). Other
+/// keys hash, column after column, a byte 0 for a null, or a byte 1 and then
+/// the value: a string or binary value as its length (8 bytes, little-endian)
+/// and its bytes, a boolean as one byte, any other fixed-width value as its
+/// little-endian bytes.
+pub(crate) fn fingerprints(columns: &[ArrayRef]) -> Option<Vec<u64>> {
+    let rows = columns.first().map_or(0, |c| c.len());
+    if let [column] = columns {
+        if let Some(values) = ValueBytes::of(column.as_ref()).filter(ValueBytes::is_variable) {
+            return Some(
+                (0..rows)
+                    .map(|i| {
+                        values
+                            .get(i)
+                            .map_or(NULL_FINGERPRINT, |b| XxHash64::oneshot(FINGERPRINT_SEED, b))
+                    })
+                    .collect(),
+            );
+        }
     }
-    Some(match array.data_type() {
-        DataType::Utf8 => each(
-            array,
-            array
-                .as_string::<i32>()
-                .iter()
-                .map(|v| v.map(str::as_bytes)),
-        ),
-        DataType::LargeUtf8 => each(
-            array,
-            array
-                .as_string::<i64>()
-                .iter()
-                .map(|v| v.map(str::as_bytes)),
-        ),
-        DataType::Binary => each(array, array.as_binary::<i32>().iter()),
-        DataType::LargeBinary => each(array, array.as_binary::<i64>().iter()),
-        DataType::FixedSizeBinary(_) => each(array, array.as_fixed_size_binary().iter()),
-        _ => return None,
-    })
+    let values = columns
+        .iter()
+        .map(|c| ValueBytes::of(c.as_ref()))
+        .collect::<Option<Vec<_>>>()?;
+    Some(
+        (0..rows)
+            .map(|i| {
+                let mut hasher = XxHash64::with_seed(FINGERPRINT_SEED);
+                for column in &values {
+                    match column.get(i) {
+                        None => hasher.write_u8(0),
+                        Some(bytes) => {
+                            hasher.write_u8(1);
+                            if column.is_variable() {
+                                hasher.write(&(bytes.len() as u64).to_le_bytes());
+                            }
+                            hasher.write(bytes);
+                        }
+                    }
+                }
+                hasher.finish()
+            })
+            .collect(),
+    )
 }
 
-/// Whether key files of `schema` carry fingerprints: a single string or
-/// binary key.
+/// The bytes of each value of a key column, as fingerprints take them.
+enum ValueBytes<'a> {
+    /// Strings and binaries, whose length goes before their bytes.
+    Variable(Box<dyn Fn(usize) -> Option<&'a [u8]> + 'a>),
+    /// Booleans, one byte each.
+    Boolean(&'a arrow_array::BooleanArray),
+    /// Other fixed-width values: `width` little-endian bytes each.
+    Fixed {
+        values: arrow_buffer::Buffer,
+        /// Position of the array's first value in `values`.
+        offset: usize,
+        width: usize,
+        nulls: Option<arrow_buffer::NullBuffer>,
+    },
+}
+
+impl<'a> ValueBytes<'a> {
+    fn of(array: &'a dyn Array) -> Option<Self> {
+        fn variable<'a>(get: impl Fn(usize) -> Option<&'a [u8]> + 'a) -> Option<ValueBytes<'a>> {
+            Some(ValueBytes::Variable(Box::new(get)))
+        }
+        match array.data_type() {
+            DataType::Utf8 => {
+                let a = array.as_string::<i32>();
+                variable(move |i| a.is_valid(i).then(|| a.value(i).as_bytes()))
+            }
+            DataType::LargeUtf8 => {
+                let a = array.as_string::<i64>();
+                variable(move |i| a.is_valid(i).then(|| a.value(i).as_bytes()))
+            }
+            DataType::Binary => {
+                let a = array.as_binary::<i32>();
+                variable(move |i| a.is_valid(i).then(|| a.value(i)))
+            }
+            DataType::LargeBinary => {
+                let a = array.as_binary::<i64>();
+                variable(move |i| a.is_valid(i).then(|| a.value(i)))
+            }
+            DataType::FixedSizeBinary(_) => {
+                let a = array.as_fixed_size_binary();
+                variable(move |i| a.is_valid(i).then(|| a.value(i)))
+            }
+            DataType::Boolean => Some(ValueBytes::Boolean(array.as_boolean())),
+            t if t.is_primitive() => {
+                let data = array.to_data();
+                Some(ValueBytes::Fixed {
+                    values: data.buffers().first()?.clone(),
+                    offset: data.offset(),
+                    width: t.primitive_width()?,
+                    nulls: array.logical_nulls(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn is_variable(&self) -> bool {
+        matches!(self, ValueBytes::Variable(_))
+    }
+
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        match self {
+            ValueBytes::Variable(get) => get(i),
+            ValueBytes::Boolean(a) => {
+                a.is_valid(i)
+                    .then(|| if a.value(i) { &[1u8][..] } else { &[0u8][..] })
+            }
+            ValueBytes::Fixed {
+                values,
+                offset,
+                width,
+                nulls,
+            } => nulls.as_ref().is_none_or(|n| n.is_valid(i)).then(|| {
+                let start = (offset + i) * width;
+                values
+                    .as_slice()
+                    .get(start..start + width)
+                    .unwrap_or_default()
+            }),
+        }
+    }
+}
+
+/// Whether key files of `schema` carry fingerprints: every key schema but a
+/// single fixed-width column of at most 8 bytes, which is its own fingerprint.
 pub(crate) fn has_fingerprints(schema: &KeySchema) -> bool {
     match schema.columns() {
-        [column] => matches!(
-            column.data_type,
-            DataType::Utf8 | DataType::Binary | DataType::FixedSizeBinary(_)
-        ),
-        _ => false,
+        [column] => {
+            let t = &column.data_type;
+            !(t.is_primitive() && t.primitive_width().is_some_and(|w| w <= 8))
+        }
+        _ => true,
     }
 }
 
@@ -323,8 +427,12 @@ pub(crate) fn encode_key_file(
         .set_dictionary_enabled(false);
     let mut file_schema = schema.arrow_schema().clone();
     let mut batch = batch.clone();
-    if has_fingerprints(schema) {
-        let values = fingerprints(batch.column(0).as_ref()).unwrap_or_default();
+    let values = if has_fingerprints(schema) {
+        fingerprints(batch.columns())
+    } else {
+        None
+    };
+    if let Some(values) = values {
         let mut fields: Vec<Field> = file_schema
             .fields()
             .iter()
@@ -536,7 +644,7 @@ mod tests {
         ]));
         let batch = schema.batch(std::slice::from_ref(&ids))?;
         let file = fetched(&schema, encode_key_file(&schema, &batch, "k")?, 3);
-        let expected = fingerprints(ids.as_ref());
+        let expected = fingerprints(std::slice::from_ref(&ids));
         assert_eq!(file.fingerprints()?, expected);
         let expected = expected.unwrap_or_default();
         assert_eq!(expected[1], NULL_FINGERPRINT);
@@ -551,17 +659,40 @@ mod tests {
 
     /// Fingerprints are part of the format: XXH64 with the store's seed.
     #[test]
-    fn fingerprints_are_stable() {
-        let ids = arrow_array::StringArray::from(vec!["0123", ""]);
+    fn fingerprints_are_stable() -> Result<()> {
+        let seed = 0x7469_6465_6d61_726b;
+        let ids: ArrayRef = Arc::new(arrow_array::StringArray::from(vec!["0123", ""]));
         assert_eq!(
-            fingerprints(&ids),
+            fingerprints(&[ids]),
             Some(vec![
-                XxHash64::oneshot(0x7469_6465_6d61_726b, b"0123"),
-                XxHash64::oneshot(0x7469_6465_6d61_726b, b""),
+                XxHash64::oneshot(seed, b"0123"),
+                XxHash64::oneshot(seed, b""),
             ])
         );
-        let ints = arrow_array::Int64Array::from(vec![1]);
-        assert_eq!(fingerprints(&ints), None);
+        assert!(!has_fingerprints(&KeySchema::single(
+            "id",
+            DataType::Int64
+        )?));
+        // Composite keys: the columns' values in turn, each behind a null
+        // flag, strings behind their length.
+        let tenants: ArrayRef = Arc::new(arrow_array::StringArray::from(vec![Some("ab"), None]));
+        let ids: ArrayRef = Arc::new(arrow_array::Int64Array::from(vec![1, 1]));
+        let mut first = XxHash64::with_seed(seed);
+        first.write(&[1, 2, 0, 0, 0, 0, 0, 0, 0]);
+        first.write(b"ab");
+        first.write(&[1, 1, 0, 0, 0, 0, 0, 0, 0]);
+        let mut second = XxHash64::with_seed(seed);
+        second.write(&[0, 1, 1, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            fingerprints(&[tenants.clone(), ids.clone()]),
+            Some(vec![first.finish(), second.finish()])
+        );
+        // A slice hashes the values it shows.
+        assert_eq!(
+            fingerprints(&[tenants.slice(1, 1), ids.slice(1, 1)]),
+            Some(vec![second.finish()])
+        );
+        Ok(())
     }
 
     /// Key files of other key types, and string key files of format version
