@@ -655,7 +655,7 @@ async fn read_source_keys(
             // Of the columns as the store keeps them, as key files were written.
             let stored = key_schema.batch(&columns)?;
             match fingerprints_of(stored.columns()) {
-                Some(words) => set.insert(&words),
+                Some(words) => set.insert(words)?,
                 // A key without its fingerprint would let a key file that
                 // holds it go unread: use none.
                 None => fingerprints = None,
