@@ -406,7 +406,9 @@ async fn fingerprinted_key_files(f: Fixture, composite: bool) {
         KeySchema::single("id", DataType::Utf8).unwrap()
     };
     let store = f.store(schema).await;
-    let key = |i: i64| format!("key-{i:06}");
+    // Keys numbered in a scattered order, so that every key file's range
+    // spans nearly all of them and no file is skipped by its range.
+    let key = |i: i64| format!("key-{:05}", (i * 7919) % 100_000);
     // Key columns of keys numbered `ids`, in the key schema's order.
     let columns = |ids: &[i64]| -> Vec<(&'static str, ArrayRef)> {
         if composite {
@@ -451,6 +453,53 @@ async fn fingerprinted_key_files(f: Fixture, composite: bool) {
             ),
             (0, 2, 10),
             "only the second file is decoded"
+        );
+
+        // A file ruled out is not fetched whole: only its fingerprint column
+        // and footer. Damage elsewhere (here, its first key column's first
+        // byte) goes unseen by a read that rules every file out...
+        let location = f.backend.location();
+        let key_files = store.load().await.unwrap().key_files();
+        assert_eq!(key_files.len(), 4, "three checkpoints and the run's own");
+        for file in &key_files {
+            assert!(
+                file.fingerprints.is_some(),
+                "{} records its fingerprints",
+                file.path
+            );
+            let path = Path::from(format!("{}/{}", location.prefix, file.path));
+            let bytes = location.object_store.get(&path).await.unwrap();
+            let mut bytes = bytes.bytes().await.unwrap().to_vec();
+            bytes[4] ^= 0xff;
+            location
+                .object_store
+                .put(&path, bytes.into())
+                .await
+                .unwrap();
+        }
+        let rows: Vec<i64> = (5000..5010).collect();
+        f.write(
+            "a.parquet",
+            &RecordBatch::try_from_iter(columns(&rows)).unwrap(),
+        )
+        .await;
+        let (batches, stats) = f.run(&store).await;
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 10);
+        assert_eq!(stats.key_files_not_decoded, 4);
+        // ...and is found by a read that needs the keys of one of them.
+        let rows: Vec<i64> = vec![1, 6000];
+        f.write(
+            "a.parquet",
+            &RecordBatch::try_from_iter(columns(&rows)).unwrap(),
+        )
+        .await;
+        let damaged = f
+            .run_with(&store, f.options(DuplicatePolicy::KeepFirst))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(damaged, Error::Corrupt { .. }),
+            "a damaged key file is an error: {damaged}"
         );
     }
 }

@@ -28,7 +28,9 @@ impl FingerprintSet {
     pub(crate) fn expecting(expected: usize) -> Self {
         let bit_count = expected
             .saturating_mul(BITS_PER_FINGERPRINT)
-            .clamp(64, 1 << 40)
+            // Past 512 MiB the bitmap only lets more probes through to
+            // the exact set.
+            .clamp(64, 1 << 32)
             .next_power_of_two();
         FingerprintSet {
             bits: vec![0; bit_count / 64],
@@ -91,6 +93,10 @@ mod tests {
         assert!(!set.any_of(&near));
         assert!(set.any_of(&[near[0], near[1], held[500]]));
         assert!(!set.any_of(&[]));
+        // The bitmap (16 bits a fingerprint, 2 KiB here) and the exact set
+        // count toward the read's memory.
+        assert_eq!(set.memory_bytes(), 2048 + set.exact.memory_bytes());
+        assert!(set.exact.memory_bytes() >= 1000 * 8);
         Ok(())
     }
 

@@ -126,25 +126,25 @@ impl KeyFilter {
                 _ => true,
             });
         // The probe runs in the decoding tasks, on both cores; only the keys
-        // that match come back.
-        let wanted = wanted.clone();
-        // `None` for a file whose fingerprints rule it out.
-        let probe: KeyFileMap<Option<Vec<RecordBatch>>> = Arc::new(move |file| {
-            if let (Some(wanted_fingerprints), Some(fingerprints)) =
-                (wanted_fingerprints.as_deref(), file.fingerprints()?)
-            {
-                if !wanted_fingerprints.any_of(&fingerprints) {
-                    return Ok(None);
-                }
-            }
-            file.keys()?
-                .into_iter()
-                .map(|batch| wanted.held_rows(&batch))
-                .collect::<Result<Vec<_>>>()
-                .map(Some)
-        });
+        // that match come back, `None` for a file its fingerprints rule out.
+        let store_for_tasks = store.clone();
+        let mut files = stream::iter(read)
+            .map(move |file| {
+                let store = store_for_tasks.clone();
+                let wanted = wanted.clone();
+                let wanted_fingerprints = wanted_fingerprints.clone();
+                tokio::spawn(async move {
+                    match_key_file(&store, &file, &wanted, wanted_fingerprints.as_deref()).await
+                })
+            })
+            .buffered(KEY_FILES_AT_ONCE)
+            .map(|joined| {
+                joined.map_err(|source| Error::Task {
+                    task: "matching a key file",
+                    source,
+                })?
+            });
         let mut files_not_decoded = 0;
-        let mut files = key_files(store, read, probe);
         while let Some(matching) = files.next().await {
             let Some(matching) = matching? else {
                 files_not_decoded += 1;
@@ -258,6 +258,41 @@ fn key_files<T: Send + 'static>(
                 source,
             })?
         })
+}
+
+/// The keys of `file` that `wanted` holds, or `None` when the file's
+/// fingerprints show it holds none of them. The fingerprints are fetched alone
+/// when the file's record says where they lie, else with the whole file.
+async fn match_key_file(
+    store: &CheckpointStore,
+    file: &KeyFileRef,
+    wanted: &KeyFilter,
+    wanted_fingerprints: Option<&FingerprintSet>,
+) -> Result<Option<Vec<RecordBatch>>> {
+    let rules_out = |fingerprints: &[u64]| {
+        wanted_fingerprints.is_some_and(|wanted| !wanted.any_of(fingerprints))
+    };
+    if wanted_fingerprints.is_some() {
+        if let Some(fingerprints) = store.fetch_fingerprints(file).await? {
+            if rules_out(&fingerprints) {
+                return Ok(None);
+            }
+        }
+    }
+    let fetched = store.fetch_key_file(file).await?;
+    if wanted_fingerprints.is_some() && file.fingerprints.is_none() {
+        if let Some(fingerprints) = fetched.fingerprints()? {
+            if rules_out(&fingerprints) {
+                return Ok(None);
+            }
+        }
+    }
+    fetched
+        .keys()?
+        .iter()
+        .map(|batch| wanted.held_rows(batch))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// What [`KeyFilter::load_matching`] found.

@@ -137,7 +137,8 @@ pub struct ReadStats {
     /// small source's keys are known before the key files are read).
     pub key_files_skipped: u64,
     /// Key files read but not decoded: none of their key fingerprints is a
-    /// small source's (string and binary keys, key files of format version 2).
+    /// small source's (every key but a single fixed-width column, key files
+    /// of format version 2).
     pub key_files_not_decoded: u64,
     /// Source units read to their end (a unit ends when the next one's first
     /// batch arrives, or the source ends).
@@ -259,10 +260,13 @@ impl CheckpointedRead {
             // Nothing to read: the checkpointed keys are not needed.
             Some(KeyFilter::new(key_schema.clone())?)
         } else if small_source
-            // The source's keys and the checkpointed keys among them.
+            // The source's keys and the checkpointed keys among them, and
+            // the source keys' fingerprints (about one key's worth more).
             && fits_in_memory(
                 &codec,
-                source_rows.map_or(u64::MAX, |rows| rows.saturating_mul(2)),
+                source_rows.map_or(u64::MAX, |rows| {
+                    rows.saturating_mul(if has_fingerprints(&key_schema) { 3 } else { 2 })
+                }),
                 source_rows,
                 &options,
             )

@@ -319,7 +319,8 @@ impl CheckpointStore {
         while offset < sorted.num_rows() {
             let slice = sorted.slice(offset, step.min(sorted.num_rows() - offset));
             let path = layout.index_key_file(generation, run_id, key_files.len());
-            let bytes = keys::encode_key_file(self.key_schema(), &slice, path.as_ref())?;
+            let encoded = keys::encode_key_file(self.key_schema(), &slice, path.as_ref())?;
+            let bytes = encoded.bytes;
             let size_bytes = bytes.len() as u64;
             let crc32 = Some(crc32fast::hash(&bytes));
             let key_range = key_range(self.key_schema(), &slice)?;
@@ -330,6 +331,7 @@ impl CheckpointStore {
                 size_bytes,
                 crc32,
                 key_range,
+                fingerprints: encoded.fingerprints,
             });
             offset += slice.num_rows();
         }

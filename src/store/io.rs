@@ -77,6 +77,19 @@ pub(crate) async fn get(store: &dyn ObjectStore, path: &Path) -> Result<Bytes> {
     .map_err(|e| Error::store("get", path, e))
 }
 
+/// Reads byte ranges of an object; `None` if it does not exist.
+pub(crate) async fn get_ranges_optional(
+    store: &dyn ObjectStore,
+    path: &Path,
+    ranges: &[std::ops::Range<u64>],
+) -> Result<Option<Vec<Bytes>>> {
+    match retrying_read("ranged get", path, || store.get_ranges(path, ranges)).await {
+        Ok(pieces) => Ok(Some(pieces)),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(Error::store("ranged get", path, e)),
+    }
+}
+
 /// Whether an object exists.
 pub(crate) async fn exists(store: &dyn ObjectStore, path: &Path) -> Result<bool> {
     match retrying_read("head", path, || store.head(path)).await {

@@ -6,14 +6,15 @@
 //! column of a composite key. A row whose key is `(1, null)` is processed once,
 //! and is then skipped like any other key.
 //!
-//! **Fingerprints.** A key file of a single string or binary key also holds a
-//! column of 64-bit fingerprints ([`FINGERPRINT_COLUMN`], XXH64 of each key's
-//! bytes, a hash with a fixed specification). A read whose source is much
-//! smaller than the checkpoint probes them first: a key file none of whose
-//! fingerprints is among the source keys' holds none of those keys, and its
-//! strings are never decoded. Equal fingerprints prove nothing; the keys are
-//! then decoded and compared exactly. Files written before fingerprints
-//! (format version 1) are read whole, as before.
+//! **Fingerprints.** A key file of any key but a single fixed-width column
+//! (which is its own fingerprint) also holds a column of 64-bit fingerprints
+//! ([`FINGERPRINT_COLUMN`]: XXH64, a hash with a fixed specification, of the
+//! bytes [`fingerprints`] defines). A read whose source is much smaller than
+//! the checkpoint probes them first: a key file none of whose fingerprints is
+//! among the source keys' holds none of those keys, and its keys are never
+//! decoded. Equal fingerprints prove nothing; the keys are then decoded and
+//! compared exactly. Files written before fingerprints (format version 1) are
+//! read whole, as before.
 
 use std::hash::Hasher;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use parquet::schema::types::ColumnPath;
 use serde::{Deserialize, Serialize};
 use twox_hash::XxHash64;
 
+use super::records::FingerprintBytes;
 use crate::error::{Error, ObjectKind, Result};
 
 /// One column of a key.
@@ -316,7 +318,9 @@ pub(crate) fn fingerprints(columns: &[ArrayRef]) -> Option<Vec<u64>> {
     )
 }
 
-/// The bytes of each value of a key column, as fingerprints take them.
+/// The bytes of each value of a key column, as fingerprints take them. Key
+/// columns come in the types the store keeps (`canonical_key_type`): strings
+/// as `Utf8`, binaries as `Binary`.
 enum ValueBytes<'a> {
     /// Strings and binaries, whose length goes before their bytes.
     Variable(Box<dyn Fn(usize) -> Option<&'a [u8]> + 'a>),
@@ -342,16 +346,8 @@ impl<'a> ValueBytes<'a> {
                 let a = array.as_string::<i32>();
                 variable(move |i| a.is_valid(i).then(|| a.value(i).as_bytes()))
             }
-            DataType::LargeUtf8 => {
-                let a = array.as_string::<i64>();
-                variable(move |i| a.is_valid(i).then(|| a.value(i).as_bytes()))
-            }
             DataType::Binary => {
                 let a = array.as_binary::<i32>();
-                variable(move |i| a.is_valid(i).then(|| a.value(i)))
-            }
-            DataType::LargeBinary => {
-                let a = array.as_binary::<i64>();
                 variable(move |i| a.is_valid(i).then(|| a.value(i)))
             }
             DataType::FixedSizeBinary(_) => {
@@ -411,20 +407,28 @@ pub(crate) fn has_fingerprints(schema: &KeySchema) -> bool {
     }
 }
 
+/// A key file's bytes, and where its fingerprints lie in them.
+pub(crate) struct EncodedKeyFile {
+    pub(crate) bytes: Bytes,
+    pub(crate) fingerprints: Option<FingerprintBytes>,
+}
+
 /// Encodes a batch of keys as one Parquet file, with the keys' fingerprints
 /// when the key schema has them.
 pub(crate) fn encode_key_file(
     schema: &KeySchema,
     batch: &RecordBatch,
     path: &str,
-) -> Result<Bytes> {
+) -> Result<EncodedKeyFile> {
     let encode_err = |e: parquet::errors::ParquetError| Error::EncodeKeys {
         path: path.to_string(),
         source: Box::new(e),
     };
+    // One row group, so that the fingerprints are one column chunk.
     let mut props = WriterProperties::builder()
         .set_compression(Compression::LZ4_RAW)
-        .set_dictionary_enabled(false);
+        .set_dictionary_enabled(false)
+        .set_max_row_group_row_count(None);
     let mut file_schema = schema.arrow_schema().clone();
     let mut batch = batch.clone();
     let values = if has_fingerprints(schema) {
@@ -453,12 +457,172 @@ pub(crate) fn encode_key_file(
             Compression::UNCOMPRESSED,
         );
     }
+    let fingerprinted = file_schema.fields().len() > schema.columns().len();
     let mut buffer = Vec::new();
     let mut writer =
         ArrowWriter::try_new(&mut buffer, file_schema, Some(props.build())).map_err(encode_err)?;
     writer.write(&batch).map_err(encode_err)?;
-    writer.close().map_err(encode_err)?;
-    Ok(Bytes::from(buffer))
+    let metadata = writer.close().map_err(encode_err)?;
+    let fingerprints = if fingerprinted {
+        fingerprint_bytes(&metadata, &buffer)
+    } else {
+        None
+    };
+    Ok(EncodedKeyFile {
+        bytes: Bytes::from(buffer),
+        fingerprints,
+    })
+}
+
+/// Where the fingerprint column (the last) and the footer lie in a key file
+/// of one row group, and their checksum; `None` for other layouts, which are
+/// fetched whole.
+fn fingerprint_bytes(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    file: &[u8],
+) -> Option<FingerprintBytes> {
+    let [row_group] = metadata.row_groups() else {
+        return None;
+    };
+    let (start, length) = row_group.columns().last()?.byte_range();
+    let end = start.checked_add(length)?;
+    // The file ends with the footer's length (4 bytes) and the magic `PAR1`.
+    let size = file.len();
+    let footer_length =
+        u32::from_le_bytes(file.get(size.checked_sub(8)?..size - 4)?.try_into().ok()?);
+    let footer_start = size.checked_sub(8)?.checked_sub(footer_length as usize)?;
+    let column = file.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)?;
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(column);
+    crc.update(file.get(footer_start..)?);
+    Some(FingerprintBytes {
+        column_start: start,
+        column_end: end,
+        footer_start: footer_start as u64,
+        crc32: crc.finalize(),
+    })
+}
+
+/// The pieces of a key file fetched to read its fingerprints: the column
+/// chunk and the footer. Parquet's reader reads nothing else of the file when
+/// it decodes that one column; anything else is an error.
+struct FingerprintPieces {
+    file_size: u64,
+    pieces: [(u64, Bytes); 2],
+}
+
+impl FingerprintPieces {
+    fn slice(&self, start: u64, length: Option<usize>) -> parquet::errors::Result<Bytes> {
+        for (at, bytes) in &self.pieces {
+            let Some(from) = start.checked_sub(*at).and_then(|f| usize::try_from(f).ok()) else {
+                continue;
+            };
+            let to = length.map_or(Some(bytes.len()), |l| from.checked_add(l));
+            if let Some(to) = to.filter(|&to| from <= to && to <= bytes.len()) {
+                return Ok(bytes.slice(from..to));
+            }
+        }
+        Err(parquet::errors::ParquetError::General(format!(
+            "bytes from {start} of the key file were not fetched with its fingerprints"
+        )))
+    }
+}
+
+impl parquet::file::reader::Length for FingerprintPieces {
+    fn len(&self) -> u64 {
+        self.file_size
+    }
+}
+
+impl parquet::file::reader::ChunkReader for FingerprintPieces {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(bytes::Buf::reader(self.slice(start, None)?))
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.slice(start, Some(length))
+    }
+}
+
+/// Decodes the fingerprints of a key file from the pieces fetched for them
+/// (`column` and `footer`, at the offsets `at` records), after checking them
+/// against the recorded checksum.
+pub(crate) fn fingerprints_from_pieces(
+    at: &FingerprintBytes,
+    file_size: u64,
+    column: Bytes,
+    footer: Bytes,
+    path: &str,
+    expected_rows: u64,
+) -> Result<Vec<u64>> {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&column);
+    crc.update(&footer);
+    let found = crc.finalize();
+    if found != at.crc32 {
+        return Err(Error::corrupt(
+            ObjectKind::KeyFile,
+            path,
+            format!(
+                "CRC-32 {found:08x} of its fingerprints where the manifest recorded {:08x}: altered",
+                at.crc32
+            ),
+        ));
+    }
+    let pieces = FingerprintPieces {
+        file_size,
+        pieces: [(at.column_start, column), (at.footer_start, footer)],
+    };
+    read_fingerprints(pieces, path, expected_rows)?.ok_or_else(|| {
+        Error::corrupt(
+            ObjectKind::KeyFile,
+            path,
+            "the manifest records fingerprints, but the file has no fingerprint column",
+        )
+    })
+}
+
+/// Decodes the fingerprint column of a key file, or `None` if it has none.
+fn read_fingerprints<R: parquet::file::reader::ChunkReader + 'static>(
+    file: R,
+    path: &str,
+    expected_rows: u64,
+) -> Result<Option<Vec<u64>>> {
+    let corrupt = |e: String| Error::corrupt(ObjectKind::KeyFile, path, e);
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corrupt(e.to_string()))?;
+    let Some(index) = builder
+        .schema()
+        .fields()
+        .iter()
+        .position(|f| f.name() == FINGERPRINT_COLUMN)
+    else {
+        return Ok(None);
+    };
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(KEY_BATCH_ROWS)
+        .build()
+        .map_err(|e| corrupt(e.to_string()))?;
+    let mut values = Vec::with_capacity(usize::try_from(expected_rows).unwrap_or(0));
+    for batch in reader {
+        let batch = batch.map_err(|e| corrupt(e.to_string()))?;
+        let column = batch
+            .column(0)
+            .as_primitive_opt::<arrow_array::types::UInt64Type>()
+            .ok_or_else(|| corrupt(format!("{FINGERPRINT_COLUMN} is not a UInt64 column")))?;
+        values.extend_from_slice(column.values());
+    }
+    if values.len() as u64 != expected_rows {
+        return Err(corrupt(format!(
+            "holds {} fingerprints, but {expected_rows} keys were recorded",
+            values.len()
+        )));
+    }
+    Ok(Some(values))
 }
 
 /// Rows per batch when a key file is decoded.
@@ -478,40 +642,7 @@ impl FetchedKeyFile {
     /// The file's fingerprints, in row order, or `None` for a file without
     /// them (a key schema that has none, or a file of format version 1).
     pub(crate) fn fingerprints(&self) -> Result<Option<Vec<u64>>> {
-        let corrupt = |e: String| Error::corrupt(ObjectKind::KeyFile, &self.path, e);
-        let builder = ParquetRecordBatchReaderBuilder::try_new(self.bytes.clone())
-            .map_err(|e| corrupt(e.to_string()))?;
-        let Some(index) = builder
-            .schema()
-            .fields()
-            .iter()
-            .position(|f| f.name() == FINGERPRINT_COLUMN)
-        else {
-            return Ok(None);
-        };
-        let mask = ProjectionMask::roots(builder.parquet_schema(), [index]);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(KEY_BATCH_ROWS)
-            .build()
-            .map_err(|e| corrupt(e.to_string()))?;
-        let mut values = Vec::with_capacity(usize::try_from(self.expected_rows).unwrap_or(0));
-        for batch in reader {
-            let batch = batch.map_err(|e| corrupt(e.to_string()))?;
-            let column = batch
-                .column(0)
-                .as_primitive_opt::<arrow_array::types::UInt64Type>()
-                .ok_or_else(|| corrupt(format!("{FINGERPRINT_COLUMN} is not a UInt64 column")))?;
-            values.extend_from_slice(column.values());
-        }
-        if values.len() as u64 != self.expected_rows {
-            return Err(corrupt(format!(
-                "holds {} fingerprints, but {} keys were recorded",
-                values.len(),
-                self.expected_rows
-            )));
-        }
-        Ok(Some(values))
+        read_fingerprints(self.bytes.clone(), &self.path, self.expected_rows)
     }
 
     /// Decodes the keys, checking the file's columns against the key schema
@@ -643,9 +774,41 @@ mod tests {
             Some("a much longer key than the others"),
         ]));
         let batch = schema.batch(std::slice::from_ref(&ids))?;
-        let file = fetched(&schema, encode_key_file(&schema, &batch, "k")?, 3);
+        let encoded = encode_key_file(&schema, &batch, "k")?;
+        let file = fetched(&schema, encoded.bytes.clone(), 3);
         let expected = fingerprints(std::slice::from_ref(&ids));
         assert_eq!(file.fingerprints()?, expected);
+
+        // Read from the fingerprint column and the footer alone, as the
+        // record places them.
+        let Some(at) = encoded.fingerprints else {
+            panic!("a key file of one row group records where its fingerprints lie");
+        };
+        let bytes = encoded.bytes;
+        let size = bytes.len() as u64;
+        let piece = |from: u64, to: u64| bytes.slice(from as usize..to as usize);
+        let column = piece(at.column_start, at.column_end);
+        let footer = piece(at.footer_start, size);
+        let alone = fingerprints_from_pieces(&at, size, column.clone(), footer.clone(), "k", 3)?;
+        assert_eq!(Some(alone), expected);
+        // A damaged piece fails its checksum.
+        let mut damaged = column.to_vec();
+        damaged[0] ^= 1;
+        let error = fingerprints_from_pieces(&at, size, damaged.into(), footer.clone(), "k", 3);
+        assert!(matches!(error, Err(Error::Corrupt { .. })), "{error:?}");
+        // A record whose ranges miss the column is refused, not misread.
+        let shifted = FingerprintBytes {
+            column_start: at.column_start + 1,
+            crc32: {
+                let mut crc = crc32fast::Hasher::new();
+                crc.update(&column[1..]);
+                crc.update(&footer);
+                crc.finalize()
+            },
+            ..at.clone()
+        };
+        let error = fingerprints_from_pieces(&shifted, size, column.slice(1..), footer, "k", 3);
+        assert!(matches!(error, Err(Error::Corrupt { .. })), "{error:?}");
         let expected = expected.unwrap_or_default();
         assert_eq!(expected[1], NULL_FINGERPRINT);
         assert_ne!(expected[0], expected[2]);
@@ -676,13 +839,13 @@ mod tests {
         // Composite keys: the columns' values in turn, each behind a null
         // flag, strings behind their length.
         let tenants: ArrayRef = Arc::new(arrow_array::StringArray::from(vec![Some("ab"), None]));
-        let ids: ArrayRef = Arc::new(arrow_array::Int64Array::from(vec![1, 1]));
+        let ids: ArrayRef = Arc::new(arrow_array::Int64Array::from(vec![1, 2]));
         let mut first = XxHash64::with_seed(seed);
         first.write(&[1, 2, 0, 0, 0, 0, 0, 0, 0]);
         first.write(b"ab");
         first.write(&[1, 1, 0, 0, 0, 0, 0, 0, 0]);
         let mut second = XxHash64::with_seed(seed);
-        second.write(&[0, 1, 1, 0, 0, 0, 0, 0, 0, 0]);
+        second.write(&[0, 1, 2, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(
             fingerprints(&[tenants.clone(), ids.clone()]),
             Some(vec![first.finish(), second.finish()])
@@ -695,13 +858,55 @@ mod tests {
         Ok(())
     }
 
+    /// Every key type the store keeps has fingerprints, alone (but a single
+    /// fixed-width column) or in a composite key.
+    #[test]
+    fn every_key_type_has_fingerprints() -> Result<()> {
+        let binary: ArrayRef = Arc::new(arrow_array::BinaryArray::from(vec![&b"ab"[..]]));
+        let fixed: ArrayRef = Arc::new(arrow_array::FixedSizeBinaryArray::from(vec![&b"ab"[..]]));
+        let strings: ArrayRef = Arc::new(arrow_array::StringArray::from(vec!["ab"]));
+        let flags: ArrayRef = Arc::new(arrow_array::BooleanArray::from(vec![true]));
+        let wide: ArrayRef = Arc::new(
+            arrow_array::Decimal128Array::from(vec![7])
+                .with_precision_and_scale(30, 2)
+                .map_err(|e| Error::InvalidKeySchema(e.to_string()))?,
+        );
+        let same_bytes = fingerprints(std::slice::from_ref(&strings));
+        for single in [&binary, &fixed] {
+            assert_eq!(fingerprints(std::slice::from_ref(single)), same_bytes);
+        }
+        let mut flag = XxHash64::with_seed(0x7469_6465_6d61_726b);
+        flag.write(&[1, 1]);
+        assert_eq!(
+            fingerprints(std::slice::from_ref(&flags)),
+            Some(vec![flag.finish()])
+        );
+        let mut decimal = XxHash64::with_seed(0x7469_6465_6d61_726b);
+        decimal.write(&[1]);
+        decimal.write(&7i128.to_le_bytes());
+        assert_eq!(
+            fingerprints(std::slice::from_ref(&wide)),
+            Some(vec![decimal.finish()])
+        );
+        for data_type in [
+            DataType::Boolean,
+            DataType::Decimal128(30, 2),
+            DataType::Binary,
+        ] {
+            assert!(has_fingerprints(&KeySchema::single("k", data_type)?));
+        }
+        Ok(())
+    }
+
     /// Key files of other key types, and string key files of format version
     /// 1, have no fingerprints and are decoded as before.
     #[test]
     fn key_files_without_fingerprints_decode_as_before() -> Result<()> {
         let ints = KeySchema::single("id", DataType::Int64)?;
         let batch = ints.batch(&[Arc::new(arrow_array::Int64Array::from(vec![1, 2]))])?;
-        let file = fetched(&ints, encode_key_file(&ints, &batch, "k")?, 2);
+        let encoded = encode_key_file(&ints, &batch, "k")?;
+        assert_eq!(encoded.fingerprints, None);
+        let file = fetched(&ints, encoded.bytes, 2);
         assert_eq!(file.fingerprints()?, None);
         assert_eq!(file.keys()?, vec![batch]);
 

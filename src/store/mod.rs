@@ -46,9 +46,9 @@ pub use location::{
 pub use orphans::Orphans;
 pub use records::{
     unit_digest, AcceptanceRecord, BeginMarker, CheckpointId, CollectedRecord, CommitIntent,
-    CommitMarker, Descriptor, FileRecord, ForgottenCommit, InFlightRecord, IndexGeneration,
-    KeyFileRef, KeyRange, KeyRun, LeaseClaim, LeaseHeartbeat, LeaseRecord, Manifest, ShardLayout,
-    TableFileMetadata, FORMAT_VERSION, MIN_FORMAT_VERSION,
+    CommitMarker, Descriptor, FileRecord, FingerprintBytes, ForgottenCommit, InFlightRecord,
+    IndexGeneration, KeyFileRef, KeyRange, KeyRun, LeaseClaim, LeaseHeartbeat, LeaseRecord,
+    Manifest, ShardLayout, TableFileMetadata, FORMAT_VERSION, MIN_FORMAT_VERSION,
 };
 pub use state::{CheckpointState, CheckpointSummary, StoreState};
 pub use status::{LastCommit, StagedCheckpoint, StoreStatus};
@@ -226,6 +226,56 @@ impl CheckpointStore {
     /// size, checksum and row count recorded for it and the key schema.
     pub async fn read_keys(&self, file: &KeyFileRef) -> Result<Vec<RecordBatch>> {
         self.fetch_key_file(file).await?.keys()
+    }
+
+    /// The fingerprints of a key file, fetched alone (the fingerprint column
+    /// and the footer, checked against the checksum recorded for them) when
+    /// its record says where they lie; `None` when it does not.
+    pub(crate) async fn fetch_fingerprints(&self, file: &KeyFileRef) -> Result<Option<Vec<u64>>> {
+        let Some(at) = &file.fingerprints else {
+            return Ok(None);
+        };
+        let path = self.inner.layout.absolute(&file.path);
+        if !(at.column_start < at.column_end
+            && at.column_end <= at.footer_start
+            && at.footer_start < file.size_bytes)
+        {
+            return Err(Error::corrupt(
+                ObjectKind::KeyFile,
+                &path,
+                format!(
+                    "the manifest's fingerprint ranges ({at:?}) do not fit a file of {} bytes",
+                    file.size_bytes
+                ),
+            ));
+        }
+        let ranges = [
+            at.column_start..at.column_end,
+            at.footer_start..file.size_bytes,
+        ];
+        let Some(pieces) = io::get_ranges_optional(self.object_store(), &path, &ranges).await?
+        else {
+            return Err(Error::ConcurrentChange {
+                operation: "reading keys (the key file was compacted away; load the state again)",
+                attempts: 1,
+            });
+        };
+        let [column, footer]: [bytes::Bytes; 2] = pieces.try_into().map_err(|_| {
+            Error::corrupt(
+                ObjectKind::KeyFile,
+                &path,
+                "a ranged read returned too few pieces",
+            )
+        })?;
+        keys::fingerprints_from_pieces(
+            at,
+            file.size_bytes,
+            column,
+            footer,
+            path.as_ref(),
+            file.row_count,
+        )
+        .map(Some)
     }
 
     /// Fetches a key file and checks its size and checksum against `file`,

@@ -113,6 +113,27 @@ pub struct KeyFileRef {
     /// in records written before it was recorded: such files are always read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_range: Option<KeyRange>,
+    /// Where the file's fingerprint column lies, so that a read can fetch it
+    /// alone. Absent for key files without fingerprints and in records
+    /// written before it was recorded: such files are fetched whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprints: Option<FingerprintBytes>,
+}
+
+/// The bytes of a key file that its fingerprints are read from: the
+/// fingerprint column's chunk and the Parquet footer, which runs to the end of
+/// the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FingerprintBytes {
+    /// Offset of the column chunk's first byte.
+    pub column_start: u64,
+    /// Offset just past the column chunk's last byte.
+    pub column_end: u64,
+    /// Offset of the footer's first byte.
+    pub footer_start: u64,
+    /// CRC-32 of the column chunk's bytes followed by the footer's, checked on
+    /// every such read.
+    pub crc32: u32,
 }
 
 /// The least and greatest of a set of keys, each as the lowercase hex of its

@@ -446,7 +446,8 @@ async fn write_key_file(
 ) -> Result<KeyFileRef> {
     let layout = store.layout();
     let path = layout.staged_key_file(id, writer_id, index);
-    let bytes = keys::encode_key_file(store.key_schema(), batch, path.as_ref())?;
+    let encoded = keys::encode_key_file(store.key_schema(), batch, path.as_ref())?;
+    let bytes = encoded.bytes;
     let size_bytes = bytes.len() as u64;
     let crc32 = Some(crc32fast::hash(&bytes));
     let key_range = key_range(store.key_schema(), batch)?;
@@ -457,6 +458,7 @@ async fn write_key_file(
         size_bytes,
         crc32,
         key_range,
+        fingerprints: encoded.fingerprints,
     })
 }
 
