@@ -492,13 +492,13 @@ async fn manifests_merge_at_the_table_s_count_and_every_row_stays() {
         let fixture = Fixture::on(db, Backend::local()).await;
         let catalog = fixture.catalog().await;
         let table = catalog.load_table(&fixture.ident()).await.unwrap();
-        let tx = Transaction::new(&table);
-        let tx = tx
-            .update_table_properties()
-            .set("commit.manifest.min-count-to-merge".into(), "2".into())
-            .apply(tx)
-            .unwrap();
-        tx.commit(catalog.as_ref()).await.unwrap();
+        set_table_property(
+            catalog.as_ref(),
+            &table,
+            "commit.manifest.min-count-to-merge",
+            "2",
+        )
+        .await;
         let store = fixture.store().await;
         let committer = Committer::new(store.clone(), fixture.sink().await, PIPELINE);
         for run in 0..5 {
@@ -553,13 +553,13 @@ async fn manifests_merge_at_the_table_s_count_and_every_row_stays() {
 
         // Manifests of `commit.manifest.target-size-bytes` or more are left as
         // they are: with 1 byte, none merges any more.
-        let tx = Transaction::new(&table);
-        let tx = tx
-            .update_table_properties()
-            .set("commit.manifest.target-size-bytes".into(), "1".into())
-            .apply(tx)
-            .unwrap();
-        tx.commit(catalog.as_ref()).await.unwrap();
+        set_table_property(
+            catalog.as_ref(),
+            &table,
+            "commit.manifest.target-size-bytes",
+            "1",
+        )
+        .await;
         process(&store, committer.sink(), &range(1_000, 1_200)).await;
         committer.commit_pending().await.unwrap();
         let table = catalog.load_table(&fixture.ident()).await.unwrap();
@@ -764,6 +764,17 @@ async fn marker_survives_expiry_on(db: Db) {
     let mut expected = range(0, 200);
     expected.extend([5_000, 5_001]);
     fixture.read().assert_each_once(expected);
+}
+
+/// Sets one property of `table` through `catalog`, as another tool would.
+async fn set_table_property(catalog: &dyn Catalog, table: &Table, key: &str, value: &str) {
+    let tx = Transaction::new(table);
+    let tx = tx
+        .update_table_properties()
+        .set(key.into(), value.into())
+        .apply(tx)
+        .unwrap();
+    tx.commit(catalog).await.unwrap();
 }
 
 async fn expire_all_but_current(table: &Table, catalog: &dyn Catalog) {
