@@ -651,13 +651,12 @@ async fn read_source_keys(
     let mut batches = read_units(source, units.to_vec(), Some(columns), options.parallelism);
     while let Some(item) = batches.next().await {
         let (_, batch) = item?;
-        let columns = key_columns(key_schema, &batch)?;
-        let encoded = codec.encode(&columns)?;
+        // The key columns as the store keeps them, as key files were written.
+        let stored = key_schema.batch(&key_columns(key_schema, &batch)?)?;
+        let encoded = codec.encode(stored.columns())?;
         range.add(&encoded);
         keys.insert_encoded(&encoded)?;
         if let Some(set) = &mut fingerprints {
-            // Of the columns as the store keeps them, as key files were written.
-            let stored = key_schema.batch(&columns)?;
             match fingerprints_of(stored.columns()) {
                 Some(words) => set.insert(words)?,
                 // A key without its fingerprint would let a key file that

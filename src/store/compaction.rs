@@ -12,9 +12,8 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::layout::Layout;
 use super::records::{self, CheckpointId, IndexGeneration, KeyFileRef, KeyRun, FORMAT_VERSION};
-use super::{io, keys, CheckpointStore};
+use super::{io, CheckpointStore};
 use crate::error::{BoxError, Error, ObjectKind, Result};
-use crate::filter::range::key_range;
 
 /// Parallel key file reads during compaction.
 const READ_CONCURRENCY: usize = 8;
@@ -319,20 +318,7 @@ impl CheckpointStore {
         while offset < sorted.num_rows() {
             let slice = sorted.slice(offset, step.min(sorted.num_rows() - offset));
             let path = layout.index_key_file(generation, run_id, key_files.len());
-            let encoded = keys::encode_key_file(self.key_schema(), &slice, path.as_ref())?;
-            let bytes = encoded.bytes;
-            let size_bytes = bytes.len() as u64;
-            let crc32 = Some(crc32fast::hash(&bytes));
-            let key_range = key_range(self.key_schema(), &slice)?;
-            io::put(self.object_store(), &path, bytes).await?;
-            key_files.push(KeyFileRef {
-                path: layout.relative(&path),
-                row_count: slice.num_rows() as u64,
-                size_bytes,
-                crc32,
-                key_range,
-                fingerprints: encoded.fingerprints,
-            });
+            key_files.push(self.put_key_file(&path, &slice).await?);
             offset += slice.num_rows();
         }
         Ok(KeyRun { key_files })

@@ -492,15 +492,21 @@ fn fingerprint_bytes(
         u32::from_le_bytes(file.get(size.checked_sub(8)?..size - 4)?.try_into().ok()?);
     let footer_start = size.checked_sub(8)?.checked_sub(footer_length as usize)?;
     let column = file.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)?;
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(column);
-    crc.update(file.get(footer_start..)?);
     Some(FingerprintBytes {
         column_start: start,
         column_end: end,
         footer_start: footer_start as u64,
-        crc32: crc.finalize(),
+        crc32: fingerprint_crc32(column, file.get(footer_start..)?),
     })
+}
+
+/// The checksum a record keeps of a key file's fingerprint column chunk and
+/// footer: CRC-32 of the one followed by the other.
+fn fingerprint_crc32(column: &[u8], footer: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(column);
+    crc.update(footer);
+    crc.finalize()
 }
 
 /// The pieces of a key file fetched to read its fingerprints: the column
@@ -557,10 +563,7 @@ pub(crate) fn fingerprints_from_pieces(
     path: &str,
     expected_rows: u64,
 ) -> Result<Vec<u64>> {
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&column);
-    crc.update(&footer);
-    let found = crc.finalize();
+    let found = fingerprint_crc32(&column, &footer);
     if found != at.crc32 {
         return Err(Error::corrupt(
             ObjectKind::KeyFile,
@@ -799,12 +802,7 @@ mod tests {
         // A record whose ranges miss the column is refused, not misread.
         let shifted = FingerprintBytes {
             column_start: at.column_start + 1,
-            crc32: {
-                let mut crc = crc32fast::Hasher::new();
-                crc.update(&column[1..]);
-                crc.update(&footer);
-                crc.finalize()
-            },
+            crc32: fingerprint_crc32(&column[1..], &footer),
             ..at.clone()
         };
         let error = fingerprints_from_pieces(&shifted, size, column.slice(1..), footer, "k", 3);

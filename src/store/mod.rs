@@ -255,10 +255,7 @@ impl CheckpointStore {
         ];
         let Some(pieces) = io::get_ranges_optional(self.object_store(), &path, &ranges).await?
         else {
-            return Err(Error::ConcurrentChange {
-                operation: "reading keys (the key file was compacted away; load the state again)",
-                attempts: 1,
-            });
+            return Err(key_file_gone());
         };
         let [column, footer]: [bytes::Bytes; 2] = pieces.try_into().map_err(|_| {
             Error::corrupt(
@@ -278,19 +275,35 @@ impl CheckpointStore {
         .map(Some)
     }
 
+    /// Encodes `batch` as a key file at `path` (with its fingerprints, when
+    /// the key schema has them), writes it, and returns its record: size,
+    /// checksum, key range and where its fingerprints lie.
+    pub(crate) async fn put_key_file(
+        &self,
+        path: &object_store::path::Path,
+        batch: &RecordBatch,
+    ) -> Result<KeyFileRef> {
+        let encoded = keys::encode_key_file(self.key_schema(), batch, path.as_ref())?;
+        let size_bytes = encoded.bytes.len() as u64;
+        let crc32 = Some(crc32fast::hash(&encoded.bytes));
+        let key_range = crate::filter::range::key_range(self.key_schema(), batch)?;
+        io::put(self.object_store(), path, encoded.bytes).await?;
+        Ok(KeyFileRef {
+            path: self.layout().relative(path),
+            row_count: batch.num_rows() as u64,
+            size_bytes,
+            crc32,
+            key_range,
+            fingerprints: encoded.fingerprints,
+        })
+    }
+
     /// Fetches a key file and checks its size and checksum against `file`,
     /// without decoding it.
     pub(crate) async fn fetch_key_file(&self, file: &KeyFileRef) -> Result<FetchedKeyFile> {
         let path = self.inner.layout.absolute(&file.path);
-        let bytes = match io::get_optional(self.object_store(), &path).await? {
-            Some(bytes) => bytes,
-            None => {
-                return Err(Error::ConcurrentChange {
-                    operation:
-                        "reading keys (the key file was compacted away; load the state again)",
-                    attempts: 1,
-                })
-            }
+        let Some(bytes) = io::get_optional(self.object_store(), &path).await? else {
+            return Err(key_file_gone());
         };
         if bytes.len() as u64 != file.size_bytes {
             return Err(Error::corrupt(
@@ -361,4 +374,13 @@ async fn read_descriptor(
 ) -> Result<Descriptor> {
     let bytes = io::get(store, path).await?;
     records::decode(ObjectKind::Descriptor, path.as_ref(), &bytes)
+}
+
+/// The error of a read that finds a key file of its state gone: a compaction
+/// folded it into the index since the state was loaded.
+fn key_file_gone() -> Error {
+    Error::ConcurrentChange {
+        operation: "reading keys (the key file was compacted away; load the state again)",
+        attempts: 1,
+    }
 }

@@ -18,9 +18,10 @@ use uuid::Uuid;
 use super::keys::KeyColumn;
 use crate::error::{Error, ObjectKind, Result};
 
-/// The format version this build writes. Version 2 added fingerprints to the
-/// key files of single string and binary keys (see `keys`), which builds of
-/// version 1 take for a corrupt file.
+/// The format version this build writes. Version 2 added fingerprints to key
+/// files (of every key but a single fixed-width column; see `keys`) and their
+/// place in `KeyFileRef`: builds of version 1 would take such a file for a
+/// corrupt one.
 pub const FORMAT_VERSION: u32 = 2;
 /// The oldest format version this build reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;

@@ -14,9 +14,8 @@ use super::records::{
     self, BeginMarker, CheckpointId, FileRecord, InFlightRecord, KeyFileRef, Manifest,
     FORMAT_VERSION,
 };
-use super::{io, keys, CheckpointStore};
+use super::{io, CheckpointStore};
 use crate::error::{Error, ObjectKind, Result};
-use crate::filter::range::key_range;
 
 /// Keys buffered by [`CheckpointWriter::buffer_keys`] are written as one key file
 /// once this many rows have gathered (and at the seal).
@@ -444,22 +443,8 @@ async fn write_key_file(
     index: usize,
     batch: &RecordBatch,
 ) -> Result<KeyFileRef> {
-    let layout = store.layout();
-    let path = layout.staged_key_file(id, writer_id, index);
-    let encoded = keys::encode_key_file(store.key_schema(), batch, path.as_ref())?;
-    let bytes = encoded.bytes;
-    let size_bytes = bytes.len() as u64;
-    let crc32 = Some(crc32fast::hash(&bytes));
-    let key_range = key_range(store.key_schema(), batch)?;
-    io::put(store.object_store(), &path, bytes).await?;
-    Ok(KeyFileRef {
-        path: layout.relative(&path),
-        row_count: batch.num_rows() as u64,
-        size_bytes,
-        crc32,
-        key_range,
-        fingerprints: encoded.fingerprints,
-    })
+    let path = store.layout().staged_key_file(id, writer_id, index);
+    store.put_key_file(&path, batch).await
 }
 
 #[cfg(test)]
