@@ -396,7 +396,8 @@ pub enum Error {
         pipeline: String,
         /// The commits the table holds again (`3` or `3..=5`).
         commits: String,
-        /// Sealed checkpoints waiting for their commit.
+        /// Checkpoints sealed and waiting for their commit, or still being
+        /// written.
         pending: usize,
     },
 

@@ -305,6 +305,76 @@ async fn many_checkpoints_commit_in_rounds_of_the_cap() {
     assert_eq!(table.appended().len(), 40);
 }
 
+/// A committer whose every claim is taken first by other committers (each
+/// claiming a commit that names none of its pending checkpoints) gives up
+/// after 16 lost races in one call, on its 17th claim, with
+/// `ConcurrentChange`: it neither loops nor applies or marks anything.
+#[tokio::test]
+async fn a_committer_that_keeps_losing_its_claim_gives_up_after_sixteen_races() {
+    let (inner, store) = memory_store().await;
+    seal(&store, vec![1, 2], "data/x.parquet").await;
+    let table = MemoryTable::default();
+    let hooked = Arc::new(FaultyStore::new(inner.clone()));
+    // More rivals than the bound allows: A would win the 21st claim.
+    for sequence in 1..=20u64 {
+        let rival = store.clone();
+        let table_name = tidemark::commit::CommitSink::table(&table);
+        hooked.before_put(
+            &format!("commits/{sequence:020}.json"),
+            Box::pin(async move {
+                let intent = tidemark::store::CommitIntent {
+                    format_version: tidemark::store::FORMAT_VERSION,
+                    sequence,
+                    pipeline_id: "races".into(),
+                    table: table_name,
+                    checkpoints: Vec::new(),
+                    created_at: chrono::Utc::now(),
+                };
+                assert!(rival.put_commit_intent(&intent).await.unwrap());
+            }),
+        );
+    }
+    let a_store = store_on(hooked).await;
+    let error = Committer::new(a_store, table.clone(), "races")
+        .commit_pending()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::ConcurrentChange { attempts: 17, .. }),
+        "gives up on the 17th lost claim: {error:?}"
+    );
+    assert!(table.appended().is_empty(), "nothing applied");
+    assert_eq!(table.marker(), None);
+    assert_eq!(store.load().await.unwrap().pending_commit().len(), 1);
+}
+
+/// The table's setting that can drop the marker is asked for, and named in
+/// the loss, only when the marker is behind what the store committed.
+#[tokio::test]
+async fn a_marker_behind_the_store_names_the_table_s_risk() {
+    let (_, store) = memory_store().await;
+    let risk = "the table expires its markers";
+    let table = MemoryTable {
+        marker_risk: Some(risk.into()),
+        ..MemoryTable::default()
+    };
+    let committer = Committer::new(store.clone(), table.clone(), "races");
+    for n in 0..2 {
+        seal(&store, vec![n], &format!("data/{n}.parquet")).await;
+        committer.commit_pending().await.unwrap();
+    }
+    let check = committer.check_table().await.unwrap();
+    assert_eq!(check.marker_risk, None, "the marker is where the store is");
+    assert_eq!(check.lost(), None);
+    // The marker drops back to commit 1.
+    table.state.lock().unwrap().0 = Some(1);
+    let check = committer.check_table().await.unwrap();
+    assert_eq!(check.marker_risk.as_deref(), Some(risk));
+    let lost = check.lost().expect("commit 2 lost");
+    assert_eq!((lost.first, lost.last), (2, 2));
+    assert!(lost.why.ends_with(&format!("; {risk}")), "{}", lost.why);
+}
+
 /// Two committers claim the same sequence: the one whose intent lands
 /// second loses the race, finishes the winner's intent and commits nothing
 /// twice.
@@ -963,6 +1033,21 @@ async fn a_table_restored_over_a_reprocessing_commit_is_not_written_twice() {
                 .unwrap();
             assert_eq!(report.forgotten_removed, 2, "{report:?}");
             assert_eq!(store.reprocessed_commits().await.unwrap().len(), 2);
+            // Rolled back below the reprocessed commits themselves: the table
+            // holds neither them nor the commit that carried them anew, and
+            // the store no longer holds their records.
+            table.roll_back_to(1);
+            match committer
+                .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+                .await
+            {
+                Err(Error::CannotReprocess { commit, reason, .. }) => {
+                    assert_eq!(commit, 2);
+                    assert!(reason.contains("no longer holds its record"), "{reason}");
+                }
+                other => panic!("not refused: {other:?}"),
+            }
+            table.restore();
         }
         // Restored to the state after commit 3: commit 4 is lost.
         table.roll_back_to(3);
@@ -998,6 +1083,74 @@ async fn a_table_restored_over_a_reprocessing_commit_is_not_written_twice() {
             "settled: {settled}: keys 1 and 2 stay processed"
         );
     }
+}
+
+/// Keys are forgotten, or remembered again, only while no run of another
+/// lease scope is live (it reads with the keys it loaded before), and
+/// remembered only while no checkpoint waits for its commit or is being
+/// written (it may hold their rows read again). The committer's own live
+/// lease does not stop it.
+#[tokio::test]
+async fn keys_are_forgotten_or_remembered_only_while_no_other_run_is_live() {
+    let (_, store, table, committer) = three_commits().await;
+    let options = LeaseOptions {
+        ttl: Duration::from_secs(60),
+        holder: "test".into(),
+    };
+    let own = Lease::acquire(&store, PIPELINE_SCOPE, 1, options.clone())
+        .await
+        .unwrap();
+    let committer = committer.with_fence(own.fence());
+    let forgotten = || async {
+        let records = store.forgotten_commits().await.unwrap();
+        records.iter().map(|f| f.sequence).collect::<Vec<u64>>()
+    };
+    let held_by_other = |result: tidemark::Result<_>| match result {
+        Err(Error::LeaseHeld { scope, .. }) => assert_eq!(scope, "other-run"),
+        other => panic!("not refused for the other run: {other:?}"),
+    };
+
+    table.roll_back_to(1);
+    let other = Lease::acquire(&store, "other-run", 1, options.clone())
+        .await
+        .unwrap();
+    held_by_other(
+        committer
+            .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+            .await,
+    );
+    assert!(forgotten().await.is_empty(), "nothing forgotten");
+    other.release().await.unwrap();
+    committer
+        .ensure_table_agrees(LostCommitsPolicy::Reprocess)
+        .await
+        .unwrap();
+    assert_eq!(forgotten().await, vec![2, 3]);
+
+    // Restored: the table holds commits 2 and 3 again.
+    table.restore();
+    let other = Lease::acquire(&store, "other-run", 1, options)
+        .await
+        .unwrap();
+    held_by_other(
+        committer
+            .ensure_table_agrees(LostCommitsPolicy::Refuse)
+            .await,
+    );
+    other.release().await.unwrap();
+    // One checkpoint sealed and waiting, one being written.
+    seal(&store, vec![7], "data/7.parquet").await;
+    let _writing = store.begin().await.unwrap();
+    match committer
+        .ensure_table_agrees(LostCommitsPolicy::Refuse)
+        .await
+    {
+        Err(Error::ForgottenCommitsRegained {
+            commits, pending, ..
+        }) => assert_eq!((commits.as_str(), pending), ("2..=3", 2)),
+        other => panic!("not refused for the pending checkpoints: {other:?}"),
+    }
+    assert_eq!(forgotten().await, vec![2, 3], "still forgotten");
 }
 
 /// Commits forgotten, then a table whose history no longer tells what it

@@ -796,6 +796,9 @@ pub struct MemoryTable {
     /// Set by [`MemoryTable::lose_history`]: the history no longer tells
     /// which commits the current state carries.
     pub history_lost: Arc<Mutex<bool>>,
+    /// What [`tidemark::commit::CommitSink::marker_risk`] answers: a setting
+    /// of the table that can drop the marker.
+    pub marker_risk: Option<String>,
 }
 
 impl Default for MemoryTable {
@@ -807,6 +810,7 @@ impl Default for MemoryTable {
             name: "memory-table".into(),
             rolled_back_to: Arc::default(),
             history_lost: Arc::default(),
+            marker_risk: None,
         }
     }
 }
@@ -885,11 +889,11 @@ impl tidemark::commit::CommitSink for MemoryTable {
         })
     }
 
-    /// Nothing drops the memory table's marker.
+    /// The risk the test set, if any.
     fn marker_risk(
         &self,
     ) -> futures::future::BoxFuture<'_, Result<Option<String>, tidemark::error::BoxError>> {
-        Box::pin(async { Ok(None) })
+        Box::pin(async { Ok(self.marker_risk.clone()) })
     }
 
     fn committed_sequence<'a>(
