@@ -684,3 +684,64 @@ async fn fence_older_writers(
     }
     Ok(fenced)
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(secs, 0)
+            .single()
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+    }
+
+    fn status(expires_at: i64, heartbeat: Option<(i64, bool)>) -> LeaseStatus {
+        let claim = LeaseClaim {
+            scope: PIPELINE_SCOPE.to_string(),
+            epoch: 1,
+            layout: 1,
+        };
+        let owner = Uuid::nil();
+        LeaseStatus {
+            record: LeaseRecord {
+                format_version: FORMAT_VERSION,
+                claim: claim.clone(),
+                owner,
+                holder: "host:1".to_string(),
+                acquired_at: at(0),
+                expires_at: at(expires_at),
+            },
+            heartbeat: heartbeat.map(|(expires_at, released)| LeaseHeartbeat {
+                format_version: FORMAT_VERSION,
+                claim,
+                owner,
+                renewed_at: at(1),
+                expires_at: at(expires_at),
+                released,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_lease_is_live_until_the_instant_it_expires() {
+        let taken = status(30, None);
+        assert!(taken.is_live(at(29)));
+        assert!(!taken.is_live(at(30)), "expired at its expiry instant");
+        assert!(!taken.is_live(at(31)));
+        assert_eq!(taken.expires_at(), at(30));
+    }
+
+    #[test]
+    fn a_heartbeat_moves_the_expiry_and_a_release_ends_the_lease() {
+        let renewed = status(30, Some((60, false)));
+        assert_eq!(renewed.expires_at(), at(60));
+        assert!(renewed.is_live(at(45)), "renewed past the record's expiry");
+        assert!(!renewed.is_live(at(60)));
+        let released = status(30, Some((60, true)));
+        assert!(released.released());
+        assert!(!released.is_live(at(10)), "released before it expired");
+        assert!(!status(30, None).released());
+    }
+}
