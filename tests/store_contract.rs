@@ -647,6 +647,106 @@ async fn a_held_lease_is_refused_until_released(backend: Backend) {
     taken.release().await.expect("release");
 }
 
+async fn a_takeover_seals_the_older_run_s_unfinished_checkpoints(backend: Backend) {
+    let store = open(backend.location()).await;
+    let options = || lease_for(std::time::Duration::from_secs(60));
+    let old = Lease::acquire(&store, "takeover", 1, options())
+        .await
+        .expect("first");
+    assert_eq!(old.fenced_checkpoints(), 0, "nothing to fence");
+    let mut writer = store.begin_fenced(old.fence()).await.expect("begin");
+    writer.stage_keys(&ids(0..10)).await.expect("stage");
+    // The old run lets go (or its lease expires) with its checkpoint unsealed.
+    old.release().await.expect("release");
+
+    let new = Lease::acquire(&store, "takeover", 1, options())
+        .await
+        .expect("the takeover");
+    assert_eq!(new.fenced_checkpoints(), 1, "the old run's checkpoint");
+    let err = writer.seal().await.expect_err("the old writer is fenced");
+    assert!(matches!(err, Error::Fenced { .. }), "{err}");
+    let manifest = store.manifest(writer.id()).await.expect("sealed empty");
+    assert_eq!(manifest.key_count(), 0, "{manifest:?}");
+    new.release().await.expect("release");
+
+    let again = Lease::acquire(&store, "takeover", 1, options())
+        .await
+        .expect("the next run");
+    assert_eq!(again.fenced_checkpoints(), 0, "fenced once only");
+    again.release().await.expect("release");
+}
+
+async fn a_dropped_lease_stops_renewing(backend: Backend) {
+    let store = open(backend.location()).await;
+    let ttl = std::time::Duration::from_secs(1);
+    let lease = Lease::acquire(&store, "dropped", 1, lease_for(ttl))
+        .await
+        .expect("acquire");
+    // Renewed every third of a second while held.
+    tokio::time::sleep(ttl * 2).await;
+    let status = store.lease_status("dropped").await.expect("status");
+    assert!(status.is_some_and(|s| s.is_live(store.now())), "renewed");
+    // Dropped without a release (a run that panics): it is left to expire.
+    drop(lease);
+    tokio::time::sleep(ttl * 2).await;
+    let status = store
+        .lease_status("dropped")
+        .await
+        .expect("status")
+        .expect("a lease");
+    assert!(
+        !status.released() && !status.is_live(store.now()),
+        "expired, not renewed after the drop: {status:?}"
+    );
+    let next = Lease::acquire(&store, "dropped", 1, lease_for(ttl))
+        .await
+        .expect("taken over once expired");
+    next.release().await.expect("release");
+}
+
+async fn lease_scopes_are_plain_names(backend: Backend) {
+    let store = open(backend.location()).await;
+    for scope in ["", "a/b", "../up", "a b", "shard:1", "x\ny"] {
+        let err = Lease::acquire(
+            &store,
+            scope,
+            1,
+            lease_for(std::time::Duration::from_secs(60)),
+        )
+        .await
+        .expect_err("not a plain name");
+        assert!(
+            matches!(err, Error::InvalidLeaseScope { .. }),
+            "{scope:?}: {err}"
+        );
+        let err = store
+            .lease_status(scope)
+            .await
+            .expect_err("not a plain name");
+        assert!(
+            matches!(err, Error::InvalidLeaseScope { .. }),
+            "{scope:?}: {err}"
+        );
+    }
+    assert_eq!(
+        store.lease_scopes().await.expect("scopes"),
+        Vec::<String>::new()
+    );
+    let lease = Lease::acquire(
+        &store,
+        "shard-1_of.2",
+        1,
+        lease_for(std::time::Duration::from_secs(60)),
+    )
+    .await
+    .expect("a plain name");
+    lease.release().await.expect("release");
+    assert_eq!(
+        store.lease_scopes().await.expect("scopes"),
+        vec!["shard-1_of.2"]
+    );
+}
+
 /// Lease options with time to live `ttl`.
 fn lease_for(ttl: std::time::Duration) -> LeaseOptions {
     LeaseOptions {
@@ -1085,6 +1185,9 @@ macro_rules! contract_suite {
                 concurrent_claims_of_a_sequence_exactly_one_wins,
                 the_committed_sequence_follows_the_marks,
                 a_held_lease_is_refused_until_released,
+                a_takeover_seals_the_older_run_s_unfinished_checkpoints,
+                a_dropped_lease_stops_renewing,
+                lease_scopes_are_plain_names,
                 lost_seal_response_is_recovered,
                 corrupt_objects_are_reported,
                 compaction_bounds_the_cost_of_a_load,

@@ -376,3 +376,57 @@ impl CheckpointStore {
         Ok(doomed.len())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs of the given key counts, oldest first, one key file each.
+    fn runs(sizes: &[u64]) -> Vec<KeyRun> {
+        sizes
+            .iter()
+            .map(|&row_count| KeyRun {
+                key_files: vec![KeyFileRef {
+                    path: format!("index/keys/{row_count}.parquet"),
+                    row_count,
+                    size_bytes: row_count.saturating_mul(8),
+                    crc32: None,
+                    key_range: None,
+                    fingerprints: None,
+                }],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_run_larger_than_twice_the_merge_is_kept() {
+        assert_eq!(runs_kept(&[], 10, 8), 0, "no runs");
+        assert_eq!(runs_kept(&runs(&[100]), 10, 8), 1);
+        assert_eq!(runs_kept(&runs(&[101]), 50, 8), 1, "just over twice");
+        assert_eq!(runs_kept(&runs(&[100]), 50, 8), 0, "exactly twice merges");
+        assert_eq!(runs_kept(&runs(&[100]), 0, 8), 1, "nothing new to merge");
+    }
+
+    #[test]
+    fn merging_cascades_while_each_newer_run_is_at_most_twice_the_merge() {
+        // 30 ≤ 2·20 merges (50); 100 ≤ 2·50 merges (150); 1000 > 300 stays.
+        assert_eq!(runs_kept(&runs(&[1000, 100, 30]), 20, 8), 1);
+        // 30 ≤ 2·15 merges (45); 100 > 90 stays, and so does the oldest.
+        assert_eq!(runs_kept(&runs(&[1000, 100, 30]), 15, 8), 2);
+        // Every run merged.
+        assert_eq!(runs_kept(&runs(&[100, 40, 20]), 10, 8), 0);
+    }
+
+    #[test]
+    fn runs_merge_until_at_most_the_maximum_remain() {
+        // Three runs and the new one make four: the newest merges even though
+        // it is far larger than the new keys; then three remain.
+        assert_eq!(runs_kept(&runs(&[10_000, 1_000, 100]), 1, 3), 2);
+        assert_eq!(runs_kept(&runs(&[10_000, 1_000, 100]), 1, 4), 3);
+        // A maximum of 0 counts as 1: everything merges into one run.
+        assert_eq!(runs_kept(&runs(&[100, 10]), 1, 0), 0);
+        assert_eq!(runs_kept(&runs(&[100, 10]), 1, 1), 0);
+        // Sizes near the top of u64 saturate instead of overflowing.
+        assert_eq!(runs_kept(&runs(&[u64::MAX]), u64::MAX, 8), 0);
+    }
+}
