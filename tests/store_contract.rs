@@ -16,13 +16,14 @@ use arrow::array::{
 use arrow::datatypes::{DataType, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use futures::future::join_all;
+use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use support::{checkpointed_ids, Backend, Fault};
 use tidemark::store::{
     canonical_key_type, CheckpointId, CheckpointState, CheckpointStore, CommitIntent,
     CompactionOptions, FileRecord, KeyColumn, KeySchema, Lease, LeaseOptions, StoreLocation,
-    TableFileMetadata,
+    TableFileMetadata, KEPT_LEASE_EPOCHS,
 };
 use tidemark::Error;
 
@@ -747,6 +748,220 @@ async fn lease_scopes_are_plain_names(backend: Backend) {
     );
 }
 
+async fn a_holder_that_dies_before_its_first_heartbeat_holds_the_lease_until_the_record_expires(
+    backend: Backend,
+) {
+    let (location, faulty) = backend.faulty();
+    let dying = open(location).await;
+    faulty.inject("/heartbeats/", Fault::CrashBefore, 1);
+    Lease::acquire(
+        &dying,
+        "unbeaten",
+        1,
+        lease_for(std::time::Duration::from_secs(60)),
+    )
+    .await
+    .expect_err("died before the heartbeat");
+
+    let store = open(backend.location()).await;
+    let status = store
+        .lease_status("unbeaten")
+        .await
+        .expect("status")
+        .expect("the epoch was taken");
+    assert!(status.heartbeat.is_none(), "{status:?}");
+    assert!(
+        status.is_live(store.now()),
+        "the epoch record alone holds the lease: {status:?}"
+    );
+    let err = Lease::acquire(
+        &store,
+        "unbeaten",
+        1,
+        lease_for(std::time::Duration::from_secs(60)),
+    )
+    .await
+    .expect_err("held by the record");
+    assert!(matches!(err, Error::LeaseHeld { .. }), "{err}");
+}
+
+async fn a_lease_epoch_whose_put_landed_before_its_retry_is_taken(backend: Backend) {
+    let (location, faulty) = backend.faulty();
+    let store = open(location).await;
+    faulty.inject("/epochs/", Fault::LandedBeforeRetry, 1);
+    let lease = Lease::acquire(
+        &store,
+        "retried",
+        1,
+        lease_for(std::time::Duration::from_secs(60)),
+    )
+    .await
+    .expect("the epoch written by this acquisition is its own");
+    assert_eq!(faulty.faults_fired(), 1);
+    assert_eq!(lease.claim().epoch, 1);
+    lease.release().await.expect("release");
+}
+
+async fn a_lease_epoch_taken_first_by_a_rival_is_not_shared(backend: Backend) {
+    let (location, faulty) = backend.faulty();
+    let store = open(location).await;
+    // The rival takes epoch 1 after this acquisition read that none was
+    // taken, and before its own put of epoch 1.
+    let rival = open(backend.location()).await;
+    faulty.before_put(
+        "/epochs/00000000000000000001.json",
+        Box::pin(async move {
+            let lease = Lease::acquire(
+                &rival,
+                "contended",
+                1,
+                lease_for(std::time::Duration::from_secs(60)),
+            )
+            .await
+            .expect("the rival");
+            assert_eq!(lease.claim().epoch, 1);
+            // Dropped without a release: its records hold it for a minute.
+        }),
+    );
+    let err = Lease::acquire(
+        &store,
+        "contended",
+        1,
+        lease_for(std::time::Duration::from_secs(60)),
+    )
+    .await
+    .expect_err("the rival holds epoch 1");
+    assert!(matches!(err, Error::LeaseHeld { epoch: 1, .. }), "{err}");
+}
+
+async fn old_lease_epochs_are_pruned_with_their_stray_heartbeats(backend: Backend) {
+    let location = backend.location();
+    let store = open(backend.location()).await;
+    let take = || async {
+        let lease = Lease::acquire(
+            &store,
+            "pruned",
+            1,
+            lease_for(std::time::Duration::from_secs(60)),
+        )
+        .await
+        .expect("acquire");
+        let epoch = lease.claim().epoch;
+        lease.release().await.expect("release");
+        epoch
+    };
+    take().await;
+    take().await;
+    // Epoch 1's record is gone but its heartbeat is not (a renewal that
+    // raced the pruning of its epoch writes one).
+    let raw = Path::from(
+        format!(
+            "{}/lease/pruned/epochs/00000000000000000001.json",
+            location.prefix
+        )
+        .trim_start_matches('/'),
+    );
+    location
+        .object_store
+        .delete(&raw)
+        .await
+        .expect("raw delete");
+    let mut last = 0;
+    for _ in 0..KEPT_LEASE_EPOCHS {
+        last = take().await;
+    }
+    assert_eq!(last, 2 + KEPT_LEASE_EPOCHS);
+    let listed = |dir: &'static str| {
+        let location = location.clone();
+        async move {
+            let prefix = Path::from(
+                format!("{}/lease/pruned/{dir}", location.prefix).trim_start_matches('/'),
+            );
+            let mut names: Vec<String> = location
+                .object_store
+                .list(Some(&prefix))
+                .map_ok(|m| m.location.filename().unwrap_or_default().to_string())
+                .try_collect()
+                .await
+                .expect("list");
+            names.sort();
+            names
+        }
+    };
+    let kept: Vec<String> = (2..=last).map(|n| format!("{n:020}.json")).collect();
+    assert_eq!(listed("epochs").await, kept, "the epochs kept");
+    assert_eq!(listed("heartbeats").await, kept, "no stray heartbeat left");
+}
+
+async fn a_run_of_another_shard_count_waits_for_the_live_shards(backend: Backend) {
+    let store = open(backend.location()).await;
+    let ttl = || lease_for(std::time::Duration::from_secs(60));
+    let shard = Lease::acquire(&store, "shard-0-of-2", 2, ttl())
+        .await
+        .expect("a shard of two");
+    assert_eq!(shard.claim().layout, 1);
+    // Its sibling joins the same layout.
+    let sibling = Lease::acquire(&store, "shard-1-of-2", 2, ttl())
+        .await
+        .expect("the other shard of two");
+    assert_eq!(sibling.claim().layout, 1);
+    sibling.release().await.expect("release");
+    let err = Lease::acquire(&store, "pipeline", 1, ttl())
+        .await
+        .expect_err("a shard of the old layout is live");
+    match &err {
+        Error::ShardLayoutInUse {
+            shards: 1,
+            current_shards: 2,
+            scope,
+            epoch: 1,
+            ..
+        } => assert_eq!(scope, "shard-0-of-2"),
+        other => panic!("{other}"),
+    }
+    shard.release().await.expect("release");
+    let whole = Lease::acquire(&store, "pipeline", 1, ttl())
+        .await
+        .expect("no shard is live");
+    assert_eq!(whole.claim().layout, 2, "a new layout of one shard");
+    whole.release().await.expect("release");
+}
+
+async fn a_shard_layout_record_is_checked_against_its_name(backend: Backend) {
+    let location = backend.location();
+    let store = open(backend.location()).await;
+    let lease = Lease::acquire(
+        &store,
+        "pipeline",
+        1,
+        lease_for(std::time::Duration::from_secs(60)),
+    )
+    .await
+    .expect("acquire");
+    lease.release().await.expect("release");
+    let name = "layouts/00000000000000000001.json";
+    let good: serde_json::Value =
+        serde_json::from_slice(&get_raw(&location, name).await).expect("json");
+    for (field, value, says) in [
+        ("layout", 2, "names layout 2 of 1"),
+        ("shards", 0, "of 0 shard"),
+    ] {
+        let mut altered = good.clone();
+        altered[field] = value.into();
+        put_raw(&location, name, serde_json::to_vec(&altered).expect("json")).await;
+        let err = Lease::acquire(
+            &store,
+            "pipeline",
+            1,
+            lease_for(std::time::Duration::from_secs(60)),
+        )
+        .await
+        .expect_err("an altered layout");
+        assert!(matches!(err, Error::Corrupt { .. }), "{field}: {err}");
+        assert!(err.to_string().contains(says), "{field}: {err}");
+    }
+}
+
 /// Lease options with time to live `ttl`.
 fn lease_for(ttl: std::time::Duration) -> LeaseOptions {
     LeaseOptions {
@@ -1188,6 +1403,12 @@ macro_rules! contract_suite {
                 a_takeover_seals_the_older_run_s_unfinished_checkpoints,
                 a_dropped_lease_stops_renewing,
                 lease_scopes_are_plain_names,
+                a_holder_that_dies_before_its_first_heartbeat_holds_the_lease_until_the_record_expires,
+                a_lease_epoch_whose_put_landed_before_its_retry_is_taken,
+                a_lease_epoch_taken_first_by_a_rival_is_not_shared,
+                old_lease_epochs_are_pruned_with_their_stray_heartbeats,
+                a_run_of_another_shard_count_waits_for_the_live_shards,
+                a_shard_layout_record_is_checked_against_its_name,
                 lost_seal_response_is_recovered,
                 corrupt_objects_are_reported,
                 compaction_bounds_the_cost_of_a_load,

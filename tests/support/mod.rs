@@ -413,6 +413,10 @@ pub enum Fault {
     /// The process dies right after the request reached the store: it is
     /// applied, it fails, and so does every later request through this wrapper.
     CrashAfter,
+    /// The request is applied, its response is lost, and the client's retry
+    /// finds the object it wrote: a conditional put reports `AlreadyExists`
+    /// (as S3 answers a retried `If-None-Match` put that landed the first time).
+    LandedBeforeRetry,
 }
 
 /// The kind of object store call a fault rule matches.
@@ -604,6 +608,13 @@ impl Gate {
                 self.dead.store(true, Ordering::SeqCst);
                 result?;
                 Err(injected(path))
+            }
+            Some(Fault::LandedBeforeRetry) => {
+                call.await?;
+                Err(object_store::Error::AlreadyExists {
+                    path: path.to_string(),
+                    source: "injected: the retry of a request that landed".into(),
+                })
             }
         }
     }

@@ -958,7 +958,9 @@ impl Catalog for FaultyCatalog {
                 self.dead.store(true, Ordering::SeqCst);
                 Err(injected())
             }
-            Some(Fault::LoseResponse) => {
+            // A catalog commit that landed fails on its retry just as it
+            // does when its response is lost.
+            Some(Fault::LoseResponse | Fault::LandedBeforeRetry) => {
                 self.inner.update_table(commit).await?;
                 Err(injected())
             }
