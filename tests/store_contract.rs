@@ -962,6 +962,72 @@ async fn a_shard_layout_record_is_checked_against_its_name(backend: Backend) {
     }
 }
 
+async fn a_shard_s_takeover_leaves_its_siblings_checkpoints_alone(backend: Backend) {
+    let store = open(backend.location()).await;
+    let ttl = || lease_for(std::time::Duration::from_secs(60));
+    // Shard 1 has had a run before: its next epoch is 2.
+    let first = Lease::acquire(&store, "shard-1-of-2", 2, ttl())
+        .await
+        .expect("shard 1, epoch 1");
+    first.release().await.expect("release");
+    let sibling = Lease::acquire(&store, "shard-0-of-2", 2, ttl())
+        .await
+        .expect("shard 0, epoch 1");
+    let mut writer = store.begin_fenced(sibling.fence()).await.expect("begin");
+    writer.stage_keys(&ids(0..5)).await.expect("stage");
+
+    let taken = Lease::acquire(&store, "shard-1-of-2", 2, ttl())
+        .await
+        .expect("shard 1, epoch 2");
+    assert_eq!(taken.claim().epoch, 2);
+    assert_eq!(
+        taken.fenced_checkpoints(),
+        0,
+        "shard 0's run is not shard 1's"
+    );
+    let manifest = writer.seal().await.expect("shard 0 seals");
+    assert_eq!(manifest.key_count(), 5);
+    taken.release().await.expect("release");
+    sibling.release().await.expect("release");
+}
+
+async fn a_shard_layout_started_first_by_a_rival_is_not_shared(backend: Backend) {
+    let (location, faulty) = backend.faulty();
+    let store = open(location).await;
+    let ttl = || lease_for(std::time::Duration::from_secs(60));
+    let whole = Lease::acquire(&store, "pipeline", 1, ttl())
+        .await
+        .expect("layout 1, one shard");
+    whole.release().await.expect("release");
+    // A run of three shards starts layout 2 after this run of two read that
+    // layout 1 is current, and before its own put of layout 2.
+    let rival = open(backend.location()).await;
+    faulty.before_put(
+        "layouts/00000000000000000002.json",
+        Box::pin(async move {
+            let lease = Lease::acquire(&rival, "shard-0-of-3", 3, ttl())
+                .await
+                .expect("the rival");
+            assert_eq!(lease.claim().layout, 2);
+            // Dropped without a release: its records hold it for a minute.
+        }),
+    );
+    let err = Lease::acquire(&store, "shard-0-of-2", 2, ttl())
+        .await
+        .expect_err("the rival's layout is live");
+    assert!(
+        matches!(
+            err,
+            Error::ShardLayoutInUse {
+                shards: 2,
+                current_shards: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
 /// Lease options with time to live `ttl`.
 fn lease_for(ttl: std::time::Duration) -> LeaseOptions {
     LeaseOptions {
@@ -1409,6 +1475,8 @@ macro_rules! contract_suite {
                 old_lease_epochs_are_pruned_with_their_stray_heartbeats,
                 a_run_of_another_shard_count_waits_for_the_live_shards,
                 a_shard_layout_record_is_checked_against_its_name,
+                a_shard_s_takeover_leaves_its_siblings_checkpoints_alone,
+                a_shard_layout_started_first_by_a_rival_is_not_shared,
                 lost_seal_response_is_recovered,
                 corrupt_objects_are_reported,
                 compaction_bounds_the_cost_of_a_load,
