@@ -679,12 +679,13 @@ async fn a_takeover_seals_the_older_run_s_unfinished_checkpoints(backend: Backen
 
 async fn a_dropped_lease_stops_renewing(backend: Backend) {
     let store = open(backend.location()).await;
-    let ttl = std::time::Duration::from_secs(1);
+    let ttl = std::time::Duration::from_secs(2);
     let lease = Lease::acquire(&store, "dropped", 1, lease_for(ttl))
         .await
         .expect("acquire");
-    // Renewed every third of a second while held.
-    tokio::time::sleep(ttl * 2).await;
+    // Renewed every third of the ttl while held: live past its first expiry
+    // (a renewal has a whole ttl less one third to land, on a busy machine).
+    tokio::time::sleep(ttl * 3 / 2).await;
     let status = store.lease_status("dropped").await.expect("status");
     assert!(status.is_some_and(|s| s.is_live(store.now())), "renewed");
     // Dropped without a release (a run that panics): it is left to expire.
