@@ -218,7 +218,10 @@ mod tests {
         assert_eq!(updated.properties().get("a").map(String::as_str), Some("2"));
 
         // Tables other than the pinned one, loaded and committed as they are.
-        let table = catalog.create_table(&other, creation("table")).await.unwrap();
+        let table = catalog
+            .create_table(&other, creation("table"))
+            .await
+            .unwrap();
         assert!(inner.table_exists(table.identifier()).await.unwrap());
         assert!(catalog.table_exists(table.identifier()).await.unwrap());
         let absent_table = TableIdent::new(other.clone(), "absent".into());

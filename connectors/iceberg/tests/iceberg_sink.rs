@@ -480,8 +480,10 @@ async fn a_rival_landing_after_the_marker_check_is_not_appended_again() {
 }
 
 /// Manifests merge once the table's `commit.manifest.min-count-to-merge` is
-/// reached (2 here, 100 by default): after five commits the current snapshot
-/// names two data manifests, the merged one and the last commit's. Every data
+/// reached (100 by default, then 2): three commits leave three data
+/// manifests; with the count set to 2, each of two more commits merges the
+/// manifests it finds (three, then two), so the current snapshot names two
+/// data manifests, the merged one and the last commit's. Every data
 /// file is there once, alive, under the snapshot that added it and with that
 /// snapshot's sequence number, and both
 /// readers see every row once with its values, bounds and counts. Manifests
@@ -491,17 +493,22 @@ async fn manifests_merge_at_the_table_s_count_and_every_row_stays() {
     for db in [Db::Sqlite, Db::Rest] {
         let fixture = Fixture::on(db, Backend::local()).await;
         let catalog = fixture.catalog().await;
-        let table = catalog.load_table(&fixture.ident()).await.unwrap();
-        set_table_property(
-            catalog.as_ref(),
-            &table,
-            "commit.manifest.min-count-to-merge",
-            "2",
-        )
-        .await;
         let store = fixture.store().await;
         let committer = Committer::new(store.clone(), fixture.sink().await, PIPELINE);
         for run in 0..5 {
+            if run == 3 {
+                let table = catalog.load_table(&fixture.ident()).await.unwrap();
+                let snapshot = table.metadata().current_snapshot().unwrap();
+                let list = table.manifest_list_reader(snapshot).load().await.unwrap();
+                assert_eq!(list.entries().len(), 3, "{db:?}: none merged below 100");
+                set_table_property(
+                    catalog.as_ref(),
+                    &table,
+                    "commit.manifest.min-count-to-merge",
+                    "2",
+                )
+                .await;
+            }
             process(&store, committer.sink(), &range(run * 200, (run + 1) * 200)).await;
             assert_eq!(committer.commit_pending().await.unwrap().commits.len(), 1);
         }
@@ -552,21 +559,57 @@ async fn manifests_merge_at_the_table_s_count_and_every_row_stays() {
         seen.assert_each_once(range(0, 1_000));
 
         // Manifests of `commit.manifest.target-size-bytes` or more are left as
-        // they are: with 1 byte, none merges any more.
+        // they are. With the merged manifest's own size as the target, it
+        // stays; the last commit's manifest alone is below the count, so the
+        // next commit merges nothing, and the one after merges the two small
+        // manifests it finds beside the large one.
+        let merged = list
+            .entries()
+            .iter()
+            .max_by_key(|m| m.manifest_length)
+            .unwrap()
+            .clone();
+        assert!(
+            list.entries()
+                .iter()
+                .all(|m| m.manifest_path == merged.manifest_path
+                    || m.manifest_length < merged.manifest_length),
+            "{db:?}: the merged manifest is the largest"
+        );
         set_table_property(
             catalog.as_ref(),
             &table,
             "commit.manifest.target-size-bytes",
-            "1",
+            &merged.manifest_length.to_string(),
         )
         .await;
+        let manifests = |table: Table| async move {
+            let snapshot = table.metadata().current_snapshot().unwrap();
+            let list = table.manifest_list_reader(snapshot).load().await.unwrap();
+            list.entries()
+                .iter()
+                .map(|m| m.manifest_path.clone())
+                .collect::<Vec<_>>()
+        };
         process(&store, committer.sink(), &range(1_000, 1_200)).await;
         committer.commit_pending().await.unwrap();
-        let table = catalog.load_table(&fixture.ident()).await.unwrap();
-        let snapshot = table.metadata().current_snapshot().unwrap();
-        let list = table.manifest_list_reader(snapshot).load().await.unwrap();
-        assert_eq!(list.entries().len(), 3, "{db:?}: none merged");
-        fixture.read().assert_each_once(range(0, 1_200));
+        let after_one = manifests(catalog.load_table(&fixture.ident()).await.unwrap()).await;
+        assert_eq!(after_one.len(), 3, "{db:?}: none merged: {after_one:?}");
+        process(&store, committer.sink(), &range(1_200, 1_400)).await;
+        committer.commit_pending().await.unwrap();
+        let after_two = manifests(catalog.load_table(&fixture.ident()).await.unwrap()).await;
+        assert_eq!(after_two.len(), 3, "{db:?}: two merged: {after_two:?}");
+        assert!(
+            after_two.contains(&merged.manifest_path),
+            "{db:?}: the large manifest is left as it is: {after_two:?}"
+        );
+        assert!(
+            after_one
+                .iter()
+                .all(|m| *m == merged.manifest_path || !after_two.contains(m)),
+            "{db:?}: the two small manifests are merged: {after_one:?} then {after_two:?}"
+        );
+        fixture.read().assert_each_once(range(0, 1_400));
     }
 }
 
