@@ -18,7 +18,9 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use async_trait::async_trait;
 use iceberg::io::LocalFsStorageFactory;
-use iceberg::spec::{NestedField, PrimitiveType, Transform, Type, UnboundPartitionSpec};
+use iceberg::spec::{
+    ManifestContentType, NestedField, PrimitiveType, Transform, Type, UnboundPartitionSpec,
+};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::{
@@ -288,6 +290,28 @@ impl Fixture {
 }
 
 impl Fixture {
+    /// Deletes the rows matching `predicate` with DuckDB (through the REST
+    /// catalog: a positional delete file); returns how many it deleted.
+    fn foreign_delete(&self, predicate: &str) -> u64 {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/duckdb_delete.py"
+        );
+        let output = Command::new("python3")
+            .args([script, &self.python_uri, &self.table_name(), predicate])
+            .bounded_output()
+            .expect("run python3 (scripts/test-setup.sh installs duckdb)");
+        assert!(
+            output.status.success(),
+            "DuckDB delete failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
     /// Evolves the partition spec with pyiceberg; returns the new default spec id.
     fn evolve_spec(&self, action: &str, field: &str) -> i32 {
         let script = concat!(
@@ -611,6 +635,69 @@ async fn manifests_merge_at_the_table_s_count_and_every_row_stays() {
         );
         fixture.read().assert_each_once(range(0, 1_400));
     }
+}
+
+/// Rows another engine deleted stay deleted when the sink merges manifests.
+/// DuckDB deletes a third of the rows of two commits by merge-on-read (a
+/// positional delete file in a delete manifest); two more commits, with the
+/// merge count at 2, merge the data manifests. The delete manifest is kept
+/// as it is, never merged as data, and both readers see every row once
+/// except the deleted ones.
+#[tokio::test]
+async fn rows_another_engine_deleted_stay_deleted_when_manifests_merge() {
+    let fixture = Fixture::on(Db::Rest, Backend::local()).await;
+    let catalog = fixture.catalog().await;
+    let store = fixture.store().await;
+    let committer = Committer::new(store.clone(), fixture.sink().await, PIPELINE);
+    for run in 0..2 {
+        process(&store, committer.sink(), &range(run * 200, (run + 1) * 200)).await;
+        committer.commit_pending().await.unwrap();
+    }
+    assert_eq!(fixture.foreign_delete("id % 3 = 0"), 134);
+    let contents = |table: Table| async move {
+        let snapshot = table.metadata().current_snapshot().unwrap();
+        let list = table.manifest_list_reader(snapshot).load().await.unwrap();
+        list.entries()
+            .iter()
+            .map(|m| (m.content, m.manifest_path.clone()))
+            .collect::<Vec<_>>()
+    };
+    let before = contents(catalog.load_table(&fixture.ident()).await.unwrap()).await;
+    let deletes: Vec<_> = before
+        .iter()
+        .filter(|(content, _)| *content == ManifestContentType::Deletes)
+        .cloned()
+        .collect();
+    assert_eq!(deletes.len(), 1, "DuckDB's delete manifest: {before:?}");
+
+    let table = catalog.load_table(&fixture.ident()).await.unwrap();
+    set_table_property(
+        catalog.as_ref(),
+        &table,
+        "commit.manifest.min-count-to-merge",
+        "2",
+    )
+    .await;
+    for run in 2..4 {
+        process(&store, committer.sink(), &range(run * 200, (run + 1) * 200)).await;
+        committer.commit_pending().await.unwrap();
+    }
+    let after = contents(catalog.load_table(&fixture.ident()).await.unwrap()).await;
+    let data = after
+        .iter()
+        .filter(|(content, _)| *content == ManifestContentType::Data)
+        .count();
+    assert_eq!(
+        data, 2,
+        "the merged manifest and the last commit's: {after:?}"
+    );
+    assert!(
+        deletes.iter().all(|d| after.contains(d)),
+        "the delete manifest is kept as it is: {after:?}"
+    );
+    let seen = fixture.read();
+    assert_eq!(seen.marker, Some(4));
+    seen.assert_each_once((0..800).filter(|id| *id >= 400 || id % 3 != 0));
 }
 
 #[tokio::test]
