@@ -756,4 +756,148 @@ mod tests {
         ];
         assert_eq!(lineage(&history, Some(3), "p"), Lineage::Carries(4));
     }
+
+    /// `ours(sequence)` made at `timestamp` ms, having read `read_version`.
+    fn ours_at(sequence: i64, timestamp: i64, read_version: Option<u64>) -> CommitInfo {
+        CommitInfo {
+            timestamp: Some(timestamp),
+            read_version,
+            ..ours(sequence)
+        }
+    }
+
+    #[test]
+    fn a_restore_to_a_time_undoes_the_commits_made_after_it() {
+        // Restored to the table as of 1,000 ms: commit 3 (2,000 ms) is
+        // undone, commit 2 (made at exactly 1,000 ms) is not.
+        for datetime in [json!(1_000), json!("1000")] {
+            let history = [
+                operation("RESTORE", json!({ "datetime": datetime })),
+                ours_at(3, 2_000, None),
+                ours_at(2, 1_000, None),
+            ];
+            match lineage(&history, Some(7), "p") {
+                Lineage::RolledBack { carried, why } => {
+                    assert_eq!(carried, Some(2));
+                    assert_eq!(
+                        why,
+                        "the table was restored to the table as of 1000 ms since the epoch, \
+                         which undid its commit(s) 3"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn without_the_current_version_a_commit_s_version_is_the_one_it_read_plus_one() {
+        // Commit 3 read version 3 (so it is version 4), commit 2 read 2.
+        let history = [
+            operation("RESTORE", json!({ "version": 3 })),
+            ours_at(3, 0, Some(3)),
+            ours_at(2, 0, Some(2)),
+        ];
+        match lineage(&history, None, "p") {
+            Lineage::RolledBack { carried, .. } => assert_eq!(carried, Some(2)),
+            other => panic!("{other:?}"),
+        }
+        // With the current version known, places in the log decide: version
+        // 3 is commit 3's, which the restore to 3 keeps.
+        assert_eq!(lineage(&history, Some(4), "p"), Lineage::Carries(3));
+    }
+
+    #[test]
+    fn restores_in_a_row_name_every_target_and_every_commit_they_undid() {
+        // Versions 7 (restore to 5), 6 (commit 4), 5 (restore to 2), 4, 3
+        // (commits 3, 2), 2 (commit 1).
+        let history = [
+            operation("RESTORE", json!({ "version": 5 })),
+            ours(4),
+            operation("RESTORE", json!({ "version": 2 })),
+            ours(3),
+            ours(2),
+            ours(1),
+        ];
+        match lineage(&history, Some(7), "p") {
+            Lineage::RolledBack { carried, why } => {
+                assert_eq!(carried, Some(1));
+                assert_eq!(
+                    why,
+                    "the table was restored to version 5, then version 2, \
+                     which undid its commit(s) 2, 3, 4"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nothing of the pipeline left below the restore: undone, none carried.
+        match lineage(&history[..5], Some(7), "p") {
+            Lineage::RolledBack { carried, why } => {
+                assert_eq!(carried, None);
+                assert!(why.ends_with("commit(s) 2, 3, 4"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A sequence that is not a commit sequence tells nothing.
+        assert_eq!(lineage(&[ours(-1)], Some(0), "p"), Lineage::Unknown);
+    }
+
+    #[test]
+    fn numbers_in_a_commit_s_json_are_numbers_or_strings() {
+        assert_eq!(json_number(Some(&json!(7))), Some(7));
+        assert_eq!(json_number(Some(&json!("7"))), Some(7));
+        assert_eq!(json_number(Some(&json!("seven"))), None);
+        assert_eq!(json_number(Some(&json!(true))), None);
+        assert_eq!(json_number(None), None);
+    }
+
+    #[test]
+    fn object_store_options_take_delta_rs_names() {
+        let options = storage_options(&HashMap::from([
+            (
+                "aws_endpoint".to_string(),
+                "http://localhost:9000".to_string(),
+            ),
+            ("aws_region".to_string(), "us-east-1".to_string()),
+            ("Aws_Access_Key_Id".to_string(), "key".to_string()),
+        ]));
+        assert_eq!(
+            options,
+            HashMap::from([
+                (
+                    "AWS_ENDPOINT_URL".to_string(),
+                    "http://localhost:9000".to_string()
+                ),
+                ("AWS_REGION".to_string(), "us-east-1".to_string()),
+                ("AWS_ACCESS_KEY_ID".to_string(), "key".to_string()),
+            ])
+        );
+    }
+
+    #[test]
+    fn the_marker_risk_names_the_property_and_its_value() {
+        let risk = txn_retention_risk("interval 7 days");
+        assert!(
+            risk.contains("delta.setTransactionRetentionDuration = interval 7 days"),
+            "{risk}"
+        );
+    }
+
+    #[test]
+    fn conflicts_and_storage_errors_are_retried_and_wrong_requests_are_not() {
+        assert!(retryable(&DeltaTableError::VersionAlreadyExists(3)));
+        assert!(retryable(&DeltaTableError::Transaction {
+            source: TransactionError::MaxCommitAttempts(15),
+        }));
+        assert!(retryable(&DeltaTableError::ObjectStore {
+            source: object_store::Error::NotImplemented {
+                operation: "put".into(),
+                implementer: "test".into(),
+            },
+        }));
+        assert!(!retryable(&DeltaTableError::Generic("bad".into())));
+        assert!(!retryable(&DeltaTableError::Transaction {
+            source: TransactionError::UnsupportedTableFeatures(vec![]),
+        }));
+    }
 }
