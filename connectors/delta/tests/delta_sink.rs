@@ -761,7 +761,8 @@ async fn commit_rounds(fixture: &Fixture, store: &CheckpointStore, rounds: std::
 /// implementation's default; delta-rs's is 100) unless the table sets
 /// `delta.checkpointInterval`, which is then followed. The checkpoint stands
 /// for the commits before it: with their log entries gone, the readers and
-/// the marker still see every row and commit.
+/// the marker still see every row and commit. An interval that is no
+/// positive number (`0`, a word) is ignored.
 #[tokio::test]
 async fn the_log_is_checkpointed_every_ten_commits_unless_the_table_says_otherwise() {
     let fixture = Fixture::new(Backend::local()).await;
@@ -833,6 +834,30 @@ async fn the_log_is_checkpointed_every_ten_commits_unless_the_table_says_otherwi
         [3, 7, 11].map(|v| format!("{v:020}.checkpoint.parquet"))
     );
     fixture.read().assert_each_once(range(0, 120));
+
+    // An interval that is no positive number is ignored: every 10 commits.
+    for interval in ["0", "often"] {
+        let fixture = Fixture::new(Backend::local()).await;
+        fixture
+            .sink()
+            .await
+            .table()
+            .await
+            .set_tbl_properties()
+            .with_properties(HashMap::from([(
+                "delta.checkpointInterval".to_string(),
+                interval.to_string(),
+            )]))
+            .await
+            .unwrap();
+        let store = fixture.store().await;
+        commit_rounds(&fixture, &store, 0..12).await;
+        assert_eq!(
+            log_files(&fixture, ".checkpoint.parquet"),
+            ["00000000000000000009.checkpoint.parquet"],
+            "interval {interval}"
+        );
+    }
 }
 
 /// A sink refreshes its view of the table with one HEAD of the next commit
