@@ -886,3 +886,28 @@ async fn a_sink_sees_commits_made_elsewhere_since_it_opened() {
         }
     }
 }
+
+/// A table whose properties set `delta.setTransactionRetentionDuration`, under
+/// which Spark's log checkpoints can drop the marker, is named as a risk to
+/// it, by a sink opened before the property was set as well; a table that
+/// leaves it unset is not.
+#[tokio::test]
+async fn a_txn_retention_on_the_table_is_named_as_a_risk_to_the_marker() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let sink = fixture.sink().await;
+    assert_eq!(sink.marker_risk().await.unwrap(), None);
+    sink.table()
+        .await
+        .set_tbl_properties()
+        .with_properties(HashMap::from([(
+            "delta.setTransactionRetentionDuration".to_string(),
+            "interval 7 days".to_string(),
+        )]))
+        .await
+        .unwrap();
+    let risk = sink.marker_risk().await.unwrap().unwrap();
+    assert!(
+        risk.contains("delta.setTransactionRetentionDuration = interval 7 days"),
+        "{risk}"
+    );
+}
