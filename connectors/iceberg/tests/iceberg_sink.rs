@@ -29,9 +29,10 @@ use iceberg::{
 use iceberg_catalog_rest::{RestCatalogBuilder, REST_CATALOG_PROP_URI};
 use iceberg_catalog_sql::{SqlCatalogBuilder, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE};
 use support::{assert_rows, region, Backend, BoundedOutput, Fault};
-use tidemark::commit::{CommitRequest, CommitSink, Committer};
+use tidemark::commit::{CommitRequest, CommitSink, Committer, Lineage};
+use tidemark::gc::TableFiles;
 use tidemark::store::{CheckpointId, CheckpointStore, KeySchema};
-use tidemark_iceberg::sink::marker_property;
+use tidemark_iceberg::sink::{marker_property, SnapshotExpiry};
 use tidemark_iceberg::{IcebergSink, IcebergWriterOptions, ObjectStorageFactory};
 
 const PIPELINE: &str = "daily-embeddings";
@@ -894,6 +895,123 @@ async fn marker_survives_expiry_on(db: Db) {
     let mut expected = range(0, 200);
     expected.extend([5_000, 5_001]);
     fixture.read().assert_each_once(expected);
+}
+
+/// What the sink reads of the table's history and properties, and what it
+/// changes there: the pipeline's latest commit among the current snapshot's
+/// ancestors (none on a fresh table; out of reach once expiry removed it);
+/// snapshot expiry by age and by the number kept (at least one); a
+/// `gc.enabled=false` that forbids expiry; a marker that is no
+/// number; and the deletion of files and prefixes below the table.
+#[tokio::test]
+async fn the_sink_reads_history_expires_snapshots_and_deletes_files() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    let sink = fixture.sink().await;
+    match sink.lineage(PIPELINE).await.unwrap() {
+        Lineage::RolledBack { carried: None, why } => {
+            assert!(why.contains("back to the table's first snapshot"), "{why}")
+        }
+        other => panic!("a fresh table: {other:?}"),
+    }
+    assert_eq!(sink.committed(PIPELINE).await.unwrap(), None);
+    for run in 0..3 {
+        process(&store, &sink, &range(run * 10, run * 10 + 10)).await;
+        Committer::new(store.clone(), fixture.sink().await, PIPELINE)
+            .commit_pending()
+            .await
+            .unwrap();
+    }
+    fixture.foreign_append(&[5_000]);
+    // Commit 3 is the foreign append's parent.
+    assert_eq!(sink.lineage(PIPELINE).await.unwrap(), Lineage::Carries(3));
+    assert_eq!(
+        sink.lineage("other").await.unwrap(),
+        Lineage::RolledBack {
+            carried: None,
+            why: "none of the current snapshot's ancestors, back to the table's first snapshot, \
+              is a commit of the pipeline"
+                .to_string(),
+        }
+    );
+
+    sink.ensure_snapshots_can_expire().await.unwrap();
+    let hour = SnapshotExpiry {
+        older_than: std::time::Duration::from_secs(3_600),
+        retain_last: 1,
+    };
+    assert_eq!(
+        sink.expire_snapshots(hour).await.unwrap(),
+        0,
+        "all are recent"
+    );
+    let keep_two = SnapshotExpiry {
+        older_than: std::time::Duration::ZERO,
+        retain_last: 2,
+    };
+    assert_eq!(sink.expire_snapshots(keep_two).await.unwrap(), 2);
+    assert_eq!(sink.lineage(PIPELINE).await.unwrap(), Lineage::Carries(3));
+    let keep_none = SnapshotExpiry {
+        retain_last: 0,
+        ..keep_two
+    };
+    assert_eq!(
+        sink.expire_snapshots(keep_none).await.unwrap(),
+        1,
+        "one is kept"
+    );
+    assert_eq!(
+        sink.lineage(PIPELINE).await.unwrap(),
+        Lineage::Unknown,
+        "commit 3's snapshot expired: out of reach"
+    );
+    assert_eq!(sink.committed(PIPELINE).await.unwrap(), Some(3));
+    let mut expected = range(0, 30);
+    expected.push(5_000);
+    fixture.read().assert_each_once(expected);
+
+    let catalog = fixture.catalog().await;
+    let table = catalog.load_table(&fixture.ident()).await.unwrap();
+    set_table_property(catalog.as_ref(), &table, "gc.enabled", "false").await;
+    let error = sink.ensure_snapshots_can_expire().await.unwrap_err();
+    assert!(error.to_string().contains("gc.enabled is false"), "{error}");
+    let table = catalog.load_table(&fixture.ident()).await.unwrap();
+    set_table_property(catalog.as_ref(), &table, "gc.enabled", "true").await;
+    sink.ensure_snapshots_can_expire().await.unwrap();
+
+    let table = catalog.load_table(&fixture.ident()).await.unwrap();
+    set_table_property(
+        catalog.as_ref(),
+        &table,
+        &marker_property(PIPELINE),
+        "three",
+    )
+    .await;
+    let error = sink.committed(PIPELINE).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("is `three`, not a commit sequence"),
+        "{error}"
+    );
+
+    // Files below the table: one deleted alone, then a prefix.
+    let location = table.metadata().location().to_string();
+    let dir = location.trim_start_matches("file://").to_string();
+    let orphans = format!("{dir}/data/orphans");
+    std::fs::create_dir_all(format!("{orphans}/deeper")).unwrap();
+    for name in ["a.parquet", "b.parquet", "deeper/c.parquet"] {
+        std::fs::write(format!("{orphans}/{name}"), b"orphan").unwrap();
+    }
+    sink.delete_file(&format!("{location}/data/orphans/a.parquet"))
+        .await
+        .unwrap();
+    assert!(!std::path::Path::new(&format!("{orphans}/a.parquet")).exists());
+    assert!(std::path::Path::new(&format!("{orphans}/b.parquet")).exists());
+    sink.delete_prefix(&format!("{location}/data/orphans/"))
+        .await
+        .unwrap();
+    assert!(support::files_below(std::path::Path::new(&orphans)).is_empty());
 }
 
 /// Sets one property of `table` through `catalog`, as another tool would.
