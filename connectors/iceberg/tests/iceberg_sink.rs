@@ -194,30 +194,34 @@ impl Fixture {
     }
 
     async fn faulty_sink(&self, fault: Fault) -> IcebergSink {
+        self.faulty_sink_and_catalog(Some(fault)).await.0
+    }
+
+    /// A sink through a faulty catalog, and that catalog.
+    async fn faulty_sink_and_catalog(
+        &self,
+        fault: Option<Fault>,
+    ) -> (IcebergSink, Arc<FaultyCatalog>) {
         let catalog = Arc::new(FaultyCatalog {
             inner: self.catalog().await,
-            fault: Mutex::new(Some(fault)),
+            fault: Mutex::new(fault),
+            refusal: Mutex::new(None),
             dead: AtomicBool::new(false),
             rival: tokio::sync::Mutex::new(None),
             loads: AtomicUsize::new(0),
+            commits: AtomicUsize::new(0),
         });
-        IcebergSink::open(catalog, self.ident()).await.unwrap()
+        let sink = IcebergSink::open(catalog.clone(), self.ident())
+            .await
+            .unwrap();
+        (sink, catalog)
     }
 
     /// A sink whose commit a rival beats: `rival` commits `request` after the
     /// sink first reads the table (its marker check), on the next load of the
     /// table or the first commit that reaches this catalog, whichever comes first.
     async fn sink_beaten_by(&self, rival: IcebergSink, request: CommitRequest) -> IcebergSink {
-        let catalog = Arc::new(FaultyCatalog {
-            inner: self.catalog().await,
-            fault: Mutex::new(None),
-            dead: AtomicBool::new(false),
-            rival: tokio::sync::Mutex::new(None),
-            loads: AtomicUsize::new(0),
-        });
-        let sink = IcebergSink::open(catalog.clone(), self.ident())
-            .await
-            .unwrap();
+        let (sink, catalog) = self.faulty_sink_and_catalog(None).await;
         // Armed once the sink is open (opening loads the table too).
         *catalog.rival.lock().await = Some((rival, request));
         catalog.loads.store(0, Ordering::SeqCst);
@@ -471,6 +475,45 @@ async fn a_lost_commit_response_is_recognised_not_applied_again() {
         assert_eq!(seen.marker, Some(1), "{db:?}");
         seen.assert_each_once(range(0, 300));
     }
+}
+
+/// A commit attempt that fails before it reaches the catalog (an error of a
+/// kind worth another try) is tried again and lands once. One that the
+/// catalog refuses as wrong (`DataInvalid`) is not tried again: it fails at
+/// once with the catalog's error, and nothing lands.
+#[tokio::test]
+async fn a_failed_attempt_is_tried_again_and_a_refused_one_is_not() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    process(&store, &fixture.sink().await, &range(0, 100)).await;
+    let (sink, catalog) = fixture
+        .faulty_sink_and_catalog(Some(Fault::FailBefore))
+        .await;
+    let report = Committer::new(store.clone(), sink, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap();
+    assert!(report.commits[0].applied_now);
+    assert_eq!(
+        catalog.commits.load(Ordering::SeqCst),
+        2,
+        "one failed, one landed"
+    );
+
+    process(&store, &fixture.sink().await, &range(100, 200)).await;
+    let (sink, catalog) = fixture.faulty_sink_and_catalog(None).await;
+    *catalog.refusal.lock().unwrap() = Some(iceberg::ErrorKind::DataInvalid);
+    let error = Committer::new(store.clone(), sink, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap_err();
+    let message = format!("{error:?}");
+    assert!(message.contains("injected refusal"), "{message}");
+    assert!(!message.contains("CommitGaveUp"), "{message}");
+    assert_eq!(catalog.commits.load(Ordering::SeqCst), 1, "not tried again");
+    let seen = fixture.read();
+    assert_eq!(seen.marker, Some(1));
+    seen.assert_each_once(range(0, 100));
 }
 
 /// Two committers of one commit (a stalled one and the run that took over,
@@ -1081,11 +1124,16 @@ async fn bad_input_is_refused_and_nothing_is_half_committed() {
 struct FaultyCatalog {
     inner: Arc<dyn Catalog>,
     fault: Mutex<Option<Fault>>,
+    /// When set, every commit is refused with an error of this kind, as a
+    /// catalog refuses a request it finds wrong.
+    refusal: Mutex<Option<iceberg::ErrorKind>>,
     dead: AtomicBool,
     /// A rival committer, and what it commits, before the second load of a
     /// table or the first commit.
     rival: tokio::sync::Mutex<Option<(IcebergSink, CommitRequest)>>,
     loads: AtomicUsize,
+    /// Commits that reached this catalog.
+    commits: AtomicUsize,
 }
 
 impl std::fmt::Debug for FaultyCatalog {
@@ -1197,6 +1245,10 @@ impl Catalog for FaultyCatalog {
     }
     async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
         self.alive()?;
+        self.commits.fetch_add(1, Ordering::SeqCst);
+        if let Some(kind) = *self.refusal.lock().unwrap() {
+            return Err(iceberg::Error::new(kind, "injected refusal"));
+        }
         self.let_the_rival_land().await;
         let fault = self.fault.lock().unwrap().take();
         match fault {
