@@ -1030,6 +1030,163 @@ async fn a_shard_layout_started_first_by_a_rival_is_not_shared(backend: Backend)
 }
 
 /// Lease options with time to live `ttl`.
+/// `status` counts every state a checkpoint passes through, as another handle
+/// sees it: staged (with its writers' lease and in-flight records), waiting
+/// for a commit (with its rows), committed (rows), compacted (rows still
+/// counted); commit intents, the latest and the last finished commit;
+/// orphans; leases. A store is clean only with nothing staged, pending or
+/// orphaned.
+async fn the_status_counts_every_state(backend: Backend) {
+    let store = open(backend.location()).await;
+    let status = |store: CheckpointStore| async move { store.status().await.expect("status") };
+    let fresh = status(open(backend.location()).await).await;
+    assert!(fresh.is_clean(), "{fresh:?}");
+    assert_eq!(
+        (
+            fresh.key_count,
+            fresh.sealed,
+            fresh.latest_commit,
+            fresh.commit_intents
+        ),
+        (0, 0, None, 0)
+    );
+    assert_eq!(fresh.last_commit, None);
+    let intent = |sequence: u64, id: CheckpointId| CommitIntent {
+        format_version: tidemark::store::FORMAT_VERSION,
+        sequence,
+        pipeline_id: "p".into(),
+        table: "t".into(),
+        checkpoints: vec![id],
+        created_at: chrono::DateTime::UNIX_EPOCH,
+    };
+    let lease = Lease::acquire(
+        &store,
+        "status",
+        1,
+        lease_for(std::time::Duration::from_secs(60)),
+    )
+    .await
+    .expect("lease");
+
+    // A run in progress: staged only, not clean.
+    let mut staged = store.begin_fenced(lease.fence()).await.expect("begin");
+    staged.stage_keys(&ids(15..20)).await.expect("stage");
+    staged
+        .record_in_flight("data/3.parquet")
+        .await
+        .expect("in flight");
+    let now = status(open(backend.location()).await).await;
+    assert!(!now.is_clean(), "a staged checkpoint: {now:?}");
+    assert_eq!(now.staged.len(), 1, "{now:?}");
+    assert_eq!(now.staged[0].id, staged.id());
+    assert_eq!(now.staged[0].in_flight_records, 1);
+    assert_eq!(now.staged[0].leases.len(), 1, "{now:?}");
+    assert_eq!(now.leases.len(), 1, "{now:?}");
+    assert_eq!(now.leases[0].0, "status");
+    assert!(now.leases[0].1.is_live(store.now()));
+
+    // Checkpoint 1 committed (100 rows); checkpoint 2 waiting for commit 2
+    // (40 rows) with a write it abandoned.
+    let mut first = store.begin_fenced(lease.fence()).await.expect("begin");
+    first.stage_keys(&ids(0..10)).await.expect("stage");
+    first
+        .record_in_flight("data/1.parquet")
+        .await
+        .expect("in flight");
+    first
+        .stage_file(file_record("data/1.parquet", 100))
+        .await
+        .expect("stage file");
+    let first = first.seal().await.expect("seal").checkpoint_id;
+    assert!(store
+        .put_commit_intent(&intent(1, first))
+        .await
+        .expect("claim"));
+    store
+        .mark_committed(&[first], &serde_json::json!({ "sequence": 1 }))
+        .await
+        .expect("mark");
+    let mut second = store.begin_fenced(lease.fence()).await.expect("begin");
+    second.stage_keys(&ids(10..15)).await.expect("stage");
+    for path in ["data/2.parquet", "data/abandoned.parquet"] {
+        second.record_in_flight(path).await.expect("in flight");
+    }
+    second
+        .stage_file(file_record("data/2.parquet", 40))
+        .await
+        .expect("stage file");
+    let second = second.seal().await.expect("seal").checkpoint_id;
+    assert!(store
+        .put_commit_intent(&intent(2, second))
+        .await
+        .expect("claim"));
+
+    let now = status(open(backend.location()).await).await;
+    assert_eq!(now.key_count, 15, "{now:?}");
+    assert_eq!(now.pending_commit, vec![second]);
+    assert_eq!(
+        (now.committed, now.compacted, now.fenced, now.sealed),
+        (1, 0, 0, 2),
+        "{now:?}"
+    );
+    assert_eq!((now.rows_committed, now.rows_pending_commit), (100, 40));
+    assert_eq!((now.latest_commit, now.commit_intents), (Some(2), 2));
+    assert_eq!(
+        now.last_commit.as_ref().map(|c| c.sequence),
+        Some(1),
+        "commit 2 waits for its mark"
+    );
+    assert_eq!(now.orphans.len(), 1, "{now:?}");
+    assert_eq!(now.orphans[0].checkpoint, second);
+    assert_eq!(
+        now.orphans[0].files,
+        vec!["data/abandoned.parquet".to_string()]
+    );
+
+    // Commit 2 lands and is marked; the run seals and lets go. Only the
+    // orphan is left: not clean.
+    store
+        .mark_committed(&[second], &serde_json::json!({ "sequence": 2 }))
+        .await
+        .expect("mark");
+    staged
+        .stage_file(file_record("data/3.parquet", 7))
+        .await
+        .expect("stage file");
+    let third = staged.seal().await.expect("seal").checkpoint_id;
+    assert!(store
+        .put_commit_intent(&intent(3, third))
+        .await
+        .expect("claim"));
+    store
+        .mark_committed(&[third], &serde_json::json!({ "sequence": 3 }))
+        .await
+        .expect("mark");
+    lease.release().await.expect("release");
+    let now = status(open(backend.location()).await).await;
+    assert!(
+        now.staged.is_empty() && now.pending_commit.is_empty(),
+        "{now:?}"
+    );
+    assert!(!now.is_clean(), "an orphan is left: {now:?}");
+    assert_eq!((now.rows_committed, now.rows_pending_commit), (147, 0));
+    assert_eq!(now.last_commit.as_ref().map(|c| c.sequence), Some(3));
+    assert_eq!((now.committed, now.sealed, now.key_count), (3, 3, 20));
+    assert!(!now.leases[0].1.is_live(store.now()), "released");
+
+    // Compaction moves committed checkpoints into the index; their rows and
+    // keys still count.
+    store
+        .compact(&CompactionOptions::default())
+        .await
+        .expect("compact");
+    let now = status(open(backend.location()).await).await;
+    assert!(now.compacted > 0, "{now:?}");
+    assert_eq!(now.committed + now.compacted, 3, "{now:?}");
+    assert_eq!(now.sealed, 3, "{now:?}");
+    assert_eq!((now.rows_committed, now.key_count), (147, 20), "{now:?}");
+}
+
 fn lease_for(ttl: std::time::Duration) -> LeaseOptions {
     LeaseOptions {
         ttl,
@@ -1484,6 +1641,7 @@ macro_rules! contract_suite {
                 an_index_generation_written_again_is_read_again,
                 a_compaction_fence_publishes_the_next_generation,
                 keys_read_across_handles_and_reopen,
+                the_status_counts_every_state,
             );
         }
     };
