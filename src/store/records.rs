@@ -516,3 +516,52 @@ pub(crate) fn decode<T: DeserializeOwned>(kind: ObjectKind, path: &str, bytes: &
     }
     serde_json::from_slice(bytes).map_err(|e| Error::corrupt(kind, path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_id_reads_back_from_its_text() {
+        let id = CheckpointId::new();
+        let text = id.to_string();
+        assert_eq!(text, id.as_uuid().to_string());
+        assert_eq!(text.parse::<CheckpointId>().unwrap(), id);
+        assert_eq!(CheckpointId::from(id.as_uuid()), id);
+        assert_ne!(CheckpointId::new(), id, "each id is new");
+        let error = "not-an-id".parse::<CheckpointId>().unwrap_err();
+        assert!(
+            matches!(&error, Error::UnknownCheckpoint { id } if id == "not-an-id"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn key_ranges_overlap_when_a_key_could_lie_in_both() {
+        let range = |least: &str, greatest: &str| KeyRange {
+            least: least.into(),
+            greatest: greatest.into(),
+        };
+        let middle = range("10", "20");
+        for (other, overlaps) in [
+            (range("00", "09"), false),
+            (range("00", "10"), true),
+            (range("12", "15"), true),
+            (range("00", "30"), true),
+            (range("20", "30"), true),
+            (range("21", "30"), false),
+        ] {
+            assert_eq!(middle.overlaps(&other), overlaps, "{other:?}");
+            assert_eq!(other.overlaps(&middle), overlaps, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_unit_digest_is_the_first_128_bits_of_sha_256() {
+        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a3...
+        assert_eq!(unit_digest("abc"), "ba7816bf8f01cfea414140de5dae2223");
+        assert_eq!(unit_digest(&"x".repeat(10_000)).len(), 32);
+    }
+}
