@@ -67,3 +67,46 @@ fn bad_locations_are_refused() {
     let err = StoreLocation::from_url("s3://bucket/x", &options).expect_err("bad retries");
     assert!(err.to_string().contains("whole number"), "{err}");
 }
+
+#[test]
+fn credentials_in_a_location_url_are_refused_wherever_they_are() {
+    let none = HashMap::new();
+    for url in [
+        "s3://key@bucket/x",
+        "s3://:secret@bucket/x",
+        "s3://key:secret@bucket/x",
+        "s3://bucket/x?aws_secret_access_key=secret",
+        "memory:///x?token=secret",
+    ] {
+        let err = StoreLocation::from_url(url, &none).expect_err(url);
+        assert!(
+            err.to_string()
+                .contains("carries no user, password or query"),
+            "{url}: {err}"
+        );
+        assert!(!err.to_string().contains("secret@"), "{url}: {err}");
+    }
+}
+
+#[test]
+fn a_location_s_prefix_is_its_url_s_path() {
+    let options = HashMap::from([
+        (OPTION_MAX_RETRIES.to_string(), "3".to_string()),
+        (OPTION_RETRY_TIMEOUT_SECS.to_string(), "30".to_string()),
+        ("aws_region".to_string(), "us-east-1".to_string()),
+    ]);
+    let s3 = StoreLocation::from_url("s3://bucket/pipelines/daily", &options).unwrap();
+    assert_eq!(s3.prefix.as_ref(), "pipelines/daily");
+    assert_eq!(s3.url, "s3://bucket/pipelines/daily");
+    let memory = StoreLocation::from_url("memory:///pipelines/hourly", &HashMap::new()).unwrap();
+    assert_eq!(memory.prefix.as_ref(), "pipelines/hourly");
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}/store", dir.path().display());
+    let file = StoreLocation::from_url(&url, &HashMap::new()).unwrap();
+    assert_eq!(
+        file.prefix.as_ref(),
+        "",
+        "the directory is the store's root"
+    );
+    assert!(dir.path().join("store").is_dir(), "created when opened");
+}
