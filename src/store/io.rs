@@ -177,7 +177,10 @@ mod tests {
         let unknown = || transport_error(HttpErrorKind::Unknown);
         assert_eq!(attempts_of(1, unknown).await, (2, true));
         assert_eq!(attempts_of(2, unknown).await, (3, true));
+        let started = tokio::time::Instant::now();
         assert_eq!(attempts_of(5, unknown).await, (READ_ATTEMPTS, false));
+        // 200 ms before the second attempt, 400 ms before the third.
+        assert_eq!(started.elapsed(), Duration::from_millis(600));
         // What the client classifies, it has retried already: not again.
         let timeout = || transport_error(HttpErrorKind::Timeout);
         assert_eq!(attempts_of(1, timeout).await, (1, false));
