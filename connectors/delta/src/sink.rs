@@ -123,12 +123,17 @@ impl DeltaSink {
         let table = if table.version().is_some() {
             table
         } else {
+            // One attempt at version 0. delta-rs would retry a create that
+            // lost the race for it at version 1, as a second CREATE TABLE
+            // with a new table id (and this run's schema and partitioning,
+            // whatever the winner's were).
             let created = table
                 .clone()
                 .create()
                 .with_columns(delta_schema.fields().cloned())
                 .with_partition_columns(partition_columns.iter().map(|c| c.to_string()))
                 .with_save_mode(SaveMode::Ignore)
+                .with_commit_properties(CommitProperties::default().with_max_retries(0))
                 .await;
             match created {
                 Ok(table) => table,

@@ -911,3 +911,49 @@ async fn a_txn_retention_on_the_table_is_named_as_a_risk_to_the_marker() {
         "{risk}"
     );
 }
+
+/// Runs that find no table and create it at the same moment all open the one
+/// table that won: the log holds a single version 0, with the schema and the
+/// partition columns asked for, on every backend. A table that exists is
+/// used as it is, whatever the schema and partitioning passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn runs_that_create_one_table_at_once_all_open_it() {
+    for backend in backends() {
+        let name = backend.name;
+        for round in 0..3 {
+            let (url, storage) = backend.data_url(&format!("created-{}", uuid::Uuid::new_v4()));
+            let url = Url::parse(&url).unwrap();
+            let creates = (0..4).map(|_| {
+                let (url, storage) = (url.clone(), storage.clone());
+                tokio::spawn(async move {
+                    DeltaSink::create_if_missing(url, storage, &schema(), &["region"]).await
+                })
+            });
+            for created in futures::future::join_all(creates).await {
+                let sink = created.unwrap().unwrap();
+                let table = sink.table().await;
+                assert_eq!(table.version(), Some(0), "{name} round {round}");
+                let snapshot = table.snapshot().unwrap();
+                assert_eq!(
+                    snapshot.metadata().partition_columns(),
+                    &["region".to_string()],
+                    "{name} round {round}"
+                );
+                let columns: Vec<String> = snapshot
+                    .schema()
+                    .fields()
+                    .map(|f| f.name().to_string())
+                    .collect();
+                assert_eq!(columns, ["id", "region", "payload"], "{name} round {round}");
+            }
+            let other = Schema::new(vec![Field::new("other", DataType::Utf8, true)]);
+            let again = DeltaSink::create_if_missing(url, storage, &other, &[])
+                .await
+                .unwrap();
+            let table = again.table().await;
+            assert_eq!(table.version(), Some(0), "{name}: used as it is");
+            let snapshot = table.snapshot().unwrap();
+            assert_eq!(snapshot.schema().fields().count(), 3, "{name}");
+        }
+    }
+}
