@@ -217,6 +217,11 @@ async fn appends_land_once_and_repeated_commits_change_nothing() {
             "{name}: files roll at the target size"
         );
         assert_eq!(report.rows_applied(), 1_000);
+        assert_eq!(
+            report.commits[0].table_version,
+            serde_json::json!({ "version": 1 }),
+            "{name}: the version the commit made"
+        );
         assert!(committer.commit_pending().await.unwrap().commits.is_empty());
         assert!(store.load().await.unwrap().pending_commit().is_empty());
         let seen = fixture.read();
@@ -258,6 +263,11 @@ async fn a_lost_commit_response_is_recognised_not_applied_again() {
         assert!(
             !report.commits[0].applied_now,
             "{name}: recognised by the marker"
+        );
+        assert_eq!(
+            report.commits[0].table_version,
+            serde_json::json!({ "version": 1 }),
+            "{name}: the version the marker was found in"
         );
         let seen = fixture.read();
         assert_eq!(

@@ -471,6 +471,17 @@ async fn a_lost_commit_response_is_recognised_not_applied_again() {
             !report.commits[0].applied_now,
             "{db:?}: recognised by the marker"
         );
+        let table = fixture
+            .catalog()
+            .await
+            .load_table(&fixture.ident())
+            .await
+            .unwrap();
+        assert_eq!(
+            report.commits[0].table_version,
+            serde_json::json!({ "snapshot_id": table.metadata().current_snapshot_id() }),
+            "{db:?}: the snapshot the marker was found in"
+        );
         let seen = fixture.read();
         assert_eq!(seen.marker, Some(1), "{db:?}");
         seen.assert_each_once(range(0, 300));
@@ -498,6 +509,17 @@ async fn a_failed_attempt_is_tried_again_and_a_refused_one_is_not() {
         catalog.commits.load(Ordering::SeqCst),
         2,
         "one failed, one landed"
+    );
+    let table = fixture
+        .catalog()
+        .await
+        .load_table(&fixture.ident())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.commits[0].table_version,
+        serde_json::json!({ "snapshot_id": table.metadata().current_snapshot_id() }),
+        "the snapshot the commit made"
     );
 
     process(&store, &fixture.sink().await, &range(100, 200)).await;
