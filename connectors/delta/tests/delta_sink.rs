@@ -967,3 +967,50 @@ async fn runs_that_create_one_table_at_once_all_open_it() {
         }
     }
 }
+
+/// The sink finds the pipeline's latest commit however far back the log
+/// holds it: after the commit, 20 versions by another writer (more than the
+/// first look at the history reads) leave it carried. The sink names its
+/// table by URL.
+#[tokio::test]
+async fn the_pipeline_s_commit_is_found_behind_many_later_versions() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    let sink = fixture.sink().await;
+    assert_eq!(
+        tidemark::commit::CommitSink::table(&sink),
+        fixture.url.as_str()
+    );
+    process(&store, &sink, &range(0, 10)).await;
+    Committer::new(store.clone(), fixture.sink().await, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap();
+    assert_eq!(
+        sink.lineage(PIPELINE).await.unwrap(),
+        tidemark::commit::Lineage::Carries(1)
+    );
+    for n in 0..20 {
+        fixture
+            .sink()
+            .await
+            .table()
+            .await
+            .set_tbl_properties()
+            .with_properties(HashMap::from([(
+                "delta.logRetentionDuration".to_string(),
+                format!("interval {} days", 30 + n),
+            )]))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        sink.lineage(PIPELINE).await.unwrap(),
+        tidemark::commit::Lineage::Carries(1),
+        "21 versions back"
+    );
+    assert_eq!(
+        sink.lineage("other").await.unwrap(),
+        tidemark::commit::Lineage::Unknown
+    );
+}
