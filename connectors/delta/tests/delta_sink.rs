@@ -1014,3 +1014,33 @@ async fn the_pipeline_s_commit_is_found_behind_many_later_versions() {
         tidemark::commit::Lineage::Unknown
     );
 }
+
+/// Another writer upgrades the table between the seal and the commit to a
+/// writer feature delta-rs does not support. The commit is refused at once
+/// (an error that no retry can change is not retried), naming the feature,
+/// and the checkpoint stays pending.
+#[tokio::test]
+async fn a_writer_feature_added_before_the_commit_is_refused_at_once() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    process(&store, &fixture.sink().await, &range(0, 10)).await;
+    let log = fixture.url.to_file_path().unwrap().join("_delta_log");
+    std::fs::write(
+        log.join("00000000000000000001.json"),
+        concat!(
+            r#"{"commitInfo":{"timestamp":1,"operation":"SET TBLPROPERTIES"}}"#,
+            "\n",
+            r#"{"protocol":{"minReaderVersion":1,"minWriterVersion":7,"writerFeatures":["tidemarkUnknownFeature"]}}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let error = Committer::new(store.clone(), fixture.sink().await, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap_err();
+    let message = format!("{error:?}");
+    assert!(message.contains("tidemarkUnknownFeature"), "{message}");
+    assert!(!message.contains("CommitGaveUp"), "{message}");
+    assert_eq!(store.load().await.unwrap().pending_commit().len(), 1);
+}
