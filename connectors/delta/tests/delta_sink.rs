@@ -73,6 +73,18 @@ impl Fixture {
         fixture
     }
 
+    /// Sets one table property, as another writer would (a Delta version).
+    async fn set_property(&self, key: &str, value: &str) {
+        self.sink()
+            .await
+            .table()
+            .await
+            .set_tbl_properties()
+            .with_properties(HashMap::from([(key.to_string(), value.to_string())]))
+            .await
+            .unwrap();
+    }
+
     async fn store(&self) -> CheckpointStore {
         CheckpointStore::open_at(
             self.backend.location(),
@@ -824,18 +836,7 @@ async fn the_log_is_checkpointed_every_ten_commits_unless_the_table_says_otherwi
 
     // A table that sets its interval keeps it.
     let fixture = Fixture::new(Backend::local()).await;
-    fixture
-        .sink()
-        .await
-        .table()
-        .await
-        .set_tbl_properties()
-        .with_properties(HashMap::from([(
-            "delta.checkpointInterval".to_string(),
-            "4".to_string(),
-        )]))
-        .await
-        .unwrap();
+    fixture.set_property("delta.checkpointInterval", "4").await;
     let store = fixture.store().await;
     // The property change is version 1; commits are versions 2 to 13.
     commit_rounds(&fixture, &store, 0..12).await;
@@ -849,17 +850,8 @@ async fn the_log_is_checkpointed_every_ten_commits_unless_the_table_says_otherwi
     for interval in ["0", "often"] {
         let fixture = Fixture::new(Backend::local()).await;
         fixture
-            .sink()
-            .await
-            .table()
-            .await
-            .set_tbl_properties()
-            .with_properties(HashMap::from([(
-                "delta.checkpointInterval".to_string(),
-                interval.to_string(),
-            )]))
-            .await
-            .unwrap();
+            .set_property("delta.checkpointInterval", interval)
+            .await;
         let store = fixture.store().await;
         commit_rounds(&fixture, &store, 0..12).await;
         assert_eq!(
@@ -906,15 +898,9 @@ async fn a_txn_retention_on_the_table_is_named_as_a_risk_to_the_marker() {
     let fixture = Fixture::new(Backend::local()).await;
     let sink = fixture.sink().await;
     assert_eq!(sink.marker_risk().await.unwrap(), None);
-    sink.table()
-        .await
-        .set_tbl_properties()
-        .with_properties(HashMap::from([(
-            "delta.setTransactionRetentionDuration".to_string(),
-            "interval 7 days".to_string(),
-        )]))
-        .await
-        .unwrap();
+    fixture
+        .set_property("delta.setTransactionRetentionDuration", "interval 7 days")
+        .await;
     let risk = sink.marker_risk().await.unwrap().unwrap();
     assert!(
         risk.contains("delta.setTransactionRetentionDuration = interval 7 days"),
@@ -992,17 +978,11 @@ async fn the_pipeline_s_commit_is_found_behind_many_later_versions() {
     );
     for n in 0..20 {
         fixture
-            .sink()
-            .await
-            .table()
-            .await
-            .set_tbl_properties()
-            .with_properties(HashMap::from([(
-                "delta.logRetentionDuration".to_string(),
-                format!("interval {} days", 30 + n),
-            )]))
-            .await
-            .unwrap();
+            .set_property(
+                "delta.logRetentionDuration",
+                &format!("interval {} days", 30 + n),
+            )
+            .await;
     }
     assert_eq!(
         sink.lineage(PIPELINE).await.unwrap(),
