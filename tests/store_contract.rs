@@ -66,6 +66,18 @@ async fn committed_checkpoint(store: &CheckpointStore, keys: std::ops::Range<i64
     id
 }
 
+/// The intent of commit `sequence` of pipeline `p` to table `t`, carrying `id`.
+fn intent(sequence: u64, id: CheckpointId) -> CommitIntent {
+    CommitIntent {
+        format_version: tidemark::store::FORMAT_VERSION,
+        sequence,
+        pipeline_id: "p".into(),
+        table: "t".into(),
+        checkpoints: vec![id],
+        created_at: chrono::DateTime::UNIX_EPOCH,
+    }
+}
+
 async fn put_raw(location: &StoreLocation, relative: &str, bytes: Vec<u8>) {
     let path = Path::from(format!("{}/{relative}", location.prefix).trim_start_matches('/'));
     location
@@ -532,12 +544,8 @@ async fn concurrent_claims_of_a_sequence_exactly_one_wins(backend: Backend) {
     }
     let intents: Vec<CommitIntent> = (0..6)
         .map(|n| CommitIntent {
-            format_version: tidemark::store::FORMAT_VERSION,
-            sequence: 1,
-            pipeline_id: "p".into(),
             table: format!("table-{n}"),
-            checkpoints: vec![CheckpointId::new()],
-            created_at: chrono::DateTime::UNIX_EPOCH,
+            ..intent(1, CheckpointId::new())
         })
         .collect();
     let claims = join_all(
@@ -570,14 +578,6 @@ async fn concurrent_claims_of_a_sequence_exactly_one_wins(backend: Backend) {
 async fn the_committed_sequence_follows_the_marks(backend: Backend) {
     let store = open(backend.location()).await;
     assert_eq!(store.committed_sequence().await.expect("sequence"), None);
-    let intent = |sequence: u64, id: CheckpointId| CommitIntent {
-        format_version: tidemark::store::FORMAT_VERSION,
-        sequence,
-        pipeline_id: "p".into(),
-        table: "t".into(),
-        checkpoints: vec![id],
-        created_at: chrono::DateTime::UNIX_EPOCH,
-    };
     let mut marked = Vec::new();
     for sequence in 1..=3u64 {
         let keys = (sequence as i64) * 10;
@@ -1051,14 +1051,6 @@ async fn the_status_counts_every_state(backend: Backend) {
         (0, 0, None, 0)
     );
     assert_eq!(fresh.last_commit, None);
-    let intent = |sequence: u64, id: CheckpointId| CommitIntent {
-        format_version: tidemark::store::FORMAT_VERSION,
-        sequence,
-        pipeline_id: "p".into(),
-        table: "t".into(),
-        checkpoints: vec![id],
-        created_at: chrono::DateTime::UNIX_EPOCH,
-    };
     let lease = Lease::acquire(
         &store,
         "status",

@@ -19,7 +19,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use async_trait::async_trait;
 use iceberg::io::LocalFsStorageFactory;
 use iceberg::spec::{
-    ManifestContentType, NestedField, PrimitiveType, Transform, Type, UnboundPartitionSpec,
+    ManifestContentType, ManifestFile, NestedField, PrimitiveType, Transform, Type,
+    UnboundPartitionSpec,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -239,23 +240,11 @@ impl Fixture {
 
     /// What pyiceberg and DuckDB see.
     fn read(&self) -> Readout {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/iceberg_read.py");
-        let output = Command::new("python3")
-            .args([
-                script,
-                &self.python_uri,
-                &self.warehouse,
-                &self.table_name(),
-            ])
-            .args(self.s3_endpoint.iter())
-            .bounded_output()
-            .expect("run python3 (bash .ci/run installs pyiceberg and duckdb)");
-        assert!(
-            output.status.success(),
-            "reading the table failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let table = self.table_name();
+        let mut args = vec![self.python_uri.as_str(), &self.warehouse, &table];
+        args.extend(self.s3_endpoint.as_deref());
+        let stdout = run_python("iceberg_read.py", &args, "reading the table");
+        let value: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         let ids = |key: &str| {
             let mut ids: Vec<i64> = serde_json::from_value(value[key].clone()).unwrap();
             ids.sort_unstable();
@@ -276,21 +265,15 @@ impl Fixture {
     }
 
     fn foreign_append(&self, ids: &[i64]) {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/pyiceberg_append.py"
-        );
         let warehouse = self.warehouse.trim_start_matches("file://");
-        let output = Command::new("python3")
-            .args([script, &self.python_uri, warehouse, &self.table_name()])
-            .arg(serde_json::to_string(ids).unwrap())
-            .bounded_output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "pyiceberg append failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let ids = serde_json::to_string(ids).unwrap();
+        let args = [
+            self.python_uri.as_str(),
+            warehouse,
+            &self.table_name(),
+            &ids,
+        ];
+        run_python("pyiceberg_append.py", &args, "pyiceberg append");
     }
 }
 
@@ -298,52 +281,63 @@ impl Fixture {
     /// Deletes the rows matching `predicate` with DuckDB (through the REST
     /// catalog: a positional delete file); returns how many it deleted.
     fn foreign_delete(&self, predicate: &str) -> u64 {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/duckdb_delete.py"
-        );
-        let output = Command::new("python3")
-            .args([script, &self.python_uri, &self.table_name(), predicate])
-            .bounded_output()
-            .expect("run python3 (scripts/test-setup.sh installs duckdb)");
-        assert!(
-            output.status.success(),
-            "DuckDB delete failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .trim()
+        let args = [self.python_uri.as_str(), &self.table_name(), predicate];
+        run_python("duckdb_delete.py", &args, "DuckDB delete")
             .parse()
             .unwrap()
     }
 
     /// Evolves the partition spec with pyiceberg; returns the new default spec id.
     fn evolve_spec(&self, action: &str, field: &str) -> i32 {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/pyiceberg_spec.py"
-        );
-        let output = Command::new("python3")
-            .args([
-                script,
-                &self.python_uri,
-                &self.warehouse,
-                &self.table_name(),
-                action,
-                field,
-            ])
-            .bounded_output()
-            .expect("run python3 (scripts/test-setup.sh installs pyiceberg)");
-        assert!(
-            output.status.success(),
-            "pyiceberg spec change failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .trim()
+        let table = self.table_name();
+        let args = [
+            self.python_uri.as_str(),
+            &self.warehouse,
+            &table,
+            action,
+            field,
+        ];
+        run_python("pyiceberg_spec.py", &args, "pyiceberg spec change")
             .parse()
             .unwrap()
     }
+
+    /// What the current snapshot of the table is, as the sink reports a
+    /// commit's table version.
+    async fn snapshot_version(&self) -> serde_json::Value {
+        let table = self
+            .catalog()
+            .await
+            .load_table(&self.ident())
+            .await
+            .unwrap();
+        serde_json::json!({ "snapshot_id": table.metadata().current_snapshot_id() })
+    }
+}
+
+/// Runs `tests/support/{script}` with `args` (scripts/test-setup.sh installs
+/// the packages it needs) and returns its standard output, trimmed; `what`
+/// names the step in the failure message.
+fn run_python(script: &str, args: &[&str], what: &str) -> String {
+    let script = format!("{}/tests/support/{script}", env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .bounded_output()
+        .expect("run python3 (scripts/test-setup.sh installs pyiceberg and duckdb)");
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// The manifests of `table`'s current snapshot.
+async fn current_manifests(table: &Table) -> Vec<ManifestFile> {
+    let snapshot = table.metadata().current_snapshot().unwrap();
+    let list = table.manifest_list_reader(snapshot).load().await.unwrap();
+    list.entries().to_vec()
 }
 
 struct Readout {
@@ -471,15 +465,9 @@ async fn a_lost_commit_response_is_recognised_not_applied_again() {
             !report.commits[0].applied_now,
             "{db:?}: recognised by the marker"
         );
-        let table = fixture
-            .catalog()
-            .await
-            .load_table(&fixture.ident())
-            .await
-            .unwrap();
         assert_eq!(
             report.commits[0].table_version,
-            serde_json::json!({ "snapshot_id": table.metadata().current_snapshot_id() }),
+            fixture.snapshot_version().await,
             "{db:?}: the snapshot the marker was found in"
         );
         let seen = fixture.read();
@@ -510,15 +498,9 @@ async fn a_failed_attempt_is_tried_again_and_a_refused_one_is_not() {
         2,
         "one failed, one landed"
     );
-    let table = fixture
-        .catalog()
-        .await
-        .load_table(&fixture.ident())
-        .await
-        .unwrap();
     assert_eq!(
         report.commits[0].table_version,
-        serde_json::json!({ "snapshot_id": table.metadata().current_snapshot_id() }),
+        fixture.snapshot_version().await,
         "the snapshot the commit made"
     );
 
@@ -588,9 +570,8 @@ async fn manifests_merge_at_the_table_s_count_and_every_row_stays() {
         for run in 0..5 {
             if run == 3 {
                 let table = catalog.load_table(&fixture.ident()).await.unwrap();
-                let snapshot = table.metadata().current_snapshot().unwrap();
-                let list = table.manifest_list_reader(snapshot).load().await.unwrap();
-                assert_eq!(list.entries().len(), 3, "{db:?}: none merged below 100");
+                let manifests = current_manifests(&table).await;
+                assert_eq!(manifests.len(), 3, "{db:?}: none merged below 100");
                 set_table_property(
                     catalog.as_ref(),
                     &table,
@@ -604,16 +585,15 @@ async fn manifests_merge_at_the_table_s_count_and_every_row_stays() {
         }
 
         let table = catalog.load_table(&fixture.ident()).await.unwrap();
-        let snapshot = table.metadata().current_snapshot().unwrap();
-        let list = table.manifest_list_reader(snapshot).load().await.unwrap();
+        let list = current_manifests(&table).await;
         assert_eq!(
-            list.entries().len(),
+            list.len(),
             2,
             "{db:?}: the merged manifest and the last commit's"
         );
         let mut paths = std::collections::BTreeSet::new();
         let mut added_by = std::collections::BTreeSet::new();
-        for manifest in list.entries() {
+        for manifest in &list {
             for entry in manifest
                 .load_manifest(table.file_io())
                 .await
@@ -654,16 +634,13 @@ async fn manifests_merge_at_the_table_s_count_and_every_row_stays() {
         // next commit merges nothing, and the one after merges the two small
         // manifests it finds beside the large one.
         let merged = list
-            .entries()
             .iter()
             .max_by_key(|m| m.manifest_length)
             .unwrap()
             .clone();
         assert!(
-            list.entries()
-                .iter()
-                .all(|m| m.manifest_path == merged.manifest_path
-                    || m.manifest_length < merged.manifest_length),
+            list.iter().all(|m| m.manifest_path == merged.manifest_path
+                || m.manifest_length < merged.manifest_length),
             "{db:?}: the merged manifest is the largest"
         );
         set_table_property(
@@ -674,11 +651,10 @@ async fn manifests_merge_at_the_table_s_count_and_every_row_stays() {
         )
         .await;
         let manifests = |table: Table| async move {
-            let snapshot = table.metadata().current_snapshot().unwrap();
-            let list = table.manifest_list_reader(snapshot).load().await.unwrap();
-            list.entries()
-                .iter()
-                .map(|m| m.manifest_path.clone())
+            let listed = current_manifests(&table).await;
+            listed
+                .into_iter()
+                .map(|m| m.manifest_path)
                 .collect::<Vec<_>>()
         };
         process(&store, committer.sink(), &range(1_000, 1_200)).await;
@@ -721,11 +697,10 @@ async fn rows_another_engine_deleted_stay_deleted_when_manifests_merge() {
     }
     assert_eq!(fixture.foreign_delete("id % 3 = 0"), 134);
     let contents = |table: Table| async move {
-        let snapshot = table.metadata().current_snapshot().unwrap();
-        let list = table.manifest_list_reader(snapshot).load().await.unwrap();
-        list.entries()
-            .iter()
-            .map(|m| (m.content, m.manifest_path.clone()))
+        let listed = current_manifests(&table).await;
+        listed
+            .into_iter()
+            .map(|m| (m.content, m.manifest_path))
             .collect::<Vec<_>>()
     };
     let before = contents(catalog.load_table(&fixture.ident()).await.unwrap()).await;
