@@ -967,11 +967,7 @@ async fn the_pipeline_s_commit_is_found_behind_many_later_versions() {
         tidemark::commit::CommitSink::table(&sink),
         fixture.url.as_str()
     );
-    process(&store, &sink, &range(0, 10)).await;
-    Committer::new(store.clone(), fixture.sink().await, PIPELINE)
-        .commit_pending()
-        .await
-        .unwrap();
+    commit_rounds(&fixture, &store, 0..1).await;
     assert_eq!(
         sink.lineage(PIPELINE).await.unwrap(),
         tidemark::commit::Lineage::Carries(1)
