@@ -78,6 +78,19 @@ fn intent(sequence: u64, id: CheckpointId) -> CommitIntent {
     }
 }
 
+/// Claims commit `sequence` for checkpoint `id` and marks it committed, as a
+/// committer whose table commit landed does.
+async fn claim_and_mark(store: &CheckpointStore, sequence: u64, id: CheckpointId) {
+    assert!(store
+        .put_commit_intent(&intent(sequence, id))
+        .await
+        .expect("claim"));
+    store
+        .mark_committed(&[id], &serde_json::json!({ "sequence": sequence }))
+        .await
+        .expect("mark");
+}
+
 async fn put_raw(location: &StoreLocation, relative: &str, bytes: Vec<u8>) {
     let path = Path::from(format!("{}/{relative}", location.prefix).trim_start_matches('/'));
     location
@@ -1090,14 +1103,7 @@ async fn the_status_counts_every_state(backend: Backend) {
         .await
         .expect("stage file");
     let first = first.seal().await.expect("seal").checkpoint_id;
-    assert!(store
-        .put_commit_intent(&intent(1, first))
-        .await
-        .expect("claim"));
-    store
-        .mark_committed(&[first], &serde_json::json!({ "sequence": 1 }))
-        .await
-        .expect("mark");
+    claim_and_mark(&store, 1, first).await;
     let mut second = store.begin_fenced(lease.fence()).await.expect("begin");
     second.stage_keys(&ids(10..15)).await.expect("stage");
     for path in ["data/2.parquet", "data/abandoned.parquet"] {
@@ -1146,14 +1152,7 @@ async fn the_status_counts_every_state(backend: Backend) {
         .await
         .expect("stage file");
     let third = staged.seal().await.expect("seal").checkpoint_id;
-    assert!(store
-        .put_commit_intent(&intent(3, third))
-        .await
-        .expect("claim"));
-    store
-        .mark_committed(&[third], &serde_json::json!({ "sequence": 3 }))
-        .await
-        .expect("mark");
+    claim_and_mark(&store, 3, third).await;
     lease.release().await.expect("release");
     let now = status(open(backend.location()).await).await;
     assert!(
