@@ -19,7 +19,7 @@ use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use support::{MemoryTable, MemoryWriter};
+use support::{FaultyStore, MemoryTable, MemoryWriter};
 use tidemark::gc::collect_garbage;
 use tidemark::pipeline::Pipeline;
 use tidemark::source::{ParquetSource, ParquetSourceOptions};
@@ -101,9 +101,11 @@ async fn hundreds_of_runs_leave_a_bounded_store() {
     let runs = runs();
     let dir = tempfile::tempdir().unwrap();
     let bucket = Arc::new(InMemory::new());
+    // No faults: the wrapper records what each LIST asked for.
+    let recorder = Arc::new(FaultyStore::new(bucket.clone()));
     let keys = KeySchema::single("id", DataType::Int64).unwrap();
     let store = CheckpointStore::open_at(
-        StoreLocation::from_object_store(bucket.clone(), Path::from("store")),
+        StoreLocation::from_object_store(recorder.clone(), Path::from("store")),
         keys,
     )
     .await
@@ -168,6 +170,20 @@ async fn hundreds_of_runs_leave_a_bounded_store() {
             .unwrap();
     }
     assert_eq!(rows, runs * KEYS_PER_RUN, "rows in the table");
+
+    // Each LIST reads one directory of the store, never the whole store,
+    // whose listing would grow with its history. Among them the ones that
+    // find stray objects: staged checkpoints, superseded index key files and
+    // heartbeats of pruned lease epochs.
+    let listed: BTreeSet<String> = recorder.listed_prefixes().into_iter().collect();
+    let whole: Vec<&String> = listed
+        .iter()
+        .filter(|prefix| prefix.is_empty() || prefix.as_str() == "store")
+        .collect();
+    assert!(whole.is_empty(), "the whole store listed: {listed:?}");
+    for directory in ["store/staging", "store/index-keys", "store/lease/pipeline/heartbeats"] {
+        assert!(listed.contains(directory), "{directory} not listed: {listed:?}");
+    }
 
     let objects = objects_by_kind(&bucket).await;
     let total: usize = objects.values().sum();

@@ -463,6 +463,8 @@ pub struct FaultyStore {
     list_hooks: Mutex<Vec<(String, futures::future::BoxFuture<'static, ()>)>>,
     /// Futures to run once before the first PUT whose path contains the text.
     put_hooks: Mutex<Vec<(String, futures::future::BoxFuture<'static, ()>)>>,
+    /// The prefix of every LIST so far, in order (`""` for the whole store).
+    listed: Mutex<Vec<String>>,
 }
 
 impl FaultyStore {
@@ -479,7 +481,21 @@ impl FaultyStore {
             fired: Arc::new(AtomicUsize::new(0)),
             list_hooks: Mutex::new(Vec::new()),
             put_hooks: Mutex::new(Vec::new()),
+            listed: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The prefix of every LIST so far, in order (`""` for the whole store).
+    pub fn listed_prefixes(&self) -> Vec<String> {
+        self.listed.lock().expect("listed").clone()
+    }
+
+    fn record_list(&self, prefix: Option<&Path>) {
+        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.listed
+            .lock()
+            .expect("listed")
+            .push(prefix.map(|p| p.to_string()).unwrap_or_default());
     }
 
     /// Runs `hook` once, before the first PUT whose path contains
@@ -739,7 +755,7 @@ impl ObjectStore for FaultyStore {
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
         use futures::StreamExt as _;
-        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.record_list(prefix);
         let hook = prefix.and_then(|prefix| {
             let mut hooks = self.list_hooks.lock().expect("hooks");
             let at = hooks
@@ -770,7 +786,7 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.lists.fetch_add(1, Ordering::SeqCst);
+        self.record_list(prefix);
         let at = prefix.cloned().unwrap_or_default();
         self.gate()
             .run(Op::List, &at, self.inner.list_with_delimiter(prefix))
