@@ -1193,3 +1193,68 @@ async fn forgotten_commits_beside_a_history_that_cannot_tell_are_the_users_call(
         .await
         .unwrap();
 }
+
+/// Two compactions, one publishing while the other prunes. A has published
+/// its generation and is deleting what it superseded when B, starting from
+/// A's generation, publishes the next one with key files of its own. A must
+/// leave B's files alone: they belong to a newer generation than A's, which
+/// A's own two generations do not name. Every checkpointed key stays readable.
+#[tokio::test]
+async fn a_compaction_pruning_keeps_the_key_files_of_a_newer_one() {
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let root = Path::from("store");
+    let plain = CheckpointStore::open_at(
+        StoreLocation::from_object_store(inner.clone(), root.clone()),
+        keys(),
+    )
+    .await
+    .unwrap();
+    let table = MemoryTable::default();
+    let options = tidemark::store::CompactionOptions {
+        min_checkpoints: 1,
+        keep_latest_commits: 0,
+        ..Default::default()
+    };
+    let commit = |store: CheckpointStore, table: MemoryTable| async move {
+        Committer::new(store, table, "races")
+            .commit_pending()
+            .await
+            .unwrap();
+    };
+    // Generation 1, then a committed checkpoint for A's generation 2.
+    seal(&plain, vec![1, 2], "data/x.parquet").await;
+    commit(plain.clone(), table.clone()).await;
+    let first = plain.compact(&options).await.unwrap();
+    assert_eq!(first.generation, Some(1));
+    seal(&plain, vec![3, 4], "data/y.parquet").await;
+    commit(plain.clone(), table.clone()).await;
+
+    // B, once A has published generation 2 and lists index key files to
+    // prune: commits a third checkpoint and compacts it into generation 3.
+    let b_store = plain.clone();
+    let b_table = table.clone();
+    let b_options = options.clone();
+    let hooked = Arc::new(FaultyStore::new(inner.clone()));
+    hooked.before_list(
+        "index-keys",
+        Box::pin(async move {
+            seal(&b_store, vec![5, 6], "data/z.parquet").await;
+            commit(b_store.clone(), b_table).await;
+            let b = b_store.compact(&b_options).await.unwrap();
+            assert_eq!(b.generation, Some(3), "B builds on A's generation");
+        }),
+    );
+    let a_store = CheckpointStore::open_at(StoreLocation::from_object_store(hooked, root), keys())
+        .await
+        .unwrap();
+    let a = a_store.compact(&options).await.unwrap();
+    assert_eq!(a.generation, Some(2));
+
+    let state = plain.load().await.unwrap();
+    assert_eq!(state.index.as_ref().map(|i| i.generation), Some(3));
+    assert_eq!(
+        checkpointed_ids(&plain).await,
+        vec![1, 2, 3, 4, 5, 6],
+        "every key readable from generation 3's files"
+    );
+}

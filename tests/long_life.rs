@@ -181,8 +181,15 @@ async fn hundreds_of_runs_leave_a_bounded_store() {
         .filter(|prefix| prefix.is_empty() || prefix.as_str() == "store")
         .collect();
     assert!(whole.is_empty(), "the whole store listed: {listed:?}");
-    for directory in ["store/staging", "store/index-keys", "store/lease/pipeline/heartbeats"] {
-        assert!(listed.contains(directory), "{directory} not listed: {listed:?}");
+    for directory in [
+        "store/staging",
+        "store/index-keys",
+        "store/lease/pipeline/heartbeats",
+    ] {
+        assert!(
+            listed.contains(directory),
+            "{directory} not listed: {listed:?}"
+        );
     }
 
     let objects = objects_by_kind(&bucket).await;
