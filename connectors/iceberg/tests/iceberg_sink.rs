@@ -207,6 +207,7 @@ impl Fixture {
             inner: self.catalog().await,
             fault: Mutex::new(fault),
             refusal: Mutex::new(None),
+            refusal_after_landing: Mutex::new(None),
             dead: AtomicBool::new(false),
             rival: tokio::sync::Mutex::new(None),
             loads: AtomicUsize::new(0),
@@ -515,6 +516,34 @@ async fn a_failed_attempt_is_tried_again_and_a_refused_one_is_not() {
     assert!(message.contains("injected refusal"), "{message}");
     assert!(!message.contains("CommitGaveUp"), "{message}");
     assert_eq!(catalog.commits.load(Ordering::SeqCst), 1, "not tried again");
+    let seen = fixture.read();
+    assert_eq!(seen.marker, Some(1));
+    seen.assert_each_once(range(0, 100));
+}
+
+/// A catalog that applies a commit and then answers with an error of a kind
+/// not worth another try (`DataInvalid`, as a catalog whose check after the
+/// write failed). The marker is read again before the error is believed: the
+/// commit landed, so it is reported as found in the table, not as failed,
+/// and the catalog is not asked again.
+#[tokio::test]
+async fn a_commit_refused_after_it_landed_is_recognised_by_the_marker() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let store = fixture.store().await;
+    process(&store, &fixture.sink().await, &range(0, 100)).await;
+    let (sink, catalog) = fixture.faulty_sink_and_catalog(None).await;
+    *catalog.refusal_after_landing.lock().unwrap() = Some(iceberg::ErrorKind::DataInvalid);
+    let report = Committer::new(store.clone(), sink, PIPELINE)
+        .commit_pending()
+        .await
+        .unwrap();
+    assert!(!report.commits[0].applied_now, "recognised by the marker");
+    assert_eq!(catalog.commits.load(Ordering::SeqCst), 1, "not tried again");
+    assert_eq!(
+        report.commits[0].table_version,
+        fixture.snapshot_version().await,
+        "the snapshot the marker was found in"
+    );
     let seen = fixture.read();
     assert_eq!(seen.marker, Some(1));
     seen.assert_each_once(range(0, 100));
@@ -1124,6 +1153,9 @@ struct FaultyCatalog {
     /// When set, every commit is refused with an error of this kind, as a
     /// catalog refuses a request it finds wrong.
     refusal: Mutex<Option<iceberg::ErrorKind>>,
+    /// When set, the next commit is applied and then answered with an error
+    /// of this kind, as a catalog that failed after applying it.
+    refusal_after_landing: Mutex<Option<iceberg::ErrorKind>>,
     dead: AtomicBool,
     /// A rival committer, and what it commits, before the second load of a
     /// table or the first commit.
@@ -1247,6 +1279,11 @@ impl Catalog for FaultyCatalog {
             return Err(iceberg::Error::new(kind, "injected refusal"));
         }
         self.let_the_rival_land().await;
+        let refusal_after_landing = self.refusal_after_landing.lock().unwrap().take();
+        if let Some(kind) = refusal_after_landing {
+            self.inner.update_table(commit).await?;
+            return Err(iceberg::Error::new(kind, "injected refusal after landing"));
+        }
         let fault = self.fault.lock().unwrap().take();
         match fault {
             None => self.inner.update_table(commit).await,
