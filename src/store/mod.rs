@@ -384,3 +384,49 @@ fn key_file_gone() -> Error {
         attempts: 1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use arrow_schema::DataType;
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    /// A clock stopped at one instant, and ids counted up from 1.
+    #[derive(Debug, Default)]
+    struct CountingEnvironment {
+        issued: AtomicU64,
+    }
+
+    impl crate::environment::Environment for CountingEnvironment {
+        fn now(&self) -> DateTime<Utc> {
+            DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+        }
+
+        fn new_id(&self) -> Uuid {
+            Uuid::from_u128(u128::from(self.issued.fetch_add(1, Ordering::SeqCst)) + 1)
+        }
+    }
+
+    #[tokio::test]
+    async fn checkpoint_ids_and_times_come_from_the_location_s_environment() {
+        let location = StoreLocation::from_object_store(Arc::new(InMemory::new()), "store".into())
+            .with_environment(Arc::new(CountingEnvironment::default()));
+        let keys = KeySchema::single("id", DataType::Int64).unwrap();
+        let store = CheckpointStore::open_at(location, keys).await.unwrap();
+        assert_eq!(
+            store.new_checkpoint_id(),
+            CheckpointId::from(Uuid::from_u128(1))
+        );
+        let writer = store.begin().await.unwrap();
+        assert_eq!(writer.id(), CheckpointId::from(Uuid::from_u128(2)));
+        assert_eq!(
+            store.now(),
+            DateTime::from_timestamp(1_700_000_000, 0).unwrap()
+        );
+    }
+}

@@ -1314,7 +1314,9 @@ impl Catalog for FaultyCatalog {
 /// and nothing lands; a retry says the same. The way out, taken with
 /// pyiceberg (the field added back: spec 0 is the default again), lets the
 /// pending checkpoint commit; the spec is then evolved again and later runs
-/// write and commit under the new spec.
+/// write and commit under the new spec. Files written under it and then
+/// refused after the last partition field went name the default spec as
+/// unpartitioned.
 #[tokio::test]
 async fn a_partition_spec_changed_between_seal_and_commit_is_refused_with_the_way_out() {
     let fixture = Fixture::new(Backend::local()).await;
@@ -1357,4 +1359,18 @@ async fn a_partition_spec_changed_between_seal_and_commit_is_refused_with_the_wa
     let readout = fixture.read();
     readout.assert_each_once(range(0, 400));
     assert_eq!(readout.marker, Some(2));
+
+    // The last partition field dropped as well: the refusal names the new
+    // default spec as unpartitioned.
+    process(&store, &fixture.sink().await, &range(400, 450)).await;
+    let unpartitioned = fixture.evolve_spec("drop", "region");
+    let committer = Committer::new(store.clone(), fixture.sink().await, PIPELINE);
+    let err = committer
+        .commit_pending()
+        .await
+        .expect_err("files of spec 1 after the default became unpartitioned");
+    let shown = format!("{err}: {:?}", std::error::Error::source(&err));
+    let expected = format!("default spec is now {unpartitioned} (unpartitioned)");
+    assert!(shown.contains(&expected), "{expected:?} not in: {shown}");
+    fixture.read().assert_each_once(range(0, 400));
 }
