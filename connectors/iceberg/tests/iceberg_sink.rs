@@ -254,7 +254,9 @@ impl Fixture {
         Readout {
             pyiceberg_ids: ids("pyiceberg_ids"),
             duckdb_ids: ids("duckdb_ids"),
-            marker: value["properties"][marker_property(PIPELINE)]
+            // The documented property name, spelled out: readers and other
+            // tools find the marker by it.
+            marker: value["properties"][format!("tidemark.pipeline.{PIPELINE}.commit-sequence")]
                 .as_str()
                 .map(|s| s.parse().unwrap()),
             summary: value["summary"].clone(),
@@ -519,6 +521,44 @@ async fn a_failed_attempt_is_tried_again_and_a_refused_one_is_not() {
     let seen = fixture.read();
     assert_eq!(seen.marker, Some(1));
     seen.assert_each_once(range(0, 100));
+}
+
+/// A table the catalog does not have is told apart from a catalog that
+/// cannot be reached: the first is `TableNotFound`, naming the table; the
+/// second is the catalog's own error, never taken for a missing table. A
+/// sink names its table as `iceberg:namespace.table`.
+#[tokio::test]
+async fn a_missing_table_and_an_unreachable_catalog_are_told_apart() {
+    let fixture = Fixture::new(Backend::local()).await;
+    let missing = TableIdent::from_strs([fixture.namespace.as_str(), "missing"]).unwrap();
+    let error = IcebergSink::open(fixture.catalog().await, missing)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, tidemark_iceberg::Error::TableNotFound { table } if table.ends_with(".missing")),
+        "{error:?}"
+    );
+
+    let (sink, catalog) = fixture.faulty_sink_and_catalog(None).await;
+    catalog.dead.store(true, Ordering::SeqCst);
+    let error = sink.load().await.unwrap_err();
+    assert!(
+        !matches!(error, tidemark_iceberg::Error::TableNotFound { .. }),
+        "{error:?}"
+    );
+    let shown = format!("{error}: {:?}", std::error::Error::source(&error));
+    assert!(shown.contains("injected fault"), "{shown}");
+
+    // The name that commit intents record and messages show.
+    let sink = fixture.sink().await;
+    assert_eq!(
+        CommitSink::table(&sink),
+        format!("iceberg:{}", fixture.table_name())
+    );
+    assert!(
+        format!("{sink:?}").contains(&fixture.table_name()),
+        "{sink:?}"
+    );
 }
 
 /// A catalog that applies a commit and then answers with an error of a kind
