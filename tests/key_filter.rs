@@ -264,3 +264,65 @@ fn every_spelling_of_a_string_or_binary_key_is_one_key() {
         .to_string()
         .contains("dictionaries of strings or binary"));
 }
+
+/// Single-column keys of the types that neither fit a word nor are strings:
+/// fixed-size binary (UUIDs as Iceberg stores them), 128-bit decimals and
+/// booleans. The filter tells every value apart: exactly the keys not
+/// inserted are kept, the null key included when it is new.
+#[test]
+fn fixed_size_binary_wide_decimal_and_boolean_keys_are_exact() {
+    use arrow::array::{BooleanArray, Decimal128Array, FixedSizeBinaryArray};
+
+    let uuid = |n: u8| -> [u8; 16] { [n; 16] };
+    let seen_uuids: Vec<[u8; 16]> = (0..50).map(uuid).collect();
+    let all_uuids: Vec<[u8; 16]> = (0..100).map(uuid).collect();
+    let decimal = |values: Vec<i128>| -> ArrayRef {
+        Arc::new(
+            Decimal128Array::from(values)
+                .with_precision_and_scale(38, 0)
+                .unwrap(),
+        )
+    };
+    let big = |n: i128| n * 10_i128.pow(30) + n;
+    let cases: Vec<(ArrayRef, ArrayRef, usize)> = vec![
+        (
+            Arc::new(FixedSizeBinaryArray::try_from_iter(seen_uuids.iter()).unwrap()),
+            Arc::new(FixedSizeBinaryArray::try_from_iter(all_uuids.iter()).unwrap()),
+            50,
+        ),
+        (
+            decimal((0..50).map(big).collect()),
+            decimal((0..100).map(big).collect()),
+            50,
+        ),
+        (
+            Arc::new(BooleanArray::from(vec![true])),
+            Arc::new(BooleanArray::from(vec![
+                Some(true),
+                Some(false),
+                None,
+                Some(true),
+            ])),
+            2,
+        ),
+    ];
+    for (seen, source, new) in cases {
+        let data_type = seen.data_type().clone();
+        let schema = KeySchema::single("k", data_type.clone()).unwrap();
+        let mut filter = KeyFilter::new(schema).unwrap();
+        filter
+            .insert(&RecordBatch::try_from_iter([("k", seen)]).unwrap())
+            .unwrap();
+        let batch = RecordBatch::try_from_iter([("k", source)]).unwrap();
+        let kept = filter.retain_unprocessed(&batch).unwrap();
+        assert_eq!(kept.num_rows(), new, "{data_type}: only the new keys");
+        // Kept again, the new keys are not repeated among themselves, and the
+        // seen ones stay out.
+        filter.insert(&kept).unwrap();
+        assert_eq!(
+            filter.retain_unprocessed(&batch).unwrap().num_rows(),
+            0,
+            "{data_type}: every key seen"
+        );
+    }
+}
