@@ -62,14 +62,7 @@ async fn seal(store: &CheckpointStore, ids: Vec<i64>, file: &str) -> CheckpointI
 
 #[tokio::test]
 async fn a_stale_committer_never_marks_unapplied_checkpoints_committed() {
-    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let root = Path::from("store");
-    let plain = CheckpointStore::open_at(
-        StoreLocation::from_object_store(inner.clone(), root.clone()),
-        keys(),
-    )
-    .await
-    .unwrap();
+    let (inner, plain) = memory_store().await;
     seal(&plain, vec![1, 2], "data/x.parquet").await;
 
     // B, between A's reads: seals Y, claims an intent for X and Y, and dies
@@ -86,9 +79,7 @@ async fn a_stale_committer_never_marks_unapplied_checkpoints_committed() {
             assert!(b.commit_pending().await.is_err(), "B was meant to die");
         }),
     );
-    let a_store = CheckpointStore::open_at(StoreLocation::from_object_store(hooked, root), keys())
-        .await
-        .unwrap();
+    let a_store = store_on(hooked).await;
     let a = Committer::new(a_store, table.clone(), "races");
     let first = a.commit_pending().await.unwrap();
     // A finishes B's intent (or commits after it): either way, every
@@ -1201,14 +1192,7 @@ async fn forgotten_commits_beside_a_history_that_cannot_tell_are_the_users_call(
 /// A's own two generations do not name. Every checkpointed key stays readable.
 #[tokio::test]
 async fn a_compaction_pruning_keeps_the_key_files_of_a_newer_one() {
-    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-    let root = Path::from("store");
-    let plain = CheckpointStore::open_at(
-        StoreLocation::from_object_store(inner.clone(), root.clone()),
-        keys(),
-    )
-    .await
-    .unwrap();
+    let (inner, plain) = memory_store().await;
     let table = MemoryTable::default();
     let options = tidemark::store::CompactionOptions {
         min_checkpoints: 1,
@@ -1244,9 +1228,7 @@ async fn a_compaction_pruning_keeps_the_key_files_of_a_newer_one() {
             assert_eq!(b.generation, Some(3), "B builds on A's generation");
         }),
     );
-    let a_store = CheckpointStore::open_at(StoreLocation::from_object_store(hooked, root), keys())
-        .await
-        .unwrap();
+    let a_store = store_on(hooked).await;
     let a = a_store.compact(&options).await.unwrap();
     assert_eq!(a.generation, Some(2));
 
