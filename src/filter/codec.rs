@@ -192,14 +192,14 @@ fn word_width(data_type: &DataType) -> Option<usize> {
     }
 }
 
+/// Whether a key type is encoded as its raw bytes. Key schemas keep strings
+/// as `Utf8` and binary as `Binary` (see
+/// [`canonical_key_type`](crate::store::canonical_key_type)), so their other
+/// spellings never reach the codec.
 fn is_raw_bytes(data_type: &DataType) -> bool {
     matches!(
         data_type,
-        DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Binary
-            | DataType::LargeBinary
-            | DataType::FixedSizeBinary(_)
+        DataType::Utf8 | DataType::Binary | DataType::FixedSizeBinary(_)
     )
 }
 
@@ -241,9 +241,7 @@ fn words_of(array: &ArrayRef) -> Result<Vec<u64>> {
 fn raw_bytes(array: &ArrayRef, i: usize) -> &[u8] {
     match array.data_type() {
         DataType::Utf8 => array.as_string::<i32>().value(i).as_bytes(),
-        DataType::LargeUtf8 => array.as_string::<i64>().value(i).as_bytes(),
         DataType::Binary => array.as_binary::<i32>().value(i),
-        DataType::LargeBinary => array.as_binary::<i64>().value(i),
         DataType::FixedSizeBinary(_) => array.as_fixed_size_binary().value(i),
         // The codec only builds RawBytes for the types above.
         _ => &[],

@@ -343,3 +343,39 @@ pub(crate) fn filter_rows(batch: &RecordBatch, keep: &BooleanArray) -> Result<Re
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+    use arrow_schema::DataType;
+
+    use super::*;
+
+    #[test]
+    fn a_filter_sizes_its_table_for_the_kind_of_key_expected() {
+        // Word keys start in a bitmap that grows with them, and take a hash
+        // table only if they turn out sparse; byte keys get their table up
+        // front, as growing a table of millions of keys rehashes it often.
+        let expected = 1_000_000;
+        for data_type in [DataType::Int64, DataType::Date32] {
+            let words = KeyFilter::expecting(
+                KeySchema::single("id", data_type.clone()).expect("schema"),
+                expected,
+            )
+            .expect("filter");
+            assert_eq!(words.memory_bytes(), 0, "{data_type}");
+        }
+        for data_type in [DataType::Utf8, DataType::LargeBinary] {
+            let bytes = KeyFilter::expecting(
+                KeySchema::single("id", data_type.clone()).expect("schema"),
+                expected,
+            )
+            .expect("filter");
+            assert!(
+                bytes.memory_bytes() >= expected as usize * 8,
+                "{data_type}: {}",
+                bytes.memory_bytes()
+            );
+        }
+    }
+}

@@ -21,7 +21,6 @@ const TAG_BYTES: u8 = 2;
 pub(crate) struct SpillWriter {
     files: Vec<BufWriter<File>>,
     paths: Vec<PathBuf>,
-    bytes: Vec<u64>,
     with_ordinals: bool,
 }
 
@@ -44,7 +43,6 @@ impl SpillWriter {
         Ok(SpillWriter {
             files,
             paths,
-            bytes: vec![0; partitions],
             with_ordinals,
         })
     }
@@ -80,22 +78,18 @@ impl SpillWriter {
                 })?;
                 record[n..n + 4].copy_from_slice(&len.to_le_bytes());
                 n += 4;
-                file.write_all(&record[..n])
-                    .and_then(|_| file.write_all(b))
-                    .map(|_| n += b.len())
+                file.write_all(&record[..n]).and_then(|_| file.write_all(b))
             }
         }
-        .map_err(|e| spill_error(path, e))?;
-        self.bytes[p] += n as u64;
-        Ok(())
+        .map_err(|e| spill_error(path, e))
     }
 
-    /// Flushes every file; returns the paths and sizes of the partitions.
-    pub(crate) fn finish(mut self) -> Result<Vec<(PathBuf, u64)>> {
+    /// Flushes every file; returns the paths of the partitions, in order.
+    pub(crate) fn finish(mut self) -> Result<Vec<PathBuf>> {
         for (file, path) in self.files.iter_mut().zip(&self.paths) {
             file.flush().map_err(|e| spill_error(path, e))?;
         }
-        Ok(self.paths.into_iter().zip(self.bytes).collect())
+        Ok(self.paths)
     }
 }
 
@@ -172,5 +166,146 @@ fn spill_error(path: &Path, source: std::io::Error) -> Error {
     Error::Spill {
         path: path.display().to_string(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used)]
+    use super::*;
+
+    /// A key that owns its bytes.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Owned {
+        Null,
+        Word(u64),
+        Bytes(Vec<u8>),
+    }
+
+    impl Owned {
+        fn key(&self) -> Key<'_> {
+            match self {
+                Owned::Null => Key::Null,
+                Owned::Word(w) => Key::Word(*w),
+                Owned::Bytes(b) => Key::Bytes(b),
+            }
+        }
+
+        fn of(key: Key<'_>) -> Self {
+            match key {
+                Key::Null => Owned::Null,
+                Key::Word(w) => Owned::Word(w),
+                Key::Bytes(b) => Owned::Bytes(b.to_vec()),
+            }
+        }
+    }
+
+    /// Keys of every kind: nulls, words at both ends of the range, and bytes
+    /// from empty to longer than the writer's 64 KiB buffer.
+    fn sample() -> Vec<Owned> {
+        let mut keys = vec![Owned::Null, Owned::Word(0), Owned::Word(u64::MAX)];
+        keys.extend((1..400u64).map(|i| Owned::Word(i.wrapping_mul(0x9e37_79b9_7f4a_7c15))));
+        keys.extend((0..300usize).map(|len| Owned::Bytes(vec![(len % 251) as u8; len])));
+        keys.extend([
+            Owned::Bytes(Vec::new()),
+            Owned::Null,
+            Owned::Bytes((0..70_000u32).map(|i| (i % 253) as u8).collect()),
+        ]);
+        keys
+    }
+
+    fn read_back(path: &Path, with_ordinals: bool) -> Vec<(u64, Owned)> {
+        let mut records = Vec::new();
+        SpillFile::read(path, with_ordinals)
+            .expect("read")
+            .for_each(|ordinal, key| {
+                records.push((ordinal, Owned::of(key)));
+                Ok(())
+            })
+            .expect("records");
+        records
+    }
+
+    #[test]
+    fn every_record_comes_back_in_its_partition_in_order() {
+        let keys = sample();
+        for with_ordinals in [false, true] {
+            let dir = tempfile::tempdir().expect("dir");
+            let partitions = 7;
+            let mut writer =
+                SpillWriter::create(dir.path(), "keys", partitions, with_ordinals).expect("create");
+            // Ordinals with bits in every byte, so that a byte lost shows.
+            let ordinal = |i: usize| (i as u64 + 1).wrapping_mul(0x0102_0304_0506_0708);
+            for (i, key) in keys.iter().enumerate() {
+                writer.write(key.key(), ordinal(i)).expect("write");
+            }
+            let paths = writer.finish().expect("finish");
+            assert_eq!(paths.len(), partitions);
+            let mut total = 0;
+            for (p, path) in paths.iter().enumerate() {
+                assert_eq!(path, &dir.path().join(format!("keys-{p}")));
+                let expected: Vec<(u64, Owned)> = keys
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, key)| partition_of(key.key(), partitions) == p)
+                    .map(|(i, key)| (if with_ordinals { ordinal(i) } else { 0 }, key.clone()))
+                    .collect();
+                let records = read_back(path, with_ordinals);
+                assert_eq!(records, expected, "partition {p}, ordinals {with_ordinals}");
+                total += records.len();
+            }
+            assert_eq!(total, keys.len());
+        }
+    }
+
+    #[test]
+    fn keys_spread_evenly_over_the_partitions() {
+        // The budget of the partitioned filter assumes each partition holds
+        // its share of the keys; one partition holding all of them would
+        // hold the whole set in memory.
+        let partitions = 16;
+        let words: Vec<Owned> = (0..32_000u64).map(Owned::Word).collect();
+        let strings: Vec<Owned> = (0..32_000u64)
+            .map(|i| Owned::Bytes(format!("key-{i}").into_bytes()))
+            .collect();
+        for keys in [words, strings] {
+            let mut counts = vec![0usize; partitions];
+            for key in &keys {
+                counts[partition_of(key.key(), partitions)] += 1;
+            }
+            let share = keys.len() / partitions;
+            for (p, &count) in counts.iter().enumerate() {
+                assert!(
+                    count.abs_diff(share) * 100 <= share * 15,
+                    "partition {p} holds {count} keys of {}: {counts:?}",
+                    keys.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_spill_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        for (contents, problem) in [
+            (vec![TAG_WORD, 1, 2, 3], "truncated spill file"),
+            (vec![TAG_BYTES, 5, 0, 0, 0, b'a'], "truncated spill file"),
+            (vec![TAG_NULL, 9], "unknown record tag 9"),
+        ] {
+            let path = dir.path().join("damaged");
+            std::fs::write(&path, &contents).expect("write");
+            let error = SpillFile::read(&path, false)
+                .expect("read")
+                .for_each(|_, _| Ok(()))
+                .expect_err("a damaged file");
+            let message = error.to_string();
+            assert!(
+                message.contains(problem) && message.contains(&path.display().to_string()),
+                "{message}"
+            );
+        }
+        let missing = dir.path().join("missing");
+        let error = SpillFile::read(&missing, true).expect_err("no file");
+        assert!(error.to_string().contains("missing"), "{error}");
     }
 }

@@ -163,7 +163,7 @@ pub(super) async fn judge(
 
     // 3. Join each partition on its own.
     let mut peak = 0;
-    for ((checkpointed_path, _), (source_path, _)) in checkpointed.iter().zip(&source_keys) {
+    for (checkpointed_path, source_path) in checkpointed.iter().zip(&source_keys) {
         let mut set = KeySet::new();
         SpillFile::read(checkpointed_path, false)?
             .for_each(|_, key| set.insert(key).map(|_| ()))?;
