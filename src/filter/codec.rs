@@ -183,13 +183,11 @@ impl EncodedKeys {
     }
 }
 
-/// The width of a type that the words encoding takes, if any.
+/// The width of a type that the words encoding takes, if any: a primitive
+/// type of at most 8 bytes (Arrow gives no primitive width to booleans,
+/// which are bit-packed, nor to any non-primitive type).
 fn word_width(data_type: &DataType) -> Option<usize> {
-    match data_type {
-        DataType::Boolean => None,
-        t if t.is_primitive() => t.primitive_width().filter(|w| *w <= 8),
-        _ => None,
-    }
+    data_type.primitive_width().filter(|w| *w <= 8)
 }
 
 /// Whether a key type is encoded as its raw bytes. Key schemas keep strings

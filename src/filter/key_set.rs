@@ -493,8 +493,13 @@ mod tests {
         words.extend([1_000_000, 1_399_999, 999_999]);
         let set = agrees(400_000, &words);
         assert!(set.is_dense());
-        // About a bit a key, far below a hash slot's 9 bytes.
-        assert!(set.memory_bytes() < 400_000, "{}", set.memory_bytes());
+        // About a bit a key, far below a hash slot's 9 bytes, and counted:
+        // the bitmap covers at least the 400,001 values.
+        assert!(
+            (400_001 / 8..400_000).contains(&set.memory_bytes()),
+            "{}",
+            set.memory_bytes()
+        );
     }
 
     #[test]
@@ -504,6 +509,79 @@ mod tests {
             .collect();
         let set = agrees(50_000, &words);
         assert!(!set.is_dense());
+    }
+
+    #[test]
+    fn a_bitmap_covers_its_widest_span_and_no_more() {
+        // Expecting no keys, the widest span is the least one: 2^20 values.
+        let set = agrees(0, &[0, (1 << 20) - 1]);
+        assert!(set.is_dense(), "2^20 values fit");
+        let set = agrees(0, &[0, 1 << 20]);
+        assert!(!set.is_dense(), "2^20 + 1 values do not");
+    }
+
+    #[test]
+    fn a_bitmap_grows_by_doubling_within_its_widest_span() {
+        // 2^20 keys in order, up from 0 and from 2^40 and down from the top:
+        // expecting none, the widest span is the least one, 2^20 values,
+        // which they fill exactly.
+        let count = 1u64 << 20;
+        for (first, step) in [(0, 1), (1 << 40, 1), (u64::MAX, u64::MAX)] {
+            let mut set = KeySet::expecting(0, true);
+            // (values held, span) at each growth.
+            let mut growths: Vec<(u64, u64)> = Vec::new();
+            let mut w = first;
+            for held in 1..=count {
+                assert!(set.insert_word(w), "{w} is new");
+                let span = match &set.words {
+                    Words::Dense(dense) => dense.span(),
+                    Words::Hashed(_) => 0,
+                };
+                assert!(span >= held, "{w} kept in the bitmap");
+                if growths.last().is_none_or(|&(_, last)| last != span) {
+                    growths.push((held, span));
+                }
+                w = w.wrapping_add(step);
+            }
+            // Doubling: about log2(2^20 / 64) growths, not one per 64 values;
+            // each at most twice what it holds (plus a word of slack each
+            // side), and the last within the widest span.
+            assert!(growths.len() <= 16, "{first}: {growths:?}");
+            for &(held, span) in &growths {
+                assert!(span <= 2 * held + 128, "{first}: {growths:?}");
+            }
+            assert!(
+                growths.last().is_some_and(|&(_, span)| span <= 1 << 20),
+                "{first}: {growths:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_null_key_is_new_once() {
+        let mut set = KeySet::new();
+        assert!(!set.contains(Key::Null));
+        assert!(
+            set.insert(Key::Null).expect("insert"),
+            "the first null is new"
+        );
+        assert!(!set.insert(Key::Null).expect("insert"), "the second is not");
+        assert!(set.contains(Key::Null));
+        assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn byte_keys_up_to_sixteen_mebibytes_are_taken() {
+        let mut set = KeySet::new();
+        let longest = vec![7u8; (1 << 24) - 1];
+        assert!(set.insert(Key::Bytes(&longest)).expect("the longest key"));
+        let too_long = vec![7u8; 1 << 24];
+        let error = set
+            .insert(Key::Bytes(&too_long))
+            .expect_err("a key too long");
+        assert!(error.to_string().contains("16777216 bytes"), "{error}");
+        assert_eq!(set.len(), 1);
+        assert!(set.contains(Key::Bytes(&longest)));
     }
 
     #[test]

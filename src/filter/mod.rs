@@ -351,6 +351,53 @@ mod tests {
 
     use super::*;
 
+    #[tokio::test]
+    async fn loading_within_a_budget_gives_up_only_past_it() {
+        let location = crate::store::StoreLocation::from_object_store(
+            Arc::new(object_store::memory::InMemory::new()),
+            "store".into(),
+        );
+        let schema = KeySchema::single("id", DataType::Utf8).expect("schema");
+        let store = CheckpointStore::open_at(location, schema)
+            .await
+            .expect("store");
+        let mut writer = store.begin().await.expect("begin");
+        let keys = arrow_array::StringArray::from_iter_values((0..1_000).map(|i| format!("k{i}")));
+        writer
+            .stage_keys(&[Arc::new(keys) as ArrayRef])
+            .await
+            .expect("stage");
+        writer.seal().await.expect("seal");
+        let state = store.load().await.expect("state");
+        let held = KeyFilter::load(&store, &state)
+            .await
+            .expect("load")
+            .memory_bytes();
+        for (budget, fits) in [(held, true), (held - 1, false)] {
+            let loaded = KeyFilter::load_within(&store, &state, budget)
+                .await
+                .expect("load");
+            assert_eq!(
+                loaded.is_some(),
+                fits,
+                "{held} bytes in a budget of {budget}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_filter_is_empty_until_it_holds_a_key() {
+        let schema = KeySchema::single("id", DataType::Int64).expect("schema");
+        let mut filter = KeyFilter::new(schema.clone()).expect("filter");
+        assert!(filter.is_empty() && filter.len() == 0);
+        let keys = schema
+            .batch(&[Arc::new(arrow_array::Int64Array::from(vec![7, 7, 9])) as ArrayRef])
+            .expect("keys");
+        filter.insert(&keys).expect("insert");
+        assert!(!filter.is_empty());
+        assert_eq!(filter.len(), 2);
+    }
+
     #[test]
     fn a_filter_sizes_its_table_for_the_kind_of_key_expected() {
         // Word keys start in a bitmap that grows with them, and take a hash

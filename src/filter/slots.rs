@@ -210,20 +210,26 @@ impl ByteSlots {
                 _ => i = (i + 1) & mask,
             }
         }
-        let position = self.arena.len() as u64;
-        if position + 1 >= POSITION_MASK {
+        let Some(slot) = byte_slot(tag, self.arena.len() as u64) else {
             return Err(Error::InvalidKeySchema(
                 "the in-memory key set passed 1 TiB of keys; set a smaller memory budget so \
                  that the read spills to partitions"
                     .into(),
             ));
-        }
+        };
         push_varint(&mut self.arena, key.len() as u64);
         self.arena.extend_from_slice(key);
-        self.slots[i] = (tag << POSITION_BITS) | (position + 1);
+        self.slots[i] = slot;
         self.len += 1;
         Ok(true)
     }
+}
+
+/// The byte slot of a key with `tag` at arena `position`: the tag in the
+/// high bits, the position plus one in the low 40 (0 is an empty slot).
+/// `None` for a position past the 40 bits.
+fn byte_slot(tag: u64, position: u64) -> Option<u64> {
+    (position < POSITION_MASK).then(|| (tag << POSITION_BITS) | (position + 1))
 }
 
 /// A larger table holding the filled slots of `slots` (`len` of them), when
@@ -391,6 +397,42 @@ mod tests {
         assert!(!bytes.contains(&41u64.to_be_bytes(), 42));
         assert!(!words.contains(41, 42));
         assert_eq!((bytes.len(), words.len()), (40, 40));
+    }
+
+    #[test]
+    fn byte_slots_hold_positions_up_to_forty_bits() {
+        let highest = tag(u64::MAX);
+        assert_eq!(highest, 0xff_ffff, "a 24-bit tag");
+        for position in [0, 1, 1 << 39, POSITION_MASK - 1] {
+            let slot = byte_slot(highest, position).expect("a position within 40 bits");
+            assert_eq!(
+                (slot >> POSITION_BITS, slot & POSITION_MASK),
+                (highest, position + 1)
+            );
+        }
+        assert_eq!(byte_slot(highest, POSITION_MASK), None);
+        assert_eq!(byte_slot(highest, u64::MAX), None);
+    }
+
+    #[test]
+    fn tables_count_the_memory_they_hold() {
+        let mut bytes = ByteSlots::with_capacity(100);
+        let mut words = WordSlots::with_capacity(100);
+        for i in 0..100u64 {
+            let key = format!("{i:0>1000}");
+            bytes
+                .insert(key.as_bytes(), byte_hash(key.as_bytes()))
+                .expect("insert");
+            words.insert(i, word_hash(i));
+        }
+        let slots = slots_for(100) * 8;
+        // The slots and an arena of 100 keys of 1,000 bytes.
+        assert!(
+            (slots + 100 * 1_000..slots + 300 * 1_000).contains(&bytes.memory_bytes()),
+            "{}",
+            bytes.memory_bytes()
+        );
+        assert_eq!(words.memory_bytes(), slots);
     }
 
     #[test]
