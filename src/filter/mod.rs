@@ -151,9 +151,7 @@ impl KeyFilter {
                 continue;
             };
             for batch in matching {
-                if batch.num_rows() > 0 {
-                    filter.insert(&batch)?;
-                }
+                filter.insert(&batch)?;
             }
         }
         Ok(Matched {
