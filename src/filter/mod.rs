@@ -387,7 +387,8 @@ mod tests {
     fn a_filter_is_empty_until_it_holds_a_key() {
         let schema = KeySchema::single("id", DataType::Int64).expect("schema");
         let mut filter = KeyFilter::new(schema.clone()).expect("filter");
-        assert!(filter.is_empty() && filter.len() == 0);
+        assert!(filter.is_empty());
+        assert_eq!(filter.len(), 0);
         let keys = schema
             .batch(&[Arc::new(arrow_array::Int64Array::from(vec![7, 7, 9])) as ArrayRef])
             .expect("keys");
