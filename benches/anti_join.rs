@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench anti_join -- [--data DIR] [--rows N] [--keys N,N,...]
 //!     [--types int64,int64-scattered,utf8,composite]
-//!     [--cases first,overlap,rerun,grown1,grown10] [--python PATH]
+//!     [--cases first,overlap,overlap90,rerun,grown1,grown10] [--python PATH]
 //! ```
 //!
 //! Every engine answers one question: the source rows, with every column,
@@ -18,6 +18,8 @@
 //! - `overlap`: `--keys` keys are checkpointed by a run over other files; the
 //!   source (`--rows` rows) overlaps them in part (half the source, or all the
 //!   keys when there are fewer).
+//! - `overlap90`: the same, with nine in ten of the source's rows
+//!   checkpointed (all the keys when there are fewer).
 //! - `rerun`: a tidemark run read the whole source before; nothing is new.
 //! - `grown1`, `grown10`: that source, grown by a file of 1% or 10% new rows.
 //!
@@ -85,7 +87,7 @@ fn main() {
         .map(|k| k.parse().unwrap())
         .collect();
     let types = list("--types", "int64,int64-scattered,utf8,composite");
-    let cases = list("--cases", "first,overlap,rerun,grown1,grown10");
+    let cases = list("--cases", "first,overlap,overlap90,rerun,grown1,grown10");
     let home = std::env::var("HOME").unwrap_or_default();
     let venv = format!("{home}/.cache/tidemark/venv/bin/python");
     let default_python = if Path::new(&venv).exists() {
@@ -104,14 +106,14 @@ fn main() {
     for key_type in &types {
         for case_name in &cases {
             let counts: Vec<Option<u64>> = match case_name.as_str() {
-                "overlap" => key_counts.iter().copied().map(Some).collect(),
+                "overlap" | "overlap90" => key_counts.iter().copied().map(Some).collect(),
                 _ => vec![None],
             };
             for keys in counts {
                 let case = runtime.block_on(prepare(&data, key_type, case_name, rows, keys));
                 let mut results: Vec<(&str, Measured)> = Vec::new();
                 for engine in ENGINES {
-                    if engine == "tidemark-partitioned" && case_name != "overlap" {
+                    if engine == "tidemark-partitioned" && !case_name.starts_with("overlap") {
                         continue;
                     }
                     let Some(result) = run_engine(engine, &case, &python) else {
@@ -299,10 +301,15 @@ async fn prepare(
     let base = data.join(key_type);
     let base_source = base.join(format!("source-{rows}"));
     let (source_dirs, store_dir, checkpointed) = match case_name {
-        "overlap" => {
+        "overlap" | "overlap90" => {
             let keys = keys.unwrap();
-            let dir = base.join(format!("source-{rows}-over-{keys}"));
-            write_source(&dir, key_type, keys - keys.min(rows) / 2, rows, FILES);
+            // Half the source checkpointed, or nine in ten.
+            let (name, checkpointed_rows) = match case_name {
+                "overlap" => ("over", keys.min(rows) / 2),
+                _ => ("over90", keys.min(rows * 9 / 10)),
+            };
+            let dir = base.join(format!("source-{rows}-{name}-{keys}"));
+            write_source(&dir, key_type, keys - checkpointed_rows, rows, FILES);
             let store_dir = base.join(format!("store-{keys}"));
             if !store_dir.join("done").exists() {
                 let _ = std::fs::remove_dir_all(&store_dir);

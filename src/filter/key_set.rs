@@ -35,6 +35,15 @@ const MIN_DENSE_SPAN: u64 = 1 << 20;
 /// cache lines (64 KiB of them) stay in cache until the lookups.
 const CHUNK: usize = 1024;
 
+/// Sets with fewer hashed keys get no presence bitmap: their tables are
+/// small enough to stay mostly in cache (256 Ki keys: about 3 MiB of slots).
+const PRESENCE_MIN_KEYS: usize = 1 << 18;
+
+/// Bits of a presence bitmap per hashed key held, at least (up to twice
+/// this, as the bitmap is a power of two): a probe of an absent key finds
+/// its bit set about one time in eight to sixteen.
+const PRESENCE_BITS_PER_KEY: usize = 8;
+
 /// An exact set of keys.
 #[derive(Debug)]
 pub(crate) struct KeySet {
@@ -43,6 +52,63 @@ pub(crate) struct KeySet {
     expected: usize,
     bytes: ByteSlots,
     has_null: bool,
+    /// A bitmap in front of the hash tables for probes, once the set is
+    /// complete ([`KeySet::add_presence_bitmap`]); any insert drops it.
+    presence: Option<Presence>,
+}
+
+/// One bit per hash value's middle bits, set for every hashed key held: a
+/// probe whose bit is clear is absent without a look at the table. Far
+/// smaller than the table (8 to 16 bits a key against about 90), so it
+/// stays in cache where the table does not, and the probes of absent keys,
+/// most of them when a large key file meets a smaller source, cost a cached
+/// bit test instead of a miss to memory.
+#[derive(Debug)]
+struct Presence {
+    bits: Vec<u64>,
+    mask: usize,
+}
+
+impl Presence {
+    /// Bits of the bitmap for `keys` keys.
+    fn bits_for(keys: usize) -> usize {
+        keys.saturating_mul(PRESENCE_BITS_PER_KEY)
+            .clamp(64, 1 << 32)
+            .next_power_of_two()
+    }
+
+    /// Bytes of the bitmap for `keys` keys.
+    fn bytes_for(keys: usize) -> usize {
+        Self::bits_for(keys) / 8
+    }
+
+    /// The bitmap of the keys whose table hashes are `hashes` (`keys` of them).
+    fn of(keys: usize, hashes: impl Iterator<Item = u64>) -> Self {
+        let bit_count = Self::bits_for(keys);
+        let mut presence = Presence {
+            bits: vec![0; bit_count / 64],
+            mask: bit_count - 1,
+        };
+        for hash in hashes {
+            let bit = presence.bit(hash);
+            presence.bits[bit / 64] |= 1 << (bit % 64);
+        }
+        presence
+    }
+
+    /// The bit of a hash: bits 20 and up, apart from the low bits a table
+    /// starts its probe at and (below 2^32 bits) the top bits of a byte
+    /// slot's tag.
+    #[inline]
+    fn bit(&self, hash: u64) -> usize {
+        (hash >> 20) as usize & self.mask
+    }
+
+    #[inline]
+    fn may_hold(&self, hash: u64) -> bool {
+        let bit = self.bit(hash);
+        self.bits[bit / 64] & (1 << (bit % 64)) != 0
+    }
 }
 
 /// Where word keys live.
@@ -70,11 +136,6 @@ impl Default for KeySet {
 }
 
 impl KeySet {
-    /// An empty set expecting few keys.
-    pub(crate) fn new() -> Self {
-        Self::default()
-    }
-
     /// An empty set expecting about `keys` keys: word keys if `words`, byte
     /// keys otherwise. Byte keys get a table of that size up front (growing a
     /// table of millions of keys rehashes it several times); word keys get a
@@ -93,7 +154,33 @@ impl KeySet {
             expected: keys,
             bytes: ByteSlots::with_capacity(if words { 0 } else { keys }),
             has_null: false,
+            presence: None,
         }
+    }
+
+    /// Puts a presence bitmap in front of the hash tables, for a set that
+    /// is complete and about to be probed many times: worth it for large
+    /// tables, where most probes are of absent keys. Bitmaps of word keys
+    /// need none. Left out when it would take more than `budget_bytes`.
+    /// Counted in [`memory_bytes`](Self::memory_bytes).
+    pub(crate) fn add_presence_bitmap(&mut self, budget_bytes: usize) {
+        let hashed_words = match &self.words {
+            Words::Dense(_) => None,
+            Words::Hashed(table) => Some(table),
+        };
+        let hashed = hashed_words.map_or(0, WordSlots::len) + self.bytes.len();
+        if hashed < PRESENCE_MIN_KEYS || Presence::bytes_for(hashed) > budget_bytes {
+            return;
+        }
+        let word_hashes = hashed_words.into_iter().flat_map(WordSlots::hashes);
+        self.presence = Some(Presence::of(hashed, word_hashes.chain(self.bytes.hashes())));
+    }
+
+    /// Whether a hashed key of table hash `hash` may be held: false only if
+    /// the presence bitmap rules it out.
+    #[inline]
+    fn may_hold(&self, hash: u64) -> bool {
+        self.presence.as_ref().is_none_or(|p| p.may_hold(hash))
     }
 
     /// Number of keys held.
@@ -117,7 +204,8 @@ impl KeySet {
             Words::Dense(dense) => dense.bits.capacity() * 8,
             Words::Hashed(table) => table.memory_bytes(),
         };
-        words + self.bytes.memory_bytes()
+        let presence = self.presence.as_ref().map_or(0, |p| p.bits.capacity() * 8);
+        words + self.bytes.memory_bytes() + presence
     }
 
     /// Whether `key` is in the set.
@@ -125,7 +213,10 @@ impl KeySet {
         match key {
             Key::Null => self.has_null,
             Key::Word(w) => self.contains_word(w),
-            Key::Bytes(b) => self.bytes.contains(b, key.table_hash()),
+            Key::Bytes(b) => {
+                let hash = key.table_hash();
+                self.may_hold(hash) && self.bytes.contains(b, hash)
+            }
         }
     }
 
@@ -134,12 +225,16 @@ impl KeySet {
     pub(crate) fn contains_word(&self, w: u64) -> bool {
         match &self.words {
             Words::Dense(dense) => dense.contains(w),
-            Words::Hashed(table) => table.contains(w, word_hash(w)),
+            Words::Hashed(table) => {
+                let hash = word_hash(w);
+                self.may_hold(hash) && table.contains(w, hash)
+            }
         }
     }
 
     /// Adds `key`; returns whether it was new.
     pub(crate) fn insert(&mut self, key: Key<'_>) -> Result<bool> {
+        self.presence = None;
         match key {
             Key::Null => Ok(!std::mem::replace(&mut self.has_null, true)),
             Key::Word(w) => Ok(self.insert_word(w)),
@@ -153,6 +248,7 @@ impl KeySet {
     /// Adds the word key `w`; returns whether it was new.
     #[inline]
     pub(crate) fn insert_word(&mut self, w: u64) -> bool {
+        self.presence = None;
         match &mut self.words {
             Words::Dense(dense) => match dense.insert(w) {
                 Some(new) => new,
@@ -174,12 +270,23 @@ impl KeySet {
                 Words::Dense(dense) => words.iter().for_each(|&w| found(dense.contains(w))),
                 Words::Hashed(table) => {
                     let mut hashes = Vec::with_capacity(CHUNK);
+                    let mut maybe = Vec::with_capacity(CHUNK);
                     for chunk in words.chunks(CHUNK) {
                         hashes.clear();
                         hashes.extend(chunk.iter().map(|&w| word_hash(w)));
-                        touch(hashes.iter().map(|&h| table.touch(h)));
-                        for (&w, &h) in chunk.iter().zip(&hashes) {
-                            found(table.contains(w, h));
+                        // The presence bits first, in a pass without branches
+                        // whose loads the processor runs side by side.
+                        maybe.clear();
+                        maybe.extend(hashes.iter().map(|&h| self.may_hold(h)));
+                        touch(
+                            hashes
+                                .iter()
+                                .zip(&maybe)
+                                .filter(|(_, &m)| m)
+                                .map(|(&h, _)| table.touch(h)),
+                        );
+                        for ((&w, &h), &m) in chunk.iter().zip(&hashes).zip(&maybe) {
+                            found(m && table.contains(w, h));
                         }
                     }
                 }
@@ -189,14 +296,14 @@ impl KeySet {
         let mut chunk = Vec::with_capacity(CHUNK);
         for first in (0..keys.len()).step_by(CHUNK) {
             self.hash_chunk(keys, first, &mut chunk);
-            for &(key, hash) in &chunk {
+            for &(key, hash, maybe) in &chunk {
                 found(match key {
                     Key::Null => self.has_null,
                     Key::Word(w) => match &self.words {
                         Words::Dense(dense) => dense.contains(w),
-                        Words::Hashed(table) => table.contains(w, hash),
+                        Words::Hashed(table) => maybe && table.contains(w, hash),
                     },
-                    Key::Bytes(b) => self.bytes.contains(b, hash),
+                    Key::Bytes(b) => maybe && self.bytes.contains(b, hash),
                 });
             }
         }
@@ -210,6 +317,7 @@ impl KeySet {
         keys: &EncodedKeys,
         mut inserted: impl FnMut(usize, bool) -> Result<()>,
     ) -> Result<()> {
+        self.presence = None;
         if let Some(words) = keys.words_without_nulls() {
             let mut hashes = Vec::with_capacity(CHUNK);
             for (c, chunk) in words.chunks(CHUNK).enumerate() {
@@ -236,7 +344,7 @@ impl KeySet {
         for first in (0..keys.len()).step_by(CHUNK) {
             self.bytes.reserve(CHUNK.min(keys.len() - first));
             self.hash_chunk(keys, first, &mut chunk);
-            for (i, &(key, hash)) in chunk.iter().enumerate() {
+            for (i, &(key, hash, _)) in chunk.iter().enumerate() {
                 let new = match key {
                     Key::Bytes(b) => {
                         check_length(b)?;
@@ -251,18 +359,30 @@ impl KeySet {
     }
 
     /// The keys of `keys` from row `first` on (at most [`CHUNK`]) with their
-    /// table hashes, in `chunk`, after touching the slots they start at.
-    fn hash_chunk<'k>(&self, keys: &'k EncodedKeys, first: usize, chunk: &mut Vec<(Key<'k>, u64)>) {
+    /// table hashes and whether the presence bitmap lets them through, in
+    /// `chunk`, after touching the slots of those it lets through.
+    fn hash_chunk<'k>(
+        &self,
+        keys: &'k EncodedKeys,
+        first: usize,
+        chunk: &mut Vec<(Key<'k>, u64, bool)>,
+    ) {
         chunk.clear();
         chunk.extend((first..keys.len().min(first + CHUNK)).map(|i| {
             let key = keys.key(i);
-            (key, key.table_hash())
+            let hash = key.table_hash();
+            (key, hash, self.may_hold(hash))
         }));
-        touch(chunk.iter().map(|&(key, hash)| match (key, &self.words) {
-            (Key::Bytes(_), _) => self.bytes.touch(hash),
-            (Key::Word(_), Words::Hashed(table)) => table.touch(hash),
-            _ => 0,
-        }));
+        touch(
+            chunk
+                .iter()
+                .map(|&(key, hash, maybe)| match (key, &self.words) {
+                    _ if !maybe => 0,
+                    (Key::Bytes(_), _) => self.bytes.touch(hash),
+                    (Key::Word(_), Words::Hashed(table)) => table.touch(hash),
+                    _ => 0,
+                }),
+        );
     }
 
     /// The word keys of the bitmap, moved to a hash table sized for the
@@ -559,7 +679,7 @@ mod tests {
 
     #[test]
     fn a_null_key_is_new_once() {
-        let mut set = KeySet::new();
+        let mut set = KeySet::default();
         assert!(!set.contains(Key::Null));
         assert!(
             set.insert(Key::Null).expect("insert"),
@@ -572,7 +692,7 @@ mod tests {
 
     #[test]
     fn byte_keys_up_to_sixteen_mebibytes_are_taken() {
-        let mut set = KeySet::new();
+        let mut set = KeySet::default();
         let longest = vec![7u8; (1 << 24) - 1];
         assert!(set.insert(Key::Bytes(&longest)).expect("the longest key"));
         let too_long = vec![7u8; 1 << 24];
@@ -590,5 +710,80 @@ mod tests {
         assert!(!set.is_dense(), "0 and u64::MAX are 2^64 apart");
         let set = agrees(4, &[u64::MAX, u64::MAX - 1000, u64::MAX - 1]);
         assert!(set.is_dense());
+    }
+
+    /// Sets of `PRESENCE_MIN_KEYS` keys of each hashed kind, with 0 among
+    /// the words: with the presence bitmap, every probe answers as without
+    /// it, one key and a batch at a time.
+    #[test]
+    fn a_presence_bitmap_changes_no_answer_and_drops_on_insert() {
+        let n = PRESENCE_MIN_KEYS as i64;
+        let scattered = |i: i64| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_u64 as i64);
+        let words: Vec<i64> = (0..n).map(scattered).collect();
+        let strings = |range: std::ops::Range<i64>| {
+            StringArray::from_iter_values(range.map(|i| format!("key-{i}")))
+        };
+        for (schema, held, probed, absent) in [
+            (
+                KeySchema::single("id", DataType::Int64).expect("schema"),
+                Arc::new(Int64Array::from(words.clone())) as ArrayRef,
+                Arc::new(Int64Array::from_iter_values(
+                    (n / 2..n * 3 / 2).map(scattered),
+                )) as ArrayRef,
+                Key::Word(scattered(n * 2) as u64),
+            ),
+            (
+                KeySchema::single("name", DataType::Utf8).expect("schema"),
+                Arc::new(strings(0..n)) as ArrayRef,
+                Arc::new(strings(n / 2..n * 3 / 2)) as ArrayRef,
+                Key::Bytes(b"key-absent"),
+            ),
+        ] {
+            let codec = KeyCodec::new(&schema).expect("codec");
+            let (held, probed) = (
+                codec.encode(&[held]).expect("encode"),
+                codec.encode(&[probed]).expect("encode"),
+            );
+            let mut set = KeySet::expecting(0, codec.is_words());
+            set.insert_each(&held, |_, _| Ok(())).expect("insert");
+            let answers = |set: &KeySet| {
+                let mut batch = Vec::new();
+                set.contains_each(&probed, |found| batch.push(found));
+                let one_by_one: Vec<bool> = (0..probed.len())
+                    .map(|i| set.contains(probed.key(i)))
+                    .collect();
+                assert_eq!(batch, one_by_one);
+                batch
+            };
+            let without = answers(&set);
+            assert_eq!(without.iter().filter(|&&f| f).count(), n as usize / 2);
+            let before = set.memory_bytes();
+            set.add_presence_bitmap(0);
+            assert_eq!(set.memory_bytes(), before, "no room, no bitmap");
+            set.add_presence_bitmap(usize::MAX);
+            let bitmap = set.memory_bytes() - before;
+            assert!(
+                (n as usize..=2 * n as usize).contains(&bitmap),
+                "8 to 16 bits a key: {bitmap} bytes"
+            );
+            assert_eq!(answers(&set), without);
+            assert!(!set.contains(absent));
+            assert!(set.insert(absent).expect("insert"), "new");
+            assert_eq!(set.memory_bytes(), before, "an insert drops the bitmap");
+            assert!(set.contains(absent));
+        }
+        // Held 0 (kept beside the word table) passes the bitmap too.
+        let mut set = KeySet::expecting(0, true);
+        for &w in &words {
+            set.insert_word(w as u64);
+        }
+        set.insert_word(0);
+        set.add_presence_bitmap(usize::MAX);
+        assert!(set.contains_word(0));
+        // A bitmap of words needs none.
+        let mut dense = agrees(1 << 20, &(0..1 << 20).collect::<Vec<u64>>());
+        let before = dense.memory_bytes();
+        dense.add_presence_bitmap(usize::MAX);
+        assert_eq!(dense.memory_bytes(), before);
     }
 }

@@ -98,6 +98,7 @@ impl KeyFilter {
                 }
             }
         }
+        filter.add_presence_bitmap(budget_bytes);
         Ok(Some(filter))
     }
 
@@ -191,6 +192,14 @@ impl KeyFilter {
     /// Adds keys already encoded by a codec of this filter's key schema.
     pub(crate) fn insert_encoded(&mut self, encoded: &EncodedKeys) -> Result<()> {
         self.keys.insert_each(encoded, |_, _| Ok(()))
+    }
+
+    /// Readies a complete filter for many probes: a large hash table gets a
+    /// presence bitmap in front (about a byte or two a key), if the filter
+    /// stays within `budget_bytes` with it. Inserts after this drop it.
+    pub(crate) fn add_presence_bitmap(&mut self, budget_bytes: usize) {
+        let left = budget_bytes.saturating_sub(self.memory_bytes());
+        self.keys.add_presence_bitmap(left);
     }
 
     /// Number of distinct keys held.

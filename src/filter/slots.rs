@@ -14,6 +14,7 @@
 //! an insert about three times faster than a `hashbrown` table with the
 //! same arena.
 
+use super::codec::Key;
 use crate::error::{Error, Result};
 
 /// Most a table fills before it doubles: 7 slots in 10. Linear probing stays
@@ -67,12 +68,20 @@ impl WordSlots {
         self.slots.capacity() * 8
     }
 
+    /// The table hashes of the words held, in no order.
+    pub(crate) fn hashes(&self) -> impl Iterator<Item = u64> + '_ {
+        let zero = self.has_zero.then(|| Key::Word(0).table_hash());
+        self.slots
+            .iter()
+            .filter(|&&w| w != 0)
+            .map(|&w| Key::Word(w).table_hash())
+            .chain(zero)
+    }
+
     /// Makes room for `more` words, so that the next `more` inserts move no slot.
     pub(crate) fn reserve(&mut self, more: usize) {
         let needed = self.len.saturating_add(more);
-        if let Some(grown) = grown(&self.slots, self.len, needed, |w| {
-            super::codec::Key::Word(w).table_hash()
-        }) {
+        if let Some(grown) = grown(&self.slots, self.len, needed, |w| Key::Word(w).table_hash()) {
             self.slots = grown;
         }
     }
@@ -158,12 +167,20 @@ impl ByteSlots {
         self.slots.capacity() * 8 + self.arena.capacity()
     }
 
+    /// The table hashes of the keys held, in no order.
+    pub(crate) fn hashes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.slots
+            .iter()
+            .filter(|&&slot| slot != 0)
+            .map(|&slot| Key::Bytes(arena_key(&self.arena, slot)).table_hash())
+    }
+
     /// Makes room for `more` keys, so that the next `more` inserts move no slot.
     pub(crate) fn reserve(&mut self, more: usize) {
         let needed = self.len.saturating_add(more);
         let arena = &self.arena;
         if let Some(grown) = grown(&self.slots, self.len, needed, |slot| {
-            super::codec::Key::Bytes(arena_key(arena, slot)).table_hash()
+            Key::Bytes(arena_key(arena, slot)).table_hash()
         }) {
             self.slots = grown;
         }

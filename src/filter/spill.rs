@@ -120,6 +120,18 @@ impl SpillFile {
         })
     }
 
+    /// Records in the file if each holds a word key: exact for a file of word
+    /// keys, an upper bound otherwise.
+    pub(crate) fn word_records(&self) -> usize {
+        let record = if self.with_ordinals { 17 } else { 9 };
+        self.data.len() / record
+    }
+
+    /// Memory the file holds, in bytes.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.data.capacity()
+    }
+
     /// Calls `f(ordinal, key)` for every record in order (ordinal 0 when the file
     /// has none).
     pub(crate) fn for_each(&self, mut f: impl FnMut(u64, Key<'_>) -> Result<()>) -> Result<()> {

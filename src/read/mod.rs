@@ -7,9 +7,10 @@
 //!   loaded into one hash set and the source streams through it once.
 //! - **partitioned**: they do not fit, so the checkpointed keys and the source's
 //!   keys are spilled to local files partitioned by hash, each partition is
-//!   joined on its own (its keys only need to fit), and the verdicts go to a
-//!   bitmap of one bit per source row. The source is then streamed once more and
-//!   the bitmap applied. Memory is one partition plus the bitmap.
+//!   joined on its own (its keys only need to fit; one partition per core at
+//!   a time), and the verdicts go to bitmaps of two bits per source row. The
+//!   source is then streamed once more and the bitmaps applied. Memory is a
+//!   partition per core plus the bitmaps.
 //!
 //! When the source left to read is much smaller than the checkpoint (a rerun
 //! over a grown source, say: [`SMALL_SOURCE_RATIO`]), the in-memory mode holds
@@ -665,6 +666,8 @@ async fn read_source_keys(
             }
         }
     }
+    // Probed by every key of the key files read next.
+    keys.add_presence_bitmap(options.memory_budget_bytes);
     Ok(SourceKeys {
         keys,
         range: range.finish(),

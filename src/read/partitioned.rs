@@ -3,6 +3,8 @@
 //! gets a verdict in a bitmap.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -74,14 +76,6 @@ fn bit(words: &[u64], row: u64) -> bool {
     words
         .get((row / 64) as usize)
         .is_some_and(|w| w & (1 << (row % 64)) != 0)
-}
-
-fn set_bit(words: &mut Vec<u64>, row: u64) {
-    let at = (row / 64) as usize;
-    if words.len() <= at {
-        words.resize(at + 1, 0);
-    }
-    words[at] |= 1 << (row % 64);
 }
 
 /// Spills, joins partition by partition, and returns every row's verdict.
@@ -161,30 +155,77 @@ pub(super) async fn judge(
     }
     let source_keys = source_keys.finish()?;
 
-    // 3. Join each partition on its own.
-    let mut peak = 0;
-    for (checkpointed_path, source_path) in checkpointed.iter().zip(&source_keys) {
-        let mut set = KeySet::new();
-        SpillFile::read(checkpointed_path, false)?
-            .for_each(|_, key| set.insert(key).map(|_| ()))?;
-        let mut run = KeySet::new();
-        SpillFile::read(source_path, true)?.for_each(|ordinal, key| {
-            let unit = (ordinal >> ROW_BITS) as usize;
-            let row = ordinal & ((1 << ROW_BITS) - 1);
-            let v = unit_verdicts.entry(unit).or_default();
-            if set.contains(key) {
-                set_bit(&mut v.checkpointed, row);
-            } else if options.duplicates != DuplicatePolicy::PassAll && !run.insert(key)? {
-                if options.duplicates == DuplicatePolicy::Error {
-                    return Err(Error::DuplicateKey {
-                        key: format!("of row {row} of `{}`", unit_name(source.as_ref(), unit)),
-                    });
+    // 3. Join each partition on its own, on every core: a key's rows all
+    //    fall in one partition, in source order, so partitions are independent.
+    let bitmaps: HashMap<usize, SharedBitmaps> = unit_verdicts
+        .iter()
+        .map(|(&unit, v)| (unit, SharedBitmaps::for_rows(v.rows)))
+        .collect();
+    let pairs: Vec<(&PathBuf, &PathBuf)> = checkpointed.iter().zip(&source_keys).collect();
+    let next = AtomicUsize::new(0);
+    let workers = options.parallelism.clamp(1, pairs.len().max(1));
+    let judge_partitions = || -> Result<usize> {
+        let mut peak = 0;
+        while let Some(&(checkpointed_path, source_path)) =
+            pairs.get(next.fetch_add(1, Ordering::Relaxed))
+        {
+            let held = SpillFile::read(checkpointed_path, false)?;
+            let mut set = KeySet::expecting(expected_keys(&held, codec), codec.is_words());
+            held.for_each(|_, key| set.insert(key).map(|_| ()))?;
+            let loading = set.memory_bytes() + held.memory_bytes();
+            drop(held);
+            let source_file = SpillFile::read(source_path, true)?;
+            let mut run = KeySet::expecting(expected_keys(&source_file, codec), codec.is_words());
+            source_file.for_each(|ordinal, key| {
+                let unit = (ordinal >> ROW_BITS) as usize;
+                let row = ordinal & ((1 << ROW_BITS) - 1);
+                let bitmaps = bitmaps.get(&unit).ok_or_else(|| Error::InvalidSource {
+                    location: unit_name(source.as_ref(), unit),
+                    reason: "a spill record names a unit that was not read".into(),
+                })?;
+                if set.contains(key) {
+                    bitmaps.checkpointed.set(row);
+                } else if options.duplicates != DuplicatePolicy::PassAll && !run.insert(key)? {
+                    if options.duplicates == DuplicatePolicy::Error {
+                        return Err(Error::DuplicateKey {
+                            key: format!("of row {row} of `{}`", unit_name(source.as_ref(), unit)),
+                        });
+                    }
+                    bitmaps.duplicate.set(row);
                 }
-                set_bit(&mut v.duplicate, row);
-            }
-            Ok(())
-        })?;
-        peak = peak.max(set.memory_bytes() + run.memory_bytes());
+                Ok(())
+            })?;
+            let joining = set.memory_bytes() + run.memory_bytes() + source_file.memory_bytes();
+            peak = peak.max(loading).max(joining);
+        }
+        Ok(peak)
+    };
+    let peaks: Vec<Result<usize>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| scope.spawn(judge_partitions))
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle.join().unwrap_or_else(|_| {
+                    Err(Error::Spill {
+                        path: dir.path().display().to_string(),
+                        source: std::io::Error::other("a partition's join panicked"),
+                    })
+                })
+            })
+            .collect()
+    });
+    // Each worker holds one partition at a time, so together at most their sum.
+    let mut held = 0;
+    for peak in peaks {
+        held += peak?;
+    }
+    for (unit, shared) in bitmaps {
+        if let Some(v) = unit_verdicts.get_mut(&unit) {
+            v.checkpointed = shared.checkpointed.into_words();
+            v.duplicate = shared.duplicate.into_words();
+        }
     }
     let bitmaps: usize = unit_verdicts
         .values()
@@ -193,8 +234,53 @@ pub(super) async fn judge(
     Ok(Verdicts {
         units: unit_verdicts,
         partitions,
-        peak_bytes: peak + bitmaps,
+        peak_bytes: held + bitmaps,
     })
+}
+
+/// Keys in a partition file, to size its set up front: exact for word keys
+/// (records of one size), none for byte keys, whose sets grow as they fill.
+fn expected_keys(file: &SpillFile, codec: &KeyCodec) -> usize {
+    if codec.is_words() {
+        file.word_records()
+    } else {
+        0
+    }
+}
+
+/// One unit's verdict bitmaps, set from several threads at once.
+struct SharedBitmaps {
+    checkpointed: AtomicBitmap,
+    duplicate: AtomicBitmap,
+}
+
+impl SharedBitmaps {
+    fn for_rows(rows: u64) -> Self {
+        SharedBitmaps {
+            checkpointed: AtomicBitmap::for_rows(rows),
+            duplicate: AtomicBitmap::for_rows(rows),
+        }
+    }
+}
+
+/// A bitmap of one bit per row that threads set together.
+struct AtomicBitmap(Vec<AtomicU64>);
+
+impl AtomicBitmap {
+    fn for_rows(rows: u64) -> Self {
+        AtomicBitmap((0..rows.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// Sets `row`'s bit (rows past the end were never read, and are left out).
+    fn set(&self, row: u64) {
+        if let Some(word) = self.0.get((row / 64) as usize) {
+            word.fetch_or(1 << (row % 64), Ordering::Relaxed);
+        }
+    }
+
+    fn into_words(self) -> Vec<u64> {
+        self.0.into_iter().map(AtomicU64::into_inner).collect()
+    }
 }
 
 /// Enough partitions that one holds about a quarter of the budget.
