@@ -98,7 +98,6 @@ impl KeyFilter {
                 }
             }
         }
-        filter.add_presence_bitmap(budget_bytes);
         Ok(Some(filter))
     }
 
