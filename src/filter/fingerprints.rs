@@ -7,6 +7,8 @@
 //! bits and small enough to stay in cache, answers "absent" for all but about
 //! one word in sixteen; only those are looked up in the exact set.
 
+use arrow_buffer::BooleanBuffer;
+
 use super::codec::EncodedKeys;
 use super::key_set::KeySet;
 use crate::error::Result;
@@ -55,10 +57,27 @@ impl FingerprintSet {
 
     /// Whether any of `fingerprints` is in the set.
     pub(crate) fn any_of(&self, fingerprints: &[u64]) -> bool {
-        fingerprints.iter().any(|&f| {
-            let bit = self.bit(f);
-            self.bits[bit / 64] & (1 << (bit % 64)) != 0 && self.exact.contains_word(f)
-        })
+        fingerprints
+            .iter()
+            .any(|&f| self.bit_set(f) && self.exact.contains_word(f))
+    }
+
+    /// Whether each of `fingerprints` is in the set. The bitmap is read for
+    /// all of them first, in a pass whose loads do not wait on each other.
+    pub(crate) fn each_held(&self, fingerprints: &[u64]) -> BooleanBuffer {
+        let maybe: Vec<bool> = fingerprints.iter().map(|&f| self.bit_set(f)).collect();
+        fingerprints
+            .iter()
+            .zip(maybe)
+            .map(|(&f, maybe)| maybe && self.exact.contains_word(f))
+            .collect()
+    }
+
+    /// Whether the bitmap's bit for `fingerprint` is set.
+    #[inline]
+    fn bit_set(&self, fingerprint: u64) -> bool {
+        let bit = self.bit(fingerprint);
+        self.bits[bit / 64] & (1 << (bit % 64)) != 0
     }
 
     /// Heap memory held, in bytes.
@@ -92,6 +111,11 @@ mod tests {
         let near: Vec<u64> = held.iter().map(|f| f ^ 1).collect();
         assert!(!set.any_of(&near));
         assert!(set.any_of(&[near[0], near[1], held[500]]));
+        let held_each: Vec<bool> = set
+            .each_held(&[near[0], held[1], near[2], held[999]])
+            .iter()
+            .collect();
+        assert_eq!(held_each, [false, true, false, true]);
         assert!(!set.any_of(&[]));
         // The bitmap (16 bits a fingerprint, 2 KiB here) and the exact set
         // count toward the read's memory.

@@ -278,23 +278,50 @@ async fn match_key_file(
     let rules_out = |fingerprints: &[u64]| {
         wanted_fingerprints.is_some_and(|wanted| !wanted.any_of(fingerprints))
     };
+    let mut file_fingerprints = None;
     if wanted_fingerprints.is_some() {
         if let Some(fingerprints) = store.fetch_fingerprints(file).await? {
             if rules_out(&fingerprints) {
                 return Ok(None);
             }
+            file_fingerprints = Some(fingerprints);
         }
     }
     let fetched = store.fetch_key_file(file).await?;
-    if wanted_fingerprints.is_some() && file.fingerprints.is_none() {
+    if wanted_fingerprints.is_some() && file_fingerprints.is_none() {
         if let Some(fingerprints) = fetched.fingerprints()? {
             if rules_out(&fingerprints) {
                 return Ok(None);
             }
+            file_fingerprints = Some(fingerprints);
         }
     }
-    fetched
-        .keys()?
+    let batches = fetched.keys()?;
+    // A key whose fingerprint is none of the source keys' is none of them:
+    // only the others are compared exactly (a word probe each, where the
+    // exact probe hashes the key's bytes).
+    let candidates = match (wanted_fingerprints, file_fingerprints) {
+        (Some(wanted), Some(fingerprints))
+            if fingerprints.len() == batches.iter().map(RecordBatch::num_rows).sum::<usize>() =>
+        {
+            let held = BooleanArray::new(wanted.each_held(&fingerprints), None);
+            let mut at = 0;
+            let mut candidates = Vec::with_capacity(batches.len());
+            for batch in &batches {
+                let mask = held.slice(at, batch.num_rows());
+                at += batch.num_rows();
+                candidates.push(filter_record_batch(batch, &mask).map_err(|source| {
+                    Error::Arrow {
+                        context: "selecting the keys whose fingerprint a source key has",
+                        source,
+                    }
+                })?);
+            }
+            candidates
+        }
+        _ => batches,
+    };
+    candidates
         .iter()
         .map(|batch| wanted.held_rows(batch))
         .collect::<Result<Vec<_>>>()

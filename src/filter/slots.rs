@@ -167,14 +167,6 @@ impl ByteSlots {
         self.slots.capacity() * 8 + self.arena.capacity()
     }
 
-    /// The table hashes of the keys held, in no order.
-    pub(crate) fn hashes(&self) -> impl Iterator<Item = u64> + '_ {
-        self.slots
-            .iter()
-            .filter(|&&slot| slot != 0)
-            .map(|&slot| Key::Bytes(arena_key(&self.arena, slot)).table_hash())
-    }
-
     /// Makes room for `more` keys, so that the next `more` inserts move no slot.
     pub(crate) fn reserve(&mut self, more: usize) {
         let needed = self.len.saturating_add(more);
