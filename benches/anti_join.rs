@@ -29,7 +29,8 @@
 //!
 //! tidemark runs as a pipeline runs it: keys repeated within the source are
 //! dropped, and the keys passed are written as staged key files, which the
-//! others do not do. `tidemark-pass-all` leaves out the repeated-key check
+//! others do not do, within a memory budget of 2 GiB (every byte of its
+//! filter counted; the others have none). `tidemark-pass-all` leaves out the repeated-key check
 //! (what the others compute); `tidemark-partitioned` runs with a 1-byte memory
 //! budget, so its filter spills hash partitions to disk.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -505,7 +506,11 @@ fn child(args: &[String]) {
                 let source = ParquetSource::open_many(&urls, &ParquetSourceOptions::default())
                     .await
                     .unwrap();
-                let mut options = ReadOptions::default();
+                // The budget a user sets for 100 million keys: 2 GiB.
+                let mut options = ReadOptions {
+                    memory_budget_bytes: 2 << 30,
+                    ..ReadOptions::default()
+                };
                 match engine.as_str() {
                     // What the other engines do: no check for keys repeated
                     // within the source.

@@ -339,6 +339,63 @@ async fn a_small_source_holds_only_its_checkpointed_keys(f: Fixture) {
     assert!(err.to_string().contains("fixed snapshot"), "{err}");
 }
 
+/// A small source's keys are read first under a floor of their size; when
+/// the sets they take pass the budget all the same, the read is partitioned.
+async fn a_small_source_over_the_budget_is_partitioned(f: Fixture) {
+    if f.budget != IN_MEMORY {
+        return;
+    }
+    let store = f.store(int_keys()).await;
+    let mut writer = store.begin().await.unwrap();
+    let checkpointed: Vec<i64> = (0..2000).map(|k| k * 7).collect();
+    writer
+        .stage_keys(&[Arc::new(Int64Array::from(checkpointed)) as ArrayRef])
+        .await
+        .unwrap();
+    writer.seal().await.unwrap();
+    // 50 checkpointed, 100 new, and one far above them: the source's keys
+    // take a bitmap of about a million bits (128 KiB), where the floor
+    // counts 9 bytes a key.
+    let mut rows: Vec<Option<i64>> = (0..50).map(|k| Some(k * 7 * 3)).collect();
+    rows.extend((0..100).map(|k| Some(20_000 + k)));
+    rows.push(Some(900_000));
+    f.write("a.parquet", &int_batch(&rows)).await;
+    let mut expected = some(20_000..20_100);
+    expected.push(Some(900_000));
+
+    let fixture = &f;
+    let read = |budget: usize| {
+        let store = store.clone();
+        async move {
+            let f = fixture;
+            let options = ReadOptions {
+                memory_budget_bytes: budget,
+                ..f.options(DuplicatePolicy::KeepFirst)
+            };
+            let mut read = CheckpointedRead::open(&store, f.source().await, options)
+                .await
+                .unwrap();
+            // Never sealed: each read sees the same checkpoint.
+            let mut writer = store.begin().await.unwrap();
+            let mut batches = Vec::new();
+            while let Some(batch) = read.next_batch(&mut writer).await.unwrap() {
+                batches.push(batch);
+            }
+            (ids(&batches), read.stats().clone())
+        }
+    };
+    let (in_memory, stats) = read(IN_MEMORY).await;
+    assert_eq!(in_memory, expected);
+    assert_eq!(stats.mode, FilterMode::InMemory);
+    assert!(stats.peak_filter_bytes > 64 << 10, "{stats:?}");
+    let (partitioned, stats) = read(64 << 10).await;
+    assert_eq!(partitioned, expected);
+    assert!(
+        matches!(stats.mode, FilterMode::Partitioned { .. }),
+        "{stats:?}"
+    );
+}
+
 /// Key files record their least and greatest key; a small source's read
 /// does not open those whose range holds none of its keys, before and after
 /// compaction, and still drops every checkpointed key it holds.
@@ -992,6 +1049,7 @@ macro_rules! read_suite {
                 rerun_yields_nothing_and_growth_yields_new_keys,
                 finished_units_are_skipped_unopened,
                 a_small_source_holds_only_its_checkpointed_keys,
+                a_small_source_over_the_budget_is_partitioned,
                 key_files_outside_the_source_range_are_not_read,
                 key_files_without_the_source_s_fingerprints_are_not_decoded,
                 composite_key_files_without_the_source_s_fingerprints_are_not_decoded,

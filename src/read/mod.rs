@@ -274,24 +274,34 @@ impl CheckpointedRead {
         {
             let read = read_source_keys(&key_schema, source.clone(), &units, source_rows, &options)
                 .await?;
-            let wanted = Arc::new(read.keys);
             let fingerprint_bytes = read
                 .fingerprints
                 .as_ref()
                 .map_or(0, FingerprintSet::memory_bytes);
-            let matched = KeyFilter::load_matching(
-                store,
-                &state,
-                &wanted,
-                read.range.as_ref(),
-                read.fingerprints.map(Arc::new),
-            )
-            .await?;
-            stats.key_files_skipped = matched.files_skipped;
-            stats.key_files_not_decoded = matched.files_not_decoded;
-            stats.peak_filter_bytes = wanted.memory_bytes() + fingerprint_bytes;
-            source_keys = Some(wanted);
-            Some(matched.filter)
+            // The bound above is a floor: past the budget, partitions take over.
+            if read.keys.memory_bytes() + fingerprint_bytes > options.memory_budget_bytes {
+                None
+            } else {
+                let wanted = Arc::new(read.keys);
+                let matched = KeyFilter::load_matching(
+                    store,
+                    &state,
+                    &wanted,
+                    read.range.as_ref(),
+                    read.fingerprints.map(Arc::new),
+                )
+                .await?;
+                let held = wanted.memory_bytes() + fingerprint_bytes;
+                if held + matched.filter.memory_bytes() > options.memory_budget_bytes {
+                    None
+                } else {
+                    stats.key_files_skipped = matched.files_skipped;
+                    stats.key_files_not_decoded = matched.files_not_decoded;
+                    stats.peak_filter_bytes = held;
+                    source_keys = Some(wanted);
+                    Some(matched.filter)
+                }
+            }
         } else if fits_in_memory(&codec, checkpointed_keys, source_rows, &options) {
             KeyFilter::load_within(store, &state, options.memory_budget_bytes).await?
         } else {
