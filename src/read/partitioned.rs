@@ -100,7 +100,13 @@ pub(super) async fn judge(
             .map_or_else(|| "temporary directory".into(), |d| d.display().to_string()),
         source,
     })?;
-    let partitions = partition_count(codec, state.key_count(), options.memory_budget_bytes);
+    // Each worker joins one partition at a time: each gets its share of the budget.
+    let workers = options.parallelism.max(1);
+    let partitions = partition_count(
+        codec,
+        state.key_count(),
+        options.memory_budget_bytes / workers,
+    );
 
     // 1. Checkpointed keys, partitioned.
     let mut checkpointed = SpillWriter::create(dir.path(), "checkpointed", partitions, false)?;
@@ -163,7 +169,7 @@ pub(super) async fn judge(
         .collect();
     let pairs: Vec<(&PathBuf, &PathBuf)> = checkpointed.iter().zip(&source_keys).collect();
     let next = AtomicUsize::new(0);
-    let workers = options.parallelism.clamp(1, pairs.len().max(1));
+    let workers = workers.min(pairs.len().max(1));
     let judge_partitions = || -> Result<usize> {
         let mut peak = 0;
         while let Some(&(checkpointed_path, source_path)) =
@@ -283,7 +289,8 @@ impl AtomicBitmap {
     }
 }
 
-/// Enough partitions that one holds about a quarter of the budget.
+/// Enough partitions that one holds about a quarter of `budget` (a worker's
+/// share of the read's).
 fn partition_count(codec: &KeyCodec, keys: u64, budget: usize) -> usize {
     // Rough bytes per key in a hash set: a word and a slot at a typical load
     // factor; byte keys add their length (UUID-like strings: 36).
