@@ -10,6 +10,7 @@
 use arrow_buffer::BooleanBuffer;
 
 use super::codec::EncodedKeys;
+use super::hash_bitmap::HashBitmap;
 use super::key_set::KeySet;
 use crate::error::Result;
 
@@ -19,24 +20,15 @@ const BITS_PER_FINGERPRINT: usize = 16;
 /// An exact set of fingerprints with a bitmap in front of it.
 #[derive(Debug)]
 pub(crate) struct FingerprintSet {
-    bits: Vec<u64>,
-    /// A fingerprint's bit is its top `64 - shift` bits.
-    shift: u32,
+    bits: HashBitmap,
     exact: KeySet,
 }
 
 impl FingerprintSet {
     /// An empty set sized for about `expected` fingerprints.
     pub(crate) fn expecting(expected: usize) -> Self {
-        let bit_count = expected
-            .saturating_mul(BITS_PER_FINGERPRINT)
-            // Past 512 MiB the bitmap only lets more probes through to
-            // the exact set.
-            .clamp(64, 1 << 32)
-            .next_power_of_two();
         FingerprintSet {
-            bits: vec![0; bit_count / 64],
-            shift: 64 - bit_count.trailing_zeros(),
+            bits: HashBitmap::for_keys(expected, BITS_PER_FINGERPRINT),
             exact: KeySet::expecting(expected, true),
         }
     }
@@ -44,8 +36,7 @@ impl FingerprintSet {
     /// Adds fingerprints.
     pub(crate) fn insert(&mut self, fingerprints: Vec<u64>) -> Result<()> {
         for &f in &fingerprints {
-            let bit = self.bit(f);
-            self.bits[bit / 64] |= 1 << (bit % 64);
+            self.bits.insert(f);
         }
         // A batch at a time, so that the table's cache misses overlap.
         let words = EncodedKeys::Words {
@@ -59,13 +50,16 @@ impl FingerprintSet {
     pub(crate) fn any_of(&self, fingerprints: &[u64]) -> bool {
         fingerprints
             .iter()
-            .any(|&f| self.bit_set(f) && self.exact.contains_word(f))
+            .any(|&f| self.bits.may_hold(f) && self.exact.contains_word(f))
     }
 
     /// Whether each of `fingerprints` is in the set. The bitmap is read for
     /// all of them first, in a pass whose loads do not wait on each other.
     pub(crate) fn each_held(&self, fingerprints: &[u64]) -> BooleanBuffer {
-        let maybe: Vec<bool> = fingerprints.iter().map(|&f| self.bit_set(f)).collect();
+        let maybe: Vec<bool> = fingerprints
+            .iter()
+            .map(|&f| self.bits.may_hold(f))
+            .collect();
         fingerprints
             .iter()
             .zip(maybe)
@@ -73,22 +67,9 @@ impl FingerprintSet {
             .collect()
     }
 
-    /// Whether the bitmap's bit for `fingerprint` is set.
-    #[inline]
-    fn bit_set(&self, fingerprint: u64) -> bool {
-        let bit = self.bit(fingerprint);
-        self.bits[bit / 64] & (1 << (bit % 64)) != 0
-    }
-
     /// Heap memory held, in bytes.
     pub(crate) fn memory_bytes(&self) -> usize {
-        self.bits.capacity() * 8 + self.exact.memory_bytes()
-    }
-
-    #[inline]
-    fn bit(&self, fingerprint: u64) -> usize {
-        // `shift` is at least 24: the index fits the bitmap.
-        (fingerprint >> self.shift) as usize
+        self.bits.memory_bytes() + self.exact.memory_bytes()
     }
 }
 

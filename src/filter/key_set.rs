@@ -16,6 +16,7 @@
 //! before looking them up, so that the cache misses of a large table overlap.
 
 use super::codec::{EncodedKeys, Key};
+use super::hash_bitmap::HashBitmap;
 use super::slots::{ByteSlots, WordSlots};
 use crate::error::{Error, Result};
 
@@ -39,9 +40,9 @@ const CHUNK: usize = 1024;
 /// small enough to stay mostly in cache (256 Ki keys: about 3 MiB of slots).
 const PRESENCE_MIN_KEYS: usize = 1 << 18;
 
-/// Bits of a presence bitmap per hashed key held, at least (up to twice
-/// this, as the bitmap is a power of two): a probe of an absent key finds
-/// its bit set about one time in eight to sixteen.
+/// Bits of a presence bitmap ([`HashBitmap`]) per hashed word held, at
+/// least (up to twice this, as the bitmap is a power of two): a probe of an
+/// absent key finds its bit set about one time in eight to sixteen.
 const PRESENCE_BITS_PER_KEY: usize = 8;
 
 /// An exact set of keys.
@@ -54,60 +55,7 @@ pub(crate) struct KeySet {
     has_null: bool,
     /// A bitmap in front of the hash table of words for probes, once the set
     /// is complete ([`KeySet::add_presence_bitmap`]); any insert drops it.
-    presence: Option<Presence>,
-}
-
-/// One bit per hash value's middle bits, set for every hashed word held: a
-/// probe whose bit is clear is absent without a look at the table. Far
-/// smaller than the table (8 to 16 bits a key against about 90), so it
-/// stays in cache where the table does not, and the probes of absent keys,
-/// most of them when a large key file meets a smaller source, cost a cached
-/// bit test instead of a miss to memory.
-#[derive(Debug)]
-struct Presence {
-    bits: Vec<u64>,
-    mask: usize,
-}
-
-impl Presence {
-    /// Bits of the bitmap for `keys` keys.
-    fn bits_for(keys: usize) -> usize {
-        keys.saturating_mul(PRESENCE_BITS_PER_KEY)
-            .clamp(64, 1 << 32)
-            .next_power_of_two()
-    }
-
-    /// Bytes of the bitmap for `keys` keys.
-    fn bytes_for(keys: usize) -> usize {
-        Self::bits_for(keys) / 8
-    }
-
-    /// The bitmap of the keys whose table hashes are `hashes` (`keys` of them).
-    fn of(keys: usize, hashes: impl Iterator<Item = u64>) -> Self {
-        let bit_count = Self::bits_for(keys);
-        let mut presence = Presence {
-            bits: vec![0; bit_count / 64],
-            mask: bit_count - 1,
-        };
-        for hash in hashes {
-            let bit = presence.bit(hash);
-            presence.bits[bit / 64] |= 1 << (bit % 64);
-        }
-        presence
-    }
-
-    /// The bit of a hash: bits 20 and up, apart from the low bits that a
-    /// table of up to a million slots starts its probe at.
-    #[inline]
-    fn bit(&self, hash: u64) -> usize {
-        (hash >> 20) as usize & self.mask
-    }
-
-    #[inline]
-    fn may_hold(&self, hash: u64) -> bool {
-        let bit = self.bit(hash);
-        self.bits[bit / 64] & (1 << (bit % 64)) != 0
-    }
+    presence: Option<HashBitmap>,
 }
 
 /// Where word keys live.
@@ -170,10 +118,16 @@ impl KeySet {
             return;
         };
         let held = table.len();
-        if held < PRESENCE_MIN_KEYS || Presence::bytes_for(held) > budget_bytes {
+        if held < PRESENCE_MIN_KEYS
+            || HashBitmap::bytes_for(held, PRESENCE_BITS_PER_KEY) > budget_bytes
+        {
             return;
         }
-        self.presence = Some(Presence::of(held, table.hashes()));
+        let mut presence = HashBitmap::for_keys(held, PRESENCE_BITS_PER_KEY);
+        for hash in table.hashes() {
+            presence.insert(hash);
+        }
+        self.presence = Some(presence);
     }
 
     /// Whether a word key of table hash `hash` may be in the hash table:
@@ -204,7 +158,7 @@ impl KeySet {
             Words::Dense(dense) => dense.bits.capacity() * 8,
             Words::Hashed(table) => table.memory_bytes(),
         };
-        let presence = self.presence.as_ref().map_or(0, |p| p.bits.capacity() * 8);
+        let presence = self.presence.as_ref().map_or(0, HashBitmap::memory_bytes);
         words + self.bytes.memory_bytes() + presence
     }
 

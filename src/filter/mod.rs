@@ -12,6 +12,7 @@
 
 pub(crate) mod codec;
 pub(crate) mod fingerprints;
+pub(crate) mod hash_bitmap;
 pub(crate) mod key_set;
 pub(crate) mod range;
 pub(crate) mod slots;
