@@ -280,9 +280,9 @@ async fn finished_units_are_skipped_unopened(f: Fixture) {
     assert_eq!((stats.units_skipped, stats.rows_read), (3, 0));
 }
 
-/// A source much smaller than the checkpoint has its keys read first, and
-/// the filter holds only the checkpointed keys among them.
-async fn a_small_source_holds_only_its_checkpointed_keys(f: Fixture) {
+/// A store whose one sealed checkpoint holds the 2,000 multiples of 7 below
+/// 14,000: many more keys than the small sources read through it.
+async fn multiples_of_seven_checkpointed(f: &Fixture) -> CheckpointStore {
     let store = f.store(int_keys()).await;
     let mut writer = store.begin().await.unwrap();
     let checkpointed: Vec<i64> = (0..2000).map(|k| k * 7).collect();
@@ -291,10 +291,23 @@ async fn a_small_source_holds_only_its_checkpointed_keys(f: Fixture) {
         .await
         .unwrap();
     writer.seal().await.unwrap();
-    // 150 rows: 50 checkpointed (multiples of 7 below 14000), 100 new, one
-    // of them twice.
+    store
+}
+
+/// 150 source rows against that store: 50 checkpointed (multiples of 21),
+/// then 100 new (20,000 to 20,099).
+fn checkpointed_and_new_rows() -> Vec<Option<i64>> {
     let mut rows: Vec<Option<i64>> = (0..50).map(|k| Some(k * 7 * 3)).collect();
     rows.extend((0..100).map(|k| Some(20_000 + k)));
+    rows
+}
+
+/// A source much smaller than the checkpoint has its keys read first, and
+/// the filter holds only the checkpointed keys among them.
+async fn a_small_source_holds_only_its_checkpointed_keys(f: Fixture) {
+    let store = multiples_of_seven_checkpointed(&f).await;
+    // 150 rows: 50 checkpointed, 100 new, one of them twice.
+    let mut rows = checkpointed_and_new_rows();
     rows.push(Some(20_000));
     f.write("a.parquet", &int_batch(&rows)).await;
 
@@ -345,19 +358,11 @@ async fn a_small_source_over_the_budget_is_partitioned(f: Fixture) {
     if f.budget != IN_MEMORY {
         return;
     }
-    let store = f.store(int_keys()).await;
-    let mut writer = store.begin().await.unwrap();
-    let checkpointed: Vec<i64> = (0..2000).map(|k| k * 7).collect();
-    writer
-        .stage_keys(&[Arc::new(Int64Array::from(checkpointed)) as ArrayRef])
-        .await
-        .unwrap();
-    writer.seal().await.unwrap();
+    let store = multiples_of_seven_checkpointed(&f).await;
     // 50 checkpointed, 100 new, and one far above them: the source's keys
     // take a bitmap of about a million bits (128 KiB), where the floor
     // counts 9 bytes a key.
-    let mut rows: Vec<Option<i64>> = (0..50).map(|k| Some(k * 7 * 3)).collect();
-    rows.extend((0..100).map(|k| Some(20_000 + k)));
+    let mut rows = checkpointed_and_new_rows();
     rows.push(Some(900_000));
     f.write("a.parquet", &int_batch(&rows)).await;
     let mut expected = some(20_000..20_100);
