@@ -21,7 +21,7 @@ use support::Backend;
 use tidemark::plan::{CheckpointedScanExec, UnprocessedTable};
 use tidemark::read::{CheckpointedRead, DuplicatePolicy, FilterMode, ReadOptions, ReadStats};
 use tidemark::source::{ParquetSource, ParquetSourceOptions, Source};
-use tidemark::store::{CheckpointStore, KeyColumn, KeySchema, StoreLocation};
+use tidemark::store::{CheckpointStore, CheckpointWriter, KeyColumn, KeySchema, StoreLocation};
 use tidemark::Error;
 
 /// A budget that holds everything, and one so small that every read partitions.
@@ -114,10 +114,7 @@ impl Fixture {
     ) -> Result<(Vec<RecordBatch>, ReadStats), Error> {
         let mut read = CheckpointedRead::open(store, self.source().await, options).await?;
         let mut writer = store.begin().await?;
-        let mut batches = Vec::new();
-        while let Some(batch) = read.next_batch(&mut writer).await? {
-            batches.push(batch);
-        }
+        let batches = read_to_end(&mut read, &mut writer).await?;
         writer.seal().await?;
         self.expected_mode(read.stats());
         Ok((batches, read.stats().clone()))
@@ -131,10 +128,7 @@ impl Fixture {
             .await
             .unwrap();
         let mut writer = store.begin().await.unwrap();
-        let mut batches = Vec::new();
-        while let Some(batch) = read.next_batch(&mut writer).await.unwrap() {
-            batches.push(batch);
-        }
+        let batches = read_to_end(&mut read, &mut writer).await.unwrap();
         writer.record_finished_units(read.take_finished_units());
         let manifest = writer.seal().await.unwrap();
         assert_eq!(
@@ -280,6 +274,18 @@ async fn finished_units_are_skipped_unopened(f: Fixture) {
     assert_eq!((stats.units_skipped, stats.rows_read), (3, 0));
 }
 
+/// Every batch `read` returns, its keys staged into `writer`.
+async fn read_to_end(
+    read: &mut CheckpointedRead,
+    writer: &mut CheckpointWriter,
+) -> Result<Vec<RecordBatch>, Error> {
+    let mut batches = Vec::new();
+    while let Some(batch) = read.next_batch(writer).await? {
+        batches.push(batch);
+    }
+    Ok(batches)
+}
+
 /// A store whose one sealed checkpoint holds the 2,000 multiples of 7 below
 /// 14,000: many more keys than the small sources read through it.
 async fn multiples_of_seven_checkpointed(f: &Fixture) -> CheckpointStore {
@@ -382,10 +388,7 @@ async fn a_small_source_over_the_budget_is_partitioned(f: Fixture) {
                 .unwrap();
             // Never sealed: each read sees the same checkpoint.
             let mut writer = store.begin().await.unwrap();
-            let mut batches = Vec::new();
-            while let Some(batch) = read.next_batch(&mut writer).await.unwrap() {
-                batches.push(batch);
-            }
+            let batches = read_to_end(&mut read, &mut writer).await.unwrap();
             (ids(&batches), read.stats().clone())
         }
     };
