@@ -302,6 +302,9 @@ pub struct Pipeline<S> {
     compaction: Option<CompactionOptions>,
     on_lost_commits: LostCommitsPolicy,
     progress: Option<Arc<Progress>>,
+    /// Whether runs commit (the default) or only seal, leaving the commit to
+    /// a caller that commits the checkpoints of many runs at once.
+    commits: bool,
 }
 
 impl<S: CommitSink + TableFiles> Pipeline<S> {
@@ -319,7 +322,22 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             compaction: Some(CompactionOptions::automatic()),
             on_lost_commits: LostCommitsPolicy::Refuse,
             progress: None,
+            commits: true,
         }
+    }
+
+    /// Runs seal their checkpoints and commit none, neither earlier runs'
+    /// sealed checkpoints in the repair step nor their own: for the tasks of
+    /// a distributed run, whose commit stage then commits every task's
+    /// checkpoints in one table commit ([`Committer::commit_pending`]). A
+    /// sealed checkpoint is safe uncommitted: its keys are skipped by later
+    /// reads, and any later commit (of a run, `tidemark gc`) carries its
+    /// files. No compaction runs at the end either: compaction folds in
+    /// committed checkpoints only.
+    pub fn sealing_only(mut self) -> Self {
+        self.commits = false;
+        self.compaction = None;
+        self
     }
 
     /// Sets when the run seals checkpoints and commits them (default:
@@ -493,10 +511,13 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
         self.committer
             .ensure_table_agrees_under(self.on_lost_commits, Some(&lease.fence()))
             .await?;
-        let committed = self
-            .committer
-            .commit_pending_under(Some(&lease.fence()))
-            .await?;
+        let committed = if self.commits {
+            self.committer
+                .commit_pending_under(Some(&lease.fence()))
+                .await?
+        } else {
+            CommitReport::default()
+        };
         let gc = collect_garbage(&self.store, self.committer.sink()).await?;
         Ok(RepairReport {
             lease: lease.claim().clone(),
@@ -633,7 +654,7 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
             self.seal(open, read.take_finished_units(), writer, totals)
                 .await?;
             *open = self.open_checkpoint(lease, read.stats()).await?;
-            if last_commit.elapsed() >= self.policy.commit_interval {
+            if self.commits && last_commit.elapsed() >= self.policy.commit_interval {
                 totals.committed.commits.extend(
                     self.committer
                         .commit_pending_under(Some(&lease.fence()))
@@ -646,12 +667,14 @@ impl<S: CommitSink + TableFiles> Pipeline<S> {
         }
         self.seal(open, read.take_finished_units(), writer, totals)
             .await?;
-        totals.committed.commits.extend(
-            self.committer
-                .commit_pending_under(Some(&lease.fence()))
-                .await?
-                .commits,
-        );
+        if self.commits {
+            totals.committed.commits.extend(
+                self.committer
+                    .commit_pending_under(Some(&lease.fence()))
+                    .await?
+                    .commits,
+            );
+        }
         Ok(())
     }
 

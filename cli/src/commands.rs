@@ -1,25 +1,25 @@
 //! The subcommands.
 
-use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::util::pretty::pretty_format_batches_with_schema;
+use datafusion::arrow::util::pretty::{pretty_format_batches, pretty_format_batches_with_schema};
 use datafusion::execution::context::SessionContext;
 use indicatif::{ProgressBar, ProgressStyle};
 use text::format_status;
-use tidemark::commit::{Committer, Lineage, LostCommitsPolicy};
-use tidemark::pipeline::{CheckpointPolicy, Pipeline, Progress};
+use tidemark::commit::{Committer, Lineage};
+use tidemark::pipeline::{Pipeline, Progress};
 use tidemark::plan::UnprocessedTable;
 use tidemark::read::ReadOptions;
-use tidemark::source::{Shard, Source, UnionSource};
-use tidemark::sql::{query_only, SqlTransform};
+use tidemark::source::Shard;
+use tidemark::sql::query_only;
 use tidemark::store::{CheckpointStore, CompactionOptions, KeySchema, StoreLocation};
-use tidemark::transform::Transform;
 use tidemark_iceberg::SnapshotExpiry;
 
+use crate::distributed::{self, parse_workers, refuse_secrets_on_the_wire};
 use crate::shown::say;
+use crate::spec::{open_sources, RunSpec};
 use crate::targets::{open_source, parse_location, parse_table, AnySink, TableUrl};
 use crate::{
     AdoptArgs, CliError, CompactArgs, GcArgs, PendingArgs, RunArgs, StatusArgs, StoreArgs,
@@ -32,42 +32,28 @@ const EXIT_PENDING: u8 = 3;
 pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     // Names and URLs are checked before anything is opened or written.
     parse_table(&args.target.sink)?;
+    let spec = RunSpec::from_args(&args);
+    if !args.workers.is_empty() {
+        return run_distributed(&args, spec).await;
+    }
     let options = args.target.store.options();
-    let source = open_sources(&args.source, &options).await?;
-    let schema = source.schema();
-    let key_names: Vec<&str> = args.key.iter().map(String::as_str).collect();
-    let keys = KeySchema::from_source(&schema, &key_names)?;
     // The transform is planned (and refused if it is not row-wise) before
     // the store, the table or the source's rows are touched.
-    let (transform, output_schema) = match &args.sql {
-        Some(sql) => {
-            let planned = SqlTransform::new(sql, &schema).await?;
-            (planned.transform().clone(), planned.output_schema().clone())
-        }
-        None => (Transform::new(), schema.clone()),
-    };
-    let store = open_store(&args.target.store, Some(keys)).await?;
+    let planned = spec.plan(&options).await?;
+    let source = planned.source;
+    let transform = planned.transform;
+    let store = spec.open_store(&options, planned.keys).await?;
     let sink = AnySink::open(
         &args.target.sink,
         &options,
-        args.create.then_some(&output_schema),
+        args.create.then_some(&planned.output_schema),
     )
     .await?;
-    let mut writer = sink
-        .writer(args.target_file_size_mib.saturating_mul(1 << 20))
-        .await?;
+    let mut writer = sink.writer(spec.target_file_size_bytes()).await?;
     let progress = Arc::new(Progress::default());
     let shard = args.shard.unwrap_or_else(Shard::all);
-    let pipeline = Pipeline::new(store, sink, args.target.pipeline.clone())
-        .with_shard(shard)
-        .with_read_options(ReadOptions {
-            memory_budget_bytes: args.memory_mib << 20,
-            ..Default::default()
-        })
-        .with_lease_options(args.lease.options())
-        .with_map_workers(args.map_workers)
-        .with_lost_commits_policy(lost_commits_policy(&args))
-        .with_checkpoint_policy(checkpoint_policy(&args))
+    let pipeline = spec
+        .pipeline(store, sink, shard)
         .with_progress(progress.clone());
     let bar = progress_bar(args.quiet, source.row_count());
     let ticker = bar.clone().map(|bar| {
@@ -149,27 +135,43 @@ pub(crate) async fn run(args: RunArgs) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `run` does with commits the table lost, by its flags.
-fn lost_commits_policy(args: &RunArgs) -> LostCommitsPolicy {
-    if args.reprocess_lost_commits {
-        LostCommitsPolicy::Reprocess
-    } else if args.accept_table_state {
-        LostCommitsPolicy::Accept
-    } else {
-        LostCommitsPolicy::Refuse
+/// `run --workers`: the run as a plan whose tasks run on the workers, each
+/// sealing its shard, and one commit of them all on this process.
+async fn run_distributed(args: &RunArgs, spec: RunSpec) -> Result<ExitCode, CliError> {
+    let workers = parse_workers(&args.workers)?;
+    refuse_secrets_on_the_wire(&spec)?;
+    let tasks = args.tasks.map_or(workers.len(), |t| t as usize).max(1);
+    let options = args.target.store.options();
+    // Everything a worker would refuse is refused here first, before any
+    // task starts: the source, the key, the transform, the store, the table.
+    let planned = spec.plan(&options).await?;
+    spec.open_store(&options, planned.keys).await?;
+    AnySink::open(
+        &args.target.sink,
+        &options,
+        args.create.then_some(&planned.output_schema),
+    )
+    .await?
+    .writer(spec.target_file_size_bytes())
+    .await?;
+    let tasks_u32 = u32::try_from(tasks)
+        .map_err(|_| CliError::usage(format!("--tasks {tasks} is too many")))?;
+    let plan = distributed::run_plan(&spec, &options, tasks_u32);
+    let (context, plan) = distributed::distribute(plan, workers, tasks, &options)?;
+    if args.explain {
+        println!("{}", distributed::explain(&plan));
+        return Ok(ExitCode::SUCCESS);
     }
-}
-
-/// The policy of `run`'s checkpoint and commit flags (0 turns an interval off;
-/// a commit interval of 0 commits after every seal).
-fn checkpoint_policy(args: &RunArgs) -> CheckpointPolicy {
-    CheckpointPolicy {
-        rows: args.checkpoint_every_rows.filter(|&rows| rows > 0),
-        interval: (args.checkpoint_every_secs > 0)
-            .then(|| Duration::from_secs(args.checkpoint_every_secs)),
-        per_unit: args.checkpoint_every_file,
-        commit_interval: Duration::from_secs(args.commit_every_secs),
-    }
+    let batches = distributed::execute(&context, plan).await?;
+    let shown = pretty_format_batches(&batches).map_err(|e| CliError::Query {
+        what: "printing the run's report".into(),
+        source: Box::new(datafusion::error::DataFusionError::ArrowError(
+            Box::new(e),
+            None,
+        )),
+    })?;
+    say!("{shown}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn pipeline_table(pipeline: &Pipeline<AnySink>) -> String {
@@ -409,22 +411,6 @@ pub(crate) async fn compact(args: CompactArgs) -> Result<ExitCode, CliError> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// One source, or the union of several.
-async fn open_sources(
-    urls: &[String],
-    options: &HashMap<String, String>,
-) -> Result<Arc<dyn Source>, CliError> {
-    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
-    for text in urls {
-        sources.push(open_source(text, options).await?);
-    }
-    Ok(if sources.len() == 1 {
-        sources.remove(0)
-    } else {
-        Arc::new(UnionSource::new(sources)?)
-    })
 }
 
 /// The query `pending` answers when given none.

@@ -3,7 +3,9 @@
 //! stores.
 
 mod commands;
+mod distributed;
 mod shown;
+mod spec;
 mod targets;
 
 use std::collections::HashMap;
@@ -113,6 +115,23 @@ enum Command {
     /// is in no sealed checkpoint), staging nothing: their count, or the
     /// answer of a SQL query over them, registered as `unprocessed`.
     Pending(PendingArgs),
+    /// Serves a worker of distributed runs (`run --workers`): a
+    /// datafusion-distributed worker that runs the tasks of their plans.
+    /// Prints the URL it listens on. Secrets (object store options such as
+    /// aws_secret_access_key, AWS_* and TIDEMARK_ICEBERG_* variables) are
+    /// given to each worker itself: plans carry none.
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// The address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Object store options, KEY=VALUE (repeatable), added to those of each
+    /// plan: this worker's own settings and secrets.
+    #[arg(short = 'o', long = "option", value_parser = parse_option)]
+    options: Vec<(String, String)>,
 }
 
 #[derive(Debug, Args)]
@@ -250,8 +269,23 @@ struct RunArgs {
     sql: Option<String>,
     /// Run only shard I of N of the source files (I/N, from 0), under the
     /// shard's own lease, so N processes can share the work.
-    #[arg(long, value_parser = parse_shard)]
+    #[arg(long, value_parser = parse_shard, conflicts_with = "workers")]
     shard: Option<tidemark::source::Shard>,
+    /// Run across machines: the URLs of `tidemark worker` processes
+    /// (http://host:port, comma-separated or repeated). Each task runs a
+    /// shard of the source on a worker and seals its checkpoints; this
+    /// process then commits them all in one table commit. A lost worker
+    /// fails the run: rerun it, and finished work is kept.
+    #[arg(long)]
+    workers: Vec<String>,
+    /// With --workers: the number of tasks (shards), at most one per
+    /// worker (default: one per worker).
+    #[arg(long, requires = "workers", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    tasks: Option<u32>,
+    /// With --workers: print the run's distributed plan (its stages, tasks
+    /// and nodes) and exit, after the checks a run makes before any work.
+    #[arg(long, requires = "workers")]
+    explain: bool,
     /// Memory budget of the key filter in MiB; above it keys spill to disk.
     #[arg(long, default_value_t = 1024)]
     memory_mib: usize,
@@ -401,6 +435,11 @@ fn main() -> ExitCode {
             Command::Adopt(args) => commands::adopt(args).await,
             Command::Compact(args) => commands::compact(args).await,
             Command::Pending(args) => commands::pending(args).await,
+            Command::Worker(args) => {
+                distributed::serve_worker(args.listen, args.options.into_iter().collect())
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
         }
     });
     match result {

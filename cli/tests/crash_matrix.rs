@@ -1439,6 +1439,163 @@ async fn killed_shards_keep_their_sealed_checkpoints() {
     }
 }
 
+/// A `tidemark worker` process serving distributed runs, killed when dropped.
+struct WorkerProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl WorkerProcess {
+    /// Starts a worker on a free local port with `options` (its own object
+    /// store settings and secrets) and waits for the URL it prints.
+    fn start(options: &HashMap<String, String>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        command.args(["worker", "--listen", "127.0.0.1:0"]);
+        for (key, value) in options {
+            command.args(["-o", &format!("{key}={value}")]);
+        }
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("tidemark worker listening on ")
+            .unwrap_or_else(|| panic!("the worker printed `{line}`"))
+            .to_string();
+        WorkerProcess { child, url }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A run on three `tidemark worker` processes, a task (shard) on each,
+/// sealing every 500 rows: one worker is SIGKILLed once four checkpoints are
+/// sealed, which fails the run (datafusion-distributed retries no task). The
+/// rerun on the two workers left (two shards: a new shard layout, taken once
+/// the dead tasks' leases expire) skips every sealed key, commits the
+/// checkpoints of both runs in one table commit, and every key lands once:
+/// pyiceberg or deltalake, and DuckDB, read each key once with its value;
+/// the table's storage holds no file it does not reference; `status` is
+/// clean (the dead task's files were collected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_run_survives_a_killed_worker() {
+    for (index, sink) in [SinkKind::Iceberg, SinkKind::Delta].into_iter().enumerate() {
+        let mut scenario = Scenario::new(sink, Backend::local(), 500 + index).await;
+        scenario.write_files(30, 500);
+        let what = format!("{sink:?}, three workers");
+        let (_, options) = scenario.backend.url();
+        let mut workers: Vec<WorkerProcess> =
+            (0..3).map(|_| WorkerProcess::start(options)).collect();
+        let command = |workers: &[WorkerProcess]| {
+            let mut command = scenario.run_command();
+            command.args(["--checkpoint-every-rows", "500", "--map-workers", "2"]);
+            let urls: Vec<&str> = workers.iter().map(|w| w.url.as_str()).collect();
+            command.args(["--workers", &urls.join(",")]);
+            command
+        };
+        let mut run = command(&workers).spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while scenario.sealed_checkpoints().await < 4 {
+            assert!(
+                run.try_wait().unwrap().is_none(),
+                "{what}: the run ended before four checkpoints were sealed"
+            );
+            assert!(std::time::Instant::now() < deadline, "{what}: no seals");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        workers[1].kill();
+        let status = run.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(
+            !status.success(),
+            "{what}: the run succeeded without a worker"
+        );
+        let kept = scenario.sealed_keys();
+        assert!(kept > 0, "{what}: nothing kept");
+        assert!(
+            kept < 15_000,
+            "{what}: everything was sealed before the kill"
+        );
+        eprintln!("{what}: the run failed as its worker died, {kept} keys kept: {stderr}");
+        workers.remove(1);
+        let mut rerun = command(&workers);
+        let mut finished = None;
+        for _ in 0..80 {
+            let output = rerun.bounded_output().unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+            let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+            if output.status.success() {
+                finished = Some(stdout);
+                break;
+            }
+            assert!(
+                stderr.contains("held"),
+                "{what}: the rerun failed for another reason than a dead task's lease: {stderr}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let report = finished.unwrap_or_else(|| panic!("{what}: no rerun finished"));
+        let totals = run_totals(&report);
+        assert_eq!(totals["tasks"], 2, "{what}: {report}");
+        // The first run's tasks on the workers left may seal more before
+        // they stop: the rerun skips at least what was sealed at the kill.
+        assert!(
+            totals["rows_skipped"] >= kept as u64,
+            "{what}: {kept} sealed at the kill: {report}"
+        );
+        assert_eq!(
+            totals["rows_skipped"] + totals["rows_written"],
+            15_000,
+            "{what}: every row skipped or written: {report}"
+        );
+        assert_eq!(
+            totals["commits"], 1,
+            "{what}: one commit of every task: {report}"
+        );
+        assert_eq!(
+            totals["rows_committed"], 15_000,
+            "{what}: the commit carries both runs' checkpoints: {report}"
+        );
+        scenario.verify(&what).await;
+        eprintln!("PASS {what}: {kept} of 15000 rows kept over a killed worker");
+    }
+}
+
+/// The totals row of a distributed run's report (a table with one row).
+fn run_totals(report: &str) -> HashMap<String, u64> {
+    let rows: Vec<Vec<&str>> = report
+        .lines()
+        .filter(|line| line.starts_with('|'))
+        .map(|line| {
+            line.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "one header and one row: {report}");
+    rows[0]
+        .iter()
+        .zip(&rows[1])
+        .filter_map(|(name, value)| Some((name.to_string(), value.parse().ok()?)))
+        .collect()
+}
+
 /// What a maintenance step leaves in the store before the killed command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Setup {
