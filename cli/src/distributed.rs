@@ -311,7 +311,9 @@ fn run_shards(
 /// futures of a run are not all provably so (iceberg's scan planning, the
 /// catalogs' clients hold references across awaits in a way the compiler
 /// cannot check for every lifetime); a run's task holds its thread for its
-/// whole length anyway.
+/// whole length anyway. Dropping the returned future (the query failed or
+/// was cancelled) drops the work at its next await, as a kill would stop
+/// it: its open checkpoint stays unsealed and its lease expires.
 async fn on_blocking_thread<T, W, F>(work: W) -> DataFusionResult<T>
 where
     T: Send + 'static,
@@ -319,9 +321,19 @@ where
     F: Future<Output = DataFusionResult<T>>,
 {
     let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || runtime.block_on(work()))
-        .await
-        .map_err(external)?
+    let (_running, dropped) = tokio::sync::oneshot::channel::<()>();
+    tokio::task::spawn_blocking(move || {
+        runtime.block_on(async move {
+            tokio::select! {
+                result = work() => result,
+                _ = dropped => Err(DataFusionError::Execution(
+                    "the query stopped before this task finished".into(),
+                )),
+            }
+        })
+    })
+    .await
+    .map_err(external)?
 }
 
 fn u64_column(batch: &RecordBatch, index: usize) -> DataFusionResult<&UInt64Array> {
@@ -763,7 +775,13 @@ pub(crate) async fn execute(
 ) -> Result<Vec<RecordBatch>, CliError> {
     datafusion::physical_plan::collect(plan, context.task_ctx())
         .await
-        .map_err(|e| query_error("running the distributed run's plan", e))
+        .map_err(|e| {
+            query_error(
+                "running the distributed run (a task failed, or a worker was lost: what \
+                 the tasks sealed is kept, and a rerun skips it and finishes the rest)",
+                e,
+            )
+        })
 }
 
 fn query_error(what: &str, source: DataFusionError) -> CliError {
@@ -796,4 +814,78 @@ pub(crate) async fn serve_worker(
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
         .map_err(|e| CliError::usage(format!("the worker on {bound} stopped: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(sink: &str) -> RunSpec {
+        RunSpec {
+            sources: vec!["file:///drop/".into()],
+            sink: sink.into(),
+            store: "file:///checkpoints".into(),
+            pipeline: "p".into(),
+            keys: vec!["id".into()],
+            sql: None,
+            shared_options: Default::default(),
+            memory_mib: 1,
+            lease_ttl_secs: 30,
+            checkpoint_every_rows: 0,
+            checkpoint_every_secs: 0,
+            checkpoint_every_file: false,
+            commit_every_secs: 0,
+            target_file_size_mib: 1,
+            map_workers: 1,
+            accept_table_state: false,
+            reprocess_lost_commits: false,
+        }
+    }
+
+    #[test]
+    fn a_url_with_a_secret_never_goes_on_the_wire() {
+        let plain = spec("iceberg+postgresql://user@db/catalog?warehouse=s3://b/wh#ns.t");
+        assert!(refuse_secrets_on_the_wire(&plain).is_ok());
+        let with_password = spec("iceberg+postgresql://user:hush@db/catalog#ns.t");
+        let refused = refuse_secrets_on_the_wire(&with_password)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("carries a secret"), "{refused}");
+        assert!(!refused.contains("hush"), "{refused}");
+    }
+
+    #[test]
+    fn worker_urls_are_checked_before_any_work() {
+        let urls = parse_workers(&["http://a:1,http://b:2".into(), "http://c:3".into()]);
+        assert_eq!(urls.map(|u| u.len()).ok(), Some(3));
+        for bad in ["a:1", "https://a:1", "http://a", "grpc://a:1"] {
+            assert!(parse_workers(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_codec_carries_the_spec_and_not_the_local_options() {
+        let local: HashMap<String, String> =
+            [("aws_secret_access_key".to_string(), "hush".to_string())].into();
+        let plan = run_plan(&spec("delta+file:///t"), &local, 2);
+        let codec = TidemarkCodec::new(HashMap::new());
+        let run = Arc::clone(plan.children()[0].children()[0]);
+        let mut wire = Vec::new();
+        codec.try_encode(Arc::clone(&run), &mut wire).ok();
+        let text = String::from_utf8_lossy(&wire);
+        assert!(text.contains("delta+file:///t"), "{text}");
+        assert!(!text.contains("hush"), "{text}");
+        let decoded = codec.try_decode(
+            &wire,
+            &[Arc::new(PipelineShardsExec::new(2))],
+            &TaskContext::default(),
+        );
+        let decoded = decoded.ok();
+        let decoded = decoded
+            .as_ref()
+            .and_then(|p| p.as_any().downcast_ref::<CheckpointedRunExec>());
+        assert_eq!(decoded.map(|r| &r.spec), Some(&spec("delta+file:///t")));
+        assert_eq!(decoded.map(|r| r.local_options.len()), Some(0));
+    }
 }

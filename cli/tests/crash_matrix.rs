@@ -1576,6 +1576,47 @@ async fn a_distributed_run_survives_a_killed_worker() {
     }
 }
 
+/// `run --workers ... --explain` prints the distributed plan without running
+/// it: the commit on the coordinator, a network coalesce of one task a
+/// worker, and each task's run over its shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_run_explains_its_plan() {
+    let scenario = Scenario::new(SinkKind::Delta, Backend::local(), 510).await;
+    let mut command = scenario.run_command();
+    command.args(["--sql", "SELECT id, upper(text) AS text FROM source"]);
+    command.args([
+        "--workers",
+        "http://127.0.0.1:1,http://127.0.0.1:2",
+        "--workers",
+        "http://127.0.0.1:3",
+        "--explain",
+    ]);
+    let output = command.bounded_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown = String::from_utf8_lossy(&output.stdout)
+        .replace(&scenario.sink_arg(), "SINK")
+        .lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let expected = "\
+┌───── DistributedExec ── Tasks: t0:[p0]
+│ CheckpointedCommitExec: pipeline=crash-matrix, sink=SINK
+│   CoalescePartitionsExec
+│     [Stage 1] => NetworkCoalesceExec: output_partitions=3, input_tasks=3
+└──────────────────────────────────────────────────
+  ┌───── Stage 1 ── Tasks: t0:[p0] t1:[p1] t2:[p2]
+  │ CheckpointedRunExec: pipeline=crash-matrix, keys=[id], sources=1, sink=SINK, sql=true
+  │   PipelineShardsExec: shards=3
+  └──────────────────────────────────────────────────";
+    assert_eq!(shown.trim_end(), expected);
+    assert_eq!(scenario.sealed_checkpoints().await, 0, "nothing ran");
+}
+
 /// The totals row of a distributed run's report (a table with one row).
 fn run_totals(report: &str) -> HashMap<String, u64> {
     let rows: Vec<Vec<&str>> = report
