@@ -153,16 +153,16 @@ async fn run_distributed(args: &RunArgs, spec: RunSpec) -> Result<ExitCode, CliE
     )
     .await?
     .writer(spec.target_file_size_bytes())
-    .await?;
-    let tasks_u32 = u32::try_from(tasks)
-        .map_err(|_| CliError::usage(format!("--tasks {tasks} is too many")))?;
-    let plan = distributed::run_plan(&spec, &options, tasks_u32);
-    let (context, plan) = distributed::distribute(plan, workers, tasks, &options)?;
+    .await?
+    .check_schema(&planned.output_schema)?;
     if args.explain {
+        let plan = distributed::run_plan(&spec, &options, distributed::shard_count(tasks)?);
+        let (_, plan) = distributed::distribute(plan, workers, tasks, &options)?;
         println!("{}", distributed::explain(&plan));
         return Ok(ExitCode::SUCCESS);
     }
-    let batches = distributed::execute(&context, plan).await?;
+    let batches =
+        distributed::run_with_retries(&spec, &options, &workers, tasks, args.retries).await?;
     let shown = pretty_format_batches(&batches).map_err(|e| CliError::Query {
         what: "printing the run's report".into(),
         source: Box::new(datafusion::error::DataFusionError::ArrowError(

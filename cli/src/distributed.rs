@@ -30,6 +30,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
@@ -60,6 +61,7 @@ use tidemark::redact::redact_url;
 use tidemark::source::Shard;
 use url::Url;
 
+use crate::shown::say;
 use crate::spec::RunSpec;
 use crate::targets::AnySink;
 use crate::CliError;
@@ -761,6 +763,72 @@ pub(crate) fn distribute(
         .optimize(plan, context.state().config_options())
         .map_err(|e| query_error("distributing the run's plan", e))?;
     Ok((context, plan))
+}
+
+/// The shard count of `tasks` tasks.
+pub(crate) fn shard_count(tasks: usize) -> Result<u32, CliError> {
+    u32::try_from(tasks).map_err(|_| CliError::usage(format!("{tasks} tasks are too many")))
+}
+
+/// Runs the run's plan on the workers among `workers` that answer, and
+/// again after a failure (a lost worker, a failed task) up to `retries`
+/// times. Each retry first waits for the failed attempt's leases to expire
+/// (the spec's lease TTL: its tasks stopped without releasing them), leaves
+/// out the workers that no longer answer, and splits the run over the
+/// others (one task a worker, at most `tasks`). What earlier attempts sealed
+/// is kept: a retry skips it, and its commit carries it.
+pub(crate) async fn run_with_retries(
+    spec: &RunSpec,
+    options: &HashMap<String, String>,
+    workers: &[Url],
+    tasks: usize,
+    retries: u32,
+) -> Result<Vec<RecordBatch>, CliError> {
+    let mut attempt = 0;
+    loop {
+        let live = answering(workers).await;
+        if live.is_empty() {
+            return Err(CliError::usage(format!(
+                "none of the {} worker(s) answers: start `tidemark worker` on them and rerun; \
+                 what earlier attempts sealed is kept",
+                workers.len()
+            )));
+        }
+        let attempt_tasks = tasks.min(live.len()).max(1);
+        let plan = run_plan(spec, options, shard_count(attempt_tasks)?);
+        let (context, plan) = distribute(plan, live.clone(), attempt_tasks, options)?;
+        match execute(&context, plan).await {
+            Ok(batches) => return Ok(batches),
+            Err(error) if attempt < retries => {
+                attempt += 1;
+                say!(
+                    "attempt {attempt} of the distributed run failed on {} worker(s): {error}; \
+                     retrying on the workers that answer once its leases expire ({} s)",
+                    live.len(),
+                    spec.lease_ttl_secs
+                );
+                tokio::time::sleep(Duration::from_secs(spec.lease_ttl_secs.saturating_add(1)))
+                    .await;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// The workers that accept a connection within two seconds.
+async fn answering(workers: &[Url]) -> Vec<Url> {
+    let mut live = Vec::new();
+    for url in workers {
+        let (Some(host), Some(port)) = (url.host_str(), url.port()) else {
+            continue;
+        };
+        let connect = tokio::net::TcpStream::connect((host, port));
+        match tokio::time::timeout(Duration::from_secs(2), connect).await {
+            Ok(Ok(_)) => live.push(url.clone()),
+            _ => tracing::warn!(worker = %url, "the worker does not answer; left out"),
+        }
+    }
+    live
 }
 
 /// The plan as `run --explain` prints it: its stages and their tasks.

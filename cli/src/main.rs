@@ -282,6 +282,12 @@ struct RunArgs {
     /// worker (default: one per worker).
     #[arg(long, requires = "workers", value_parser = clap::value_parser!(u32).range(1..=4096))]
     tasks: Option<u32>,
+    /// With --workers: after a failed attempt (a lost worker, a failed
+    /// task), wait for its leases to expire (--lease-ttl-secs) and run again
+    /// this many times on the workers that still answer. Each attempt skips
+    /// what earlier ones sealed.
+    #[arg(long, default_value_t = 2, requires = "workers")]
+    retries: u32,
     /// With --workers: print the run's distributed plan (its stages, tasks
     /// and nodes) and exit, after the checks a run makes before any work.
     #[arg(long, requires = "workers")]

@@ -1484,19 +1484,28 @@ impl Drop for WorkerProcess {
 
 /// A run on three `tidemark worker` processes, a task (shard) on each,
 /// sealing every 500 rows: one worker is SIGKILLed once four checkpoints are
-/// sealed, which fails the run (datafusion-distributed retries no task). The
-/// rerun on the two workers left (two shards: a new shard layout, taken once
-/// the dead tasks' leases expire) skips every sealed key, commits the
-/// checkpoints of both runs in one table commit, and every key lands once:
-/// pyiceberg or deltalake, and DuckDB, read each key once with its value;
-/// the table's storage holds no file it does not reference; `status` is
-/// clean (the dead task's files were collected).
+/// sealed, which fails the attempt (datafusion-distributed retries no task).
+/// With retries (the default), the run waits for the dead tasks' leases to
+/// expire and runs again on the two workers left; without (`--retries 0`) it
+/// fails, and a rerun on the two workers does the same. Either way the
+/// attempt that finishes (two shards: a new shard layout) skips every key
+/// sealed before the kill, commits the checkpoints of both attempts in one
+/// table commit, and every key lands once: pyiceberg or deltalake, and
+/// DuckDB, read each key once with its value; the table's storage holds no
+/// file it does not reference; `status` is clean (the dead task's files were
+/// collected).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_distributed_run_survives_a_killed_worker() {
-    for (index, sink) in [SinkKind::Iceberg, SinkKind::Delta].into_iter().enumerate() {
+    let cases = [
+        (SinkKind::Iceberg, true),
+        (SinkKind::Delta, true),
+        (SinkKind::Iceberg, false),
+        (SinkKind::Delta, false),
+    ];
+    for (index, (sink, retries)) in cases.into_iter().enumerate() {
         let mut scenario = Scenario::new(sink, Backend::local(), 500 + index).await;
         scenario.write_files(30, 500);
-        let what = format!("{sink:?}, three workers");
+        let what = format!("{sink:?}, three workers, retries: {retries}");
         let (_, options) = scenario.backend.url();
         let mut workers: Vec<WorkerProcess> =
             (0..3).map(|_| WorkerProcess::start(options)).collect();
@@ -1505,6 +1514,10 @@ async fn a_distributed_run_survives_a_killed_worker() {
             command.args(["--checkpoint-every-rows", "500", "--map-workers", "2"]);
             let urls: Vec<&str> = workers.iter().map(|w| w.url.as_str()).collect();
             command.args(["--workers", &urls.join(",")]);
+            if !retries {
+                command.args(["--retries", "0"]);
+            }
+            command.stdout(std::process::Stdio::piped());
             command
         };
         let mut run = command(&workers).spawn().unwrap();
@@ -1518,42 +1531,52 @@ async fn a_distributed_run_survives_a_killed_worker() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         workers[1].kill();
-        let status = run.wait().unwrap();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut stderr).unwrap();
-        assert!(
-            !status.success(),
-            "{what}: the run succeeded without a worker"
-        );
         let kept = scenario.sealed_keys();
         assert!(kept > 0, "{what}: nothing kept");
         assert!(
             kept < 15_000,
             "{what}: everything was sealed before the kill"
         );
-        eprintln!("{what}: the run failed as its worker died, {kept} keys kept: {stderr}");
-        workers.remove(1);
-        let mut rerun = command(&workers);
-        let mut finished = None;
-        for _ in 0..80 {
-            let output = rerun.bounded_output().unwrap();
-            let stdout = String::from_utf8_lossy(&output.stdout).to_string();
-            let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-            if output.status.success() {
-                finished = Some(stdout);
-                break;
-            }
+        let first = run.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&first.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&first.stderr).to_string();
+        let report = if retries {
+            assert!(first.status.success(), "{what}: the retry failed: {stderr}");
             assert!(
-                stderr.contains("held"),
-                "{what}: the rerun failed for another reason than a dead task's lease: {stderr}"
+                stdout.contains("attempt 1 of the distributed run failed"),
+                "{what}: no retry: {stdout}"
             );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        let report = finished.unwrap_or_else(|| panic!("{what}: no rerun finished"));
+            stdout
+        } else {
+            assert!(
+                !first.status.success(),
+                "{what}: the run succeeded without a worker"
+            );
+            assert!(stderr.contains("a rerun skips it"), "{what}: {stderr}");
+            workers.remove(1);
+            let mut rerun = command(&workers);
+            let mut finished = None;
+            for _ in 0..80 {
+                let output = rerun.bounded_output().unwrap();
+                let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+                if output.status.success() {
+                    finished = Some(String::from_utf8_lossy(&output.stdout).to_string());
+                    break;
+                }
+                assert!(
+                    stderr.contains("held"),
+                    "{what}: the rerun failed for another reason than a dead task's lease: \
+                     {stderr}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            finished.unwrap_or_else(|| panic!("{what}: no rerun finished"))
+        };
         let totals = run_totals(&report);
         assert_eq!(totals["tasks"], 2, "{what}: {report}");
-        // The first run's tasks on the workers left may seal more before
-        // they stop: the rerun skips at least what was sealed at the kill.
+        // Tasks of the failed attempt on the workers left may seal more
+        // before they stop: the last attempt skips at least what was sealed
+        // at the kill.
         assert!(
             totals["rows_skipped"] >= kept as u64,
             "{what}: {kept} sealed at the kill: {report}"
@@ -1569,10 +1592,10 @@ async fn a_distributed_run_survives_a_killed_worker() {
         );
         assert_eq!(
             totals["rows_committed"], 15_000,
-            "{what}: the commit carries both runs' checkpoints: {report}"
+            "{what}: the commit carries both attempts' checkpoints: {report}"
         );
         scenario.verify(&what).await;
-        eprintln!("PASS {what}: {kept} of 15000 rows kept over a killed worker");
+        eprintln!("PASS {what}: {kept} of 15000 rows sealed before a worker was killed");
     }
 }
 
