@@ -273,3 +273,62 @@ async fn a_local_store_leaves_no_empty_directories() {
         empty.len()
     );
 }
+
+/// Runs that only seal (`Pipeline::sealing_only`, a distributed run's
+/// tasks) commit nothing, neither their own checkpoints nor, in their
+/// repair, earlier ones; their keys are processed at once, and one
+/// `commit_pending` afterwards commits them all in one table commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealing_only_runs_leave_one_commit_to_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeySchema::single("id", DataType::Int64).unwrap();
+    let store = CheckpointStore::open_at(
+        StoreLocation::from_object_store(Arc::new(InMemory::new()), Path::from("store")),
+        keys,
+    )
+    .await
+    .unwrap();
+    let table = MemoryTable::default();
+    let sealing_run = |run: i64| {
+        let folder = dir.path().join(format!("run-{run}"));
+        write_source(&folder, run * KEYS_PER_RUN..(run + 1) * KEYS_PER_RUN);
+        let (store, table) = (store.clone(), table.clone());
+        async move {
+            let source = ParquetSource::open(
+                &format!("file://{}/", folder.display()),
+                &ParquetSourceOptions::default(),
+            )
+            .await
+            .unwrap();
+            Pipeline::new(store, table.clone(), "long-life")
+                .sealing_only()
+                .run(
+                    Arc::new(source),
+                    &Transform::new(),
+                    &mut MemoryWriter { table },
+                )
+                .await
+                .unwrap()
+        }
+    };
+    for run in 0..2 {
+        let report = sealing_run(run).await;
+        assert_eq!(report.rows_written, KEYS_PER_RUN as u64);
+        assert!(report.committed.commits.is_empty(), "run {run} committed");
+        assert!(report.repaired.commits.is_empty(), "run {run} repaired");
+        assert_eq!(table.marker(), None, "run {run}");
+        assert!(table.appended().is_empty(), "run {run}");
+    }
+    let state = store.load().await.unwrap();
+    assert_eq!(state.pending_commit().len(), 2);
+    let again = sealing_run(0).await;
+    assert_eq!(again.rows_written, 0, "sealed keys are processed");
+    let committed = tidemark::commit::Committer::new(store.clone(), table.clone(), "long-life")
+        .commit_pending()
+        .await
+        .unwrap();
+    assert_eq!(committed.commits.len(), 1, "{committed:?}");
+    assert_eq!(committed.rows_applied(), 2 * KEYS_PER_RUN as u64);
+    assert_eq!(table.marker(), Some(1));
+    assert_eq!(table.appended().len(), 2);
+}
