@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! cargo bench -p tidemark-cli --bench distributed -- [--rows N] [--files N]
-//!     [--sinks iceberg,delta] [--modes single,shards-2,workers-1,workers-2]
+//!     [--sinks iceberg,delta] [--modes single,shards-2,workers-1,workers-2,daft]
+//!     [--daft-python PATH]
 //! ```
 //!
 //! The pipeline reads `--files` Parquet files (`--rows` rows in all, keyed on
@@ -16,6 +17,14 @@
 //! seconds are the whole command's, from its start to its exit (the workers
 //! are started before and serve both runs). Every run's report must account
 //! for every row, or the bench fails.
+//!
+//! `daft` runs the same pipeline in Daft on its Ray runner
+//! (`benches/pipeline.py`, the end-to-end benchmark's: a checkpointed read on
+//! `id`, `chars = length(text)`, an idempotent append) with the Python of
+//! `--daft-python` (default: the end-to-end benchmark's virtual environment,
+//! `~/.cache/tidemark/bench-venv`; `cargo bench --bench pipeline -- --engines
+//! daft` makes it). Its command's seconds include starting Ray; `own s` is
+//! Daft's pipeline alone, as it reports it.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::BufRead;
@@ -42,7 +51,12 @@ fn main() {
     let rows: u64 = flag("--rows", "2000000").parse().unwrap();
     let files: u64 = flag("--files", "10").parse().unwrap();
     let sinks = list(&flag("--sinks", "iceberg,delta"));
-    let modes = list(&flag("--modes", "single,shards-2,workers-1,workers-2"));
+    let modes = list(&flag("--modes", "single,shards-2,workers-1,workers-2,daft"));
+    let home = std::env::var("HOME").unwrap_or_default();
+    let daft_python = flag(
+        "--daft-python",
+        &format!("{home}/.cache/tidemark/bench-venv/bin/python"),
+    );
     let data = tempfile::tempdir().unwrap();
     let source = data.path().join("source");
     write_source(&source, rows, files);
@@ -51,8 +65,8 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!();
-    println!("| sink | mode | run | seconds | rows written | rows/s | vs single |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| sink | mode | run | seconds | rows written | rows/s | vs single | own s |");
+    println!("|---|---|---|---:|---:|---:|---:|---:|");
     for sink in &sinks {
         let mut single = [None, None];
         for mode in &modes {
@@ -64,9 +78,17 @@ fn main() {
                     .collect(),
                 None => Vec::new(),
             };
+            if mode == "daft" && !Path::new(&daft_python).exists() {
+                eprintln!("daft: no {daft_python}; skipped (see --daft-python)");
+                continue;
+            }
             for (phase, name) in ["first", "again"].into_iter().enumerate() {
                 let started = Instant::now();
-                let written = run(mode, sink, &work, &source, &workers);
+                let (written, own) = if mode == "daft" {
+                    run_daft(&daft_python, sink, &work, &source, name)
+                } else {
+                    (run(mode, sink, &work, &source, &workers), None)
+                };
                 let seconds = started.elapsed().as_secs_f64();
                 let expected = if phase == 0 { rows } else { 0 };
                 assert_eq!(written, expected, "{sink} {mode} {name}: rows written");
@@ -77,12 +99,13 @@ fn main() {
                     .map(|s| format!("{:.2}x", s / seconds))
                     .unwrap_or_default();
                 println!(
-                    "| {sink} | {mode} | {name} | {seconds:.2} | {written} | {} | {relative} |",
+                    "| {sink} | {mode} | {name} | {seconds:.2} | {written} | {} | {relative} | {} |",
                     if written > 0 {
-                        format!("{:.0}", written as f64 / seconds)
+                        format!("{:.2} M", written as f64 / seconds / 1e6)
                     } else {
                         String::new()
-                    }
+                    },
+                    own.map(|s| format!("{s:.2}")).unwrap_or_default()
                 );
             }
         }
@@ -154,6 +177,38 @@ fn run(mode: &str, sink: &str, work: &Path, source: &Path, workers: &[WorkerProc
         }
     };
     outputs.iter().map(|text| rows_written(text)).sum()
+}
+
+/// One run of the Daft pipeline: the rows it wrote and its own seconds.
+fn run_daft(
+    python: &str,
+    sink: &str,
+    work: &Path,
+    source: &Path,
+    phase: &str,
+) -> (u64, Option<f64>) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/pipeline.py");
+    let output = Command::new(python)
+        .arg(script)
+        .args(["daft", "--sink", sink, "--phase", phase])
+        .arg("--work")
+        .arg(work)
+        .arg("--source")
+        .arg(source)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "daft failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
+    let result: serde_json::Value = serde_json::from_str(last).unwrap();
+    (
+        result["rows_written"].as_u64().unwrap(),
+        result["seconds"].as_f64(),
+    )
 }
 
 fn sink_url(sink: &str, work: &Path) -> String {
