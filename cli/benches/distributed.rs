@@ -27,7 +27,6 @@
 //! Daft's pipeline alone, as it reports it.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -36,6 +35,10 @@ use std::time::Instant;
 use arrow_array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
+
+#[path = "../tests/worker/mod.rs"]
+mod worker;
+use worker::WorkerProcess;
 
 const SQL: &str = "SELECT id, text, length(text) AS chars FROM source";
 
@@ -74,7 +77,7 @@ fn main() {
             std::fs::create_dir_all(&work).unwrap();
             let workers: Vec<WorkerProcess> = match mode.strip_prefix("workers-") {
                 Some(n) => (0..n.parse::<usize>().unwrap())
-                    .map(|_| WorkerProcess::start())
+                    .map(|_| WorkerProcess::start(&Default::default()))
                     .collect(),
                 None => Vec::new(),
             };
@@ -259,37 +262,4 @@ fn rows_written(report: &str) -> u64 {
         .collect();
     let column = rows[0].iter().position(|c| *c == "rows_written").unwrap();
     rows[1][column].parse().unwrap()
-}
-
-/// A `tidemark worker` on a free local port, killed when dropped.
-struct WorkerProcess {
-    child: Child,
-    url: String,
-}
-
-impl WorkerProcess {
-    fn start() -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
-            .args(["worker", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("tidemark worker listening on ")
-            .unwrap()
-            .to_string();
-        WorkerProcess { child, url }
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

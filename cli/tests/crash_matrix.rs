@@ -19,6 +19,7 @@
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
+mod worker;
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -45,6 +46,7 @@ use tidemark_delta::{DeltaSink, DeltaWriterOptions};
 use tidemark_iceberg::{IcebergSink, IcebergWriterOptions, ObjectStorageFactory};
 
 use support::{Backend, BoundedOutput, Fault, FaultProxy, Op};
+use worker::WorkerProcess;
 
 const PIPELINE: &str = "crash-matrix";
 /// Small files, so one run writes several and a crash can fall between them.
@@ -1436,49 +1438,6 @@ async fn killed_shards_keep_their_sealed_checkpoints() {
         assert_eq!(processed, 10_000 - kept, "{what}: the reruns processed");
         scenario.verify(&what).await;
         eprintln!("PASS {what}: {kept} of 10000 rows kept");
-    }
-}
-
-/// A `tidemark worker` process serving distributed runs, killed when dropped.
-struct WorkerProcess {
-    child: std::process::Child,
-    url: String,
-}
-
-impl WorkerProcess {
-    /// Starts a worker on a free local port with `options` (its own object
-    /// store settings and secrets) and waits for the URL it prints.
-    fn start(options: &HashMap<String, String>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tidemark"));
-        command.args(["worker", "--listen", "127.0.0.1:0"]);
-        for (key, value) in options {
-            command.args(["-o", &format!("{key}={value}")]);
-        }
-        let mut child = command
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("tidemark worker listening on ")
-            .unwrap_or_else(|| panic!("the worker printed `{line}`"))
-            .to_string();
-        WorkerProcess { child, url }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

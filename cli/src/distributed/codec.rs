@@ -10,7 +10,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::PhysicalExtensionCodec;
 use serde::{Deserialize, Serialize};
 
-use super::nodes::{external, CheckpointedCommitExec, CheckpointedRunExec, PipelineShardsExec};
+use super::nodes::{external, PipelineShardsExec, RunStage, RunStageExec};
 use crate::spec::RunSpec;
 
 /// Encodes the run's plan nodes for the wire: a [`RunSpec`] as JSON (no
@@ -24,8 +24,7 @@ pub(crate) struct TidemarkCodec {
 #[derive(Serialize, Deserialize)]
 enum WireNode {
     Shards { count: u32 },
-    Run { spec: RunSpec },
-    Commit { spec: RunSpec },
+    Stage { stage: RunStage, spec: Box<RunSpec> },
 }
 
 impl TidemarkCodec {
@@ -50,13 +49,9 @@ impl PhysicalExtensionCodec for TidemarkCodec {
         };
         Ok(match node {
             WireNode::Shards { count } => Arc::new(PipelineShardsExec::new(count)),
-            WireNode::Run { spec } => Arc::new(CheckpointedRunExec::new(
-                spec,
-                self.local_options.clone(),
-                input()?,
-            )),
-            WireNode::Commit { spec } => Arc::new(CheckpointedCommitExec::new(
-                spec,
+            WireNode::Stage { stage, spec } => Arc::new(RunStageExec::new(
+                stage,
+                *spec,
                 self.local_options.clone(),
                 input()?,
             )),
@@ -69,13 +64,10 @@ impl PhysicalExtensionCodec for TidemarkCodec {
             WireNode::Shards {
                 count: shards.count,
             }
-        } else if let Some(run) = any.downcast_ref::<CheckpointedRunExec>() {
-            WireNode::Run {
-                spec: run.spec.clone(),
-            }
-        } else if let Some(commit) = any.downcast_ref::<CheckpointedCommitExec>() {
-            WireNode::Commit {
-                spec: commit.spec.clone(),
+        } else if let Some(node) = any.downcast_ref::<RunStageExec>() {
+            WireNode::Stage {
+                stage: node.stage,
+                spec: Box::new(node.spec.clone()),
             }
         } else {
             return Err(DataFusionError::Internal(format!(

@@ -51,7 +51,7 @@ use tidemark::redact::redact_url;
 use url::Url;
 
 pub(crate) use codec::TidemarkCodec;
-use nodes::{CheckpointedCommitExec, CheckpointedRunExec, PipelineShardsExec};
+use nodes::{PipelineShardsExec, RunStage, RunStageExec};
 pub(crate) use worker::serve_worker;
 
 use crate::shown::say;
@@ -65,13 +65,15 @@ pub(crate) fn run_plan(
     tasks: u32,
 ) -> Arc<dyn ExecutionPlan> {
     let shards = Arc::new(PipelineShardsExec::new(tasks));
-    let run = Arc::new(CheckpointedRunExec::new(
+    let run = Arc::new(RunStageExec::new(
+        RunStage::Run,
         spec.clone(),
         local_options.clone(),
         shards,
     ));
     let gathered = Arc::new(CoalescePartitionsExec::new(run));
-    Arc::new(CheckpointedCommitExec::new(
+    Arc::new(RunStageExec::new(
+        RunStage::Commit,
         spec.clone(),
         local_options.clone(),
         gathered,
@@ -342,7 +344,8 @@ mod tests {
         let decoded = decoded.ok();
         let decoded = decoded
             .as_ref()
-            .and_then(|p| p.as_any().downcast_ref::<CheckpointedRunExec>());
+            .and_then(|p| p.as_any().downcast_ref::<RunStageExec>());
+        assert_eq!(decoded.map(|r| r.stage), Some(RunStage::Run));
         assert_eq!(decoded.map(|r| &r.spec), Some(&spec("delta+file:///t")));
         assert_eq!(decoded.map(|r| r.local_options.len()), Some(0));
     }

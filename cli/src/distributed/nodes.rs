@@ -21,6 +21,7 @@ use datafusion::physical_plan::{
 use datafusion_distributed::DistributedTaskContext;
 use futures::future::BoxFuture;
 use futures::{stream, TryStreamExt};
+use serde::{Deserialize, Serialize};
 use tidemark::commit::Committer;
 use tidemark::redact::redact_url;
 use tidemark::source::Shard;
@@ -154,10 +155,24 @@ impl ExecutionPlan for PipelineShardsExec {
     }
 }
 
-/// Runs the pipeline over each shard its input names, sealing without
-/// committing, and answers one report row per shard.
+/// What a stage node of the run does with its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum RunStage {
+    /// `CheckpointedRunExec`, in each task: runs the pipeline over each
+    /// shard its input names, sealing without committing, and answers one
+    /// report row per shard.
+    Run,
+    /// `CheckpointedCommitExec`, the head of the plan on the coordinator:
+    /// once every task has reported, commits every sealed checkpoint of the
+    /// pipeline in one table commit and answers the run's totals.
+    Commit,
+}
+
+/// A stage of the run over its input: the tasks' runs or the commit (see
+/// [`RunStage`]), with the run's spec.
 #[derive(Debug)]
-pub(crate) struct CheckpointedRunExec {
+pub(crate) struct RunStageExec {
+    pub(super) stage: RunStage,
     pub(super) spec: RunSpec,
     /// This process's own object store options (secrets included): never
     /// encoded.
@@ -166,39 +181,58 @@ pub(crate) struct CheckpointedRunExec {
     properties: Arc<PlanProperties>,
 }
 
-impl CheckpointedRunExec {
-    /// Runs the shards `input` names with `spec` and `local_options`.
+impl RunStageExec {
+    /// `stage` of the run `spec` describes, over `input`, in a process with
+    /// `local_options`.
     pub(super) fn new(
+        stage: RunStage,
         spec: RunSpec,
         local_options: HashMap<String, String>,
         input: Arc<dyn ExecutionPlan>,
     ) -> Self {
-        CheckpointedRunExec {
+        let schema = match stage {
+            RunStage::Run => task_report_schema(),
+            RunStage::Commit => commit_report_schema(),
+        };
+        RunStageExec {
+            stage,
             spec,
             local_options,
             input,
-            properties: plan_properties(task_report_schema()),
+            properties: plan_properties(schema),
         }
     }
 }
 
-impl DisplayAs for CheckpointedRunExec {
+impl DisplayAs for RunStageExec {
     fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "CheckpointedRunExec: pipeline={}, keys=[{}], sources={}, sink={}, sql={}",
-            self.spec.pipeline,
-            self.spec.keys.join(", "),
-            self.spec.sources.len(),
-            redact_url(&self.spec.sink),
-            self.spec.sql.is_some(),
-        )
+        let spec = &self.spec;
+        match self.stage {
+            RunStage::Run => write!(
+                f,
+                "CheckpointedRunExec: pipeline={}, keys=[{}], sources={}, sink={}, sql={}",
+                spec.pipeline,
+                spec.keys.join(", "),
+                spec.sources.len(),
+                redact_url(&spec.sink),
+                spec.sql.is_some(),
+            ),
+            RunStage::Commit => write!(
+                f,
+                "CheckpointedCommitExec: pipeline={}, sink={}",
+                spec.pipeline,
+                redact_url(&spec.sink)
+            ),
+        }
     }
 }
 
-impl ExecutionPlan for CheckpointedRunExec {
+impl ExecutionPlan for RunStageExec {
     fn name(&self) -> &str {
-        "CheckpointedRunExec"
+        match self.stage {
+            RunStage::Run => "CheckpointedRunExec",
+            RunStage::Commit => "CheckpointedCommitExec",
+        }
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -207,6 +241,13 @@ impl ExecutionPlan for CheckpointedRunExec {
 
     fn properties(&self) -> &Arc<PlanProperties> {
         &self.properties
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        match self.stage {
+            RunStage::Run => vec![Distribution::UnspecifiedDistribution],
+            RunStage::Commit => vec![Distribution::SinglePartition],
+        }
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -218,14 +259,16 @@ impl ExecutionPlan for CheckpointedRunExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DataFusionResult<Arc<dyn ExecutionPlan>> {
         match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(CheckpointedRunExec::new(
+            (Some(input), true) => Ok(Arc::new(RunStageExec::new(
+                self.stage,
                 self.spec.clone(),
                 self.local_options.clone(),
                 input,
             ))),
-            _ => Err(DataFusionError::Internal(
-                "CheckpointedRunExec takes one input".into(),
-            )),
+            _ => Err(DataFusionError::Internal(format!(
+                "{} takes one input",
+                self.name()
+            ))),
         }
     }
 
@@ -234,12 +277,16 @@ impl ExecutionPlan for CheckpointedRunExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DataFusionResult<SendableRecordBatchStream> {
-        let shards = self.input.execute(partition, context)?;
+        let input = self.input.execute(partition, context)?;
         let spec = self.spec.clone();
         let options = spec.options(&self.local_options);
+        let answer = match self.stage {
+            RunStage::Run => run_shards(input, spec, options),
+            RunStage::Commit => commit_all(input, spec, options),
+        };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
-            task_report_schema(),
-            stream::once(run_shards(shards, spec, options)),
+            self.schema(),
+            stream::once(answer),
         )))
     }
 }
@@ -384,95 +431,6 @@ async fn run_shard(
         checkpoints_sealed: report.checkpoints.len() as u64,
         units_skipped: report.read.units_skipped,
     })
-}
-
-/// The head of the plan, on the coordinator: once every task is done,
-/// commits every sealed checkpoint of the pipeline in one table commit.
-#[derive(Debug)]
-pub(crate) struct CheckpointedCommitExec {
-    pub(super) spec: RunSpec,
-    local_options: HashMap<String, String>,
-    input: Arc<dyn ExecutionPlan>,
-    properties: Arc<PlanProperties>,
-}
-
-impl CheckpointedCommitExec {
-    /// Commits once every report of `input` is in.
-    pub(super) fn new(
-        spec: RunSpec,
-        local_options: HashMap<String, String>,
-        input: Arc<dyn ExecutionPlan>,
-    ) -> Self {
-        CheckpointedCommitExec {
-            spec,
-            local_options,
-            input,
-            properties: plan_properties(commit_report_schema()),
-        }
-    }
-}
-
-impl DisplayAs for CheckpointedCommitExec {
-    fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "CheckpointedCommitExec: pipeline={}, sink={}",
-            self.spec.pipeline,
-            redact_url(&self.spec.sink)
-        )
-    }
-}
-
-impl ExecutionPlan for CheckpointedCommitExec {
-    fn name(&self) -> &str {
-        "CheckpointedCommitExec"
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::SinglePartition]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DataFusionResult<Arc<dyn ExecutionPlan>> {
-        match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(CheckpointedCommitExec::new(
-                self.spec.clone(),
-                self.local_options.clone(),
-                input,
-            ))),
-            _ => Err(DataFusionError::Internal(
-                "CheckpointedCommitExec takes one input".into(),
-            )),
-        }
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> DataFusionResult<SendableRecordBatchStream> {
-        let tasks = self.input.execute(partition, context)?;
-        let spec = self.spec.clone();
-        let options = spec.options(&self.local_options);
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            commit_report_schema(),
-            stream::once(commit_all(tasks, spec, options)),
-        )))
-    }
 }
 
 /// Waits for every task's report (a failed task fails the query before
