@@ -38,7 +38,7 @@ use parquet::arrow::ArrowWriter;
 
 #[path = "../tests/worker/mod.rs"]
 mod worker;
-use worker::WorkerProcess;
+use worker::{run_totals, WorkerProcess};
 
 const SQL: &str = "SELECT id, text, length(text) AS chars FROM source";
 
@@ -250,16 +250,5 @@ fn rows_written(report: &str) -> u64 {
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("no row count in {report}"));
     }
-    let rows: Vec<Vec<&str>> = report
-        .lines()
-        .filter(|line| line.starts_with('|'))
-        .map(|line| {
-            line.split('|')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect()
-        })
-        .collect();
-    let column = rows[0].iter().position(|c| *c == "rows_written").unwrap();
-    rows[1][column].parse().unwrap()
+    run_totals(report)["rows_written"]
 }

@@ -46,7 +46,7 @@ use tidemark_delta::{DeltaSink, DeltaWriterOptions};
 use tidemark_iceberg::{IcebergSink, IcebergWriterOptions, ObjectStorageFactory};
 
 use support::{Backend, BoundedOutput, Fault, FaultProxy, Op};
-use worker::WorkerProcess;
+use worker::{run_totals, WorkerProcess};
 
 const PIPELINE: &str = "crash-matrix";
 /// Small files, so one run writes several and a crash can fall between them.
@@ -1603,26 +1603,6 @@ async fn a_distributed_run_explains_its_plan() {
   └──────────────────────────────────────────────────";
     assert_eq!(shown.trim_end(), expected);
     assert_eq!(scenario.sealed_checkpoints().await, 0, "nothing ran");
-}
-
-/// The totals row of a distributed run's report (a table with one row).
-fn run_totals(report: &str) -> HashMap<String, u64> {
-    let rows: Vec<Vec<&str>> = report
-        .lines()
-        .filter(|line| line.starts_with('|'))
-        .map(|line| {
-            line.split('|')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .collect()
-        })
-        .collect();
-    assert_eq!(rows.len(), 2, "one header and one row: {report}");
-    rows[0]
-        .iter()
-        .zip(&rows[1])
-        .filter_map(|(name, value)| Some((name.to_string(), value.parse().ok()?)))
-        .collect()
 }
 
 /// What a maintenance step leaves in the store before the killed command.

@@ -1,5 +1,5 @@
-//! A `tidemark worker` process for the tests and benchmarks of distributed
-//! runs, killed when dropped.
+//! For the tests and benchmarks of distributed runs: a `tidemark worker`
+//! process, killed when dropped, and the totals of a run's report.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -50,4 +50,24 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The totals row of a distributed run's report (a table with one row).
+pub(crate) fn run_totals(report: &str) -> HashMap<String, u64> {
+    let rows: Vec<Vec<&str>> = report
+        .lines()
+        .filter(|line| line.starts_with('|'))
+        .map(|line| {
+            line.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "one header and one row: {report}");
+    rows[0]
+        .iter()
+        .zip(&rows[1])
+        .filter_map(|(name, value)| Some((name.to_string(), value.parse().ok()?)))
+        .collect()
 }
